@@ -1,0 +1,5 @@
+"""sdeopt: batched distributed stochastic optimizers and their SDE approximations."""
+
+__version__ = "0.1.0"
+
+from sdeopt import compressors, discrete, noise, problems, schedules  # noqa: E402,F401

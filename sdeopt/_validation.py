@@ -1,0 +1,90 @@
+"""Shared argument checks: every failure is a ``ValueError`` naming the parameter and value."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``float(value)`` if it is a finite number > 0, else raise ``ValueError``."""
+    v = _as_float(name, value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number > 0)")
+    return v
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Return ``float(value)`` if it is a finite number >= 0, else raise ``ValueError``."""
+    v = _as_float(name, value)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number >= 0)")
+    return v
+
+
+def check_in_range(name: str, value: float, low: float, high: float, *, closed: str = "both") -> float:
+    """Check ``low <= value <= high``; ``closed`` is "both", "left", "right" or "neither"."""
+    v = _as_float(name, value)
+    lo_ok = v >= low if closed in ("both", "left") else v > low
+    hi_ok = v <= high if closed in ("both", "right") else v < high
+    if not (math.isfinite(v) and lo_ok and hi_ok):
+        lb = "[" if closed in ("both", "left") else "("
+        rb = "]" if closed in ("both", "right") else ")"
+        raise ValueError(f"Invalid {name}: {value!r} (must lie in {lb}{low}, {high}{rb})")
+    return v
+
+
+def check_int(name: str, value: int, *, minimum: int = 0) -> int:
+    """Return ``value`` if it is an integer >= ``minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+        hasattr(value, "__index__") and not isinstance(value, float)
+    ):
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= {minimum})")
+    v = int(value)
+    if v < minimum:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= {minimum})")
+    return v
+
+
+def check_scales(name: str, value: float | Sequence[float]) -> float | tuple[float, ...]:
+    """A noise scale: one number >= 0, or a non-empty sequence of them (one per worker)."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            raise ValueError(f"Invalid {name}: {value!r} (a per-worker scale list must not be empty)")
+        return tuple(check_nonnegative(f"{name}[{i}]", v) for i, v in enumerate(value))
+    return check_nonnegative(name, value)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Parse a device and check that it exists on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"Invalid device: {device!r} ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Invalid device: {device!r} (CUDA is not available on this machine)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Invalid device: {device!r} (use 'cpu' or 'cuda')")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Invalid device: {device!r} (MPS is not available on this machine)")
+    return dev
+
+
+def check_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Only real floating dtypes make sense for a simulation."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"Invalid dtype: {dtype!r} (use torch.float32 or torch.float64)")
+    return dtype
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a number)")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a number)") from None

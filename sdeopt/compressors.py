@@ -1,0 +1,399 @@
+"""Compression operators applied per worker, after the noise (MATH.md §4).
+
+Every compressor maps a worker's vector ``v`` (the last axis, length d) to ``C(v)`` and
+exposes
+
+- ``unbiased``: whether ``E C(v) = v``;
+- ``omega(dim)``: the error constant of ``E||C(v) - v||² <= omega ||v||²`` (the variance
+  constant for unbiased compressors, ``1 - contraction`` for biased ones; see ``Compressor``);
+- ``cov(v)``: the exact covariance ``Cov[C(v)]`` for a fixed v, as a ``StructuredCov``
+  (diagonal + signed low rank, applied in O(d r), never a dense d x d matrix);
+- ``compress(v, rng)``: independent draws of ``C(v)`` for every run and worker.
+
+Example:
+    >>> import torch
+    >>> from sdeopt._rng import RandomSource
+    >>> comp = RandK(k=2)
+    >>> v = torch.ones(4, 3, 10, dtype=torch.float64)      # (B, N, d)
+    >>> out = comp.compress(v, RandomSource(0, 4))           # (B, N, d), 2 entries of 5.0 each
+    >>> int((out != 0).sum(-1).max()), comp.omega(10)
+    (2, 4.0)
+
+References:
+    Alistarh, Grubic, Li, Tomioka, Vojnovic. QSGD: Communication-efficient SGD via gradient
+    quantization and encoding. NeurIPS 2017.
+    Stich, Cordonnier, Jaggi. Sparsified SGD with memory. NeurIPS 2018.
+    Horváth, Ho, Horváth, Sahu, Canini, Richtárik. Natural compression for distributed deep
+    learning. arXiv:1905.10988, 2019.
+    Beznosikov, Horváth, Richtárik, Safaryan. On biased compression for distributed learning.
+    arXiv:2002.12410, 2020.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from sdeopt._rng import RandomSource
+from sdeopt._validation import check_int
+
+#: RandK draws its subset by Floyd's algorithm (one integer draw per kept or dropped
+#: coordinate) when min(k, d - k) is at most this, and by the k smallest of d uniform keys
+#: otherwise. The choice depends on (k, d) only, never on the batch size, so a run's result
+#: does not depend on how many runs are drawn together.
+FLOYD_MAX_DRAWS = 64
+
+
+@dataclass(frozen=True, eq=False)
+class StructuredCov:
+    """A covariance in O(d) form: ``diag(diag) + sum_r sign_r u_r u_rᵀ``.
+
+    Attributes:
+        diag: (..., d) diagonal part.
+        factors: (..., d, r) low-rank factors u_r (r may be 0).
+        signs: (r,) tuple of +1.0 / -1.0.
+    """
+
+    diag: torch.Tensor
+    factors: torch.Tensor
+    signs: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.factors.shape[-1] != len(self.signs):
+            raise ValueError(f"Invalid signs: {self.signs!r} (factors have rank "
+                             f"{self.factors.shape[-1]})")
+        if self.factors.shape[-2] != self.diag.shape[-1]:
+            raise ValueError(f"Invalid factors: shape {tuple(self.factors.shape)} does not match "
+                             f"diag of shape {tuple(self.diag.shape)}")
+
+    @classmethod
+    def diagonal(cls, diag: torch.Tensor) -> StructuredCov:
+        """A purely diagonal covariance ``diag(diag)`` (rank-0 low-rank part)."""
+        factors = diag.new_zeros((*diag.shape, 0))  # (..., d, 0)
+        return cls(diag=diag, factors=factors, signs=())
+
+    @property
+    def rank(self) -> int:
+        """r, the number of low-rank terms."""
+        return len(self.signs)
+
+    def matvec(self, w: torch.Tensor) -> torch.Tensor:
+        """Cov @ w for w (..., d), in O(d r)."""
+        out = self.diag * w
+        for r, s in enumerate(self.signs):
+            u = self.factors[..., r]
+            out = out + s * (u * w).sum(-1, keepdim=True) * u
+        return out
+
+    def trace(self) -> torch.Tensor:
+        """tr Cov, (...,); for an unbiased compressor this is E||C(v) - v||²."""
+        out = self.diag.sum(-1)
+        for r, s in enumerate(self.signs):
+            out = out + s * self.factors[..., r].square().sum(-1)
+        return out
+
+    def dense(self) -> torch.Tensor:
+        """The full (..., d, d) matrix, for tests and small d only."""
+        out = torch.diag_embed(self.diag)
+        for r, s in enumerate(self.signs):
+            u = self.factors[..., r]
+            out = out + s * u.unsqueeze(-1) * u.unsqueeze(-2)
+        return out
+
+
+class Compressor(ABC):
+    """Base class: C maps each worker's vector v to a compressed one.
+
+    ``omega(dim)`` has one meaning for every compressor: the smallest constant with
+    ``E||C(v) - v||² <= omega ||v||²`` for all v in R^dim. For an unbiased compressor this is
+    the usual variance constant (``E C(v) = v``, ``Var = E||C(v) - v||²``). For a biased one
+    (``unbiased = False``) it is a contraction constant: omega < 1 makes C a δ-contraction
+    with δ = 1 - omega in the sense of Stich, Cordonnier, Jaggi (2018, Def. 2.1)
+    (TopK: omega = 1 - k/d, δ = k/d), the class B^3(1/δ) of Beznosikov et al. (2020).
+    Formulas that assume unbiasedness (the DCSGD SDE of MATH.md §6) must check ``unbiased``
+    first; they must not read omega of a biased compressor as a variance.
+
+    Concrete compressors are frozen, keyword-only dataclasses validated in ``__post_init__``.
+
+    Attributes:
+        unbiased: True when E C(v) = v.
+    """
+
+    unbiased: ClassVar[bool] = True
+
+    @abstractmethod
+    def omega(self, dim: int) -> float:
+        """The error constant: E||C(v) - v||² <= omega ||v||² for all v in R^dim."""
+
+    @abstractmethod
+    def compress(self, v: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        """Args: v (B, N, d). Returns: C(v), (B, N, d), independently per run and worker."""
+
+    @abstractmethod
+    def cov(self, v: torch.Tensor) -> StructuredCov:
+        """Cov[C(v)] for fixed v (..., d), in diagonal + low-rank form."""
+
+    def check_dim(self, dim: int) -> None:
+        """Raise ``ValueError`` if the compressor cannot act on vectors of length ``dim``."""
+
+    def config(self) -> dict:
+        """A JSON-able description (for dataset attrs): the type and every hyperparameter."""
+        out = {"type": type(self).__name__}
+        if dataclasses.is_dataclass(self):
+            out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return out
+
+
+def _zero_cov(v: torch.Tensor) -> StructuredCov:
+    """The covariance of a deterministic map: all zeros, (..., d) diagonal, rank 0."""
+    return StructuredCov.diagonal(torch.zeros_like(v))  # (..., d)
+
+
+def _check_k(k: int, dim: int) -> None:
+    if not 1 <= k <= dim:
+        raise ValueError(f"Invalid k: {k!r} (must satisfy 1 <= k <= d, and d = {dim})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Identity(Compressor):
+    """No compression: ``C(v) = v``.
+
+    omega = 0 and ``Cov[C(v)] = 0``; DCSGD with this compressor is DSGD (DESIGN.md §1).
+    ``compress`` returns its input tensor itself, not a copy.
+    """
+
+    unbiased: ClassVar[bool] = True
+
+    def omega(self, dim: int) -> float:
+        return 0.0
+
+    def compress(self, v: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        return v
+
+    def cov(self, v: torch.Tensor) -> StructuredCov:
+        return _zero_cov(v)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandK(Compressor):
+    """Random sparsification: keep k uniformly chosen coordinates, scaled by d/k.
+
+    ``C(v) = (d/k) Σ_{j ∈ S} v_j e_j`` with S a uniformly random k-subset of {1..d}, drawn
+    independently for every run and worker. Unbiased, with (MATH.md §4)
+
+        omega = d/k - 1                    (equality: E||C(v) - v||² = (d/k - 1) ||v||²),
+        Cov[C(v)] = c (d diag(v)² - v vᵀ),  c = (d - k) / (k (d - 1))   (c = 0 when d = 1),
+
+    from P(j ∈ S) = k/d and P(i, j ∈ S) = k(k-1)/(d(d-1)). ``cov`` returns it as
+    ``diag = c d v²`` and one factor ``sqrt(c) v`` with sign -1.
+
+    Sampling: Floyd's algorithm draws the min(k, d-k) kept (or dropped) coordinates with one
+    integer draw each, vectorised over all runs and workers; for min(k, d-k) above
+    ``FLOYD_MAX_DRAWS`` the subset is the k largest of d uniform keys instead.
+
+    Args:
+        k: coordinates kept, an integer >= 1 (and <= d, checked by ``check_dim``).
+
+    References:
+        Stich, Cordonnier, Jaggi, NeurIPS 2018 (rand-k); Beznosikov et al. 2020, Def. 2.
+        Floyd's sampling: Bentley & Floyd, "Programming pearls: a sample of brilliance",
+        CACM 30(9), 1987.
+    """
+
+    k: int
+    unbiased: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", check_int("k", self.k, minimum=1))
+
+    def check_dim(self, dim: int) -> None:
+        _check_k(self.k, dim)
+
+    def omega(self, dim: int) -> float:
+        self.check_dim(dim)
+        return dim / self.k - 1.0
+
+    def _c(self, dim: int) -> float:
+        """c = (d - k) / (k (d - 1)), 0 for d = 1 (then k = 1 and C is the identity)."""
+        return 0.0 if dim == 1 else (dim - self.k) / (self.k * (dim - 1))
+
+    def keep_mask(self, rng: RandomSource, shape: tuple[int, ...], dim: int) -> torch.Tensor:
+        """A boolean mask of shape (B, *shape, dim) on ``rng.device`` with exactly k True per row.
+
+        Each row's True set is a uniform k-subset of the d coordinates, independent across
+        rows (runs and workers).
+        """
+        self.check_dim(dim)
+        k = self.k
+        m = min(k, dim - k)  # draw the smaller of the kept / dropped sets
+        if m > FLOYD_MAX_DRAWS:
+            keys = rng.uniform(*shape, dim)  # (B, *shape, d)
+            idx = keys.topk(k, dim=-1).indices  # (B, *shape, k)
+            return torch.zeros(keys.shape, dtype=torch.bool, device=keys.device).scatter_(-1, idx, True)
+        mask = torch.zeros((rng.n_runs, *shape, dim), dtype=torch.bool, device=rng.device)  # (B, *shape, d)
+        # Floyd: for j = d-m .. d-1 draw t uniform in {0..j}; take t, or j if t is already
+        # taken. Every m-subset comes out with probability 1/binom(d, m).
+        for j in range(dim - m, dim):
+            t = rng.integers(j + 1, *shape, 1)  # (B, *shape, 1)
+            if j > dim - m:
+                t = torch.where(mask.gather(-1, t), j, t)
+            mask.scatter_(-1, t, True)
+        return mask if m == k else ~mask
+
+    def compress(self, v: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        dim = v.shape[-1]
+        mask = self.keep_mask(rng, tuple(v.shape[1:-1]), dim)  # (B, N, d)
+        return torch.where(mask, v * (dim / self.k), v.new_zeros(()))
+
+    def cov(self, v: torch.Tensor) -> StructuredCov:
+        dim = v.shape[-1]
+        self.check_dim(dim)
+        c = self._c(dim)
+        diag = (c * dim) * v.square()  # (..., d)
+        factors = (math.sqrt(c) * v).unsqueeze(-1)  # (..., d, 1)
+        return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Natural(Compressor):
+    """Natural compression: stochastic rounding to a neighbouring signed power of two.
+
+    For v_j ≠ 0 with 2^a <= |v_j| < 2^{a+1},
+
+        C(v)_j = sign(v_j) 2^{a+1}  with probability p_j = |v_j|/2^a - 1,
+                 sign(v_j) 2^a      otherwise;           C(v)_j = 0 if v_j = 0,
+
+    independently per coordinate. Unbiased, with diagonal covariance
+
+        Var C(v)_j = (2^{a+1} - |v_j|)(|v_j| - 2^a),
+
+    and omega = max_{t ∈ [1, 2]} (2 - t)(t - 1)/t² = 1/8 (attained at t = 4/3), for every d.
+    The power of two comes from ``torch.frexp`` (v = m 2^e, |m| ∈ [1/2, 1)): 2^a = 2^{e-1} =
+    |v|/(2|m|) and p = 2|m| - 1 are both exact in floating point.
+
+    References:
+        Horváth, Ho, Horváth, Sahu, Canini, Richtárik, arXiv:1905.10988 (2019), Def. 1 and
+        Thm. 1 (omega = 1/8).
+    """
+
+    unbiased: ClassVar[bool] = True
+
+    def omega(self, dim: int) -> float:
+        return 0.125
+
+    @staticmethod
+    def _split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sign(v) 2^a, 2|m|): the signed lower power of two, and 1 + the round-up probability.
+
+        ``2|m|`` is 0 where v = 0 (then the lower power is 0 too).
+        """
+        mantissa, _ = torch.frexp(v)  # v = mantissa * 2^e, |mantissa| in [1/2, 1), 0 for v = 0
+        two_m = mantissa.abs().mul_(2.0)  # (..., d), in [1, 2), or 0 where v = 0
+        low = v / two_m.clamp_min(0.5)  # sign(v) 2^{e-1}, exact; 0 where v = 0
+        return low, two_m
+
+    def compress(self, v: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        low, two_m = self._split(v)  # (B, N, d) each
+        # round up iff u < p = 2|m| - 1 (exact; p = -1 where v = 0, so zeros stay zero)
+        up = rng.uniform(*v.shape[1:]) < two_m.sub_(1.0)  # (B, N, d)
+        return low.mul_(up.to(low.dtype).add_(1.0))
+
+    def cov(self, v: torch.Tensor) -> StructuredCov:
+        low, two_m = self._split(v)
+        p = (two_m - 1.0).clamp_min_(0.0)  # round-up probability, 0 where v = 0
+        # (2^{a+1} - |v|)(|v| - 2^a) = 2^{2a} (1 - p) p with |v| = 2^a (1 + p).
+        return StructuredCov.diagonal(low.square() * p * (1.0 - p))  # (..., d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QSGD(Compressor):
+    """QSGD random dithering with s levels.
+
+    With r_j = s|v_j|/||v|| and l_j = floor(r_j),
+
+        C(v)_j = (||v||/s) sign(v_j) ξ_j,   ξ_j = l_j + 1 with probability r_j - l_j, else l_j,
+
+    independently per coordinate; C(0) = 0. Unbiased, with diagonal covariance
+
+        Var C(v)_j = (||v||²/s²) (r_j - l_j)(l_j + 1 - r_j),
+
+    and omega = min(d/s², sqrt(d)/s) (the sum of the variances is at most
+    (||v||²/s²) min(d/4, s ||v||_1/||v||)).
+
+    Args:
+        s: number of quantisation levels, an integer >= 1.
+
+    References:
+        Alistarh, Grubic, Li, Tomioka, Vojnovic, NeurIPS 2017, Sec. 3.1 and Lemma 3.1.
+    """
+
+    s: int
+    unbiased: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "s", check_int("s", self.s, minimum=1))
+
+    def omega(self, dim: int) -> float:
+        return min(dim / self.s ** 2, math.sqrt(dim) / self.s)
+
+    def _levels(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(||v||/s (..., 1), l (..., d), r - l (..., d)), with r = 0 where ||v|| = 0."""
+        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)  # (..., 1)
+        scale = self.s / torch.where(norm > 0, norm, torch.ones_like(norm))  # (..., 1)
+        r = v.abs().mul_(scale)  # (..., d)
+        low = r.floor()
+        return norm / self.s, low, r.sub_(low)
+
+    def compress(self, v: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        unit, low, frac = self._levels(v)
+        xi = low.add_(rng.uniform(*v.shape[1:]) < frac)  # (B, N, d), l + Bernoulli(r - l)
+        return xi.mul_(unit).copysign_(v)
+
+    def cov(self, v: torch.Tensor) -> StructuredCov:
+        unit, _, frac = self._levels(v)
+        return StructuredCov.diagonal(unit.square() * frac * (1.0 - frac))  # (..., d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopK(Compressor):
+    """Greedy sparsification (biased): keep the k entries of largest |v_j|, unscaled.
+
+    ``C(v) = Σ_{j ∈ top-k(|v|)} v_j e_j`` (ties broken by ``torch.topk``). Deterministic, so
+    ``Cov[C(v)] = 0``, and biased: ``E C(v) = C(v) ≠ v``. The k dropped entries are the
+    smallest, so ``||C(v) - v||² <= (1 - k/d) ||v||²`` and
+
+        omega = 1 - k/d  (a contraction constant, not a variance: see ``Compressor``).
+
+    Args:
+        k: coordinates kept, an integer >= 1 (and <= d, checked by ``check_dim``).
+
+    References:
+        Stich, Cordonnier, Jaggi, NeurIPS 2018, Lemma A.1; Beznosikov et al. 2020, Sec. 3.
+    """
+
+    k: int
+    unbiased: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", check_int("k", self.k, minimum=1))
+
+    def check_dim(self, dim: int) -> None:
+        _check_k(self.k, dim)
+
+    def omega(self, dim: int) -> float:
+        self.check_dim(dim)
+        return 1.0 - self.k / dim
+
+    def compress(self, v: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        self.check_dim(v.shape[-1])
+        idx = v.abs().topk(self.k, dim=-1).indices  # (B, N, k)
+        return torch.zeros_like(v).scatter_(-1, idx, v.gather(-1, idx))  # (B, N, d)
+
+    def cov(self, v: torch.Tensor) -> StructuredCov:
+        self.check_dim(v.shape[-1])
+        return _zero_cov(v)

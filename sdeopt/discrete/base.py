@@ -1,0 +1,288 @@
+"""The discrete engine: Method base class, State, and ``simulate()``.
+
+A method advances a batch of B independent runs, x of shape (B, d), one iteration at a time.
+``simulate`` owns everything around the update rule: validation, chunking over runs to a
+memory budget, counter-based seeding (results independent of the chunk size), recording at a
+cadence, and freezing runs that blow up (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource
+from sdeopt._validation import check_device, check_dtype, check_int, check_positive
+from sdeopt.discrete.result import Trajectory
+from sdeopt.noise import Noise
+from sdeopt.problems import Problem
+from sdeopt.schedules import Constant, Schedule
+
+#: Observables ``simulate`` can record besides the full state "x".
+OBSERVABLES = ("loss", "grad_norm", "dist")
+
+
+@dataclass
+class State:
+    """Everything that evolves along a run. Methods with more state subclass it.
+
+    Attributes:
+        x: (B, d) iterates.
+    """
+
+    x: torch.Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class Method(ABC):
+    """Base class of the discrete optimizers (MATH.md §5).
+
+    Args:
+        lr: eta > 0, the base learning rate.
+        n_workers: N >= 1.
+        noise: the gradient-noise law of every worker.
+        schedule: eta_k, the dimensionless schedule factor (eta_0 = 1).
+        shortcuts: use exact distributional shortcuts (e.g. one Gaussian for the mean of N);
+            False draws every worker's noise, for validation against the naive path.
+    """
+
+    lr: float
+    n_workers: int = 1
+    noise: Noise
+    schedule: Schedule = field(default_factory=Constant)
+    shortcuts: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+        check_int("n_workers", self.n_workers, minimum=1)
+        if not isinstance(self.noise, Noise):
+            raise ValueError(f"Invalid noise: {self.noise!r} (must be an sdeopt.noise law)")
+        if not isinstance(self.schedule, Schedule):
+            raise ValueError(f"Invalid schedule: {self.schedule!r} (must be an sdeopt.schedules schedule)")
+        self.noise.check_workers(self.n_workers)
+
+    def check_problem(self, problem: Problem) -> None:
+        """Raise ``ValueError`` if this method cannot run on ``problem``."""
+        if not isinstance(problem, Problem):
+            raise ValueError(f"Invalid problem: {problem!r} (must be an sdeopt.problems.Problem)")
+        problem.check_workers(self.n_workers)
+        self.noise.check_problem(problem)
+
+    def init_state(self, x0: torch.Tensor, rng: RandomSource) -> State:
+        """The state at k = 0 for iterates x0 (B, d)."""
+        return State(x=x0)
+
+    @abstractmethod
+    def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
+        """One iteration k -> k + 1 for all runs, with step size lr_k = eta * eta_k; the new state."""
+
+    def config(self) -> dict:
+        """A JSON-able description of the method and all its parts."""
+        out = {"type": type(self).__name__}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.config() if hasattr(value, "config") else value
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirectionMethod(Method):
+    """Methods of the form x_{k+1} = x_k - eta eta_k u_k (MATH.md §6, general recipe)."""
+
+    @abstractmethod
+    def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        """u_k for all runs, (B, d)."""
+
+    def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
+        u = self.direction(problem, state.x, rng)  # (B, d)
+        return State(x=state.x - lr_k * u)
+
+
+def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, seed: int = 0,
+             device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             record_every: int = 1, record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
+             record_x: bool = False, blowup_threshold: float = 1e10,
+             chunk_size: int | None = None, max_memory: float = 2**30,
+             block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0) -> Trajectory:
+    """Run ``method`` on ``problem`` for ``n_runs`` independent runs of ``n_steps`` iterations.
+
+    Args:
+        method: a discrete optimizer (``DSGD``, ``DCSGD``, ``DSignSGD`` ...).
+        problem: the objective.
+        x0: the start, (d,) (shared by all runs) or (n_runs, d); finite.
+        n_steps: iterations per run (>= 0).
+        n_runs: B, independent runs (>= 1).
+        seed: the random stream; same seed, device and block_size give bitwise the same result.
+        device: "cpu" or "cuda" (or a torch.device).
+        dtype: torch.float32 or torch.float64 (default: torch's default dtype).
+        record_every: record at steps 0, r, 2r, ... and always at n_steps.
+        record: observables to record, from "loss", "grad_norm", "dist" (distance to the
+            problem's known minimiser).
+        record_x: also record the full iterates (S, B, d).
+        blowup_threshold: a run whose iterate has a non-finite entry or |x_j| above this is
+            frozen at its last good value and reported in ``diverged`` / ``blowup_step``.
+        chunk_size: runs simulated at once (a multiple of ``block_size``); by default the
+            largest that fits ``max_memory`` bytes.
+        max_memory: memory budget in bytes used to choose the chunk size.
+        block_size: seeding granularity: runs sharing one generator. Results do not depend on
+            ``chunk_size``; they do depend on ``block_size``.
+        first_run: global index of the first run (a multiple of block_size), so that a
+            slice of a large study can be recomputed on its own.
+
+    Returns:
+        A ``Trajectory`` (``.to_dataset()`` gives the xarray schema of DESIGN.md §3).
+    """
+    spec = _validate(method, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
+                     record, record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run)
+    dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
+    problem = problem.to(dev, dtype)
+    d = problem.dim
+    chunk = spec["chunk_size"]
+    n_rec = len(steps)
+    obs = {name: torch.empty((n_rec, n_runs), dtype=dtype) for name in record}  # (S, B)
+    xs = torch.empty((n_rec, n_runs, d), dtype=dtype) if record_x else None  # (S, B, d)
+    diverged = torch.zeros(n_runs, dtype=torch.bool)
+    blowup_step = torch.full((n_runs,), -1, dtype=torch.int64)
+    for start in range(0, n_runs, chunk):
+        stop = min(start + chunk, n_runs)
+        rng = RandomSource(seed, stop - start, first_run=first_run + start, block_size=block_size,
+                           device=dev, dtype=dtype)
+        x_chunk = x0[start:stop].to(device=dev, dtype=dtype) if x0.shape[0] > 1 else \
+            x0.to(device=dev, dtype=dtype).expand(stop - start, d).clone()
+        out = _run_chunk(method, problem, x_chunk, n_steps, steps, record, record_x,
+                         blowup_threshold, rng)
+        for name in record:
+            obs[name][:, start:stop] = out["obs"][name].cpu()
+        if record_x:
+            xs[:, start:stop] = out["x"].cpu()
+        diverged[start:stop] = out["diverged"].cpu()
+        blowup_step[start:stop] = out["blowup_step"].cpu()
+    lr_sum = np.concatenate([[0.0], np.cumsum(method.lr * method.schedule.factors(n_steps).numpy())])
+    return Trajectory(
+        model="discrete", steps=np.asarray(steps, dtype=np.int64), lr=method.lr,
+        lr_sum=lr_sum[np.asarray(steps)], observables=obs, x=xs, diverged=diverged,
+        blowup_step=blowup_step, config={"method": method.config(), "problem": problem.config(),
+                                         "n_steps": n_steps, "n_runs": n_runs,
+                                         "block_size": block_size, "first_run": first_run,
+                                         "blowup_threshold": blowup_threshold},
+        seed=seed, device=str(dev), dtype=str(dtype).replace("torch.", ""))
+
+
+def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, rng) -> dict:
+    """The step loop for one chunk of runs, all on the simulation device."""
+    b, d = x.shape
+    n_rec = len(steps)
+    obs = {name: torch.empty((n_rec, b), device=x.device, dtype=x.dtype) for name in record}  # (S, B)
+    xs = torch.empty((n_rec, b, d), device=x.device, dtype=x.dtype) if record_x else None  # (S, B, d)
+    diverged = torch.zeros(b, device=x.device, dtype=torch.bool)  # (B,)
+    blowup_step = torch.full((b,), -1, device=x.device, dtype=torch.int64)  # (B,)
+    state = method.init_state(x, rng)
+    record_slot = {s: i for i, s in enumerate(steps)}
+    # Schedules are evaluated once, not per step (a tensor call costs tens of µs).
+    lr_k = (method.lr * method.schedule.factors(n_steps)).tolist()
+    for k in range(n_steps + 1):
+        if k in record_slot:
+            i = record_slot[k]
+            record_observables(problem, state.x, record, {n: obs[n][i] for n in record})
+            if record_x:
+                xs[i] = state.x
+        if k == n_steps:
+            break
+        new = method.step(problem, state, k, lr_k[k], rng)
+        # NaN fails every comparison, so one test catches non-finite and too-large entries.
+        bad = ~(new.x.abs().amax(dim=-1) <= threshold)  # (B,)
+        newly = bad & ~diverged
+        blowup_step = torch.where(newly, k + 1, blowup_step)
+        diverged = diverged | bad
+        new.x = torch.where(diverged.unsqueeze(-1), state.x, new.x)
+        state = new
+    return {"obs": obs, "x": xs, "diverged": diverged, "blowup_step": blowup_step}
+
+
+def record_observables(problem: Problem, x: torch.Tensor, names, out: dict) -> None:
+    """Write the requested observables of x (B, d) into the (B,) tensors of ``out``."""
+    if "loss" in names:
+        out["loss"].copy_(problem.loss(x))
+    if "grad_norm" in names:
+        out["grad_norm"].copy_(torch.linalg.vector_norm(problem.grad(x), dim=-1))
+    if "dist" in names:
+        out["dist"].copy_(torch.linalg.vector_norm(x - problem.minimizer, dim=-1))
+
+
+def record_steps(n_steps: int, record_every: int) -> list[int]:
+    """Steps 0, r, 2r, ... and always the last one."""
+    steps = list(range(0, n_steps + 1, record_every))
+    if steps[-1] != n_steps:
+        steps.append(n_steps)
+    return steps
+
+
+def _validate(method, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
+              record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run) -> dict:
+    if not isinstance(method, Method):
+        raise ValueError(f"Invalid method: {method!r} (must be an sdeopt.discrete method)")
+    method.check_problem(problem)
+    n_steps = check_int("n_steps", n_steps, minimum=0)
+    n_runs = check_int("n_runs", n_runs, minimum=1)
+    check_int("seed", seed, minimum=0)
+    check_int("record_every", record_every, minimum=1)
+    check_positive("blowup_threshold", blowup_threshold)
+    check_positive("max_memory", max_memory)
+    block_size = check_int("block_size", block_size, minimum=1)
+    check_int("first_run", first_run, minimum=0)
+    if first_run % block_size:
+        raise ValueError(f"Invalid first_run: {first_run!r} (must be a multiple of block_size={block_size})")
+    dev = check_device(device)
+    dtype = check_dtype(torch.get_default_dtype() if dtype is None else dtype)
+    if isinstance(record, str):
+        record = (record,)
+    record = tuple(record)
+    for name in record:
+        if name not in OBSERVABLES:
+            raise ValueError(f"Invalid record: {name!r} (choose from {', '.join(OBSERVABLES)})")
+    if "dist" in record and problem.minimizer is None:
+        raise ValueError(f"Invalid record: 'dist' ({type(problem).__name__} has no known minimiser)")
+    x0 = check_x0(x0, n_runs, problem.dim)
+    compressor = getattr(method, "compressor", None)
+    if compressor is not None:
+        compressor.check_dim(problem.dim)
+    steps = record_steps(n_steps, record_every)
+    if chunk_size is None:
+        chunk_size = auto_chunk(method.n_workers, problem.dim, len(steps), len(record) + record_x * problem.dim,
+                                max_memory, block_size, n_runs, dtype)
+    else:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+        if chunk_size % block_size:
+            raise ValueError(f"Invalid chunk_size: {chunk_size!r} (must be a multiple of "
+                             f"block_size={block_size}, so that results do not depend on it)")
+    return {"device": dev, "dtype": dtype, "x0": x0, "steps": steps, "record": record,
+            "chunk_size": chunk_size}
+
+
+def auto_chunk(n_workers: int, dim: int, n_rec: int, values_per_record: int, max_memory: float,
+               block_size: int, n_runs: int, dtype: torch.dtype) -> int:
+    """The largest multiple of block_size whose working set fits max_memory bytes."""
+    itemsize = torch.finfo(dtype).bits // 8
+    # Per run: a handful of (N, d) temporaries in the step, plus what is recorded.
+    per_run = itemsize * (6 * n_workers * dim + 8 * dim + n_rec * values_per_record)
+    blocks = max(1, int(max_memory // (per_run * block_size)))
+    return min(blocks * block_size, -(-n_runs // block_size) * block_size)
+
+
+def check_x0(x0, n_runs: int, dim: int) -> torch.Tensor:
+    """x0 as a float64 CPU tensor of shape (1, d) or (n_runs, d); finite."""
+    try:
+        x = torch.as_tensor(x0, dtype=torch.float64, device="cpu")
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"Invalid x0: {x0!r} (must be a vector of length {dim} or an array "
+                         f"of shape ({n_runs}, {dim}))") from None
+    if x.ndim == 1 and x.shape[0] == dim:
+        x = x.unsqueeze(0)
+    elif not (x.ndim == 2 and x.shape == (n_runs, dim)):
+        raise ValueError(f"Invalid x0: shape {tuple(x.shape)} (must be ({dim},) or ({n_runs}, {dim}))")
+    if not torch.isfinite(x).all():
+        raise ValueError("Invalid x0: it has non-finite entries")
+    return x

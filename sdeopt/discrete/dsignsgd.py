@@ -1,0 +1,56 @@
+"""Distributed SignSGD: the average of the workers' gradient signs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdeopt._rng import RandomSource
+from sdeopt.discrete.base import DirectionMethod
+from sdeopt.noise import SymmetricCDFNoise
+from sdeopt.problems import Problem
+
+
+@dataclass(frozen=True, kw_only=True)
+class DSignSGD(DirectionMethod):
+    r"""Distributed SignSGD with averaged (not majority-vote) signs.
+
+    Update (MATH.md §5): x_{k+1} = x_k - (eta eta_k / N) Σ_i sign(g_i), g_i = ∇f_i(x_k) + σ_i T_i,
+    coordinate-wise, with sign(0) = 0.
+
+    Exact shortcut: given x, sign(g_ij) is +1 with probability p⁺ = F(∇_j f_i / σ_i) and -1
+    with probability p⁻ = F(-∇_j f_i / σ_i), F the CDF of the noise's standard law. One uniform
+    U per worker and coordinate gives the sign as [U < p⁺] - [U >= 1 - p⁻], so no heavy-tailed
+    draw is ever made (laws with a CDF: Gaussian, Student-t for every nu > 0).
+
+    SDE models (MATH.md §6): m_i(x) = 2 F(∇f_i/σ_i) - 1, ū = (1/N) Σ_i m_i,
+    S = diag((1/N²) Σ_i (1 - m_i²)); first order dX = -eta_t ū dt + eta_t sqrt(eta) S^{1/2} dW.
+    Well defined for every nu > 0 since |m| <= 1 (Gaussian: m = erf(∇f/(√2σ)); nu = 1:
+    m = (2/π) arctan(∇f/σ)).
+
+    Shapes: x (B, d); sign probabilities (B, N or 1, d); uniforms (B, N, d).
+
+    References:
+        Compagnoni et al. 2025, arXiv 2502.17009 and arXiv 2411.15958 (SDEs of SignSGD and
+        DSignSGD, heavy-tailed noise); MATH.md §5, §6.
+
+    Example:
+        >>> import sdeopt as so
+        >>> opt = so.discrete.DSignSGD(lr=0.01, n_workers=8, noise=so.noise.StudentT(nu=1.5))
+        >>> traj = so.discrete.simulate(opt, so.problems.Quadratic(diag=[1.0, 4.0]), [1.0, 1.0],
+        ...                             n_steps=100, n_runs=1000)
+    """
+
+    def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        n = self.n_workers
+        if self.shortcuts and isinstance(self.noise, SymmetricCDFNoise):
+            grads = problem.worker_grads(x)  # (B, N or 1, d)
+            p_plus, p_minus = self.noise.sign_probabilities(grads, n)
+            u = rng.uniform(n, x.shape[-1])  # (B, N, d)
+            plus = (u < p_plus).sum(dim=1)  # (B, d) int
+            minus = (u >= 1.0 - p_minus).sum(dim=1)  # (B, d) int
+            return (plus - minus).to(x.dtype) / n
+        g = self.noise.oracle(problem, x, n, rng)  # (B, N, d)
+        return torch.sign(g).mean(dim=1)
+

@@ -1,0 +1,80 @@
+"""Light result objects of a batched simulation, convertible to the xarray schema (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Trajectory:
+    """Recorded observables of B runs at S recorded steps.
+
+    Attributes:
+        model: "discrete" or the name of an SDE model.
+        steps: (S,) int64 recorded iteration indices k.
+        lr: the base learning rate eta; SDE time of step k is t_k = k * lr.
+        lr_sum: (S,) float64 sum_{j<k} eta * eta_j, the learning rate actually summed.
+        observables: name -> (S, B) tensor ("loss", "grad_norm", "dist").
+        x: (S, B, d) recorded iterates, or None.
+        diverged: (B,) bool, runs frozen after a non-finite or over-threshold iterate.
+        blowup_step: (B,) int64, the first step whose iterate blew up, -1 for none.
+        config: JSON-able configuration of the run.
+        seed, device, dtype: how it was run.
+    """
+
+    model: str
+    steps: np.ndarray
+    lr: float
+    lr_sum: np.ndarray
+    observables: dict[str, torch.Tensor]
+    x: torch.Tensor | None
+    diverged: torch.Tensor
+    blowup_step: torch.Tensor
+    config: dict
+    seed: int
+    device: str
+    dtype: str
+
+    @property
+    def time(self) -> np.ndarray:
+        """(S,) float64 SDE time t_k = k * lr."""
+        return self.steps.astype(np.float64) * self.lr
+
+    @property
+    def n_runs(self) -> int:
+        return int(self.diverged.shape[0])
+
+    def __getattr__(self, name: str):
+        observables = self.__dict__.get("observables", {})
+        if name in observables:
+            return observables[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or recorded observable {name!r}"
+                             f" (recorded: {', '.join(observables) or 'none'})")
+
+    def final(self, name: str = "loss") -> torch.Tensor:
+        """The observable at the last recorded step, (B,)."""
+        return getattr(self, name)[-1]
+
+    def to_dataset(self):
+        """An ``xarray.Dataset`` with dims (model, step, run[, coord]) per DESIGN.md §3."""
+        import xarray as xr
+
+        from sdeopt import __version__
+
+        coords = {"model": [self.model], "step": self.steps, "run": np.arange(self.n_runs),
+                  "time": ("step", self.time, {"units": "optimizer steps x lr"}),
+                  "lr_sum": ("step", self.lr_sum, {"long_name": "summed learning rate"})}
+        data = {name: (("model", "step", "run"), v.numpy()[None]) for name, v in self.observables.items()}
+        if self.x is not None:
+            coords["coord"] = np.arange(self.x.shape[-1])
+            data["x"] = (("model", "step", "run", "coord"), self.x.numpy()[None])
+        data["diverged"] = (("model", "run"), self.diverged.numpy()[None])
+        data["blowup_step"] = (("model", "run"), self.blowup_step.numpy()[None])
+        attrs = {"config": json.dumps(self.config, sort_keys=True), "seed": self.seed,
+                 "device": self.device, "dtype": self.dtype, "lr": self.lr,
+                 "sdeopt_version": __version__, "torch_version": torch.__version__}
+        return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -1,0 +1,903 @@
+"""Objectives f(x) = (1/N) sum_i f_i(x), batched over runs.
+
+Every problem maps a batch of states x of shape (B, d) to losses (B,), gradients (B, d) and
+Hessian-vector products (B, d). Problems whose workers hold different data (heterogeneous
+splits) also give per-worker gradients (B, N, d); homogeneous problems give (B, 1, d), which
+broadcasts over any number of workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import reprlib
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdeopt._rng import RandomSource
+from sdeopt._validation import check_device, check_dtype, check_int, check_positive
+
+
+class Problem(ABC):
+    """Base class of all objectives.
+
+    Attributes:
+        dim: d, the dimension of x.
+        n_workers: the number of workers the data is split over, or None when every worker
+            sees the same f (then any number of workers is allowed).
+        minimizer: (d,) tensor, a known minimiser, or None.
+        min_value: the known minimum f(minimizer), or None.
+    """
+
+    dim: int
+    n_workers: int | None = None
+    minimizer: torch.Tensor | None = None
+    min_value: float | None = None
+
+    @abstractmethod
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x). Args: x (B, d). Returns: (B,)."""
+
+    @abstractmethod
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        """∇f(x). Args: x (B, d). Returns: (B, d)."""
+
+    @abstractmethod
+    def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """∇²f(x) v. Args: x (B, d), v (B, d). Returns: (B, d)."""
+
+    @property
+    def heterogeneous(self) -> bool:
+        """True when the workers' objectives f_i differ."""
+        return self.n_workers is not None
+
+    def worker_grads(self, x: torch.Tensor) -> torch.Tensor:
+        """∇f_i(x) for every worker. Args: x (B, d). Returns: (B, N, d), or (B, 1, d) if homogeneous."""
+        return self.grad(x).unsqueeze(1)
+
+    def check_workers(self, n_workers: int) -> None:
+        """Raise ``ValueError`` unless the problem can be split over ``n_workers`` workers."""
+        n_workers = check_int("n_workers", n_workers, minimum=1)
+        if self.n_workers is not None and n_workers != self.n_workers:
+            raise ValueError(f"Invalid n_workers: {n_workers!r} (this {type(self).__name__} is "
+                             f"split over {self.n_workers} workers)")
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Problem:
+        """A copy whose tensors live on ``device`` in ``dtype`` (self if nothing changes)."""
+        dtype = check_dtype(dtype)
+        # canonical device ("cuda" -> "cuda:0"), so an unchanged device is recognised as such
+        device = torch.empty(0, device=check_device(device)).device
+        tensors = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        if all(t.device == device and (t.dtype == dtype or not t.is_floating_point())
+               for t in tensors.values()):
+            return self
+        new = copy.copy(self)
+        for k, t in tensors.items():
+            setattr(new, k, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype))
+        return new
+
+    def config(self) -> dict:
+        """A JSON-able description of the problem (for dataset attrs)."""
+        return {"type": type(self).__name__, "dim": self.dim, "n_workers": self.n_workers}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def _cast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` on the device and in the dtype of ``x`` (no copy when they already agree).
+
+    Problems keep their tensors in float64 until ``to(device, dtype)`` is called; this keeps a
+    forgotten ``to`` from silently promoting float32 runs to float64.
+    """
+    if t.dtype == x.dtype and t.device == x.device:
+        return t
+    return t.to(device=x.device, dtype=x.dtype)
+
+
+def _short(value) -> str:
+    """A bounded repr for error messages (user arrays may be large)."""
+    return reprlib.repr(value)
+
+
+def _as_vector(name: str, value, dim: int | None = None) -> torch.Tensor:
+    """A finite, non-empty float64 vector (d,), or ``ValueError`` naming ``name``."""
+    try:
+        t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value,
+                            dtype=torch.float64).clone()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"Invalid {name}: {_short(value)} (must be a sequence of numbers)") from None
+    if t.ndim != 1 or t.numel() == 0:
+        raise ValueError(f"Invalid {name}: {_short(value)} (must be a non-empty 1-D sequence, got "
+                         f"shape {tuple(t.shape)})")
+    if dim is not None and t.numel() != dim:
+        raise ValueError(f"Invalid {name}: {_short(value)} (must have length dim={dim}, got {t.numel()})")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"Invalid {name}: {_short(value)} (entries must be finite)")
+    return t.cpu()
+
+
+def _tensor_config(t: torch.Tensor, max_numel: int = 1024):
+    """A JSON-able form of a parameter tensor: the values if small, a summary otherwise."""
+    if t.numel() <= max_numel:
+        return t.detach().cpu().double().tolist()
+    a = t.detach().cpu().double().contiguous().numpy()
+    return {"shape": list(a.shape), "min": float(a.min()), "max": float(a.max()),
+            "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Quadratic
+# ---------------------------------------------------------------------------------------------
+
+class Quadratic(Problem):
+    r"""Strongly convex quadratic ``f(x) = ½ (x - x*)ᵀ H (x - x*)``.
+
+    ``∇f(x) = H (x - x*)``, ``∇²f(x) = H``; minimiser ``x*``, minimum 0. The problem is
+    (L, 0)-smooth with ``L = λ_max(H)`` and μ-strongly convex with ``μ = λ_min(H) > 0``
+    (MATH.md §2). Homogeneous: every worker sees the same f.
+
+    H is given either as its diagonal (``diag``: all entries > 0, so that H is symmetric
+    positive definite and x* is the unique minimiser) or as a dense symmetric positive
+    definite matrix (``matrix``: symmetric up to a relative 1e-6, then symmetrised exactly;
+    positive definiteness checked by a Cholesky factorisation). The diagonal path is
+    purely elementwise, O(d) per run with no matrix product, so ``grad`` and ``hvp`` of row b of
+    a batch are bitwise equal to evaluating run b alone (``loss`` too, as long as torch does
+    not split a single row's sum over threads, i.e. for one thread or moderate d).
+
+    Args:
+        diag: (d,) the diagonal of H, every entry > 0. Exactly one of ``diag``/``matrix``.
+        matrix: (d, d) a dense symmetric positive definite H.
+        center: (d,) the minimiser x*; defaults to 0.
+
+    Attributes:
+        diag: (d,) tensor or None; matrix: (d, d) tensor or None; center: (d,) tensor.
+
+    Example:
+        >>> prob = Quadratic(diag=[1.0, 4.0])
+        >>> prob.grad(torch.ones(3, 2, dtype=torch.float64))
+        tensor([[1., 4.],
+                [1., 4.],
+                [1., 4.]], dtype=torch.float64)
+
+    References:
+        Nesterov, *Lectures on Convex Optimization* (2018), §2.1 (the quadratic model class).
+    """
+
+    def __init__(self, diag=None, *, matrix=None, center=None) -> None:
+        if (diag is None) == (matrix is None):
+            raise ValueError(f"Invalid diag/matrix: diag={_short(diag)}, matrix={_short(matrix)} (give "
+                             "exactly one of diag or matrix)")
+        self.diag: torch.Tensor | None = None
+        self.matrix: torch.Tensor | None = None
+        if diag is not None:
+            h = _as_vector("diag", diag)  # (d,)
+            if not bool((h > 0).all()):
+                raise ValueError(f"Invalid diag: {_short(diag)} (all entries must be > 0 so that H is "
+                                 "positive definite)")
+            self.diag = h
+            self.dim = h.numel()
+        else:
+            self.matrix = self._check_matrix(matrix)  # (d, d)
+            self.dim = self.matrix.shape[0]
+        if center is None:
+            self.center = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
+        else:
+            self.center = _as_vector("center", center, self.dim)  # (d,)
+        self.minimizer = self.center
+        self.min_value = 0.0
+
+    @staticmethod
+    def _check_matrix(matrix) -> torch.Tensor:
+        try:
+            m = torch.as_tensor(matrix.detach() if isinstance(matrix, torch.Tensor) else matrix,
+                                dtype=torch.float64).clone().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"Invalid matrix: {_short(matrix)} (must be a square array of numbers)") from None
+        if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
+            raise ValueError(f"Invalid matrix: shape {tuple(m.shape)} (must be a non-empty square "
+                             "(d, d) matrix)")
+        if not bool(torch.isfinite(m).all()):
+            raise ValueError("Invalid matrix: entries must be finite")
+        scale = float(m.abs().max())
+        asym = float((m - m.T).abs().max())
+        if asym > 1e-6 * max(scale, 1e-300):  # rounding of a float32-built H passes
+            raise ValueError(f"Invalid matrix: not symmetric (max |H - Hᵀ| = {asym:.3g}, "
+                             f"max |H| = {scale:.3g})")
+        m = 0.5 * (m + m.T)  # exactly symmetric, so grad = (x - x*) H needs no transpose
+        _, info = torch.linalg.cholesky_ex(m)
+        if int(info) != 0:
+            lam = float(torch.linalg.eigvalsh(m)[0])
+            raise ValueError(f"Invalid matrix: not positive definite (Cholesky failed; smallest "
+                             f"eigenvalue {lam:.3g})")
+        return m
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """H as a dense (d, d) tensor."""
+        return torch.diag(self.diag) if self.diag is not None else self.matrix
+
+    @property
+    def eigenvalues(self) -> torch.Tensor:
+        """The eigenvalues of H in ascending order, (d,)."""
+        if self.diag is not None:
+            return torch.sort(self.diag).values
+        return torch.linalg.eigvalsh(self.matrix)
+
+    @property
+    def smoothness(self) -> float:
+        """L = λ_max(H)."""
+        return float(self.eigenvalues[-1])
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        r = x - _cast(self.center, x)  # (B, d)
+        if self.diag is not None:
+            return 0.5 * (_cast(self.diag, x) * r * r).sum(dim=-1)  # (B,)
+        return 0.5 * ((r @ _cast(self.matrix, x)) * r).sum(dim=-1)  # (B,)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        r = x - _cast(self.center, x)  # (B, d)
+        if self.diag is not None:
+            return _cast(self.diag, x) * r  # (B, d)
+        return r @ _cast(self.matrix, x)  # (B, d); H symmetric, so r H = (H r)ᵀ
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.diag is not None:
+            return _cast(self.diag, v) * v  # (B, d)
+        return v @ _cast(self.matrix, v)  # (B, d)
+
+    def config(self) -> dict:
+        cfg = super().config()
+        if self.diag is not None:
+            cfg["diag"] = _tensor_config(self.diag)
+        else:
+            cfg["matrix"] = _tensor_config(self.matrix)
+        cfg["center"] = _tensor_config(self.center)
+        return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Separable objectives f(x) = Σ_j φ(x_j)
+# ---------------------------------------------------------------------------------------------
+
+class SeparableProblem(Problem):
+    r"""``f(x) = Σ_j φ(x_j)`` for a scalar function φ: ``∇f = φ'(x)``, ``∇²f = diag(φ''(x))``.
+
+    Every operation is elementwise, so row b of a batch equals run b alone. Subclasses define
+    ``_phi``, ``_dphi`` and ``_d2phi`` (elementwise on tensors). Homogeneous.
+
+    Args:
+        dim: d >= 1.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = check_int("dim", dim, minimum=1)
+
+    @staticmethod
+    @abstractmethod
+    def _phi(x: torch.Tensor) -> torch.Tensor: ...
+
+    @staticmethod
+    @abstractmethod
+    def _dphi(x: torch.Tensor) -> torch.Tensor: ...
+
+    @staticmethod
+    @abstractmethod
+    def _d2phi(x: torch.Tensor) -> torch.Tensor: ...
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self._phi(x).sum(dim=-1)  # (B,)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return self._dphi(x)  # (B, d)
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._d2phi(x) * v  # (B, d)
+
+
+class Quartic(SeparableProblem):
+    r"""``f(x) = ¼ Σ_j x_j⁴``: ``∇f = x³``, ``∇²f = diag(3 x²)``; minimiser 0, minimum 0.
+
+    Not L-smooth (the curvature grows without bound), but (L0, L1)-smooth per coordinate:
+    ``3x² <= L0 + L1 |x|³`` holds e.g. with ``L0 = L1 = 3``; ``x⁴`` itself is (4, 3)-smooth.
+    Its minimiser is degenerate (zero curvature), so convergence is sublinear.
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Zhang, He, Sra, Jadbabaie, "Why gradient clipping accelerates training", ICLR 2020
+        (the (L0, L1)-smoothness condition ``||∇²f|| <= L0 + L1 ||∇f||``).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
+        self.min_value = 0.0
+
+    @staticmethod
+    def _phi(x):
+        x2 = x * x
+        return 0.25 * x2 * x2
+
+    @staticmethod
+    def _dphi(x):
+        return x * x * x
+
+    @staticmethod
+    def _d2phi(x):
+        return 3.0 * x * x
+
+
+class CoshSum(SeparableProblem):
+    r"""``f(x) = Σ_j cosh(x_j) - d``: ``∇f = sinh(x)``, ``∇²f = diag(cosh(x))``; min 0 at 0.
+
+    (1, 1)-smooth: ``cosh(t) <= 1 + |sinh(t)|``. Strongly convex (μ = 1), not L-smooth.
+    The value is computed as ``Σ_j 2 sinh²(x_j / 2)``, equal to ``cosh(x_j) - 1`` but free of
+    the cancellation of ``cosh(x) - 1`` near the minimiser.
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Zhang, He, Sra, Jadbabaie, ICLR 2020 (the (L0, L1)-smoothness condition).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
+        self.min_value = 0.0
+
+    @staticmethod
+    def _phi(x):
+        s = torch.sinh(0.5 * x)
+        return 2.0 * s * s
+
+    @staticmethod
+    def _dphi(x):
+        return torch.sinh(x)
+
+    @staticmethod
+    def _d2phi(x):
+        return torch.cosh(x)
+
+
+class ExpSum(SeparableProblem):
+    r"""``f(x) = Σ_j exp(x_j)``: ``∇f = exp(x)``, ``∇²f = diag(exp(x))``.
+
+    (0, 1)-smooth: ``||∇²f(x)||₂ = max_j e^{x_j} <= ||∇f(x)||₂``. Convex and bounded below
+    with infimum 0, which is not attained (no minimiser: ``minimizer`` and ``min_value`` are
+    None). A (0, L1)-smooth function with a minimiser would be constant (Grönwall), so this is
+    the typical member of the class.
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Zhang, He, Sra, Jadbabaie, ICLR 2020.
+    """
+
+    @staticmethod
+    def _phi(x):
+        return torch.exp(x)
+
+    @staticmethod
+    def _dphi(x):
+        return torch.exp(x)
+
+    @staticmethod
+    def _d2phi(x):
+        return torch.exp(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finite sums over data split across workers
+# ---------------------------------------------------------------------------------------------
+
+class FiniteSumProblem(Problem):
+    r"""``f(x) = (1/N) Σ_i f_i(x)`` with ``f_i(x) = (1/n_i) Σ_{s ∈ S_i} f_s(x)``.
+
+    The n samples are split into N disjoint shards ``S_i`` of sizes ``n_i`` (one per worker).
+    Every worker carries weight 1/N whatever its shard size, so f is the average of the f_i
+    exactly, and ``f = Σ_s w_s f_s`` with ``w_s = 1/(N n_{i(s)})`` (``sample_weights``).
+    Homogeneous problems (``n_workers`` None) have one shard holding all the data; every
+    worker then sees f itself.
+
+    Shards are stored padded to a common length ``n_max``: ``shard_index`` (S, n_max) holds
+    the sample ids of each shard (padding points at sample 0) and ``shard_mask`` (S, n_max) is
+    1 on real entries and 0 on padding; S = N, or 1 when homogeneous. Per-worker sums are
+    then batched tensor contractions, with no Python loop over runs or workers.
+
+    Minibatches: worker i draws ``b = batch_size`` distinct samples uniformly from its shard
+    (without replacement) by giving every entry an independent random 62-bit integer key and
+    keeping the b largest (a uniformly random b-subset; padding gets key -1 and is never
+    chosen). Keys are integers, so the same seed selects the same samples in float32 and
+    float64. The minibatch gradient ``g_i = (1/b) Σ_{s ∈ batch_i} ∇f_s(x)`` is unbiased for
+    ``∇f_i(x)``, with covariance (finite-population correction)
+
+        Cov(g_i) = (n_i - b) / ((n_i - 1) b) · Σ_i(x),
+        Σ_i(x) = (1/n_i) Σ_{s ∈ S_i} (∇f_s - ∇f_i)(∇f_s - ∇f_i)ᵀ.
+
+    Subclasses set ``dim``, ``n_samples``, call ``_set_shards`` and implement
+    ``per_sample_losses``/``per_sample_grads`` (and ``hvp``); they may override
+    ``_weighted_grads`` with a cheaper contraction.
+
+    References:
+        Cochran, *Sampling Techniques*, 3rd ed. (1977), Thm 2.2 (variance of the mean of a
+        sample drawn without replacement).
+    """
+
+    n_samples: int
+    #: (n,) int64, the worker holding each sample (all 0 when homogeneous).
+    sample_worker: torch.Tensor
+    #: (S,) int64, n_i.
+    shard_sizes: torch.Tensor
+    #: (S, n_max) int64, sample ids of each shard, padded with 0.
+    shard_index: torch.Tensor
+    #: (S, n_max) float, 1 on real entries, 0 on padding.
+    shard_mask: torch.Tensor
+    #: (n,) float, w_s = 1 / (N n_{i(s)}); sums to 1.
+    sample_weights: torch.Tensor
+
+    def _set_shards(self, owner: np.ndarray, n_shards: int) -> None:
+        """Build the shard tensors from ``owner`` (n,), the shard of each sample."""
+        owner = np.asarray(owner, dtype=np.int64)
+        n = owner.size
+        sizes = np.bincount(owner, minlength=n_shards)  # (S,)
+        if sizes.min() < 1:
+            raise ValueError(f"Invalid n_workers: {n_shards!r} (a worker would hold no data; "
+                             f"shard sizes {sizes.tolist()})")
+        order = np.argsort(owner, kind="stable")  # (n,) sample ids grouped by shard
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # (S,)
+        rank = np.arange(n) - starts[owner[order]]  # (n,) position inside the shard
+        n_max = int(sizes.max())
+        index = np.zeros((n_shards, n_max), dtype=np.int64)  # (S, n_max)
+        mask = np.zeros((n_shards, n_max), dtype=np.float64)  # (S, n_max)
+        index[owner[order], rank] = order
+        mask[owner[order], rank] = 1.0
+        self.n_samples = n
+        self.sample_worker = torch.as_tensor(owner)  # (n,)
+        self.shard_sizes = torch.as_tensor(sizes, dtype=torch.int64)  # (S,)
+        self.shard_index = torch.as_tensor(index)  # (S, n_max)
+        self.shard_mask = torch.as_tensor(mask)  # (S, n_max)
+        self.sample_weights = torch.as_tensor(1.0 / (n_shards * sizes[owner]))  # (n,)
+
+    # -- per-sample quantities ---------------------------------------------------------------
+
+    @abstractmethod
+    def per_sample_losses(self, x: torch.Tensor) -> torch.Tensor:
+        """f_s(x) for every sample, in data order. Args: x (B, d). Returns: (B, n)."""
+
+    @abstractmethod
+    def per_sample_grads(self, x: torch.Tensor) -> torch.Tensor:
+        """∇f_s(x) for every sample, in data order. Args: x (B, d). Returns: (B, n, d).
+
+        Memory is B·n·d; chunk over runs for large B.
+        """
+
+    def _weighted_grads(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``Σ_k weights[b, m, k] ∇f_{shard_index[m, k]}(x)`` over the padded shard layout.
+
+        Args:
+            x: (B, d).
+            weights: (B or 1, M, n_max), zero on padding. M = N when heterogeneous (row i
+                weighs shard i); when homogeneous (one shard) M is any number of workers.
+        Returns:
+            (B, M, d).
+        """
+        g = self.per_sample_grads(x)  # (B, n, d)
+        idx = self.shard_index.to(x.device)  # (S, n_max)
+        gp = g[:, idx]  # (B, S, n_max, d)
+        n_runs, n_rows = x.shape[0], weights.shape[1]
+        weights = weights.to(x.dtype).expand(n_runs, n_rows, -1)  # (B, M, n_max)
+        return torch.einsum("bmk,bmkd->bmd", weights, gp.expand(n_runs, n_rows, -1, -1))  # (B, M, d)
+
+    # -- the objective ---------------------------------------------------------------------
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self.per_sample_losses(x) @ _cast(self.sample_weights, x)  # (B,)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bnd,n->bd", self.per_sample_grads(x), _cast(self.sample_weights, x))
+
+    def worker_grads(self, x: torch.Tensor) -> torch.Tensor:
+        """∇f_i(x). Args: x (B, d). Returns: (B, N, d), or (B, 1, d) if homogeneous."""
+        if self.n_workers is None:
+            return self.grad(x).unsqueeze(1)  # (B, 1, d)
+        mask = _cast(self.shard_mask, x)  # (N, n_max)
+        weights = mask / self.shard_sizes.to(x.device, x.dtype).unsqueeze(-1)  # (N, n_max)
+        return self._weighted_grads(x, weights.unsqueeze(0))  # (B, N, d)
+
+    # -- minibatches -------------------------------------------------------------------------
+
+    def _check_batch(self, batch_size: int) -> int:
+        b = check_int("batch_size", batch_size, minimum=1)
+        smallest = int(self.shard_sizes.min())
+        if b > smallest:
+            raise ValueError(f"Invalid batch_size: {batch_size!r} (must be <= the smallest "
+                             f"shard size {smallest}, since batches are drawn without replacement)")
+        return b
+
+    def _minibatch_positions(self, batch_size: int, n_workers: int, rng: RandomSource) -> torch.Tensor:
+        """Positions in the padded shard layout of each worker's batch, (B, N, b) int64."""
+        b = self._check_batch(batch_size)
+        n_workers = check_int("n_workers", n_workers, minimum=1)
+        self.check_workers(n_workers)
+        n_max = self.shard_index.shape[1]
+        keys = rng.integers(1 << 62, n_workers, n_max)  # (B, N, n_max), distinct w.p. ~1
+        padding = self.shard_mask.to(keys.device) == 0  # (S, n_max)
+        keys = keys.masked_fill(padding.unsqueeze(0), -1)  # padding is never among the b largest
+        return torch.topk(keys, b, dim=-1, sorted=False).indices  # (B, N, b)
+
+    def minibatch_indices(self, batch_size: int, n_workers: int, rng: RandomSource) -> torch.Tensor:
+        """Sample ids of each worker's minibatch, distinct within a worker.
+
+        Args:
+            batch_size: b, 1 <= b <= the smallest shard size.
+            n_workers: N (must equal ``self.n_workers`` when heterogeneous).
+            rng: RandomSource for B runs.
+        Returns:
+            (B, N, b) int64 ids into the data set (data order).
+        """
+        pos = self._minibatch_positions(batch_size, n_workers, rng)  # (B, N, b)
+        idx = self.shard_index.to(pos.device)  # (S, n_max)
+        idx = idx.unsqueeze(0).expand(pos.shape[0], pos.shape[1], -1)  # (B, N, n_max)
+        return torch.gather(idx, -1, pos)  # (B, N, b)
+
+    def minibatch_worker_grads(self, x: torch.Tensor, batch_size: int, n_workers: int,
+                               rng: RandomSource) -> torch.Tensor:
+        r"""Minibatch gradients ``g_i = (1/b) Σ_{s ∈ batch_i} ∇f_s(x)`` of every worker.
+
+        Each run and each worker draws its own batch of b distinct samples uniformly from its
+        shard (from all the data when homogeneous), so ``E g_i = ∇f_i(x)``.
+
+        Args:
+            x: (B, d).
+            batch_size: b, 1 <= b <= the smallest shard size (``ValueError`` otherwise).
+            n_workers: N (must equal ``self.n_workers`` when heterogeneous).
+            rng: RandomSource for the same B runs.
+        Returns:
+            (B, N, d).
+        """
+        pos = self._minibatch_positions(batch_size, n_workers, rng).to(x.device)  # (B, N, b)
+        n_max = self.shard_index.shape[1]
+        weights = torch.zeros(*pos.shape[:2], n_max, device=x.device, dtype=x.dtype)  # (B, N, n_max)
+        weights.scatter_(-1, pos, 1.0 / pos.shape[-1])
+        return self._weighted_grads(x, weights)  # (B, N, d)
+
+    def minibatch_covariance(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        r"""Covariance of the minibatch gradient ``g_i`` of each worker.
+
+        ``Cov(g_i) = (n_i - b) / ((n_i - 1) b) · (1/n_i) Σ_{s ∈ S_i} (∇f_s - ∇f_i)(∇f_s - ∇f_i)ᵀ``
+        (zero when b = n_i).
+
+        Args:
+            x: (B, d).
+            batch_size: b.
+        Returns:
+            (B, N, d, d), or (B, 1, d, d) if homogeneous (the same for every worker).
+        """
+        b = self._check_batch(batch_size)
+        g = self.per_sample_grads(x)  # (B, n, d)
+        gp = g[:, self.shard_index.to(x.device)]  # (B, S, n_max, d)
+        mask = _cast(self.shard_mask, x).unsqueeze(-1)  # (S, n_max, 1)
+        n_i = self.shard_sizes.to(x.device, x.dtype)  # (S,)
+        mean = (gp * mask).sum(dim=2) / n_i.unsqueeze(-1)  # (B, S, d)
+        dev = (gp - mean.unsqueeze(2)) * mask  # (B, S, n_max, d)
+        cov = torch.einsum("bskd,bske->bsde", dev, dev) / n_i[:, None, None]  # (B, S, d, d)
+        fpc = torch.where(n_i > 1, (n_i - b) / ((n_i - 1).clamp(min=1) * b), torch.zeros_like(n_i))  # (S,)
+        return cov * fpc[:, None, None]
+
+    def config(self) -> dict:
+        cfg = super().config()
+        cfg["n_samples"] = self.n_samples
+        cfg["shard_sizes"] = self.shard_sizes.tolist()
+        return cfg
+
+
+# -- data sets -----------------------------------------------------------------------------------
+
+def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    """Wisconsin diagnostic breast cancer: 569 × 30; y = +1 benign, -1 malignant."""
+    from sklearn.datasets import load_breast_cancer
+    data = load_breast_cancer()
+    return np.asarray(data.data, dtype=np.float64), np.where(data.target == 1, 1.0, -1.0)
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Optical digits 8×8: 1797 × 64; y = +1 for digits 5-9, -1 for digits 0-4."""
+    from sklearn.datasets import load_digits
+    data = load_digits()
+    return np.asarray(data.data, dtype=np.float64), np.where(data.target >= 5, 1.0, -1.0)
+
+
+_DATASETS = {"breast_cancer": _load_breast_cancer, "digits": _load_digits}
+
+
+# -- splits: each maps (labels (n,), n_workers, numpy Generator, alpha) to owner (n,) -----------
+
+def _split_iid(labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float) -> np.ndarray:
+    n = labels.size
+    owner = np.empty(n, dtype=np.int64)
+    owner[gen.permutation(n)] = np.arange(n) * n_workers // n  # near-equal shard sizes
+    return owner
+
+
+def _split_label(labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float) -> np.ndarray:
+    n = labels.size
+    perm = gen.permutation(n)  # random order inside each label
+    order = perm[np.argsort(labels[perm], kind="stable")]
+    owner = np.empty(n, dtype=np.int64)
+    owner[order] = np.arange(n) * n_workers // n  # contiguous chunks of the label-sorted data
+    return owner
+
+
+def _split_dirichlet(labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float) -> np.ndarray:
+    n = labels.size
+    owner = np.empty(n, dtype=np.int64)
+    for _ in range(1000):  # redraw until no worker is empty (a construction-time loop)
+        for c in np.unique(labels):
+            idx = gen.permutation(np.flatnonzero(labels == c))
+            p = gen.dirichlet(np.full(n_workers, alpha))  # (N,) class-c proportions per worker
+            cuts = np.floor(np.cumsum(p)[:-1] * idx.size).astype(np.int64)  # (N-1,)
+            owner[idx] = np.searchsorted(cuts, np.arange(idx.size), side="right")
+        if np.bincount(owner, minlength=n_workers).min() >= 1:
+            return owner
+    raise ValueError(f"Invalid alpha: {alpha!r} (the Dirichlet split left a worker without data "
+                     f"in 1000 draws; raise alpha or lower n_workers={n_workers})")
+
+
+_SPLITS = {"iid": _split_iid, "label": _split_label, "dirichlet": _split_dirichlet}
+
+
+class LogisticRegression(FiniteSumProblem):
+    r"""L2-regularised logistic regression on a real data set, split over workers.
+
+    With features ``a_s`` (standardised to mean 0 and variance 1 over the whole data set, plus
+    a constant 1 when ``fit_intercept``), labels ``y_s ∈ {-1, +1}`` and ``z_s = y_s a_s``,
+
+        f_s(x) = log(1 + exp(-z_sᵀ x)) + (reg/2) ||x||²,
+        f_i(x) = (1/n_i) Σ_{s ∈ S_i} f_s(x),        f(x) = (1/N) Σ_i f_i(x),
+
+    (see ``FiniteSumProblem``: each worker weighs 1/N even when shard sizes differ). With
+    ``σ(t) = 1/(1 + e^{-t})`` and ``w_s = 1/(N n_{i(s)})``:
+
+        ∇f(x)  = -Σ_s w_s σ(-z_sᵀx) z_s + reg x,
+        ∇²f(x) =  Σ_s w_s σ(z_sᵀx) σ(-z_sᵀx) z_s z_sᵀ + reg I.
+
+    ``reg > 0`` makes f reg-strongly convex with a unique minimiser (the intercept is
+    regularised too), computed at construction by damped Newton in float64 and stored as
+    ``minimizer``/``min_value``. f is L-smooth with ``L <= λ_max(Σ_s w_s z_s z_sᵀ)/4 + reg``
+    (``smoothness``) and (L0, L1)-smooth with small L0.
+
+    Splits (``split``), all seeded by ``seed`` through a numpy Generator:
+      - ``"iid"``: a random permutation cut into N near-equal shards.
+      - ``"label"``: the data sorted by label (random order within a label) cut into N
+        contiguous near-equal shards, so most workers see one label only (pathological
+        non-IID split of McMahan et al. 2017).
+      - ``"dirichlet"``: for each class, worker proportions ~ Dirichlet(alpha·1_N)
+        (Hsu, Qi, Brown 2019); small alpha is very heterogeneous, shard sizes vary.
+
+    Args:
+        n_workers: N >= 1, or None for homogeneous (every worker sees all the data;
+            ``worker_grads`` returns (B, 1, d)).
+        split: "iid", "label" or "dirichlet" (ignored when ``n_workers`` is None).
+        reg: the L2 weight, > 0.
+        dataset: "breast_cancer" (569 × 30) or "digits" (1797 × 64, digits 0-4 vs 5-9),
+            both shipped with scikit-learn (no download).
+        fit_intercept: append a constant feature (d = p + 1).
+        seed: seed of the split, an int >= 0.
+        alpha: Dirichlet concentration > 0 (used by split="dirichlet").
+
+    Attributes:
+        features: (n, d) standardised features a_s; labels: (n,) ±1.
+
+    Example:
+        >>> prob = LogisticRegression(n_workers=4, split="label")
+        >>> prob.worker_grads(prob.minimizer.unsqueeze(0)).shape
+        torch.Size([1, 4, 31])
+
+    References:
+        Wolberg, Street, Mangasarian, "Breast cancer diagnosis and prognosis via linear
+        programming", Operations Research 43 (1995) (the data set; UCI ML repository).
+        Alpaydin, Kaynak, "Optical recognition of handwritten digits", UCI ML repository (1998).
+        McMahan et al., "Communication-efficient learning of deep networks from decentralized
+        data", AISTATS 2017 (label-sorted split). Hsu, Qi, Brown, "Measuring the effects of
+        non-identical data distribution for federated visual classification", arXiv:1909.06335
+        (Dirichlet split).
+    """
+
+    def __init__(self, n_workers: int | None = None, *, split: str = "iid", reg: float = 1e-3,
+                 dataset: str = "breast_cancer", fit_intercept: bool = True, seed: int = 0,
+                 alpha: float = 0.5) -> None:
+        if n_workers is not None:
+            n_workers = check_int("n_workers", n_workers, minimum=1)
+        if not isinstance(split, str) or split not in _SPLITS:
+            raise ValueError(f"Invalid split: {split!r} (use one of {sorted(_SPLITS)})")
+        if not isinstance(dataset, str) or dataset not in _DATASETS:
+            raise ValueError(f"Invalid dataset: {dataset!r} (use one of {sorted(_DATASETS)})")
+        if not isinstance(fit_intercept, bool):
+            raise ValueError(f"Invalid fit_intercept: {fit_intercept!r} (must be True or False)")
+        self.reg = check_positive("reg", reg)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.alpha = check_positive("alpha", alpha)
+        self.split = split
+        self.dataset = dataset
+        self.fit_intercept = fit_intercept
+        self.n_workers = n_workers
+
+        a, y = _DATASETS[dataset]()  # (n, p), (n,)
+        std = a.std(axis=0)
+        a = (a - a.mean(axis=0)) / np.where(std > 0, std, 1.0)  # constant pixels stay 0
+        if fit_intercept:
+            a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)  # (n, d)
+        n = a.shape[0]
+        if n_workers is not None and n_workers > n:
+            raise ValueError(f"Invalid n_workers: {n_workers!r} (more workers than the {n} samples "
+                             f"of dataset={dataset!r})")
+        self.dim = a.shape[1]
+        self.features = torch.as_tensor(a)  # (n, d)
+        self.labels = torch.as_tensor(y)  # (n,)
+        self._signed = self.labels.unsqueeze(-1) * self.features  # (n, d) z_s = y_s a_s
+
+        if n_workers is None:
+            self._set_shards(np.zeros(n, dtype=np.int64), 1)
+        else:
+            gen = np.random.default_rng(self.seed)
+            self._set_shards(_SPLITS[split](y, n_workers, gen, self.alpha), n_workers)
+        self._shard_signed = self._signed[self.shard_index] * self.shard_mask.unsqueeze(-1)  # (S, n_max, d)
+
+        self.minimizer, self.min_value = self._solve()
+        gram = self._signed.T @ (self.sample_weights.unsqueeze(-1) * self._signed)  # (d, d)
+        self.smoothness = float(torch.linalg.eigvalsh(gram)[-1]) / 4 + self.reg
+
+    def _solve(self, tol: float = 1e-12, max_iter: int = 100) -> tuple[torch.Tensor, float]:
+        """The minimiser by damped Newton (Armijo backtracking) in float64."""
+        z, w = self._signed, self.sample_weights  # (n, d), (n,)
+        x = torch.zeros(1, self.dim, dtype=torch.float64)  # (1, d)
+        eye = torch.eye(self.dim, dtype=torch.float64)  # (d, d)
+        for _ in range(max_iter):
+            g = self.grad(x)  # (1, d)
+            if float(g.abs().max()) < tol:
+                break
+            m = (x @ z.T)[0]  # (n,)
+            curv = w * torch.sigmoid(m) * torch.sigmoid(-m)  # (n,)
+            hess = z.T @ (curv.unsqueeze(-1) * z) + self.reg * eye  # (d, d)
+            step = torch.linalg.solve(hess, g[0])  # (d,)
+            f0, t = float(self.loss(x)), 1.0
+            slope = float(g[0] @ step)
+            while float(self.loss(x - t * step)) > f0 - 1e-4 * t * slope and t > 1e-10:
+                t *= 0.5
+            x = x - t * step
+        return x[0], float(self.loss(x))
+
+    # -- per-sample quantities ---------------------------------------------------------------
+
+    def _margins(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ _cast(self._signed, x).T  # (B, n), z_sᵀ x
+
+    def per_sample_losses(self, x: torch.Tensor) -> torch.Tensor:
+        reg_term = 0.5 * self.reg * (x * x).sum(dim=-1, keepdim=True)  # (B, 1)
+        return F.softplus(-self._margins(x)) + reg_term  # (B, n)
+
+    def per_sample_grads(self, x: torch.Tensor) -> torch.Tensor:
+        c = -torch.sigmoid(-self._margins(x))  # (B, n), dℓ/dm
+        return c.unsqueeze(-1) * _cast(self._signed, x) + self.reg * x.unsqueeze(1)  # (B, n, d)
+
+    def _weighted_grads(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        c = -torch.sigmoid(-self._margins(x))  # (B, n)
+        if self.n_workers is None:
+            # one shard in data order: every worker row contracts against all the data
+            out = (weights * c.unsqueeze(1)) @ _cast(self._signed, x)  # (B, M, d)
+        else:
+            cp = c[:, self.shard_index.to(x.device)]  # (B, N, n_max); padding has zero weight
+            out = torch.einsum("bik,ikd->bid", weights * cp, _cast(self._shard_signed, x))  # (B, N, d)
+        return out + self.reg * weights.sum(dim=-1, keepdim=True) * x.unsqueeze(1)
+
+    # -- the objective (flat contractions, cheaper than the per-sample tensors) ---------------
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        data = F.softplus(-self._margins(x)) @ _cast(self.sample_weights, x)  # (B,)
+        return data + 0.5 * self.reg * (x * x).sum(dim=-1)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        c = -torch.sigmoid(-self._margins(x)) * _cast(self.sample_weights, x)  # (B, n)
+        return c @ _cast(self._signed, x) + self.reg * x  # (B, d)
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        z = _cast(self._signed, x)  # (n, d)
+        m = x @ z.T  # (B, n)
+        curv = torch.sigmoid(m) * torch.sigmoid(-m) * _cast(self.sample_weights, x)  # (B, n)
+        return (curv * (v @ z.T)) @ z + self.reg * v  # (B, d)
+
+    def config(self) -> dict:
+        cfg = super().config()
+        cfg.update(dataset=self.dataset, split=self.split if self.n_workers is not None else None,
+                   reg=self.reg, fit_intercept=self.fit_intercept, seed=self.seed)
+        if self.n_workers is not None and self.split == "dirichlet":
+            cfg["alpha"] = self.alpha
+        return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# User functions
+# ---------------------------------------------------------------------------------------------
+
+class FunctionProblem(Problem):
+    r"""Any objective written in torch: ``f = fn(x)`` for a single x of shape (d,).
+
+    ``loss = vmap(fn)``, ``grad = vmap(grad(fn))`` and ``hvp(x, v) = vmap(jvp(grad(fn), x, v))``
+    (forward-over-reverse, ``∇²f(x) v`` without forming the Hessian), all by ``torch.func``.
+    ``fn`` must therefore be vmappable: pure torch operations, no ``.item()``, no
+    data-dependent Python control flow, no in-place changes of its input. Tensors captured in
+    ``fn``'s closure are not moved by ``to(device, dtype)``. Homogeneous.
+
+    Args:
+        fn: callable mapping a (d,) tensor to a 0-dim tensor.
+        dim: d >= 1.
+        minimizer: (d,) a known minimiser, or None.
+        min_value: f(minimizer), or None (computed from ``fn`` when a minimiser is given).
+
+    Example:
+        >>> prob = FunctionProblem(lambda x: (x ** 2).sum() + x[0] * x[1], dim=2)
+        >>> prob.hvp(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+        tensor([[2., 1.]])
+
+    References:
+        PyTorch ``torch.func`` documentation (vmap, grad, jvp; "Jacobians, Hessians, hvp").
+    """
+
+    def __init__(self, fn, dim: int, minimizer=None, min_value: float | None = None) -> None:
+        if not callable(fn):
+            raise ValueError(f"Invalid fn: {fn!r} (must be callable)")
+        self.dim = check_int("dim", dim, minimum=1)
+        self.fn = fn
+        try:
+            out = fn(torch.zeros(self.dim, dtype=torch.float64))
+        except Exception as exc:  # the user's function failed: say so at construction
+            raise ValueError(f"Invalid fn: {fn!r} (calling it on zeros({self.dim}) raised "
+                             f"{type(exc).__name__}: {exc})") from exc
+        if not isinstance(out, torch.Tensor) or out.ndim != 0:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"Invalid fn: {fn!r} (must return a 0-dim tensor, got {shape})")
+        if minimizer is not None:
+            self.minimizer = _as_vector("minimizer", minimizer, self.dim)  # (d,)
+        if min_value is not None:
+            self.min_value = _as_float_finite("min_value", min_value)
+        elif self.minimizer is not None:
+            self.min_value = float(fn(self.minimizer))
+        self._loss = torch.func.vmap(fn)
+        self._grad = torch.func.vmap(torch.func.grad(fn))
+        self._hvp = torch.func.vmap(lambda x, v: torch.func.jvp(torch.func.grad(fn), (x,), (v,))[1])
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self._loss(x)  # (B,)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return self._grad(x)  # (B, d)
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._hvp(x, v)  # (B, d)
+
+    def config(self) -> dict:
+        cfg = super().config()
+        cfg["fn"] = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        cfg["min_value"] = self.min_value
+        return cfg
+
+
+def _as_float_finite(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number)")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number)") from None
+    if not math.isfinite(v):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a finite number)")
+    return v

@@ -1,0 +1,196 @@
+"""Learning-rate schedules: the dimensionless factor eta_k (MATH.md §1).
+
+The step taken at iteration k is ``lr * eta_k`` with ``eta_0 = 1`` for every schedule here.
+Time is never rescaled by the schedule: iteration k sits at SDE time ``t_k = k * lr``, and the
+SDE sees the schedule as the piecewise-constant factor ``eta_t = eta_{floor(t / lr)}``.
+
+A schedule is a frozen, keyword-only dataclass and a pure function of k:
+
+- ``schedule(k)`` for an int k >= 0 returns a Python float; for an integer tensor it returns
+  a float64 tensor of the same shape and device;
+- ``schedule.factors(n_steps)`` returns the float64 tensor (eta_0, ..., eta_{n_steps-1});
+- ``schedule.config()`` is a JSON-able dict, and ``from_config(schedule.config())`` rebuilds
+  an equal schedule. ``REGISTRY`` maps the ``"type"`` names to the classes.
+
+Example:
+    >>> s = PolyDecay(power=0.5)
+    >>> s(0), s(3)
+    (1.0, 0.5)
+    >>> from_config(s.config()) == s
+    True
+    >>> Cosine(n_steps=4).factors(5).tolist()
+    [1.0, 0.8535533905932737, 0.5, 0.14644660940672627, 0.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from sdeopt._validation import check_in_range, check_int, check_nonnegative, check_positive
+
+
+class Schedule(ABC):
+    """Base class: a map k -> eta_k >= 0 with eta_0 = 1.
+
+    Subclasses implement ``_factor`` once, on int64 tensors; ``__call__`` and ``factors`` are
+    built on it, so the scalar and the vectorised paths compute the same formula.
+    """
+
+    #: the key of this class in ``REGISTRY`` and the ``"type"`` of its config.
+    name: ClassVar[str]
+
+    @abstractmethod
+    def _factor(self, k: torch.Tensor) -> torch.Tensor:
+        """eta_k for an int64 tensor k >= 0, as a float64 tensor of the same shape."""
+
+    def __call__(self, k: int | torch.Tensor) -> float | torch.Tensor:
+        """eta_k for an int k >= 0 (a float) or an integer tensor (a float64 tensor, same shape)."""
+        if isinstance(k, torch.Tensor):
+            if k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool:
+                raise ValueError(f"Invalid k: tensor of dtype {k.dtype} (must be an integer tensor)")
+            if k.numel() and bool((k < 0).any()):
+                raise ValueError(f"Invalid k: tensor with minimum {int(k.min())} (must be >= 0)")
+            return self._factor(k.to(torch.int64))
+        k = check_int("k", k, minimum=0)
+        return float(self._factor(torch.tensor(k, dtype=torch.int64)))
+
+    def factors(self, n_steps: int) -> torch.Tensor:
+        """(eta_0, ..., eta_{n_steps-1}) as a float64 tensor of shape (n_steps,)."""
+        n_steps = check_int("n_steps", n_steps, minimum=0)
+        return self._factor(torch.arange(n_steps, dtype=torch.int64))  # (n_steps,)
+
+    def config(self) -> dict:
+        """A JSON-able description: ``{"type": name, <hyperparameters>}``."""
+        out = {"type": self.name}
+        if dataclasses.is_dataclass(self):
+            out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Constant(Schedule):
+    """The constant schedule ``eta_k = 1``."""
+
+    name: ClassVar[str] = "constant"
+
+    def _factor(self, k: torch.Tensor) -> torch.Tensor:
+        return torch.ones(k.shape, dtype=torch.float64, device=k.device)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolyDecay(Schedule):
+    """Polynomial decay ``eta_k = (offset / (k + offset))^power``.
+
+    With ``offset = 1`` this is ``1 / (k + 1)^power``; ``power = 1/2`` is the classical
+    ``1/sqrt(k)`` rate of SGD on convex problems and ``power = 1`` the Robbins–Monro
+    ``1/k`` rate (Robbins & Monro, Ann. Math. Statist. 1951). A larger offset delays the decay.
+
+    Args:
+        power: the exponent p >= 0 (p = 0 is the constant schedule).
+        offset: k0 > 0; eta_k halves (for p = 1) at k = k0.
+    """
+
+    power: float = 0.5
+    offset: float = 1.0
+    name: ClassVar[str] = "poly"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "power", check_nonnegative("power", self.power))
+        object.__setattr__(self, "offset", check_positive("offset", self.offset))
+
+    def _factor(self, k: torch.Tensor) -> torch.Tensor:
+        return (self.offset / (k.to(torch.float64) + self.offset)).pow(self.power)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cosine(Schedule):
+    """Cosine annealing from 1 to ``min_factor`` over ``n_steps`` iterations.
+
+    ``eta_k = min + (1 - min)(1 + cos(π k / n_steps))/2`` for k <= n_steps and
+    ``eta_k = min`` afterwards (Loshchilov & Hutter, SGDR, ICLR 2017, Eq. 5, without
+    restarts). Evaluated as ``1 - (1 - min)(1 - cos(π k/n))/2`` so that eta_0 = 1 exactly.
+
+    Args:
+        n_steps: the annealing length, an integer >= 1.
+        min_factor: the final factor, in [0, 1].
+    """
+
+    n_steps: int
+    min_factor: float = 0.0
+    name: ClassVar[str] = "cosine"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_steps", check_int("n_steps", self.n_steps, minimum=1))
+        object.__setattr__(self, "min_factor", check_in_range("min_factor", self.min_factor, 0.0, 1.0))
+
+    def _factor(self, k: torch.Tensor) -> torch.Tensor:
+        phase = (math.pi / self.n_steps) * k.clamp(max=self.n_steps).to(torch.float64)
+        eta = 1.0 - (1.0 - self.min_factor) * (1.0 - torch.cos(phase)) / 2.0
+        return torch.where(k >= self.n_steps, torch.full_like(eta, self.min_factor), eta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepDecay(Schedule):
+    """Piecewise-constant decay ``eta_k = factor^floor(k / every)``.
+
+    Args:
+        every: iterations between decays, an integer >= 1.
+        factor: the multiplier per decay, in (0, 1].
+    """
+
+    every: int
+    factor: float
+    name: ClassVar[str] = "step"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "every", check_int("every", self.every, minimum=1))
+        object.__setattr__(self, "factor", check_in_range("factor", self.factor, 0.0, 1.0, closed="right"))
+
+    def _factor(self, k: torch.Tensor) -> torch.Tensor:
+        exponent = torch.div(k, self.every, rounding_mode="floor").to(torch.float64)
+        return torch.full_like(exponent, self.factor).pow(exponent)
+
+
+#: name -> schedule class; the names are the ``"type"`` entries of ``config()``.
+REGISTRY: dict[str, type[Schedule]] = {
+    cls.name: cls for cls in (Constant, PolyDecay, Cosine, StepDecay)
+}
+
+
+def from_config(config: Mapping) -> Schedule:
+    """Rebuild a schedule from ``config()`` output (or a TOML table of the same form).
+
+    Args:
+        config: a mapping with ``"type"`` (a key of ``REGISTRY``) and the hyperparameters.
+    Raises:
+        ValueError: unknown type or hyperparameter, missing type, or an invalid value (the
+            message names the key and the value).
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"Invalid schedule config: {config!r} (must be a mapping with a 'type' key)")
+    if "type" not in config:
+        raise ValueError(f"Invalid schedule config: {dict(config)!r} (missing key 'type'; "
+                         f"one of {sorted(REGISTRY)})")
+    name = config["type"]
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(f"Invalid type: {name!r} (unknown schedule; use one of {sorted(REGISTRY)})")
+    cls = REGISTRY[name]
+    params = {key: value for key, value in config.items() if key != "type"}
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    for key in params:
+        if key not in allowed:
+            raise ValueError(f"Invalid {key}: {params[key]!r} (not a parameter of schedule "
+                             f"{name!r}; expected {sorted(allowed)})")
+    try:
+        return cls(**params)
+    except TypeError as exc:  # a required hyperparameter is missing
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.name not in params and f.default is dataclasses.MISSING)
+        raise ValueError(f"Invalid schedule config for {name!r}: missing {missing} ({exc})") from None

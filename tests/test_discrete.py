@@ -1,0 +1,338 @@
+"""Contract tests over every discrete method, and closed-form checks (MATH.md §5, §7)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sdeopt as so
+from sdeopt._rng import RandomSource
+from sdeopt.discrete import DCSGD, DSGD, DSignSGD, simulate
+
+DIAG = [1.0, 2.0, 3.0, 4.0]
+
+# One table drives the generic contract tests (STYLE.md).
+CASES = {
+    "dsgd-gauss": lambda: DSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])),
+    "dsgd-t3": lambda: DSGD(lr=0.05, n_workers=3, noise=so.noise.StudentT(nu=3.0, scale=0.7)),
+    "dcsgd-randk": lambda: DCSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=1.0),
+                                 compressor=so.compressors.RandK(k=2)),
+    "dcsgd-norm-clip": lambda: DCSGD(lr=0.05, n_workers=2, noise=so.noise.StudentT(nu=1.5),
+                                     compressor=so.compressors.Natural(), normalize=(1.0, 0.5), clip=3.0),
+    "dsign-gauss": lambda: DSignSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])),
+    "dsign-t": lambda: DSignSGD(lr=0.05, n_workers=8, noise=so.noise.StudentT(nu=1.5)),
+    "dsign-stable": lambda: DSignSGD(lr=0.05, n_workers=2, noise=so.noise.SymmetricStable(alpha=1.5)),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def method(request):
+    return CASES[request.param]()
+
+
+def problem():
+    return so.problems.Quadratic(diag=DIAG)
+
+
+def x0_batch(n_runs, generator):
+    return torch.randn(n_runs, len(DIAG), generator=generator)
+
+
+def test_shapes(method, generator, device):
+    x0 = x0_batch(6, generator)
+    traj = simulate(method, problem(), x0, n_steps=7, n_runs=6, record_every=3, device=device,
+                    record=("loss", "grad_norm", "dist"), record_x=True)
+    assert list(traj.steps) == [0, 3, 6, 7]
+    assert traj.loss.shape == traj.grad_norm.shape == traj.dist.shape == (4, 6)
+    assert traj.x.shape == (4, 6, 4)
+    assert traj.diverged.shape == traj.blowup_step.shape == (6,)
+    torch.testing.assert_close(traj.x[0], x0.to(traj.x.dtype))
+    assert np.allclose(traj.time, traj.steps * method.lr)
+
+
+def test_same_seed_bitwise_same_and_new_seed_differs(method, generator):
+    x0 = x0_batch(10, generator)
+    a = simulate(method, problem(), x0, n_steps=5, n_runs=10, seed=3, record_x=True)
+    b = simulate(method, problem(), x0, n_steps=5, n_runs=10, seed=3, record_x=True)
+    c = simulate(method, problem(), x0, n_steps=5, n_runs=10, seed=4, record_x=True)
+    assert torch.equal(a.x, b.x)
+    assert not torch.equal(a.x[-1], c.x[-1])
+
+
+def test_chunk_size_does_not_change_results(method, generator):
+    x0 = x0_batch(40, generator)
+    kw = dict(n_steps=6, n_runs=40, seed=1, record_x=True, block_size=8)
+    whole = simulate(method, problem(), x0, **kw)
+    chunked = simulate(method, problem(), x0, chunk_size=16, **kw)
+    tiny = simulate(method, problem(), x0, chunk_size=8, **kw)
+    assert torch.equal(whole.x, chunked.x) and torch.equal(whole.x, tiny.x)
+
+
+def test_row_of_a_batch_equals_the_run_alone(method, generator):
+    x0 = x0_batch(5, generator)
+    kw = dict(n_steps=6, seed=2, record_x=True, block_size=1)
+    batch = simulate(method, problem(), x0, n_runs=5, **kw)
+    for b in (0, 3, 4):
+        alone = simulate(method, problem(), x0[b], n_runs=1, first_run=b, **kw)
+        assert torch.equal(alone.x[:, 0], batch.x[:, b])
+
+
+def test_zero_noise_identity_compressor_is_gradient_descent(generator):
+    prob = problem()
+    x0 = x0_batch(3, generator)
+    lr, n = 0.1, 6
+    for opt, update in [
+        (DSGD(lr=lr, n_workers=3, noise=so.noise.Gaussian(scale=0.0)), lambda g: g),
+        (DSGD(lr=lr, n_workers=3, noise=so.noise.Gaussian(scale=0.0), shortcuts=False), lambda g: g),
+        (DSignSGD(lr=lr, n_workers=3, noise=so.noise.StudentT(nu=1.0, scale=0.0)), torch.sign),
+        (DCSGD(lr=lr, n_workers=2, noise=so.noise.Gaussian(scale=0.0), normalize=(1.0, 2.0)),
+         lambda g: g / (1.0 + 2.0 * g.norm(dim=-1, keepdim=True))),
+    ]:
+        traj = simulate(opt, prob, x0, n_steps=n, n_runs=3, record_x=True)
+        x = x0.clone()
+        for _ in range(n):
+            x = x - lr * update(prob.grad(x))
+        torch.testing.assert_close(traj.x[-1], x, rtol=1e-12, atol=1e-12)
+
+
+def _one_step(opt, prob, x, seed):
+    """x_1 and the RandomSource state as simulate would use them, for one chunk of runs."""
+    rng = RandomSource(seed, x.shape[0])
+    return opt.step(prob, so.discrete.State(x=x.clone()), 0, opt.lr * opt.schedule(0), rng).x
+
+
+@pytest.mark.parametrize("case", ["dsgd-t3", "dcsgd-randk", "dcsgd-norm-clip", "dsign-gauss", "dsign-t"])
+def test_vectorised_step_equals_naive_loop(case, generator):
+    """Same random draws; the aggregation, clipping, normalisation and signs loop per run and worker."""
+    import dataclasses
+    opt = dataclasses.replace(CASES[case](), shortcuts=False)
+    prob = problem()
+    b, d = 7, len(DIAG)
+    x = x0_batch(b, generator)
+    x1 = _one_step(opt, prob, x, seed=5)
+    # Replay the draws the vectorised step made: oracle first, then the compressor.
+    rng = RandomSource(5, b)
+    g = opt.noise.oracle(prob, x, opt.n_workers, rng)  # (B, N, d)
+    if isinstance(opt, DCSGD):
+        g = opt.compressor.compress(g, rng)
+    expected = torch.empty_like(x)
+    for r in range(b):
+        v = [0.0] * d
+        for i in range(opt.n_workers):
+            for j in range(d):
+                gij = float(g[r, i, j])
+                v[j] += (math.copysign(1.0, gij) if gij != 0 else 0.0) if isinstance(opt, DSignSGD) else gij
+        v = [vj / opt.n_workers for vj in v]
+        norm = math.sqrt(sum(vj * vj for vj in v))
+        if getattr(opt, "clip", None) is not None and norm > opt.clip:
+            v = [vj * opt.clip / norm for vj in v]
+            norm = opt.clip
+        if getattr(opt, "normalize", None) is not None:
+            a, bb = opt.normalize
+            v = [vj / (a + bb * norm) for vj in v]
+        for j in range(d):
+            expected[r, j] = float(x[r, j]) - opt.lr * v[j]
+    torch.testing.assert_close(x1, expected, rtol=1e-12, atol=1e-12)
+
+
+# --- one-step laws (layer consistency of the shortcuts; MATH.md §6) ---------------------------
+
+def _direction_samples(opt, x, n_runs, seed=11):
+    prob = problem()
+    xs = x.expand(n_runs, -1).clone()
+    x1 = _one_step(opt, prob, xs, seed)
+    return (xs - x1) / opt.lr  # (B, d) samples of u_0
+
+
+@pytest.mark.parametrize("shortcuts", [True, False])
+def test_dsgd_one_step_mean_and_variance(shortcuts):
+    scales = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    opt = DSGD(lr=0.1, n_workers=4, noise=so.noise.Gaussian(scale=scales.tolist()), shortcuts=shortcuts)
+    x = torch.tensor([[1.0, -0.5, 0.2, 0.0]])
+    u = _direction_samples(opt, x, 100_000)
+    mean = problem().grad(x)[0]
+    var = (scales**2).sum() / 16
+    z = 4.5
+    se_mean = torch.sqrt(var / u.shape[0])
+    assert torch.all((u.mean(0) - mean).abs() < z * se_mean)
+    se_var = var * math.sqrt(2 / u.shape[0])
+    assert torch.all((u.var(0) - var).abs() < z * se_var)
+
+
+@pytest.mark.parametrize("noise,mean_fn", [
+    (so.noise.Gaussian(scale=[0.5, 2.0]), lambda y: torch.erf(y / math.sqrt(2))),
+    (so.noise.StudentT(nu=1.5, scale=[0.5, 2.0]),
+     lambda y: torch.as_tensor(2 * __import__("scipy").special.stdtr(1.5, y.numpy()) - 1)),
+    (so.noise.StudentT(nu=1.0, scale=[0.5, 2.0]), lambda y: 2 / math.pi * torch.atan(y)),
+])
+@pytest.mark.parametrize("shortcuts", [True, False])
+def test_dsignsgd_one_step_mean_and_variance(noise, mean_fn, shortcuts):
+    opt = DSignSGD(lr=0.1, n_workers=2, noise=noise, shortcuts=shortcuts)
+    x = torch.tensor([[1.0, -0.5, 0.2, 0.0]])
+    g = problem().grad(x)[0]
+    m = torch.stack([mean_fn(g / 0.5), mean_fn(g / 2.0)])  # (N, d)
+    mean = m.mean(0)
+    var = (1 - m**2).sum(0) / 4
+    u = _direction_samples(opt, x, 100_000)
+    z = 4.5
+    assert torch.all((u.mean(0) - mean).abs() < z * torch.sqrt(var / u.shape[0]) + 1e-12)
+    # Var of the sample variance of a bounded variable: (mu4 - var²)/n, bounded crudely by var/n.
+    assert torch.all((u.var(0) - var).abs() < z * torch.sqrt(var / u.shape[0]) + 1e-12)
+
+
+# --- stationary closed forms (MATH.md §7) ------------------------------------------------------
+
+def _stationary_loss(opt, prob, n_runs=40_000, n_steps=300):
+    traj = simulate(opt, prob, torch.zeros(prob.dim), n_steps=n_steps, n_runs=n_runs, seed=0,
+                    record_every=n_steps)
+    final = traj.loss[-1]
+    return final.mean().item(), final.std().item() / math.sqrt(n_runs)
+
+
+def test_dsgd_stationary_loss_closed_form():
+    lam = torch.tensor([1.0, 4.0, 9.0])
+    scales = torch.tensor([0.5, 1.0, 2.0, 1.0])
+    lr, n = 0.15, 4
+    opt = DSGD(lr=lr, n_workers=n, noise=so.noise.Gaussian(scale=scales.tolist()))
+    mean, se = _stationary_loss(opt, so.problems.Quadratic(diag=lam.tolist()))
+    sbar2 = (scales**2).mean()
+    exact = (lr * sbar2 / (4 * n * (1 - lr * lam / 2))).sum().item()
+    assert abs(mean - exact) < 4 * se, (mean, exact, se)
+    # The first-order SDE's value lr d σ̄²/(4N) is visibly different here (MATH.md §7).
+    assert abs(mean - (lr * 3 * sbar2 / (4 * n)).item()) > 8 * se
+
+
+def test_dcsgd_randk_stationary_loss_closed_form():
+    lam = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    d, k, lr, n, sigma = 4, 2, 0.1, 3, 1.0
+    opt = DCSGD(lr=lr, n_workers=n, noise=so.noise.Gaussian(scale=sigma), compressor=so.compressors.RandK(k=k))
+    mean, se = _stationary_loss(opt, so.problems.Quadratic(diag=lam.tolist()))
+    omega = d / k - 1
+    exact = (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * (1 + omega / n)))).sum().item()
+    assert abs(mean - exact) < 4 * se, (mean, exact, se)
+
+
+# --- divergence ----------------------------------------------------------------------------------
+
+def test_unstable_runs_are_frozen_and_reported():
+    # GD on λx²/2 diverges iff lr λ > 2: every run blows up, and nothing becomes NaN.
+    opt = DSGD(lr=0.3, n_workers=1, noise=so.noise.Gaussian(scale=0.1))
+    traj = simulate(opt, so.problems.Quadratic(diag=[10.0]), [1.0], n_steps=400, n_runs=50,
+                    blowup_threshold=1e6, record_x=True)
+    assert traj.diverged.all()
+    assert torch.all(traj.blowup_step > 0) and torch.all(traj.blowup_step <= 400)
+    assert torch.isfinite(traj.loss).all() and torch.isfinite(traj.x).all()
+    assert torch.all(traj.x[-1].abs() <= 1e6)
+
+
+def test_heavy_tails_blow_up_some_runs_without_nan():
+    opt = DSGD(lr=0.1, n_workers=1, noise=so.noise.StudentT(nu=0.5), shortcuts=False)
+    traj = simulate(opt, problem(), torch.zeros(4), n_steps=200, n_runs=400, blowup_threshold=1e4)
+    frac = traj.diverged.double().mean().item()
+    assert 0.0 < frac < 1.0
+    assert torch.isfinite(traj.loss).all()
+    steps = traj.blowup_step[traj.diverged]
+    assert torch.all(steps >= 1)
+    assert torch.all(traj.blowup_step[~traj.diverged] == -1)
+
+
+# --- dataset schema -----------------------------------------------------------------------------
+
+def test_to_dataset_schema_and_netcdf_round_trip(tmp_path, generator):
+    import json
+
+    import xarray as xr
+    opt = CASES["dcsgd-randk"]()
+    traj = simulate(opt, problem(), x0_batch(5, generator), n_steps=10, n_runs=5, record_every=5,
+                    record=("loss", "grad_norm"), record_x=True, seed=7)
+    ds = traj.to_dataset()
+    assert ds["loss"].dims == ("model", "step", "run")
+    assert ds["x"].dims == ("model", "step", "run", "coord")
+    assert ds["diverged"].dims == ("model", "run")
+    assert list(ds["model"].values) == ["discrete"]
+    np.testing.assert_allclose(ds["time"].values, [0.0, 0.25, 0.5])
+    np.testing.assert_allclose(ds["lr_sum"].values, [0.0, 0.25, 0.5])
+    cfg = json.loads(ds.attrs["config"])
+    assert cfg["method"]["type"] == "DCSGD" and cfg["method"]["compressor"]["type"] == "RandK"
+    assert ds.attrs["seed"] == 7 and ds.attrs["torch_version"] == torch.__version__
+    path = tmp_path / "traj.nc"
+    ds.to_netcdf(path)
+    back = xr.load_dataset(path)
+    xr.testing.assert_identical(ds, back)
+
+
+def test_lr_sum_follows_the_schedule():
+    opt = DSGD(lr=0.1, noise=so.noise.Gaussian(), schedule=so.schedules.PolyDecay(power=0.5))
+    traj = simulate(opt, problem(), torch.zeros(4), n_steps=4, n_runs=2)
+    expected = np.concatenate([[0.0], np.cumsum([0.1 / math.sqrt(k + 1) for k in range(4)])])
+    np.testing.assert_allclose(traj.lr_sum, expected)
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: DSGD(lr=0.0, noise=so.noise.Gaussian()), "lr"),
+    (lambda: DSGD(lr=-1.0, noise=so.noise.Gaussian()), "lr"),
+    (lambda: DSGD(lr=float("nan"), noise=so.noise.Gaussian()), "lr"),
+    (lambda: DSGD(lr=0.1, n_workers=0, noise=so.noise.Gaussian()), "n_workers"),
+    (lambda: DSGD(lr=0.1, n_workers=3, noise=so.noise.Gaussian(scale=[1.0, 2.0])), "scale"),
+    (lambda: DSGD(lr=0.1, noise="gaussian"), "noise"),
+    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor="randk"), "compressor"),
+    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), normalize=(0.0, 0.0)), "normalize"),
+    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), normalize=(-1.0, 1.0)), "normalize"),
+    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), clip=0.0), "clip"),
+    (lambda: DSignSGD(lr=0.1, noise=so.noise.Gaussian(), schedule="cosine"), "schedule"),
+])
+def test_constructors_reject_bad_input(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def test_methods_are_keyword_only():
+    with pytest.raises(TypeError):
+        DSGD(0.1, 1, so.noise.Gaussian())
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(x0=[1.0, 2.0]), "x0"),
+    (dict(x0=torch.zeros(3, 4)), "x0"),
+    (dict(x0=[1.0, float("nan"), 0.0, 0.0]), "x0"),
+    (dict(x0=[1.0, float("inf"), 0.0, 0.0]), "x0"),
+    (dict(n_steps=-1), "n_steps"),
+    (dict(n_runs=0), "n_runs"),
+    (dict(device="tpu"), "device"),
+    (dict(record=("loss", "energy")), "record"),
+    (dict(record_every=0), "record_every"),
+    (dict(chunk_size=10, block_size=4), "chunk_size"),
+    (dict(first_run=3, block_size=4), "first_run"),
+    (dict(dtype=torch.int32), "dtype"),
+    (dict(seed=-1), "seed"),
+])
+def test_simulate_rejects_bad_input(kwargs, name):
+    args = dict(x0=torch.zeros(4), n_steps=3, n_runs=5)
+    args.update(kwargs)
+    opt = DSGD(lr=0.1, noise=so.noise.Gaussian())
+    with pytest.raises(ValueError, match=name):
+        simulate(opt, problem(), **args)
+
+
+def test_simulate_rejects_unknown_cuda_when_absent():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    with pytest.raises(ValueError, match="device"):
+        simulate(DSGD(lr=0.1, noise=so.noise.Gaussian()), problem(), torch.zeros(4), 2, 2, device="cuda")
+
+
+def test_simulate_rejects_k_larger_than_dim():
+    opt = DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=5))
+    with pytest.raises(ValueError, match="k"):
+        simulate(opt, problem(), torch.zeros(4), 2, 2)
+
+
+def test_dist_needs_a_known_minimiser():
+    prob = so.problems.FunctionProblem(lambda x: (x**2).sum(), dim=4)
+    with pytest.raises(ValueError, match="dist"):
+        simulate(DSGD(lr=0.1, noise=so.noise.Gaussian()), prob, torch.zeros(4), 2, 2, record=("dist",))
