@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import sdeopt as so
-from sdeopt.cli import default_threads, summary_table
+from sdeopt.cli import summary_table
 
 
 def best_time(fn, repeats: int, device: str) -> float:
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "discrete.json")
     args = parser.parse_args(argv)
-    torch.set_num_threads(default_threads())
+    so.configure_torch()
     torch.set_default_dtype(torch.float32)
     dev, b, n, d, k = args.device, args.runs, args.workers, args.dim, args.steps
     prob = so.problems.Quadratic(diag=torch.linspace(1.0, 10.0, d).tolist())

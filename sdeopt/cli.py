@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def default_threads() -> int:
-    """One torch thread on small machines: oversubscribing 2 cores was measured 40x slower."""
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 2 else min(cores // 2, 8)
+from sdeopt._cpu import configure_torch
 
 
 def summary_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -77,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=1000, help="iterations (default 1000)")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(default_threads())
+    configure_torch()
     if args.command == "demo":
         if args.out is not None and (args.out / "demo.nc").exists():
             print(f"sdeopt: {args.out / 'demo.nc'} exists; choose another --out", file=sys.stderr)

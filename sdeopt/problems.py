@@ -190,6 +190,7 @@ class Quadratic(Problem):
         else:
             self.center = _as_vector("center", center, self.dim)  # (d,)
         self.minimizer = self.center
+        self._centered = bool((self.center != 0).any())  # skip x - 0 in the hot path
         self.min_value = 0.0
 
     @staticmethod
@@ -234,14 +235,17 @@ class Quadratic(Problem):
         """L = λ_max(H)."""
         return float(self.eigenvalues[-1])
 
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x - _cast(self.center, x) if self._centered else x  # (B, d)
+
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        r = x - _cast(self.center, x)  # (B, d)
+        r = self._residual(x)  # (B, d)
         if self.diag is not None:
             return 0.5 * (_cast(self.diag, x) * r * r).sum(dim=-1)  # (B,)
         return 0.5 * ((r @ _cast(self.matrix, x)) * r).sum(dim=-1)  # (B,)
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
-        r = x - _cast(self.center, x)  # (B, d)
+        r = self._residual(x)  # (B, d)
         if self.diag is not None:
             return _cast(self.diag, x) * r  # (B, d)
         return r @ _cast(self.matrix, x)  # (B, d); H symmetric, so r H = (H r)ᵀ

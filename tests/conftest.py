@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-torch.set_num_threads(1)
+from sdeopt import configure_torch  # noqa: E402
+
+configure_torch(threads=1)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])]

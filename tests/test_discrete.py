@@ -336,3 +336,44 @@ def test_dist_needs_a_known_minimiser():
     prob = so.problems.FunctionProblem(lambda x: (x**2).sum(), dim=4)
     with pytest.raises(ValueError, match="dist"):
         simulate(DSGD(lr=0.1, noise=so.noise.Gaussian()), prob, torch.zeros(4), 2, 2, record=("dist",))
+
+
+# --- the Binomial shortcut of DSignSGD -------------------------------------------------------
+
+@pytest.mark.parametrize("p", [0.0, 0.03, 0.3, 0.5, 0.77, 0.999, 1.0])
+@pytest.mark.parametrize("n", [1, 8, 64])
+def test_binomial_inverse_cdf_matches_the_binomial_law(p, n):
+    from scipy import stats
+
+    from sdeopt.discrete.dsignsgd import binomial_inverse_cdf
+    m = 40_000
+    u = RandomSource(3, m).uniform()
+    counts = binomial_inverse_cdf(torch.full((m,), p), n, u)
+    assert torch.all(counts == counts.round()) and counts.min() >= 0 and counts.max() <= n
+    observed = np.bincount(counts.long().numpy(), minlength=n + 1)
+    expected = stats.binom(n, p).pmf(np.arange(n + 1)) * m
+    keep = expected > 5  # chi-square on the well-populated cells
+    if keep.sum() <= 1:
+        assert observed[keep].sum() == m or observed[np.argmax(expected)] == m
+        return
+    lumped_obs = np.append(observed[keep], observed[~keep].sum())
+    lumped_exp = np.append(expected[keep], expected[~keep].sum())
+    nonzero = lumped_exp > 0
+    stat = ((lumped_obs[nonzero] - lumped_exp[nonzero]) ** 2 / lumped_exp[nonzero]).sum()
+    assert stats.chi2(nonzero.sum() - 1).sf(stat) > 1e-4
+
+
+def test_dsignsgd_shared_scale_uses_the_binomial_law():
+    """Shared scale: the count of +1 signs is Binomial(N, F(∇f/σ)); checked in mean and variance."""
+    n = 8
+    opt = DSignSGD(lr=0.1, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=0.8))
+    x = torch.tensor([[1.0, -0.5, 0.2, 0.0]])
+    from scipy.special import stdtr
+    g = problem().grad(x)[0]
+    m = torch.as_tensor(2 * stdtr(1.5, (g / 0.8).numpy()) - 1)
+    var = (1 - m**2) / n
+    u = _direction_samples(opt, x, 100_000)
+    z = 4.5
+    assert torch.all((u.mean(0) - m).abs() < z * torch.sqrt(var / u.shape[0]))
+    assert torch.all((u.var(0) - var).abs() < z * torch.sqrt(var / u.shape[0]))
+    torch.testing.assert_close(u * n, (u * n).round(), rtol=0, atol=1e-9)  # an average of N signs

@@ -47,6 +47,11 @@ class DSignSGD(DirectionMethod):
         if self.shortcuts and isinstance(self.noise, SymmetricCDFNoise):
             grads = problem.worker_grads(x)  # (B, N or 1, d)
             p_plus, p_minus = self.noise.sign_probabilities(grads, n)
+            if p_plus.shape[1] == 1 and not isinstance(self.noise.scale, tuple) and self.noise.scale > 0:
+                # Every worker has the same sign law and no atom at 0: the number of +1 signs
+                # is Binomial(N, p⁺), drawn from one uniform per coordinate.
+                plus = binomial_inverse_cdf(p_plus[:, 0], n, rng.uniform(x.shape[-1]))  # (B, d)
+                return (2.0 * plus - n) / n
             u = rng.uniform(n, x.shape[-1])  # (B, N, d)
             plus = (u < p_plus).sum(dim=1)  # (B, d) int
             minus = (u >= 1.0 - p_minus).sum(dim=1)  # (B, d) int
@@ -54,3 +59,27 @@ class DSignSGD(DirectionMethod):
         g = self.noise.oracle(problem, x, n, rng)  # (B, N, d)
         return torch.sign(g).mean(dim=1)
 
+
+def binomial_inverse_cdf(p: torch.Tensor, n: int, u: torch.Tensor) -> torch.Tensor:
+    """Binomial(n, p) draws by inversion, X = #{j < n : P(Bin <= j) <= u}, elementwise.
+
+    Exact up to the rounding of the running CDF (about n ulps). The pmf recursion runs on
+    q = min(p, 1 - p) <= 1/2, so that the ratio q/(1-q) <= 1 and (1-q)^n >= 2^-n never
+    underflow; draws for p > 1/2 are reflected, X = n - Bin(n, 1 - p).
+
+    Args:
+        p: success probabilities, any shape. n: trials (>= 1). u: uniforms on [0, 1), shape of p.
+    Returns:
+        Counts as floats, shape and dtype of p.
+    """
+    flip = (p > 0.5).to(p.dtype)
+    q = torch.minimum(p, 1.0 - p)
+    ratio = q / (1.0 - q)
+    pmf = (1.0 - q).pow_(n)  # P(X = 0)
+    cdf = pmf.clone()
+    count = (u >= cdf).to(p.dtype)
+    for j in range(n - 1):
+        pmf.mul_(ratio).mul_((n - j) / (j + 1))  # P(X = j + 1)
+        cdf.add_(pmf)
+        count.add_(u >= cdf)
+    return count.add_(flip * (n - 2.0 * count))  # n - count where reflected
