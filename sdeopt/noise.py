@@ -103,6 +103,10 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
     """A scaled symmetric law whose standard CDF F is available on any device."""
 
     @abstractmethod
+    def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
+        """The density F'(y) of the standard law, elementwise."""
+
+    @abstractmethod
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         """F(y) = P(T <= y), elementwise, same shape, dtype and device as y."""
 
@@ -190,6 +194,9 @@ class Gaussian(SymmetricCDFNoise):
 
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         return torch.special.ndtr(y)
+
+    def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-0.5 * y * y) * (1.0 / math.sqrt(2.0 * math.pi))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +403,11 @@ class StudentT(SymmetricCDFNoise):
         else:
             radius = torch.expm1(e_over_nu * -2.0).neg_().sqrt_().mul_(e_over_nu.exp_()).mul_(math.sqrt(nu))
         return angle.cos_().mul_(radius)
+
+    def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
+        """(1 + y²/nu)^{-(nu+1)/2} / (sqrt(nu) B(nu/2, 1/2))."""
+        log_norm = -0.5 * math.log(self.nu) - _log_beta_half(0.5 * self.nu)
+        return torch.exp(log_norm - 0.5 * (self.nu + 1.0) * torch.log1p(y * y / self.nu))
 
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         return student_t_cdf(y, self.nu)

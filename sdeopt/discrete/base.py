@@ -71,8 +71,8 @@ class Method(ABC):
         problem.check_workers(self.n_workers)
         self.noise.check_problem(problem)
 
-    def init_state(self, x0: torch.Tensor, rng: RandomSource) -> State:
-        """The state at k = 0 for iterates x0 (B, d)."""
+    def init_state(self, x0: torch.Tensor, rng: RandomSource, runs: slice) -> State:
+        """The state at k = 0 for iterates x0 (B, d) of the runs ``runs`` of the study."""
         return State(x=x0)
 
     @abstractmethod
@@ -106,7 +106,8 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
              record_every: int = 1, record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
              record_x: bool = False, blowup_threshold: float = 1e10,
              chunk_size: int | None = None, max_memory: float = 2**30,
-             block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0) -> Trajectory:
+             block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0,
+             keep_increments: bool = False) -> Trajectory:
     """Run ``method`` on ``problem`` for ``n_runs`` independent runs of ``n_steps`` iterations.
 
     Args:
@@ -131,11 +132,39 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
             ``chunk_size``; they do depend on ``block_size``.
         first_run: global index of the first run (a multiple of block_size), so that a
             slice of a large study can be recomputed on its own.
+        keep_increments: keep the standard normal draw ξ_k of every step, (n_steps, B, d), in
+            ``Trajectory.increments``, to drive an SDE with the same noise
+            (``sdeopt.dynamics.solve(..., coupled=traj)``). Only for methods whose one random
+            draw per step is that Gaussian (DSGD with Gaussian or AffineVariance noise).
 
     Returns:
         A ``Trajectory`` (``.to_dataset()`` gives the xarray schema of DESIGN.md §3).
     """
-    spec = _validate(method, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
+    if not isinstance(method, Method):
+        raise ValueError(f"Invalid method: {method!r} (must be an sdeopt.discrete method)")
+    method.check_problem(problem)
+    compressor = getattr(method, "compressor", None)
+    if compressor is not None:
+        compressor.check_dim(problem.dim)
+    return run_engine(method, problem, x0, n_steps, n_runs, model="discrete",
+                      config={"method": method.config()}, seed=seed, device=device, dtype=dtype,
+                      record_every=record_every, record=record, record_x=record_x,
+                      blowup_threshold=blowup_threshold, chunk_size=chunk_size,
+                      max_memory=max_memory, block_size=block_size, first_run=first_run,
+                      keep_increments=keep_increments)
+
+
+def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, model: str, config: dict,
+               seed: int, device, dtype, record_every: int, record, record_x: bool,
+               blowup_threshold: float, chunk_size: int | None, max_memory: float,
+               block_size: int, first_run: int, keep_increments: bool = False) -> Trajectory:
+    """The batched loop shared by ``simulate`` and ``sdeopt.dynamics.solve``.
+
+    ``stepper`` has ``lr``, ``schedule``, ``n_workers`` (for the memory estimate),
+    ``init_state(x, rng, runs)`` and ``step(problem, state, k, lr_k, rng)``. Arguments are
+    documented in ``simulate``.
+    """
+    spec = _validate(stepper.n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
                      record, record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run)
     dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
     problem = problem.to(dev, dtype)
@@ -144,34 +173,75 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
     n_rec = len(steps)
     obs = {name: torch.empty((n_rec, n_runs), dtype=dtype) for name in record}  # (S, B)
     xs = torch.empty((n_rec, n_runs, d), dtype=dtype) if record_x else None  # (S, B, d)
+    increments = torch.empty((n_steps, n_runs, d), dtype=dtype) if keep_increments else None  # (K, B, d)
     diverged = torch.zeros(n_runs, dtype=torch.bool)
     blowup_step = torch.full((n_runs,), -1, dtype=torch.int64)
     for start in range(0, n_runs, chunk):
         stop = min(start + chunk, n_runs)
         rng = RandomSource(seed, stop - start, first_run=first_run + start, block_size=block_size,
                            device=dev, dtype=dtype)
+        if keep_increments:
+            rng = IncrementRecorder(rng)
         x_chunk = x0[start:stop].to(device=dev, dtype=dtype) if x0.shape[0] > 1 else \
             x0.to(device=dev, dtype=dtype).expand(stop - start, d).clone()
-        out = _run_chunk(method, problem, x_chunk, n_steps, steps, record, record_x,
-                         blowup_threshold, rng)
+        out = _run_chunk(stepper, problem, x_chunk, n_steps, steps, record, record_x,
+                         blowup_threshold, rng, slice(start, stop))
         for name in record:
             obs[name][:, start:stop] = out["obs"][name].cpu()
         if record_x:
             xs[:, start:stop] = out["x"].cpu()
+        if keep_increments:
+            increments[:, start:stop] = out["increments"].cpu()
         diverged[start:stop] = out["diverged"].cpu()
         blowup_step[start:stop] = out["blowup_step"].cpu()
-    lr_sum = np.concatenate([[0.0], np.cumsum(method.lr * method.schedule.factors(n_steps).numpy())])
+    lr_sum = np.concatenate([[0.0], np.cumsum(stepper.lr * stepper.schedule.factors(n_steps).numpy())])
+    config = dict(config, problem=problem.config(), n_steps=n_steps, n_runs=n_runs,
+                  block_size=block_size, first_run=first_run, blowup_threshold=blowup_threshold)
     return Trajectory(
-        model="discrete", steps=np.asarray(steps, dtype=np.int64), lr=method.lr,
+        model=model, steps=np.asarray(steps, dtype=np.int64), lr=stepper.lr,
         lr_sum=lr_sum[np.asarray(steps)], observables=obs, x=xs, diverged=diverged,
-        blowup_step=blowup_step, config={"method": method.config(), "problem": problem.config(),
-                                         "n_steps": n_steps, "n_runs": n_runs,
-                                         "block_size": block_size, "first_run": first_run,
-                                         "blowup_threshold": blowup_threshold},
-        seed=seed, device=str(dev), dtype=str(dtype).replace("torch.", ""))
+        blowup_step=blowup_step, config=config, seed=seed, device=str(dev),
+        dtype=str(dtype).replace("torch.", ""), increments=increments)
 
 
-def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, rng) -> dict:
+class IncrementRecorder:
+    """A RandomSource wrapper that keeps the Gaussian draw of each step (for coupling).
+
+    Coupling needs a method whose only randomness per step is one standard normal draw of
+    shape (B, d) that enters as x_{k+1} = x_k - lr_k (ū(x_k) + S(x_k)^{1/2} ξ_k): DSGD (and
+    DCSGD without compression) with Gaussian or AffineVariance noise and shortcuts on.
+    """
+
+    def __init__(self, rng: RandomSource) -> None:
+        self._rng = rng
+        self.n_runs = rng.n_runs
+        self.draws: list[tuple[str, torch.Tensor]] = []
+
+    def normal(self, *shape: int) -> torch.Tensor:
+        out = self._rng.normal(*shape)
+        self.draws.append(("normal", out))
+        return out
+
+    def __getattr__(self, name):
+        if name in ("uniform", "exponential", "integers"):
+            def recorded(*args, **kwargs):
+                self.draws.append((name, None))
+                return getattr(self._rng, name)(*args, **kwargs)
+            return recorded
+        return getattr(self._rng, name)
+
+    def take(self, dim: int) -> torch.Tensor:
+        """The one (B, d) normal draw of the step just made; ValueError for anything else."""
+        draws, self.draws = self.draws, []
+        if len(draws) != 1 or draws[0][0] != "normal" or tuple(draws[0][1].shape) != (self.n_runs, dim):
+            kinds = [f"{k}{tuple(t.shape) if t is not None else ''}" for k, t in draws]
+            raise ValueError(f"Invalid keep_increments: True (the method drew {kinds or 'nothing'} in one "
+                             "step; coupling needs exactly one standard normal (B, d) draw per step, as "
+                             "DSGD with Gaussian or AffineVariance noise and shortcuts=True makes)")
+        return draws[0][1]
+
+
+def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, rng, runs) -> dict:
     """The step loop for one chunk of runs, all on the simulation device."""
     b, d = x.shape
     n_rec = len(steps)
@@ -179,7 +249,9 @@ def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, 
     xs = torch.empty((n_rec, b, d), device=x.device, dtype=x.dtype) if record_x else None  # (S, B, d)
     diverged = torch.zeros(b, device=x.device, dtype=torch.bool)  # (B,)
     blowup_step = torch.full((b,), -1, device=x.device, dtype=torch.int64)  # (B,)
-    state = method.init_state(x, rng)
+    state = method.init_state(x, rng, runs)
+    keep = isinstance(rng, IncrementRecorder)
+    increments = torch.empty((n_steps, b, d), device=x.device, dtype=x.dtype) if keep else None  # (K, B, d)
     ones = torch.ones(d, device=x.device, dtype=x.dtype)  # (d,)
     limit = min(threshold**2, torch.finfo(x.dtype).max)
     on_cpu = x.device.type == "cpu"
@@ -196,6 +268,8 @@ def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, 
         if k == n_steps:
             break
         new = method.step(problem, state, k, lr_k[k], rng)
+        if keep:
+            increments[k] = rng.take(d)
         # NaN fails every comparison and overflow gives inf, so one test catches non-finite
         # and too-large iterates; the squared norm is a matrix-vector product because small
         # inner-dimension reductions (amax over d = 10) were measured 5x slower.
@@ -209,7 +283,8 @@ def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, 
             new.x = torch.where(diverged.unsqueeze(-1), state.x, new.x)
             any_diverged = on_cpu and bool(diverged.any())
         state = new
-    return {"obs": obs, "x": xs, "diverged": diverged, "blowup_step": blowup_step}
+    return {"obs": obs, "x": xs, "diverged": diverged, "blowup_step": blowup_step,
+            "increments": increments}
 
 
 def record_observables(problem: Problem, x: torch.Tensor, names, out: dict) -> None:
@@ -230,11 +305,10 @@ def record_steps(n_steps: int, record_every: int) -> list[int]:
     return steps
 
 
-def _validate(method, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
+def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
               record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run) -> dict:
-    if not isinstance(method, Method):
-        raise ValueError(f"Invalid method: {method!r} (must be an sdeopt.discrete method)")
-    method.check_problem(problem)
+    if not isinstance(problem, Problem):
+        raise ValueError(f"Invalid problem: {problem!r} (must be an sdeopt.problems.Problem)")
     n_steps = check_int("n_steps", n_steps, minimum=0)
     n_runs = check_int("n_runs", n_runs, minimum=1)
     check_int("seed", seed, minimum=0)
@@ -256,12 +330,9 @@ def _validate(method, problem, x0, n_steps, n_runs, seed, device, dtype, record_
     if "dist" in record and problem.minimizer is None:
         raise ValueError(f"Invalid record: 'dist' ({type(problem).__name__} has no known minimiser)")
     x0 = check_x0(x0, n_runs, problem.dim)
-    compressor = getattr(method, "compressor", None)
-    if compressor is not None:
-        compressor.check_dim(problem.dim)
     steps = record_steps(n_steps, record_every)
     if chunk_size is None:
-        chunk_size = auto_chunk(method.n_workers, problem.dim, len(steps), len(record) + record_x * problem.dim,
+        chunk_size = auto_chunk(n_workers, problem.dim, len(steps), len(record) + record_x * problem.dim,
                                 max_memory, block_size, n_runs, dtype)
     else:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)

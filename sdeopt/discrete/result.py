@@ -24,6 +24,7 @@ class Trajectory:
         blowup_step: (B,) int64, the first step whose iterate blew up, -1 for none.
         config: JSON-able configuration of the run.
         seed, device, dtype: how it was run.
+        increments: (n_steps, B, d) standard normal noise draws ξ_k, when kept for coupling.
     """
 
     model: str
@@ -38,6 +39,7 @@ class Trajectory:
     seed: int
     device: str
     dtype: str
+    increments: torch.Tensor | None = None
 
     @property
     def time(self) -> np.ndarray:

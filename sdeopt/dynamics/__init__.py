@@ -1,0 +1,42 @@
+"""The continuous models of the discrete optimizers, and their solvers."""
+
+from __future__ import annotations
+
+from sdeopt.discrete.base import Method
+from sdeopt.discrete.dcsgd import DCSGD
+from sdeopt.discrete.dsignsgd import DSignSGD
+from sdeopt.dynamics import dcsgd, dsignsgd
+from sdeopt.dynamics.recipe import MODELS, Moments, sde_from_moments
+from sdeopt.dynamics.sde import SDE, Dense, Diagonal, DiagonalPlusRankOne, Diffusion
+from sdeopt.dynamics.solvers import SCHEMES, GridBrownian, solve
+from sdeopt.problems import Problem
+
+#: Method class -> its moments builder (subclasses such as DSGD resolve through the MRO).
+MOMENTS = {DCSGD: dcsgd.moments, DSignSGD: dsignsgd.moments}
+
+
+def sde_of(method: Method, problem: Problem, model: str = "first_order") -> SDE:
+    """The SDE model ``model`` ("first_order", "second_order", "curvature") of a discrete method.
+
+    Example:
+        >>> import sdeopt as so
+        >>> opt = so.discrete.DSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(1.0))
+        >>> sde = so.dynamics.sde_of(opt, so.problems.Quadratic(diag=[1.0, 4.0]), model="curvature")
+        >>> path = so.dynamics.solve(sde, [1.0, 1.0], n_steps=100, n_runs=1000)
+    """
+    if not isinstance(method, Method):
+        raise ValueError(f"Invalid method: {method!r} (must be an sdeopt.discrete method)")
+    method.check_problem(problem)
+    builder = next((MOMENTS[c] for c in type(method).__mro__ if c in MOMENTS), None)
+    if builder is None:
+        raise ValueError(f"Invalid method: {type(method).__name__} has no SDE model "
+                         f"(models exist for {', '.join(c.__name__ for c in MOMENTS)})")
+    if model not in MODELS:
+        raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(MODELS)})")
+    return sde_from_moments(builder(method, problem), model=model, lr=method.lr,
+                            schedule=method.schedule, problem=problem,
+                            config={"method": method.config(), "model": model})
+
+
+__all__ = ["MODELS", "MOMENTS", "SCHEMES", "SDE", "Dense", "Diagonal", "DiagonalPlusRankOne",
+           "Diffusion", "GridBrownian", "Moments", "sde_of", "solve"]

@@ -1,0 +1,79 @@
+"""SDE models of DCSGD (and of DSGD, which is DCSGD with the identity compressor)."""
+
+from __future__ import annotations
+
+import torch
+
+from sdeopt.compressors import Identity, RandK
+from sdeopt.discrete.dcsgd import DCSGD
+from sdeopt.dynamics.recipe import Moments
+from sdeopt.dynamics.sde import Dense, Diagonal, DiagonalPlusRankOne, sqrt_psd
+from sdeopt.noise import AffineVariance, ScaledSymmetricNoise
+from sdeopt.problems import Problem
+
+
+def moments(method: DCSGD, problem: Problem) -> Moments:
+    r"""One-step moments of DCSGD with an unbiased compressor (MATH.md §6).
+
+    ū = ∇f, (∇ū)ū = ∇²f ∇f, and with v_i the per-coordinate noise variance of worker i,
+
+        S = (1/N²) Σ_i v_i I                                                   (no compression)
+        S = (1/N²) Σ_i [c (d diag(∇f_i² + v_i) - ∇f_i∇f_iᵀ - v_i I) + v_i I]   (RandK),
+
+    c = (d-k)/(k(d-1)), i.e. for homogeneous workers diag(D) - (c/N) ∇f∇fᵀ with
+    D = (1/N²) Σ_i (c d ∇f² + (1+ω) v_i): a diagonal plus a negative rank-one term, applied in
+    O(d) per run. Heterogeneous workers give a rank-N correction: a dense square root.
+
+    Raises ValueError for infinite-variance noise (no Brownian SDE: for SαS noise the right
+    object is a Lévy-driven SDE dX = -∇f dt + σ eta^{1-1/α} dL^α), for normalised or clipped
+    steps and for compressors without a closed-form E_Z Cov_C (anything but Identity, RandK).
+    """
+    noise, n, d = method.noise, method.n_workers, problem.dim
+    if not noise.finite_variance:
+        raise ValueError(f"Invalid noise: {noise!r} has infinite variance, so no Brownian SDE "
+                         "approximates this method (the central limit theorem behind the diffusion "
+                         "fails); a Lévy-driven SDE is the right model for heavy tails. Use "
+                         "DSignSGD, whose sign SDE exists for every nu > 0, or noise with nu > 2")
+    if method.normalize is not None or method.clip is not None:
+        raise ValueError("Invalid method: normalised or clipped DCSGD has no closed-form SDE model here yet "
+                         "(E[v / (a + b||v||)] has no closed form)")
+    if not isinstance(method.compressor, (Identity, RandK)):
+        raise ValueError(f"Invalid compressor: {method.compressor!r} (the SDE needs E_Z Cov_C[C(∇f + Z)] "
+                         "in closed form: Identity and RandK provide it)")
+    variance = _worker_variance(noise, n)
+
+    def diffusion(x: torch.Tensor, scale: float):
+        grads = problem.worker_grads(x)  # (B, N or 1, d)
+        v = variance(grads)  # (B or 1, N or 1)
+        sum_v = v.sum(-1, keepdim=True) * (n / v.shape[-1])  # (B or 1, 1): Σ_i v_i
+        if isinstance(method.compressor, Identity):
+            g = torch.sqrt(sum_v) * (scale / n)  # (B or 1, 1)
+            return Diagonal(g.expand(x.shape[0], d))  # a view: isotropic
+        k = method.compressor.k
+        c = (d - k) / (k * (d - 1)) if d > 1 else 0.0
+        omega = d / k - 1.0
+        workers_factor = n / grads.shape[1]  # Σ_i over shared gradients
+        diag = (c * d * (grads * grads).sum(1) * workers_factor + (1.0 + omega) * sum_v) / n**2  # (B, d)
+        if grads.shape[1] == 1:
+            w = grads[:, 0] * (c / n) ** 0.5  # (B, d): (c/N) ∇f∇fᵀ = w wᵀ
+            return DiagonalPlusRankOne(diag * scale**2, w * scale, -1.0)
+        outer = (grads.unsqueeze(-1) * grads.unsqueeze(-2)).sum(1)  # (B, d, d)
+        cov = torch.diag_embed(diag) - (c / n**2) * outer
+        return Dense(sqrt_psd(cov) * scale)
+
+    identity = isinstance(method.compressor, Identity)
+    return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=diffusion,
+                   noise_type="diagonal" if identity else "general", brownian_dim=d)
+
+
+def _worker_variance(noise, n_workers: int):
+    """grads (B, N or 1, d) -> per-coordinate noise variance v_i, (B or 1, N or 1)."""
+    if isinstance(noise, ScaledSymmetricNoise):
+        def variance(grads):
+            s = noise.scales(n_workers, grads.device, grads.dtype)  # (N or 1,)
+            return (s * s * noise.variance).unsqueeze(0)
+        return variance
+    if isinstance(noise, AffineVariance):
+        return lambda grads: noise.variance_at(grads, n_workers)
+    raise ValueError(f"Invalid noise: {noise!r} (no SDE model for this noise law yet: its covariance "
+                     "is not available in closed form here)")

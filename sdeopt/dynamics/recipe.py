@@ -1,0 +1,71 @@
+"""The general recipe of MATH.md §6: from a method's one-step moments to its SDE models.
+
+Write one step as x_{k+1} = x_k - eta eta_k u_k with mean direction ū(x) = E u_k and
+covariance S(x) = Cov u_k. Then, on the time axis t_k = k eta,
+
+    first_order   dX = -eta_t ū dt                            + eta_t sqrt(eta) S^{1/2} dW
+    second_order  dX = (-eta_t ū - (eta eta_t²/2)(∇ū) ū) dt   + eta_t sqrt(eta) S^{1/2} dW
+    curvature     dX = (-eta_t ū + (eta eta_t²/2)(∇ū) ū) dt   + eta_t sqrt(eta) S^{1/2} dW
+
+(Li, Tai, E, JMLR 2019, first and second order weak SMEs; Compagnoni et al., ICML 2026,
+arXiv 2506.00181 v2, curvature correction, note the plus sign). (∇ū)ū is a Jacobian-vector
+product supplied by each method's model (for DSGD it is ∇²f ∇f).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from sdeopt.dynamics.sde import SDE, Diffusion
+from sdeopt.problems import Problem
+
+#: Sign of the (eta eta_t²/2)(∇ū)ū term in the drift, by model name.
+MODELS = {"first_order": 0.0, "second_order": -1.0, "curvature": 1.0}
+
+
+@dataclass(frozen=True)
+class Moments:
+    """A method's one-step moments as functions of x (B, d).
+
+    Attributes:
+        mean: x -> ū(x), (B, d).
+        mean_jvp: (x, v) -> (∇ū(x)) v, (B, d); None when not available (first order only).
+        diffusion: (x, scale) -> a ``Diffusion`` G with G Gᵀ = scale² S(x).
+        noise_type: "diagonal" or "general".
+        brownian_dim: m.
+    """
+
+    mean: Callable[[torch.Tensor], torch.Tensor]
+    mean_jvp: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    diffusion: Callable[[torch.Tensor, float], Diffusion]
+    noise_type: str
+    brownian_dim: int
+
+
+def sde_from_moments(moments: Moments, *, model: str, lr: float, schedule, problem: Problem,
+                     config: dict) -> SDE:
+    """Build the SDE of ``model`` (a key of ``MODELS``) from ``moments``."""
+    if model not in MODELS:
+        raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(MODELS)})")
+    sign = MODELS[model]
+    if sign != 0.0 and moments.mean_jvp is None:
+        raise ValueError(f"Invalid model: {model!r} (needs the Jacobian of the mean direction, which "
+                         f"this method's model does not provide for this problem; use 'first_order')")
+    sqrt_lr = math.sqrt(lr)
+
+    def drift(x: torch.Tensor, eta: float) -> torch.Tensor:
+        u = moments.mean(x)  # (B, d)
+        if sign == 0.0:
+            return -eta * u
+        return -eta * u + (sign * lr * eta * eta / 2.0) * moments.mean_jvp(x, u)
+
+    def diffusion(x: torch.Tensor, eta: float) -> Diffusion:
+        return moments.diffusion(x, eta * sqrt_lr)
+
+    return SDE(dim=problem.dim, drift_fn=drift, diffusion_fn=diffusion, noise_type=moments.noise_type,
+               brownian_dim=moments.brownian_dim, lr=lr, schedule=schedule, model=model,
+               problem=problem, config=config)

@@ -1,0 +1,221 @@
+"""The SDE object: what the continuous model is (drift, diffusion, noise structure).
+
+    dX_t = b(t, X_t) dt + G(t, X_t) dW_t      (Itô), X of shape (B, d), W of dimension m.
+
+How it is integrated lives in ``solvers.py``; where its randomness comes from is the solver's
+Brownian source. Diffusions are structured so that ``G dW`` costs O(d) per run where the
+structure allows it (DESIGN.md §4):
+
+- ``Diagonal``: G = diag(g), g of shape (B, d) or (B, 1) (isotropic); m = d.
+- ``DiagonalPlusRankOne``: G Gᵀ = diag(D) + s w wᵀ (s = ±1), applied through the symmetric
+  square root D^{1/2}(I + c q qᵀ), q = D^{-1/2} w, c = s / (1 + sqrt(1 + s|q|²)), so that
+  (I + c q qᵀ)² = I + s q qᵀ (derived here; needs 1 + s|q|² >= 0, i.e. G Gᵀ PSD); m = d.
+- ``Dense``: G of shape (B, d, m), for general covariances.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from sdeopt._validation import check_int, check_positive
+from sdeopt.problems import Problem
+from sdeopt.schedules import Constant, Schedule
+
+
+class Diffusion(ABC):
+    """G(t, x) at one (t, x), in a structured form."""
+
+    #: torchsde's name of the structure ("diagonal" or "general").
+    noise_type: str
+
+    @abstractmethod
+    def apply(self, dw: torch.Tensor) -> torch.Tensor:
+        """G dW for dW (B, m). Returns (B, d)."""
+
+    @abstractmethod
+    def dense(self) -> torch.Tensor:
+        """G as a (B, d, m) tensor (torchsde's general noise; tests)."""
+
+    def cov(self) -> torch.Tensor:
+        """G Gᵀ, (B, d, d) (tests and small d only)."""
+        g = self.dense()
+        return g @ g.transpose(-1, -2)
+
+
+@dataclass
+class Diagonal(Diffusion):
+    """G = diag(g). Attributes: g (B, d) (an expanded view for isotropic noise)."""
+
+    g: torch.Tensor
+    noise_type = "diagonal"
+
+    def apply(self, dw: torch.Tensor) -> torch.Tensor:
+        return self.g * dw
+
+    def dense(self) -> torch.Tensor:
+        return torch.diag_embed(self.g)
+
+
+@dataclass
+class DiagonalPlusRankOne(Diffusion):
+    """G Gᵀ = diag(diag) + sign · w wᵀ, applied in O(d) per run.
+
+    Attributes:
+        diag: (B, d) >= 0. w: (B, d). sign: +1.0 or -1.0.
+    """
+
+    diag: torch.Tensor
+    w: torch.Tensor
+    sign: float
+    noise_type = "general"
+
+    def __post_init__(self) -> None:
+        root = torch.sqrt(self.diag)  # (B, d)
+        positive = self.diag > 0
+        # Where D_j = 0 the covariance is PSD only if w_j = 0 as well: q_j = 0 there.
+        q = torch.where(positive, self.w / torch.where(positive, root, torch.ones_like(root)),
+                        torch.zeros_like(root))  # (B, d)
+        qq = (q * q).sum(-1, keepdim=True)  # (B, 1)
+        # Rounding can push s|q|² a hair below -1 for a singular (rank-deficient) covariance.
+        c = self.sign / (1.0 + torch.sqrt(torch.clamp(1.0 + self.sign * qq, min=0.0)))  # (B, 1)
+        self._root, self._q, self._c = root, q, c
+
+    def apply(self, dw: torch.Tensor) -> torch.Tensor:
+        proj = (self._q * dw).sum(-1, keepdim=True)  # (B, 1)
+        return self._root * (dw + self._c * proj * self._q)
+
+    def dense(self) -> torch.Tensor:
+        eye = torch.eye(self.diag.shape[-1], dtype=self.diag.dtype, device=self.diag.device)
+        inner = eye + self._c.unsqueeze(-1) * self._q.unsqueeze(-1) * self._q.unsqueeze(-2)
+        return self._root.unsqueeze(-1) * inner
+
+
+@dataclass
+class Dense(Diffusion):
+    """A general G, (B, d, m)."""
+
+    g: torch.Tensor
+    noise_type = "general"
+
+    def apply(self, dw: torch.Tensor) -> torch.Tensor:
+        return (self.g @ dw.unsqueeze(-1)).squeeze(-1)
+
+    def dense(self) -> torch.Tensor:
+        return self.g
+
+
+def sqrt_psd(cov: torch.Tensor) -> torch.Tensor:
+    """A symmetric square root of PSD matrices (B, d, d) by eigendecomposition (dense fallback)."""
+    evals, evecs = torch.linalg.eigh(cov)
+    return (evecs * torch.sqrt(torch.clamp(evals, min=0.0)).unsqueeze(-2)) @ evecs.transpose(-1, -2)
+
+
+@dataclass
+class SDE:
+    r"""dX = b(t, X) dt + G(t, X) dW on the optimizer's time axis (MATH.md §1).
+
+    Iteration k of the discrete method sits at t_k = k * lr; a schedule enters as the piecewise
+    constant factor eta_t = eta_{floor(t / lr)}. The native solver calls ``drift_at`` and
+    ``diffusion_at`` with that factor directly (no floating-point floor); ``drift(t, x)`` and
+    ``diffusion(t, x)`` derive it from t, for torchsde and users.
+
+    Args:
+        dim: d.
+        drift_fn: (x (B, d), eta) -> b (B, d), eta the schedule factor at that time.
+        diffusion_fn: (x (B, d), eta) -> a ``Diffusion``.
+        noise_type: "diagonal" or "general" (torchsde's vocabulary).
+        brownian_dim: m, the dimension of W.
+        lr: the base learning rate (time unit of one optimizer step); 1.0 for plain SDEs.
+        schedule: eta_k.
+        model: a name ("first_order", "second_order", "curvature", or anything).
+        problem: the objective whose observables are recorded, or None.
+        config: a JSON-able description.
+        diffusion_derivative_fn: for Milstein on diagonal noise, (x, eta) -> the elementwise
+            derivative ∂g_j/∂x_j (B, d); None when unknown.
+    """
+
+    dim: int
+    drift_fn: Callable[[torch.Tensor, float], torch.Tensor]
+    diffusion_fn: Callable[[torch.Tensor, float], Diffusion]
+    noise_type: str
+    brownian_dim: int
+    lr: float = 1.0
+    schedule: Schedule = field(default_factory=Constant)
+    model: str = "sde"
+    problem: Problem | None = None
+    config: dict = field(default_factory=dict)
+    diffusion_derivative_fn: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    sde_type = "ito"
+
+    def __post_init__(self) -> None:
+        check_int("dim", self.dim, minimum=1)
+        check_int("brownian_dim", self.brownian_dim, minimum=1)
+        check_positive("lr", self.lr)
+        if self.noise_type not in ("diagonal", "general"):
+            raise ValueError(f"Invalid noise_type: {self.noise_type!r} (use 'diagonal' or 'general')")
+        if self.noise_type == "diagonal" and self.brownian_dim != self.dim:
+            raise ValueError(f"Invalid brownian_dim: {self.brownian_dim!r} (diagonal noise needs "
+                             f"brownian_dim = dim = {self.dim})")
+
+    def eta(self, t: float) -> float:
+        """The schedule factor at SDE time t (float64 bookkeeping, tolerant to rounding of k*lr)."""
+        k = math.floor(t / self.lr + 1e-9)
+        return float(self.schedule(max(k, 0)))
+
+    def drift_at(self, x: torch.Tensor, eta: float) -> torch.Tensor:
+        return self.drift_fn(x, eta)
+
+    def diffusion_at(self, x: torch.Tensor, eta: float) -> Diffusion:
+        return self.diffusion_fn(x, eta)
+
+    def drift(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        """b(t, x), (B, d)."""
+        return self.drift_fn(x, self.eta(float(t)))
+
+    def diffusion(self, t: float, x: torch.Tensor) -> Diffusion:
+        """G(t, x) as a structured ``Diffusion``."""
+        return self.diffusion_fn(x, self.eta(float(t)))
+
+    @classmethod
+    def diagonal(cls, drift: Callable[[torch.Tensor], torch.Tensor],
+                 diffusion: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
+                 diffusion_derivative: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 **kwargs) -> SDE:
+        """A time-homogeneous SDE with diagonal noise from plain functions of x (B, d).
+
+        ``diffusion(x)`` returns g (B, d), G = diag(g). Example: the
+        Ornstein–Uhlenbeck process dX = -a X dt + s dW is
+        ``SDE.diagonal(lambda x: -a * x, lambda x: torch.full_like(x, s), dim=1)``.
+        """
+        deriv = None if diffusion_derivative is None else (lambda x, eta: diffusion_derivative(x))
+        return cls(dim=dim, drift_fn=lambda x, eta: drift(x), diffusion_fn=lambda x, eta: Diagonal(diffusion(x)),
+                   noise_type="diagonal", brownian_dim=dim, diffusion_derivative_fn=deriv, **kwargs)
+
+    def torchsde(self) -> TorchsdeAdapter:
+        """This SDE as an object ``torchsde.sdeint`` accepts (f, g, noise_type, sde_type)."""
+        return TorchsdeAdapter(self)
+
+
+class TorchsdeAdapter(torch.nn.Module):
+    """torchsde's interface: f(t, y) (B, d); g(t, y) (B, d) diagonal or (B, d, m) general."""
+
+    sde_type = "ito"
+
+    def __init__(self, sde: SDE) -> None:
+        super().__init__()
+        self.sde = sde
+        self.noise_type = sde.noise_type
+
+    def f(self, t, y):
+        return self.sde.drift(float(t), y)
+
+    def g(self, t, y):
+        diff = self.sde.diffusion(float(t), y)
+        if self.noise_type == "diagonal":
+            return diff.g
+        return diff.dense()

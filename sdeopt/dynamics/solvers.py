@@ -1,0 +1,307 @@
+"""How an SDE is integrated: native batched Euler–Maruyama and Milstein, and a torchsde backend.
+
+Every optimizer step k -> k+1 (SDE time lr) is split into ``substeps`` steps of size
+h = lr / substeps; outputs sit at the exact integer steps t_k = k * lr (time is kept as the
+integer k plus a substep index, never accumulated in floating point). The batched loop,
+chunking, seeding, recording and divergence handling are the discrete engine's
+(``sdeopt.discrete.base.run_engine``): one engine for both layers.
+
+Brownian sources (STYLE.md: randomness apart from the solver):
+- independent: dW = sqrt(h) z, z ~ N(0, I_m) from the run's RandomSource;
+- coupled: the discrete run's own Gaussian draws ξ_k (``simulate(..., keep_increments=True)``)
+  drive the SDE: the increment over step k is W(t_{k+1}) - W(t_k) = -sqrt(lr) ξ_k (the sign
+  makes the SDE's Euler step with one substep reproduce x_{k+1} = x_k - lr(ū + S^{1/2} ξ_k)),
+  split over substeps by the exact Brownian bridge given that sum.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torchsde._brownian.brownian_base import BaseBrownian
+
+from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource
+from sdeopt._validation import check_int
+from sdeopt.discrete.base import State, run_engine
+from sdeopt.discrete.result import Trajectory
+from sdeopt.dynamics.sde import SDE
+from sdeopt.problems import Problem
+
+
+class Scheme(ABC):
+    """One step of size h of an SDE solver. Attributes: strong and weak order, Itô or Stratonovich."""
+
+    strong_order: float
+    weak_order: float
+    sde_type: str = "ito"
+
+    @abstractmethod
+    def step(self, sde: SDE, x: torch.Tensor, eta: float, h: float, dw: torch.Tensor) -> torch.Tensor:
+        """x (B, d) at t -> x at t + h, with the Brownian increment dw (B, m) over [t, t + h]."""
+
+
+class EulerMaruyama(Scheme):
+    """x + b(x) h + G(x) dW. Strong order 1/2 (1 for additive noise), weak order 1."""
+
+    strong_order = 0.5
+    weak_order = 1.0
+
+    def step(self, sde, x, eta, h, dw):
+        return x + sde.drift_at(x, eta) * h + sde.diffusion_at(x, eta).apply(dw)
+
+
+class Milstein(Scheme):
+    """Euler–Maruyama plus ½ g ∂g (dW² - h), for diagonal noise whose g_j depends on x_j only.
+
+    ∂g_j/∂x_j comes from ``sde.diffusion_derivative_fn`` or, failing that, from a forward-mode
+    Jacobian-vector product of g with the all-ones tangent (equal to the diagonal of the Jacobian
+    exactly when g_j depends on x_j alone, the commutative case this scheme assumes).
+    Strong order 1, weak order 1.
+    """
+
+    strong_order = 1.0
+    weak_order = 1.0
+
+    def step(self, sde, x, eta, h, dw):
+        if sde.noise_type != "diagonal":
+            raise ValueError(f"Invalid method: 'milstein' (needs diagonal noise; this SDE has "
+                             f"{sde.noise_type!r} noise, use 'euler')")
+        g = sde.diffusion_at(x, eta).g
+        if sde.diffusion_derivative_fn is not None:
+            dg = sde.diffusion_derivative_fn(x, eta)
+        else:
+            _, dg = torch.func.jvp(lambda y: sde.diffusion_at(y, eta).g, (x,), (torch.ones_like(x),))
+        return x + sde.drift_at(x, eta) * h + g * dw + 0.5 * g * dg * (dw * dw - h)
+
+
+#: Native schemes by name.
+SCHEMES = {"euler": EulerMaruyama(), "milstein": Milstein()}
+BACKENDS = ("native", "torchsde")
+
+
+class _SDEStepper:
+    """Adapts an SDE + scheme + Brownian source to the engine's stepper protocol."""
+
+    n_workers = 1
+
+    def __init__(self, sde: SDE, scheme: Scheme, substeps: int, increments: torch.Tensor | None) -> None:
+        self.sde, self.scheme, self.substeps = sde, scheme, substeps
+        self.lr, self.schedule = sde.lr, sde.schedule
+        self.increments = increments  # (K, B_all, d) on the CPU, or None
+
+    def init_state(self, x, rng, runs):
+        state = State(x=x)
+        if self.increments is not None:
+            state.xi = self.increments[:, runs].to(device=x.device, dtype=x.dtype)  # (K, B, d)
+        return state
+
+    def step(self, problem, state, k, lr_k, rng):
+        eta = lr_k / self.lr
+        h = self.lr / self.substeps
+        dws = self._brownian(state, k, h, rng)  # substeps x (B, m)
+        x = state.x
+        for dw in dws:
+            x = self.scheme.step(self.sde, x, eta, h, dw)
+        new = State(x=x)
+        if self.increments is not None:
+            new.xi = state.xi
+        return new
+
+    def _brownian(self, state, k, h, rng):
+        m, n = self.sde.brownian_dim, self.substeps
+        if self.increments is None:
+            if n == 1:
+                return [rng.normal(m) * math.sqrt(h)]
+            z = rng.normal(n, m) * math.sqrt(h)  # (B, n, m)
+            return z.unbind(dim=1)
+        total = -math.sqrt(self.lr) * state.xi[k]  # (B, d): W(t_{k+1}) - W(t_k)
+        if n == 1:
+            return [total]
+        # Brownian bridge: n i.i.d. N(0, h) increments conditioned on their sum.
+        z = rng.normal(n, m) * math.sqrt(h)  # (B, n, m)
+        sub = total.unsqueeze(1) / n + (z - z.mean(dim=1, keepdim=True))
+        return sub.unbind(dim=1)
+
+    def config(self) -> dict:
+        return {"scheme": type(self.scheme).__name__, "substeps": self.substeps}
+
+
+def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: int = 1,
+          method: str = "euler", backend: str = "native", coupled: Trajectory | None = None,
+          record_every: int = 1, record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
+          record_x: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+          blowup_threshold: float = 1e10, chunk_size: int | None = None, max_memory: float = 2**30,
+          block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0,
+          torchsde_method: str | None = None) -> Trajectory:
+    """Integrate ``sde`` for ``n_steps`` optimizer steps (SDE time n_steps * lr), batched over runs.
+
+    Args:
+        sde: the SDE (from ``sde_of`` or ``SDE.diagonal``).
+        x0: (d,) or (n_runs, d), finite.
+        n_steps: optimizer steps; outputs at t_k = k * lr.
+        n_runs: B.
+        seed: random stream (the same block-based seeding as ``simulate``).
+        substeps: solver steps per optimizer step (h = lr / substeps).
+        method: "euler" or "milstein" (native); for ``backend="torchsde"``, ``torchsde_method``
+            (default "euler") names torchsde's solver.
+        backend: "native" (this module's batched loop) or "torchsde" (torchsde.sdeint on a
+            fixed-grid Brownian motion of pre-drawn increments, dt = h, float64 times).
+        coupled: a discrete ``Trajectory`` made with ``keep_increments=True``: drive the SDE with
+            its Gaussian draws, so that paths can be compared run by run (strong error).
+        record_every, record, record_x, device, dtype, blowup_threshold, chunk_size,
+        max_memory, block_size, first_run: as in ``sdeopt.discrete.simulate``. Observables
+        need ``sde.problem``.
+
+    Returns:
+        A ``Trajectory`` whose ``model`` is the SDE's model name.
+    """
+    if not isinstance(sde, SDE):
+        raise ValueError(f"Invalid sde: {sde!r} (must be an sdeopt.dynamics.SDE)")
+    substeps = check_int("substeps", substeps, minimum=1)
+    if backend not in BACKENDS:
+        raise ValueError(f"Invalid backend: {backend!r} (choose from {', '.join(BACKENDS)})")
+    if method not in SCHEMES:
+        raise ValueError(f"Invalid method: {method!r} (choose from {', '.join(SCHEMES)})")
+    problem = sde.problem if sde.problem is not None else _NoProblem(sde.dim)
+    if sde.problem is None:
+        record = ()
+    increments = _coupling_increments(coupled, sde, n_steps, n_runs, first_run)
+    config = {"sde": sde.config, "model": sde.model, "method": method, "backend": backend,
+              "substeps": substeps, "coupled": coupled is not None}
+    common = dict(seed=seed, device=device, dtype=dtype, record_every=record_every, record=record,
+                  record_x=record_x, blowup_threshold=blowup_threshold, chunk_size=chunk_size,
+                  max_memory=max_memory, block_size=block_size, first_run=first_run)
+    if backend == "torchsde":
+        if coupled is not None:
+            raise ValueError("Invalid coupled: the torchsde backend draws its own Brownian motion; "
+                             "use backend='native' for coupling")
+        return _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps,
+                               torchsde_method or "euler", config, **common)
+    stepper = _SDEStepper(sde, SCHEMES[method], substeps, increments)
+    return run_engine(stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, **common)
+
+
+def _coupling_increments(coupled, sde, n_steps, n_runs, first_run):
+    if coupled is None:
+        return None
+    if not isinstance(coupled, Trajectory) or coupled.increments is None:
+        raise ValueError("Invalid coupled: needs a Trajectory from simulate(..., keep_increments=True)")
+    inc = coupled.increments
+    if inc.shape[0] < n_steps or inc.shape[1] != n_runs or inc.shape[2] != sde.brownian_dim:
+        raise ValueError(f"Invalid coupled: its increments have shape {tuple(inc.shape)}, need at "
+                         f"least ({n_steps}, {n_runs}, {sde.brownian_dim})")
+    if coupled.config.get("first_run", 0) != first_run:
+        raise ValueError(f"Invalid coupled: it starts at run {coupled.config.get('first_run')}, "
+                         f"this solve at first_run={first_run}")
+    if not math.isclose(coupled.lr, sde.lr, rel_tol=1e-12):
+        raise ValueError(f"Invalid coupled: its lr {coupled.lr} differs from the SDE's {sde.lr}")
+    return inc
+
+
+class _NoProblem(Problem):
+    """Stands in for a plain SDE with no objective: nothing to record but x."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def loss(self, x):
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+
+    grad = hvp = None  # never called: no observable is recorded
+
+    def config(self) -> dict:
+        return {"type": "none", "dim": self.dim}
+
+
+class GridBrownian(BaseBrownian):
+    """A torchsde Brownian motion on the fixed grid t0 + i h, from pre-drawn increments.
+
+    Exact at grid times (W is the running sum of the given N(0, h) increments, (n, B, m)); a
+    query off the grid is an error rather than an interpolation. torchsde's default
+    BrownianInterval cost ~250–800 µs per step here and can hit a RecursionError on long runs
+    (DESIGN.md §8).
+    """
+
+    def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
+        self.t0, self.h = t0, h
+        zero = torch.zeros_like(increments[:1])
+        self.w = torch.cat([zero, increments.cumsum(dim=0)])  # (n + 1, B, m)
+
+    def _index(self, t) -> int:
+        i = (float(t) - self.t0) / self.h
+        j = round(i)
+        if abs(i - j) > 1e-6 or not 0 <= j < self.w.shape[0]:
+            raise ValueError(f"GridBrownian queried off its grid at t={float(t)}")
+        return j
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if return_U or return_A:
+            raise ValueError("GridBrownian has no Lévy area; use an Itô method such as 'euler'")
+        if tb is None:
+            return self.w[self._index(ta)]
+        return self.w[self._index(tb)] - self.w[self._index(ta)]
+
+    def __repr__(self) -> str:
+        return f"GridBrownian(t0={self.t0}, h={self.h}, n={self.w.shape[0] - 1})"
+
+    dtype = property(lambda self: self.w.dtype)
+    device = property(lambda self: self.w.device)
+    shape = property(lambda self: self.w.shape[1:])
+    levy_area_approximation = property(lambda self: "none")
+
+
+def _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps, ts_method, config, *, seed, device,
+                    dtype, record_every, record, record_x, blowup_threshold, chunk_size, max_memory,
+                    block_size, first_run) -> Trajectory:
+    """torchsde.sdeint per chunk, recording at the same steps; divergence judged at records."""
+    import torchsde
+
+    from sdeopt.discrete.base import _validate, record_observables
+
+    spec = _validate(1, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
+                     record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run)
+    dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
+    problem = problem.to(dev, dtype)
+    h = sde.lr / substeps
+    ts = torch.tensor([s * sde.lr for s in steps], dtype=torch.float64)
+    chunk = spec["chunk_size"]
+    n_rec, d = len(steps), sde.dim
+    obs = {name: torch.empty((n_rec, n_runs), dtype=dtype) for name in record}
+    xs = torch.empty((n_rec, n_runs, d), dtype=dtype) if record_x else None
+    diverged = torch.zeros(n_runs, dtype=torch.bool)
+    blowup_step = torch.full((n_runs,), -1, dtype=torch.int64)
+    adapter = sde.torchsde()
+    for start in range(0, n_runs, chunk):
+        stop = min(start + chunk, n_runs)
+        b = stop - start
+        rng = RandomSource(seed, b, first_run=first_run + start, block_size=block_size, device=dev, dtype=dtype)
+        dw = rng.normal(n_steps * substeps, sde.brownian_dim).transpose(0, 1) * math.sqrt(h)  # (n, B, m)
+        bm = GridBrownian(0.0, h, dw)
+        y0 = x0[start:stop] if x0.shape[0] > 1 else x0.expand(b, d)
+        ys = torchsde.sdeint(adapter, y0.to(device=dev, dtype=dtype), ts.to(dev), bm=bm, dt=h,
+                             method=ts_method, adaptive=False)  # (S, B, d)
+        # No freezing inside torchsde: a run is frozen from its first bad record on.
+        norms = (ys * ys).sum(-1)  # (S, B)
+        bad = ~(norms <= min(blowup_threshold**2, torch.finfo(dtype).max))
+        first_bad = torch.where(bad.any(0), bad.to(torch.int8).argmax(0), torch.full((b,), n_rec, device=dev))
+        keep = torch.arange(n_rec, device=dev).unsqueeze(1) < first_bad.unsqueeze(0)  # (S, B)
+        last_good = torch.clamp(first_bad - 1, min=0)
+        ys = torch.where(keep.unsqueeze(-1), ys, ys[last_good, torch.arange(b, device=dev)].unsqueeze(0))
+        for i in range(n_rec):
+            record_observables(problem, ys[i], record, {n: obs[n][i, start:stop] for n in record})
+        if record_x:
+            xs[:, start:stop] = ys.cpu()
+        diverged[start:stop] = (first_bad < n_rec).cpu()
+        step_arr = torch.tensor(steps, device=dev)
+        blowup_step[start:stop] = torch.where(first_bad < n_rec, step_arr[first_bad.clamp(max=n_rec - 1)],
+                                              torch.full_like(first_bad, -1)).cpu()
+    lr_sum = np.concatenate([[0.0], np.cumsum(sde.lr * sde.schedule.factors(n_steps).numpy())])
+    config = dict(config, problem=problem.config(), n_steps=n_steps, n_runs=n_runs,
+                  block_size=block_size, first_run=first_run, blowup_threshold=blowup_threshold)
+    return Trajectory(model=sde.model, steps=np.asarray(steps, dtype=np.int64), lr=sde.lr,
+                      lr_sum=lr_sum[np.asarray(steps)], observables=obs, x=xs, diverged=diverged,
+                      blowup_step=blowup_step, config=config, seed=seed, device=str(dev),
+                      dtype=str(dtype).replace("torch.", ""))
