@@ -25,6 +25,13 @@ CASES = {
     "dsign-gauss": lambda: DSignSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])),
     "dsign-t": lambda: DSignSGD(lr=0.05, n_workers=8, noise=so.noise.StudentT(nu=1.5)),
     "dsign-stable": lambda: DSignSGD(lr=0.05, n_workers=2, noise=so.noise.SymmetricStable(alpha=1.5)),
+    "ito-exp": lambda: so.discrete.ItoChain(lr=0.05, gamma=0.5, eps=so.noise.CenteredExponential(),
+                                            drift_error=(0.1, 1.0), diffusion_error=(0.2, 0.5)),
+    "ito-sgld": lambda: so.discrete.ItoChain.sgld(lr=0.05, eps=so.noise.Rademacher()),
+    "markov-two": lambda: so.discrete.MarkovSGD(lr=0.05, noise=so.noise.TwoStateMarkov(p=0.3, scale=0.5)),
+    "markov-mlmc": lambda: so.discrete.MarkovSGD(
+        lr=0.05, noise=so.noise.FiniteMarkov([[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.3, 0.0, 0.7]]),
+        estimator="mlmc", batch=2, max_batch=8),
 }
 
 

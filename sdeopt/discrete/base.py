@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,38 +39,30 @@ class State:
 
 @dataclass(frozen=True, kw_only=True)
 class Method(ABC):
-    """Base class of the discrete optimizers (MATH.md §5).
+    """Base class of the discrete optimizers and chains (MATH.md §5).
 
     Args:
-        lr: eta > 0, the base learning rate.
-        n_workers: N >= 1.
-        noise: the gradient-noise law of every worker.
+        lr: eta > 0, the base learning rate (the SDE time of one step).
         schedule: eta_k, the dimensionless schedule factor (eta_0 = 1).
-        shortcuts: use exact distributional shortcuts (e.g. one Gaussian for the mean of N);
-            False draws every worker's noise, for validation against the naive path.
     """
 
     lr: float
-    n_workers: int = 1
-    noise: Noise
     schedule: Schedule = field(default_factory=Constant)
-    shortcuts: bool = True
+
+    #: Workers whose tensors a step holds (the memory estimate of the chunking).
+    n_workers: ClassVar[int] = 1
+    #: Per-run quantities a method keeps in its State and ``simulate`` can record.
+    extra_observables: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         check_positive("lr", self.lr)
-        check_int("n_workers", self.n_workers, minimum=1)
-        if not isinstance(self.noise, Noise):
-            raise ValueError(f"Invalid noise: {self.noise!r} (must be an sdeopt.noise law)")
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"Invalid schedule: {self.schedule!r} (must be an sdeopt.schedules schedule)")
-        self.noise.check_workers(self.n_workers)
 
     def check_problem(self, problem: Problem) -> None:
         """Raise ``ValueError`` if this method cannot run on ``problem``."""
         if not isinstance(problem, Problem):
             raise ValueError(f"Invalid problem: {problem!r} (must be an sdeopt.problems.Problem)")
-        problem.check_workers(self.n_workers)
-        self.noise.check_problem(problem)
 
     def init_state(self, x0: torch.Tensor, rng: RandomSource, runs: slice) -> State:
         """The state at k = 0 for iterates x0 (B, d) of the runs ``runs`` of the study."""
@@ -89,7 +82,35 @@ class Method(ABC):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DirectionMethod(Method):
+class DistributedMethod(Method):
+    """N workers, each with a stochastic gradient oracle of law ``noise`` (MATH.md §3).
+
+    Args:
+        n_workers: N >= 1.
+        noise: the gradient-noise law of every worker.
+        shortcuts: use exact distributional shortcuts (e.g. one Gaussian for the mean of N);
+            False draws every worker's noise, for validation against the naive path.
+    """
+
+    n_workers: int = 1
+    noise: Noise
+    shortcuts: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("n_workers", self.n_workers, minimum=1)
+        if not isinstance(self.noise, Noise):
+            raise ValueError(f"Invalid noise: {self.noise!r} (must be an sdeopt.noise law)")
+        self.noise.check_workers(self.n_workers)
+
+    def check_problem(self, problem: Problem) -> None:
+        super().check_problem(problem)
+        problem.check_workers(self.n_workers)
+        self.noise.check_problem(problem)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirectionMethod(DistributedMethod):
     """Methods of the form x_{k+1} = x_k - eta eta_k u_k (MATH.md §6, general recipe)."""
 
     @abstractmethod
@@ -164,8 +185,10 @@ def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, mode
     ``init_state(x, rng, runs)`` and ``step(problem, state, k, lr_k, rng)``. Arguments are
     documented in ``simulate``.
     """
+    extras = stepper.extra_observables
     spec = _validate(stepper.n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
-                     record, record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run)
+                     record, record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
+                     extras)
     dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
     problem = problem.to(dev, dtype)
     d = problem.dim
@@ -263,6 +286,9 @@ def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, 
         if k in record_slot:
             i = record_slot[k]
             record_observables(problem, state.x, record, {n: obs[n][i] for n in record})
+            for name in method.extra_observables:
+                if name in record:
+                    obs[name][i] = getattr(state, name)
             if record_x:
                 xs[i] = state.x
         if k == n_steps:
@@ -306,7 +332,8 @@ def record_steps(n_steps: int, record_every: int) -> list[int]:
 
 
 def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
-              record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run) -> dict:
+              record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
+              extras=()) -> dict:
     if not isinstance(problem, Problem):
         raise ValueError(f"Invalid problem: {problem!r} (must be an sdeopt.problems.Problem)")
     n_steps = check_int("n_steps", n_steps, minimum=0)
@@ -325,8 +352,8 @@ def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, reco
         record = (record,)
     record = tuple(record)
     for name in record:
-        if name not in OBSERVABLES:
-            raise ValueError(f"Invalid record: {name!r} (choose from {', '.join(OBSERVABLES)})")
+        if name not in OBSERVABLES + tuple(extras):
+            raise ValueError(f"Invalid record: {name!r} (choose from {', '.join(OBSERVABLES + tuple(extras))})")
     if "dist" in record and problem.minimizer is None:
         raise ValueError(f"Invalid record: 'dist' ({type(problem).__name__} has no known minimiser)")
     x0 = check_x0(x0, n_runs, problem.dim)

@@ -5,14 +5,18 @@ from __future__ import annotations
 from sdeopt.discrete.base import Method
 from sdeopt.discrete.dcsgd import DCSGD
 from sdeopt.discrete.dsignsgd import DSignSGD
-from sdeopt.dynamics import dcsgd, dsignsgd
+from sdeopt.discrete.ito_chain import ItoChain
+from sdeopt.discrete.markov_sgd import MarkovSGD
+from sdeopt.dynamics import dcsgd, dsignsgd, ito_chain, markov_sgd
 from sdeopt.dynamics.recipe import MODELS, Moments, sde_from_moments
 from sdeopt.dynamics.sde import SDE, Dense, Diagonal, DiagonalPlusRankOne, Diffusion
 from sdeopt.dynamics.solvers import SCHEMES, GridBrownian, solve
 from sdeopt.problems import Problem
 
 #: Method class -> its moments builder (subclasses such as DSGD resolve through the MRO).
-MOMENTS = {DCSGD: dcsgd.moments, DSignSGD: dsignsgd.moments}
+MOMENTS = {DCSGD: dcsgd.moments, DSignSGD: dsignsgd.moments, MarkovSGD: markov_sgd.moments}
+#: Methods whose SDE is not of the x_{k+1} = x_k - eta eta_k u_k form: built directly.
+DIRECT = {ItoChain: ito_chain.sde}
 
 
 def sde_of(method: Method, problem: Problem, model: str = "first_order") -> SDE:
@@ -27,10 +31,13 @@ def sde_of(method: Method, problem: Problem, model: str = "first_order") -> SDE:
     if not isinstance(method, Method):
         raise ValueError(f"Invalid method: {method!r} (must be an sdeopt.discrete method)")
     method.check_problem(problem)
+    direct = next((DIRECT[c] for c in type(method).__mro__ if c in DIRECT), None)
+    if direct is not None:
+        return direct(method, problem, model)
     builder = next((MOMENTS[c] for c in type(method).__mro__ if c in MOMENTS), None)
     if builder is None:
         raise ValueError(f"Invalid method: {type(method).__name__} has no SDE model "
-                         f"(models exist for {', '.join(c.__name__ for c in MOMENTS)})")
+                         f"(models exist for {', '.join(c.__name__ for c in [*MOMENTS, *DIRECT])})")
     if model not in MODELS:
         raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(MODELS)})")
     return sde_from_moments(builder(method, problem), model=model, lr=method.lr,

@@ -86,6 +86,7 @@ class _SDEStepper:
     """Adapts an SDE + scheme + Brownian source to the engine's stepper protocol."""
 
     n_workers = 1
+    extra_observables = ()
 
     def __init__(self, sde: SDE, scheme: Scheme, substeps: int, increments: torch.Tensor | None) -> None:
         self.sde, self.scheme, self.substeps = sde, scheme, substeps

@@ -1,0 +1,118 @@
+"""Itô chains: x_{k+1} = x_k + eta (b(x_k) + δ_k) + eta^{(1+γ)/2} (σ(x_k) + Δ_k) ε_k."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from sdeopt._rng import RandomSource
+from sdeopt._validation import check_in_range, check_nonnegative, check_positive
+from sdeopt.discrete.base import Method, State
+from sdeopt.noise import StandardNormal, UnitLaw
+from sdeopt.problems import Problem
+
+#: A drift or diffusion: a callable on x (B, d) -> (B, d), or None for "from the problem".
+Field = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItoChain(Method):
+    r"""An Itô chain (Ustimenko & Beznosikov, ICLR 2024, eq. (1)).
+
+    Update (MATH.md §5):
+
+        x_{k+1} = x_k + eta (b(x_k) + δ_k) + eta^{(1+γ)/2} (σ(x_k) + Δ_k) ⊙ ε_k,
+
+    with ε_k i.i.d. from an isotropic unit-covariance law (E ε = 0, E εεᵀ = I: Gaussian,
+    Rademacher, centred Exp(1), scaled uniform, standardised Student-t with nu > 2), σ diagonal
+    (a (B, d) field or a constant), γ in [0, 1], and inexact terms δ_k, Δ_k.
+    SGLD is γ = 0, b = -∇U, σ = √2; SGD with Gaussian noise of scale s is γ = 1, b = -∇f, σ = s.
+
+    SDE model (``sdeopt.dynamics``): dX = b(X) dt + eta^{γ/2} σ(X) dW (weak order 1 for
+    symmetric ε with matching third moments; the paper proves a W2 bound; a skewed ε slows the
+    convergence in law to O(sqrt(eta)) at a fixed horizon).
+
+    Shapes: x (B, d); ε (B, d).
+
+    Args:
+        gamma: γ in [0, 1].
+        drift: b as a callable on (B, d), or None for b = -∇f of the problem.
+        diffusion: σ as a callable on (B, d) returning (B, d), or a constant >= 0.
+        eps: the law of ε (default standard normal).
+        drift_error: δ_k as a callable on (B, d), or (c, α) for the constant vector of norm
+            c eta^α along (1, ..., 1)/√d (a worst-case bias of prescribed size), or None.
+        diffusion_error: Δ_k likewise (a callable or (c, α): the constant c eta^α on every
+            coordinate), or None.
+
+    Example:
+        >>> import sdeopt as so
+        >>> chain = so.discrete.ItoChain.sgld(lr=0.01)
+        >>> traj = so.discrete.simulate(chain, so.problems.Quadratic(diag=[1.0]), [0.0],
+        ...                             n_steps=100, n_runs=1000)
+    """
+
+    gamma: float = 0.0
+    drift: Field | None = None
+    diffusion: Field | float = math.sqrt(2.0)
+    eps: UnitLaw = field(default_factory=StandardNormal)
+    drift_error: Field | tuple[float, float] | None = None
+    diffusion_error: Field | tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_in_range("gamma", self.gamma, 0.0, 1.0)
+        if self.drift is not None and not callable(self.drift):
+            raise ValueError(f"Invalid drift: {self.drift!r} (a callable on (B, d) tensors, or None for -∇f)")
+        if not callable(self.diffusion):
+            check_nonnegative("diffusion", self.diffusion)
+        if not isinstance(self.eps, UnitLaw):
+            raise ValueError(f"Invalid eps: {self.eps!r} (must be an isotropic unit law from sdeopt.noise, "
+                             "e.g. StandardNormal(), Rademacher(), CenteredExponential())")
+        for name in ("drift_error", "diffusion_error"):
+            value = getattr(self, name)
+            if value is None or callable(value):
+                continue
+            if not (isinstance(value, (tuple, list)) and len(value) == 2):
+                raise ValueError(f"Invalid {name}: {value!r} (a callable, a pair (c, alpha), or None)")
+            check_nonnegative(f"{name}[0]", value[0])
+            check_nonnegative(f"{name}[1]", value[1])
+
+    @classmethod
+    def sgld(cls, lr: float, *, temperature: float = 1.0, **kwargs) -> ItoChain:
+        """Stochastic gradient Langevin dynamics targeting exp(-U/T): γ = 0, b = -∇U, σ = √(2T)."""
+        return cls(lr=lr, gamma=0.0, diffusion=math.sqrt(2.0 * check_positive("temperature", temperature)),
+                   **kwargs)
+
+    @classmethod
+    def sgd(cls, lr: float, *, sigma: float, **kwargs) -> ItoChain:
+        """SGD with additive noise of scale σ: γ = 1, b = -∇f."""
+        return cls(lr=lr, gamma=1.0, diffusion=sigma, **kwargs)
+
+    def drift_at(self, problem: Problem, x: torch.Tensor) -> torch.Tensor:
+        """b(x), (B, d)."""
+        return -problem.grad(x) if self.drift is None else self.drift(x)
+
+    def diffusion_at(self, x: torch.Tensor) -> torch.Tensor:
+        """σ(x), (B, d) or a (1, 1) constant."""
+        if callable(self.diffusion):
+            return self.diffusion(x)
+        return torch.full((1, 1), float(self.diffusion), dtype=x.dtype, device=x.device)
+
+    def _error(self, value, x: torch.Tensor, direction: str) -> torch.Tensor | float:
+        if value is None:
+            return 0.0
+        if callable(value):
+            return value(x)
+        c, alpha = value
+        size = c * self.lr**alpha
+        return size / math.sqrt(x.shape[-1]) if direction == "drift" else size
+
+    def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
+        x = state.x
+        eps = self.eps.sample(rng, x.shape[-1])  # (B, d)
+        b = self.drift_at(problem, x) + self._error(self.drift_error, x, "drift")
+        s = self.diffusion_at(x) + self._error(self.diffusion_error, x, "diffusion")
+        return State(x=x + lr_k * b + (lr_k ** ((1.0 + self.gamma) / 2.0)) * s * eps)

@@ -1,0 +1,34 @@
+"""The SDE of an Itô chain: dX = b(X) dt + eta^{γ/2} σ(X) dW."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sdeopt.discrete.ito_chain import ItoChain
+from sdeopt.dynamics.sde import SDE, Diagonal
+from sdeopt.problems import Problem
+
+
+def sde(method: ItoChain, problem: Problem, model: str) -> SDE:
+    r"""dX = b(X) dt + eta^{γ/2} σ(X) dW (Ustimenko & Beznosikov, ICLR 2024).
+
+    One chain step adds eta b + eta^{(1+γ)/2} σ ε: over SDE time eta the drift matches and the
+    variance eta^{1+γ} σ² = (eta^γ σ²) eta gives the diffusion. The inexact terms δ, Δ are
+    errors of the chain, not part of its model. Only the first-order model is defined.
+    """
+    if model != "first_order":
+        raise ValueError(f"Invalid model: {model!r} (an Itô chain's SDE is first order only)")
+    scale = method.lr ** (method.gamma / 2.0)
+
+    def drift(x: torch.Tensor, eta: float) -> torch.Tensor:
+        return method.drift_at(problem, x)
+
+    def diffusion(x: torch.Tensor, eta: float) -> Diagonal:
+        return Diagonal((method.diffusion_at(x) * scale).expand_as(x))
+
+    return SDE(dim=problem.dim, drift_fn=drift, diffusion_fn=diffusion, noise_type="diagonal",
+               brownian_dim=problem.dim, lr=method.lr, model=model, problem=problem,
+               config={"method": method.config(), "model": model, "gamma": method.gamma,
+                       "diffusion_scale": scale if math.isfinite(scale) else None})

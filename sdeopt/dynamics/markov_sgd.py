@@ -1,0 +1,35 @@
+"""The SDE of SGD with Markovian noise: the chain's asymptotic covariance drives it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sdeopt.discrete.markov_sgd import MarkovSGD
+from sdeopt.dynamics.recipe import Moments
+from sdeopt.dynamics.sde import Diagonal
+from sdeopt.problems import Problem
+
+
+def moments(method: MarkovSGD, problem: Problem) -> Moments:
+    r"""ū = ∇f and S = Σ_eff = s² σ_eff² I, σ_eff² = Σ_{j ∈ Z} Cov_π(h(Z_0), h(Z_j)).
+
+    Over the many steps of one unit of SDE time the correlated noise sums like independent
+    noise of variance Σ_eff (a Markov-chain central limit theorem), so the first-order model is
+    dX = -eta_t ∇f dt + eta_t sqrt(eta) Σ_eff^{1/2} dW, valid when eta τ λ_max(∇²f) << 1
+    (MATH.md §6). The i.i.d. model (S = s² Var_π h) misses the factor (1 + rho)/(1 - rho).
+    """
+    if method.estimator != "single":
+        raise ValueError(f"Invalid estimator: {method.estimator!r} (an SDE model exists here for the "
+                         "single-sample estimator only)")
+    sigma2 = method.noise.asymptotic_variance
+    if not math.isfinite(sigma2):
+        raise ValueError(f"Invalid noise: {method.noise!r} does not mix (infinite asymptotic variance)")
+    std = method.noise.scale * math.sqrt(sigma2)
+
+    def diffusion(x: torch.Tensor, scale: float) -> Diagonal:
+        return Diagonal(torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x))
+
+    return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=diffusion,
+                   noise_type="diagonal", brownian_dim=problem.dim)
