@@ -1,0 +1,8 @@
+"""Comparing the discrete methods with their SDE models: datasets, metrics, figures."""
+
+from sdeopt.analysis.compare import compare, model_seed
+from sdeopt.analysis.metrics import (W2, OrderFit, TailIndex, bures_w2, divergence, hill_tail_index,
+                                     order_fit, wasserstein2, weak_error)
+
+__all__ = ["W2", "OrderFit", "TailIndex", "bures_w2", "compare", "divergence", "hill_tail_index",
+           "model_seed", "order_fit", "wasserstein2", "weak_error"]

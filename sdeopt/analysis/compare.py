@@ -1,0 +1,78 @@
+"""Run a discrete method and its SDE models on one time grid, into one xarray Dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from sdeopt._rng import DEFAULT_BLOCK_SIZE
+from sdeopt.discrete import Method, simulate
+from sdeopt.dynamics import sde_of, solve
+from sdeopt.problems import Problem
+
+
+def model_seed(seed: int, index: int) -> int:
+    """Seed of the index-th SDE model of a comparison (index 0 is the discrete run itself).
+
+    Independent streams by default: reusing the discrete seed would make the first-order model
+    with one substep share its Gaussian draws with DSGD, a coupling nobody asked for.
+    """
+    if index == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), index]).generate_state(1, np.uint32)[0])
+
+
+def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, seed: int = 0,
+            models: tuple[str, ...] | list[str] = ("first_order",), substeps: int = 1,
+            coupled: bool = False, record_every: int = 1,
+            record: tuple[str, ...] | list[str] = ("loss", "grad_norm"), record_x: bool = False,
+            device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+            blowup_threshold: float = 1e10, max_memory: float = 2**30,
+            block_size: int = DEFAULT_BLOCK_SIZE, sde_method: str = "euler"):
+    """The discrete method and each SDE model in ``models``, side by side.
+
+    Args:
+        method, problem, x0, n_steps, n_runs: as in ``sdeopt.discrete.simulate``.
+        seed: the discrete run's seed; SDE model i draws from ``model_seed(seed, i)``.
+        models: SDE models ("first_order", "second_order", "curvature").
+        substeps: solver steps per optimizer step for the SDEs.
+        coupled: drive every SDE with the discrete run's Gaussian draws (DSGD with Gaussian noise;
+            see ``simulate(keep_increments=True)``), so that runs are paired (strong error).
+        record_every, record, record_x, device, dtype, blowup_threshold, max_memory,
+        block_size: as in ``simulate``.
+        sde_method: "euler" or "milstein".
+
+    Returns:
+        ``xarray.Dataset`` with dims (model, step, run[, coord]), model = ["discrete", *models],
+        and attrs: ``config`` (JSON of everything above), ``seed``, ``coupled``, versions, device.
+    """
+    import xarray as xr
+
+    from sdeopt import __version__
+
+    models = list(models)
+    if len(models) != len(set(models)):
+        raise ValueError(f"Invalid models: {models!r} (each model at most once)")
+    sdes = [sde_of(method, problem, model) for model in models]  # validates before any work
+    common = dict(record_every=record_every, record=record, record_x=record_x, device=device, dtype=dtype,
+                  blowup_threshold=blowup_threshold, max_memory=max_memory, block_size=block_size)
+    disc = simulate(method, problem, x0, n_steps, n_runs, seed=seed, keep_increments=coupled, **common)
+    datasets = [disc.to_dataset()]
+    for i, sde in enumerate(sdes, start=1):
+        path = solve(sde, x0, n_steps, n_runs, seed=model_seed(seed, i), substeps=substeps,
+                     method=sde_method, coupled=disc if coupled else None, **common)
+        datasets.append(path.to_dataset())
+    ds = xr.concat(datasets, dim="model", combine_attrs="override", data_vars="all")
+    config = {"method": method.config(), "problem": problem.config(), "models": models,
+              "n_steps": n_steps, "n_runs": n_runs, "seed": seed, "substeps": substeps,
+              "coupled": coupled, "record_every": record_every, "record": list(record),
+              "record_x": record_x, "blowup_threshold": blowup_threshold, "block_size": block_size,
+              "sde_method": sde_method,
+              "x0": torch.as_tensor(x0, dtype=torch.float64).tolist()}
+    ds.attrs = {"config": json.dumps(config, sort_keys=True), "seed": int(seed), "coupled": int(coupled),
+                "lr": float(method.lr), "device": str(disc.device), "dtype": disc.dtype,
+                "sdeopt_version": __version__, "torch_version": torch.__version__,
+                "xarray_version": xr.__version__}
+    return ds
