@@ -838,8 +838,8 @@ class FiniteMarkov(MarkovNoise):
 
     π solves πP = π (unique: the chain must have one recurrent class); σ_eff² = 2⟨h̄, F h̄⟩_π -
     ⟨h̄, h̄⟩_π with the fundamental matrix F = (I - P + 1πᵀ)^{-1} (Kemeny & Snell);
-    τ from Δ(P^t) = max_{i,j} ½ ||P^t(i, ·) - P^t(j, ·)||_1, stepping t = 1, 2, ...,
-    stepping (inf when it does not reach 1/4 within 10^4 steps, e.g. a periodic chain).
+    τ from Δ(P^t) = max_{i,j} ½ ||P^t(i, ·) - P^t(j, ·)||_1, stepping t = 1, 2, ...
+    (inf when it does not reach 1/4 within 10^4 steps, e.g. a periodic chain).
 
     Args:
         matrix: (S, S) row-stochastic. values: (S,) h before centring (default 0, 1, ..., S-1).
