@@ -1,0 +1,179 @@
+"""TOML experiment configurations: validated, turned into objects, never executed as code.
+
+A configuration holds a ``claim`` (what the experiment shows), an optional ``[defaults]``
+table, and one or more ``[[runs]]``. Each run (merged over the defaults) names its parts as
+tables with a ``type`` and keyword arguments:
+
+    problem   = { type = "Quadratic", diag = [1.0, 4.0] }
+    noise     = { type = "StudentT", nu = 1.5, scale = 1.0 }
+    compressor = { type = "RandK", k = 2 }                 # DCSGD only
+    schedule  = { type = "poly", power = 0.5 }              # optional, default constant
+    method    = { type = "DSignSGD", lr = 0.01, n_workers = 8 }
+
+and the run parameters ``x0`` (a list of d numbers) or ``x0_fill`` (one number for every
+coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``record_x``,
+``models`` (SDE models, [] for the discrete method alone), ``substeps``, ``coupled``,
+``blowup_threshold``, ``name``. A run with ``study = "weak_order"`` instead takes ``lrs`` and
+``horizon`` (n_steps = horizon / lr for each lr) and ``observable``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import tomllib
+from pathlib import Path
+
+import torch
+
+from sdeopt import compressors, noise, problems, schedules
+from sdeopt.discrete import METHODS
+
+PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.CoshSum, problems.ExpSum,
+                                     problems.LogisticRegression)}
+NOISES = {c.__name__: c for c in (noise.Gaussian, noise.StudentT, noise.AffineVariance, noise.SymmetricStable,
+                                   noise.Minibatch, noise.TwoStateMarkov, noise.GaussianAR1, noise.FiniteMarkov)}
+UNIT_LAWS = {c.__name__: c for c in (noise.StandardNormal, noise.Rademacher, noise.CenteredExponential,
+                                      noise.ScaledUniform, noise.StandardizedStudentT)}
+COMPRESSORS = {c.__name__: c for c in (compressors.Identity, compressors.RandK, compressors.Natural,
+                                        compressors.QSGD, compressors.TopK)}
+
+RUN_KEYS = {"name", "problem", "noise", "compressor", "schedule", "method", "eps", "x0", "x0_fill", "n_steps",
+            "n_runs", "seed", "record_every", "record", "record_x", "models", "substeps", "coupled",
+            "blowup_threshold", "study", "lrs", "horizon", "observable"}
+TOP_KEYS = {"claim", "description", "defaults", "runs"}
+STUDIES = ("trajectories", "weak_order")
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a TOML configuration; returns the parsed dict with runs merged over defaults."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"Invalid config: {str(path)!r} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Invalid config: {str(path)!r} is not valid TOML ({exc})") from None
+    return validate(raw)
+
+
+def validate(raw: dict) -> dict:
+    """Check keys and merge every run over ``defaults``; builds every object once to validate it."""
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise ValueError(f"Invalid config key: {sorted(unknown)[0]!r} (top-level keys: {', '.join(sorted(TOP_KEYS))})")
+    if not isinstance(raw.get("runs"), list) or not raw["runs"]:
+        raise ValueError("Invalid config key: 'runs' (needs at least one [[runs]] table)")
+    defaults = raw.get("defaults", {})
+    _check_keys("defaults", defaults)
+    runs = []
+    for i, run in enumerate(raw["runs"]):
+        if not isinstance(run, dict):
+            raise ValueError(f"Invalid config key: runs[{i}] (must be a table)")
+        _check_keys(f"runs[{i}]", run)
+        merged = copy.deepcopy(defaults)
+        merged.update(copy.deepcopy(run))
+        merged.setdefault("name", f"run{i}")
+        build(merged, where=f"runs[{i}]")  # validate now, before anything runs
+        runs.append(merged)
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Invalid config key: 'name' (run names must be distinct: {names})")
+    return {"claim": raw.get("claim", ""), "description": raw.get("description", ""), "runs": runs}
+
+
+def _check_keys(where: str, table) -> None:
+    if not isinstance(table, dict):
+        raise ValueError(f"Invalid config key: {where!r} (must be a table)")
+    unknown = set(table) - RUN_KEYS
+    if unknown:
+        raise ValueError(f"Invalid config key: {where}.{sorted(unknown)[0]} (allowed: {', '.join(sorted(RUN_KEYS))})")
+
+
+def _instance(where: str, registry: dict, spec, what: str):
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"Invalid config key: {where}.{what} = {spec!r} (a table with a 'type')")
+    kind = spec["type"]
+    if kind not in registry:
+        raise ValueError(f"Invalid config key: {where}.{what}.type = {kind!r} (choose from {', '.join(registry)})")
+    cls = registry[kind]
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    params = inspect.signature(cls).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        for key in kwargs:
+            if key not in params:
+                raise ValueError(f"Invalid config key: {where}.{what}.{key} ({kind} takes "
+                                 f"{', '.join(p for p in params if p != 'self')})")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"Invalid config value in {where}.{what}: {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"Invalid config key in {where}.{what}: {exc}") from None
+
+
+def build(run: dict, *, where: str = "run") -> dict:
+    """The objects of one (merged) run: problem, method, x0 and the run parameters."""
+    for key in ("problem", "method"):
+        if key not in run:
+            raise ValueError(f"Invalid config key: {where}.{key} is missing")
+    problem = _instance(where, PROBLEMS, run["problem"], "problem")
+    method_spec = dict(run["method"]) if isinstance(run["method"], dict) else run["method"]
+    if not isinstance(method_spec, dict) or method_spec.get("type") not in METHODS:
+        kind = method_spec.get("type") if isinstance(method_spec, dict) else method_spec
+        raise ValueError(f"Invalid config key: {where}.method.type = {kind!r} (choose from {', '.join(METHODS)})")
+    parts = {}
+    if "noise" in run:
+        parts["noise"] = _instance(where, NOISES, run["noise"], "noise")
+    if "compressor" in run:
+        parts["compressor"] = _instance(where, COMPRESSORS, run["compressor"], "compressor")
+    if "eps" in run:
+        parts["eps"] = _instance(where, UNIT_LAWS, run["eps"], "eps")
+    if "schedule" in run:
+        try:
+            parts["schedule"] = schedules.from_config(run["schedule"])
+        except ValueError as exc:
+            raise ValueError(f"Invalid config value in {where}.schedule: {exc}") from None
+    method_spec.update(parts)
+    method = _instance(where, METHODS, method_spec, "method")
+    x0 = _x0(run, problem.dim, where)
+    study = run.get("study", "trajectories")
+    if study not in STUDIES:
+        raise ValueError(f"Invalid config key: {where}.study = {study!r} (choose from {', '.join(STUDIES)})")
+    params = {"n_steps": run.get("n_steps", 1000), "n_runs": run.get("n_runs", 1000), "seed": run.get("seed", 0),
+              "record_every": run.get("record_every", 10), "record": tuple(run.get("record", ("loss", "grad_norm"))),
+              "record_x": bool(run.get("record_x", False)), "models": list(run.get("models", [])),
+              "substeps": run.get("substeps", 1), "coupled": bool(run.get("coupled", False)),
+              "blowup_threshold": float(run.get("blowup_threshold", 1e10))}
+    for key in ("n_steps", "n_runs", "seed", "record_every", "substeps"):
+        if isinstance(params[key], bool) or not isinstance(params[key], int):
+            raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} (an integer)")
+    out = {"name": run["name"], "problem": problem, "method": method, "x0": x0, "study": study, **params}
+    if study == "weak_order":
+        lrs = run.get("lrs")
+        if not isinstance(lrs, list) or len(lrs) < 4 or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
+            raise ValueError(f"Invalid config value: {where}.lrs = {lrs!r} (>= 4 positive step sizes)")
+        horizon = run.get("horizon")
+        if not isinstance(horizon, (int, float)) or horizon <= 0:
+            raise ValueError(f"Invalid config value: {where}.horizon = {horizon!r} (a time > 0)")
+        out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=run.get("observable", "loss"))
+        if not out["models"]:
+            raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
+    return out
+
+
+def _x0(run: dict, dim: int, where: str) -> torch.Tensor:
+    if "x0" in run and "x0_fill" in run:
+        raise ValueError(f"Invalid config key: {where}.x0_fill (give x0 or x0_fill, not both)")
+    if "x0_fill" in run:
+        value = run["x0_fill"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"Invalid config value: {where}.x0_fill = {value!r} (a number)")
+        return torch.full((dim,), float(value), dtype=torch.float64)
+    if "x0" not in run:
+        raise ValueError(f"Invalid config key: {where}.x0 is missing (a list of {dim} numbers, or x0_fill)")
+    value = run["x0"]
+    if not isinstance(value, list) or len(value) != dim or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"Invalid config value: {where}.x0 = {value!r} (a list of {dim} numbers)")
+    return torch.tensor(value, dtype=torch.float64)

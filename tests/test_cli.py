@@ -1,0 +1,141 @@
+"""The sdeopt command: demo, run, plot, and the validation of configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sdeopt.analysis.config import validate
+from sdeopt.cli import main
+
+TINY = """
+claim = "a tiny test"
+[defaults]
+problem = { type = "Quadratic", diag = [1.0, 2.0] }
+noise = { type = "Gaussian", scale = 1.0 }
+x0 = [1.0, -1.0]
+n_steps = 20
+n_runs = 50
+record_every = 5
+
+[[runs]]
+name = "dsgd"
+method = { type = "DSGD", lr = 0.1, n_workers = 2 }
+models = ["first_order", "curvature"]
+
+[[runs]]
+name = "sign decaying"
+method = { type = "DSignSGD", lr = 0.1, n_workers = 2 }
+schedule = { type = "poly", power = 0.5 }
+noise = { type = "StudentT", nu = 1.5 }
+
+[[runs]]
+name = "order"
+method = { type = "DSGD", lr = 0.1 }
+study = "weak_order"
+lrs = [0.2, 0.1, 0.05, 0.025]
+horizon = 0.4
+models = ["first_order"]
+coupled = true
+"""
+
+
+def test_demo_writes_dataset_figures_and_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--runs", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "closed form" in text and "curvature" in text and "DSignSGD" in text
+    files = sorted(p.name for p in out.iterdir())
+    assert any(f.endswith(".nc") for f in files) and any(f.endswith(".png") for f in files)
+    ds = xr.load_dataset(next(out.glob("*.nc")))
+    assert list(ds["model"].values) == ["discrete", "first_order", "curvature"]
+    # Never overwritten without --force.
+    assert main(["demo", "--out", str(out), "--runs", "64"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_run_a_config(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Claim: a tiny test" in text and "order" in text
+    for name in ("dsgd", "sign_decaying", "order"):
+        assert (out / f"{name}.nc").exists() and (out / f"{name}.png").stat().st_size > 1000
+    err = xr.load_dataset(out / "order.nc")
+    assert set(err.data_vars) >= {"error", "se"} and err.sizes["lr"] == 4
+    assert np.isfinite(err["error"]).all()
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[[runs]]\nname='a'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nspeed=3", "speed"),
+    ("bogus = 1\n[[runs]]\nname='a'", "bogus"),
+    ("[[runs]]\nmethod={type='Adam', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]", "Adam"),
+    ("[[runs]]\nmethod={type='DSGD', lr=-0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}", "lr"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0, 1.0]\n"
+     "noise={type='Gaussian'}", "x0"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='StudentT', nu=1.5, colour='red'}", "colour"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nn_steps='many'", "n_steps"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nschedule={type='exp'}", "schedule"),
+    ("[[runs]]\nmethod = {type = 'DSGD'", "TOML"),
+])
+def test_bad_configs_get_clear_messages(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists()  # nothing written for an invalid config
+
+
+def test_nothing_in_a_config_is_executed(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    cfg = tmp_path / "evil.toml"
+    cfg.write_text(f"[[runs]]\nmethod={{type=\"__import__('pathlib').Path('{marker}').touch()\", lr=0.1}}\n"
+                   "problem={type='Quadratic', diag=[1.0]}\nx0=[0.0]")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert not marker.exists()
+
+
+def test_plot_figures_from_a_dataset_and_refusals(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    capsys.readouterr()
+    figs = tmp_path / "figs"
+    assert main(["plot", str(out / "dsgd.nc"), "--out", str(figs)]) == 0
+    assert (figs / "dsgd_trajectories.png").stat().st_size > 1000
+    assert main(["plot", str(out / "order.nc"), "--out", str(figs)]) == 0
+    assert (figs / "order_weak_error.png").exists()
+    before = (figs / "dsgd_trajectories.png").read_bytes()
+    assert main(["plot", str(out / "dsgd.nc"), "--out", str(figs)]) == 2  # no overwrite
+    assert (figs / "dsgd_trajectories.png").read_bytes() == before
+    foreign = tmp_path / "foreign.nc"
+    xr.Dataset({"temperature": ("t", np.arange(3.0))}).to_netcdf(foreign)
+    assert main(["plot", str(foreign)]) == 2
+    assert "not written by sdeopt" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.nc"
+    corrupt.write_bytes(b"\x00garbage" * 100)
+    assert main(["plot", str(corrupt)]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable netCDF" in err and "Traceback" not in err
+    assert main(["plot", str(tmp_path / "missing.nc")]) == 2
+
+
+def test_presets_are_valid():
+    import tomllib
+    from pathlib import Path
+    presets = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
+    assert len(presets) >= 5
+    for path in presets:
+        config = validate(tomllib.loads(path.read_text()))
+        assert config["claim"].strip()
