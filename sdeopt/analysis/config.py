@@ -14,7 +14,8 @@ and the run parameters ``x0`` (a list of d numbers) or ``x0_fill`` (one number f
 coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``record_x``,
 ``models`` (SDE models, [] for the discrete method alone), ``substeps``, ``coupled``,
 ``blowup_threshold``, ``name``. A run with ``study = "weak_order"`` instead takes ``lrs`` and
-``horizon`` (n_steps = horizon / lr for each lr) and ``observable``.
+``horizon`` (n_steps = horizon / lr for each lr), ``observable`` and ``richardson`` (default true:
+extrapolate the SDE solver's O(h) bias away with 2 E_{h/2} - E_h).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ COMPRESSORS = {c.__name__: c for c in (compressors.Identity, compressors.RandK, 
 
 RUN_KEYS = {"name", "problem", "noise", "compressor", "schedule", "method", "eps", "x0", "x0_fill", "n_steps",
             "n_runs", "seed", "record_every", "record", "record_x", "models", "substeps", "coupled",
-            "blowup_threshold", "study", "lrs", "horizon", "observable"}
+            "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson"}
 TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
 
@@ -156,7 +157,8 @@ def build(run: dict, *, where: str = "run") -> dict:
         horizon = run.get("horizon")
         if not isinstance(horizon, (int, float)) or horizon <= 0:
             raise ValueError(f"Invalid config value: {where}.horizon = {horizon!r} (a time > 0)")
-        out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=run.get("observable", "loss"))
+        out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=run.get("observable", "loss"),
+                   richardson=bool(run.get("richardson", True)))
         if not out["models"]:
             raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
     return out
