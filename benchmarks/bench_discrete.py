@@ -60,6 +60,49 @@ def naive_dsignsgd(prob, x0, lr, n_workers, nu, n_steps, n_runs, generator_seed,
     return x
 
 
+def naive_sgld(prob, x0, lr, n_steps, n_runs, generator_seed, device):
+    """SGLD the straightforward way: Normal draws from torch.distributions."""
+    torch.manual_seed(generator_seed)
+    law = torch.distributions.Normal(torch.tensor(0.0, device=device), torch.tensor(1.0, device=device))
+    x = x0.expand(n_runs, -1).clone()
+    for _ in range(n_steps):
+        x = x - lr * prob.grad(x) + (2 * lr) ** 0.5 * law.sample(x.shape)
+    return x
+
+
+def naive_markov_sgd(prob, x0, lr, p, n_steps, n_runs, generator_seed, device, mlmc_len=0):
+    """Two-state Markov noise the straightforward way: Bernoulli flips from torch.distributions;
+    with ``mlmc_len`` > 0, the MLMC estimator's 2^m consecutive samples per step, masked by level."""
+    torch.manual_seed(generator_seed)
+    flip = torch.distributions.Bernoulli(torch.tensor(p, device=device))
+    geom = torch.distributions.Geometric(torch.tensor(0.5, device=device))
+    x = x0.expand(n_runs, -1).clone()
+    z = torch.where(torch.rand(x.shape, device=device) < 0.5, -1.0, 1.0)
+    m = mlmc_len.bit_length() - 1 if mlmc_len else 0
+    for _ in range(n_steps):
+        if not mlmc_len:
+            noise = z
+            z = torch.where(flip.sample(z.shape).bool(), -z, z)
+        else:
+            j = geom.sample((n_runs,)).long() + 1
+            used = torch.where(j <= m, j, torch.zeros_like(j))
+            n_samples = 2 ** used
+            sums = []
+            total = torch.zeros_like(z)
+            for t in range(mlmc_len):
+                total = total + torch.where((t < n_samples).unsqueeze(-1), z, 0.0)
+                z = torch.where((t < n_samples).unsqueeze(-1) & flip.sample(z.shape).bool(), -z, z)
+                sums.append(total)
+            s = torch.stack(sums)  # (2^m, B, d)
+            idx = torch.arange(n_runs, device=device)
+            g_j = s[n_samples - 1, idx] / n_samples.unsqueeze(-1)
+            prev = torch.clamp(n_samples // 2, min=1)
+            g_prev = s[prev - 1, idx] / prev.unsqueeze(-1)
+            noise = s[0] + torch.where((used > 0).unsqueeze(-1), (2.0 ** used).unsqueeze(-1) * (g_j - g_prev), 0.0)
+        x = x - lr * (prob.grad(x) + noise)
+    return x
+
+
 def bare_draws(shape, kind, n_steps, device):
     """Only the random numbers: n_steps draws of ``shape`` from one generator."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -106,6 +149,33 @@ def main(argv=None) -> dict:
     t_bare = best_time(lambda: bare_draws((b, d), "uniform", k, dev), args.repeats, dev)
     rows.append({"case": "DSignSGD + StudentT(1.5)", "sdeopt_s": t_ours, "naive_s": t_naive,
                  "bare_rng_s": t_bare, "rng_drawn": f"{b}x{d} uniforms/step",
+                 "speedup_vs_naive": t_naive / t_ours, "ratio_to_bare_rng": t_ours / t_bare})
+
+    quad = prob.to(dev, torch.float32)
+    sgld = so.discrete.ItoChain.sgld(lr=0.01)
+    t_ours = best_time(lambda: so.discrete.simulate(sgld, prob, x0.cpu(), **sim), args.repeats, dev)
+    t_naive = best_time(lambda: naive_sgld(quad, x0, 0.01, k, b, 0, dev), args.repeats, dev)
+    t_bare = best_time(lambda: bare_draws((b, d), "normal", k, dev), args.repeats, dev)
+    rows.append({"case": "ItoChain (SGLD, Gaussian)", "sdeopt_s": t_ours, "naive_s": t_naive, "bare_rng_s": t_bare,
+                 "rng_drawn": f"{b}x{d} normals/step", "speedup_vs_naive": t_naive / t_ours,
+                 "ratio_to_bare_rng": t_ours / t_bare})
+
+    markov = so.discrete.MarkovSGD(lr=0.01, noise=so.noise.TwoStateMarkov(p=0.2))
+    t_ours = best_time(lambda: so.discrete.simulate(markov, prob, x0.cpu(), **sim), args.repeats, dev)
+    t_naive = best_time(lambda: naive_markov_sgd(quad, x0, 0.01, 0.2, k, b, 0, dev), args.repeats, dev)
+    t_bare = best_time(lambda: bare_draws((b, d), "uniform", k, dev), args.repeats, dev)
+    rows.append({"case": "MarkovSGD two-state", "sdeopt_s": t_ours, "naive_s": t_naive, "bare_rng_s": t_bare,
+                 "rng_drawn": f"{b}x{d} uniforms/step", "speedup_vs_naive": t_naive / t_ours,
+                 "ratio_to_bare_rng": t_ours / t_bare})
+
+    mlmc = so.discrete.MarkovSGD(lr=0.01, noise=so.noise.TwoStateMarkov(p=0.2), estimator="mlmc", max_batch=8)
+    mlmc_steps = max(1, k // 10)
+    sim_mlmc = dict(sim, n_steps=mlmc_steps, record_every=mlmc_steps)
+    t_ours = best_time(lambda: so.discrete.simulate(mlmc, prob, x0.cpu(), **sim_mlmc), 1, dev)
+    t_naive = best_time(lambda: naive_markov_sgd(quad, x0, 0.01, 0.2, mlmc_steps, b, 0, dev, mlmc_len=8), 1, dev)
+    t_bare = best_time(lambda: bare_draws((b, d), "uniform", 8 * mlmc_steps, dev), 1, dev)
+    rows.append({"case": f"MarkovSGD MLMC M=8 ({mlmc_steps} steps)", "sdeopt_s": t_ours, "naive_s": t_naive,
+                 "bare_rng_s": t_bare, "rng_drawn": f"8 x {b}x{d} uniforms/step",
                  "speedup_vs_naive": t_naive / t_ours, "ratio_to_bare_rng": t_ours / t_bare})
 
     result = {"benchmark": "discrete", "runs": b, "steps": k, "dim": d, "workers": n, "device": dev,

@@ -113,6 +113,12 @@ class ItoChain(Method):
     def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
         x = state.x
         eps = self.eps.sample(rng, x.shape[-1])  # (B, d)
-        b = self.drift_at(problem, x) + self._error(self.drift_error, x, "drift")
-        s = self.diffusion_at(x) + self._error(self.diffusion_error, x, "diffusion")
-        return State(x=x + lr_k * b + (lr_k ** ((1.0 + self.gamma) / 2.0)) * s * eps)
+        b = self.drift_at(problem, x)
+        if self.drift_error is not None:
+            b = b + self._error(self.drift_error, x, "drift")
+        # A constant σ stays a Python float: no tensor is built for it in the step loop.
+        s = self.diffusion(x) if callable(self.diffusion) else float(self.diffusion)
+        if self.diffusion_error is not None:
+            s = s + self._error(self.diffusion_error, x, "diffusion")
+        noise_scale = lr_k ** ((1.0 + self.gamma) / 2.0)
+        return State(x=torch.add(x + lr_k * b, s * eps, alpha=noise_scale))
