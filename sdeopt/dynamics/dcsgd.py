@@ -41,6 +41,17 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         raise ValueError(f"Invalid compressor: {method.compressor!r} (the SDE needs E_Z Cov_C[C(∇f + Z)] "
                          "in closed form: Identity and RandK provide it)")
     variance = _worker_variance(noise, n)
+    identity = isinstance(method.compressor, Identity)
+    if identity and isinstance(noise, ScaledSymmetricNoise):
+        # State-independent: S^{1/2} = sqrt(Σ_i σ_i² Var T) / N, a number computed once.
+        scales = noise.scale if isinstance(noise.scale, tuple) else (noise.scale,) * n
+        std = (noise.variance * sum(s * s for s in scales)) ** 0.5 / n
+
+        def constant(x: torch.Tensor, scale: float):
+            return Diagonal(torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x))
+
+        return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=constant,
+                       noise_type="diagonal", brownian_dim=d)
 
     def diffusion(x: torch.Tensor, scale: float):
         grads = problem.worker_grads(x)  # (B, N or 1, d)
@@ -61,7 +72,6 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         cov = torch.diag_embed(diag) - (c / n**2) * outer
         return Dense(sqrt_psd(cov) * scale)
 
-    identity = isinstance(method.compressor, Identity)
     return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=diffusion,
                    noise_type="diagonal" if identity else "general", brownian_dim=d)
 

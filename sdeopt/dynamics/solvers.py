@@ -50,7 +50,7 @@ class EulerMaruyama(Scheme):
     weak_order = 1.0
 
     def step(self, sde, x, eta, h, dw):
-        return x + sde.drift_at(x, eta) * h + sde.diffusion_at(x, eta).apply(dw)
+        return torch.add(x, sde.drift_at(x, eta), alpha=h).add_(sde.diffusion_at(x, eta).apply(dw))
 
 
 class Milstein(Scheme):
