@@ -1,4 +1,4 @@
-"""The ``sdeopt`` command: demo, run, plot."""
+"""The ``sdeopt`` command: demo, run, sweep, plot."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ DEMO_CONFIG = {
     "defaults": {"problem": {"type": "Quadratic", "diag": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]},
                  "x0_fill": 2.0, "n_steps": 400, "n_runs": 4000, "seed": 0, "record_every": 10,
                  "models": ["first_order", "curvature"], "substeps": 4, "record": ["loss", "grad_norm"],
-                 "record_x": True},
+                 "record_x": True, "dtype": "float32"},
     "runs": [{"name": "DSignSGD nu=1.5", "method": {"type": "DSignSGD", "lr": 0.02, "n_workers": 8},
               "noise": {"type": "StudentT", "nu": 1.5, "scale": 1.0}},
              {"name": "DCSGD-RandK nu=5", "method": {"type": "DCSGD", "lr": 0.1, "n_workers": 2},
@@ -95,6 +95,21 @@ def cmd_run(args) -> int:
     return _run(config, args.out)
 
 
+def cmd_sweep(args) -> int:
+    from sdeopt.analysis.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.config)
+    progress = (lambda line: print(line, file=sys.stderr, flush=True))
+    summary = run_sweep(sweep, args.out, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
+    if sweep["config"].get("claim"):
+        print(f"Claim: {sweep['config']['claim']}")
+    print(summary_table([summary], [("cells", "cells", "d"), ("done", "computed", "d"),
+                                    ("resumed", "already done", "d"), ("failed", "failed", "d"),
+                                    ("seconds", "seconds", ".1f")]))
+    print(f"store: {args.out}")
+    return 1 if summary["failed"] else 0
+
+
 def cmd_plot(args) -> int:
     import matplotlib
     matplotlib.use("Agg")
@@ -150,13 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     run.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    sweep = sub.add_parser("sweep", help="a parameter grid on dask.distributed into a resumable zarr store")
+    sweep.add_argument("config", type=Path)
+    sweep.add_argument("--out", type=Path, required=True, help="the zarr store (created, or resumed)")
+    sweep.add_argument("--scheduler", default=None, help="address of a dask scheduler (default: a local cluster)")
+    sweep.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
     plot = sub.add_parser("plot", help="figures from a dataset written by sdeopt")
     plot.add_argument("dataset", type=Path)
     plot.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: beside the dataset)")
     plot.add_argument("--force", action="store_true", help="overwrite existing PNGs")
     args = parser.parse_args(argv)
     configure_torch()
-    handlers = {"demo": cmd_demo, "run": cmd_run, "plot": cmd_plot}
+    handlers = {"demo": cmd_demo, "run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot}
     try:
         return handlers[args.command](args)
     except ValueError as exc:

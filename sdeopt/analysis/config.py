@@ -13,7 +13,8 @@ tables with a ``type`` and keyword arguments:
 and the run parameters ``x0`` (a list of d numbers) or ``x0_fill`` (one number for every
 coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``record_x``,
 ``models`` (SDE models, [] for the discrete method alone), ``substeps``, ``coupled``,
-``blowup_threshold``, ``name``. A run with ``study = "weak_order"`` instead takes ``lrs`` and
+``blowup_threshold``, ``dtype`` ("float64", the default, or "float32"), ``device``, ``name``.
+A run with ``study = "weak_order"`` instead takes ``lrs`` and
 ``horizon`` (n_steps = horizon / lr for each lr), ``observable`` and ``richardson`` (default true:
 extrapolate the SDE solver's O(h) bias away with 2 E_{h/2} - E_h).
 """
@@ -41,7 +42,7 @@ COMPRESSORS = {c.__name__: c for c in (compressors.Identity, compressors.RandK, 
 
 RUN_KEYS = {"name", "problem", "noise", "compressor", "schedule", "method", "eps", "x0", "x0_fill", "n_steps",
             "n_runs", "seed", "record_every", "record", "record_x", "models", "substeps", "coupled",
-            "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson"}
+            "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson", "dtype", "device"}
 TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
 
@@ -146,6 +147,13 @@ def build(run: dict, *, where: str = "run") -> dict:
               "record_x": bool(run.get("record_x", False)), "models": list(run.get("models", [])),
               "substeps": run.get("substeps", 1), "coupled": bool(run.get("coupled", False)),
               "blowup_threshold": float(run.get("blowup_threshold", 1e10))}
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if run.get("dtype", "float64") not in dtypes:
+        raise ValueError(f"Invalid config value: {where}.dtype = {run.get('dtype')!r} (float32 or float64)")
+    params["dtype"] = dtypes[run.get("dtype", "float64")]
+    params["device"] = run.get("device", "cpu")
+    if not isinstance(params["device"], str):
+        raise ValueError(f"Invalid config value: {where}.device = {params['device']!r} (a device name)")
     for key in ("n_steps", "n_runs", "seed", "record_every", "substeps"):
         if isinstance(params[key], bool) or not isinstance(params[key], int):
             raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} (an integer)")

@@ -57,7 +57,8 @@ def run_trajectories(spec: dict) -> tuple:
     ds = compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
                  models=spec["models"], substeps=spec["substeps"], coupled=spec["coupled"],
                  record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
-                 blowup_threshold=spec["blowup_threshold"])
+                 blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"],
+                 device=spec["device"])
     closed = stationary_closed_form(spec["method"], spec["problem"])
     div = divergence(ds)
     err = weak_error(ds, "loss") if spec["models"] and "loss" in spec["record"] else None
@@ -93,7 +94,8 @@ def run_weak_order(spec: dict) -> tuple:
             ds = compare(method, spec["problem"], spec["x0"], n_steps, spec["n_runs"], seed=spec["seed"],
                          models=spec["models"], substeps=substeps, coupled=spec["coupled"],
                          record_every=n_steps, record=("loss",), record_x=obs not in ("loss",),
-                         blowup_threshold=spec["blowup_threshold"])
+                         blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"],
+                         device=spec["device"])
             errs.append(weak_error(ds, obs).isel(step=-1, drop=True))
         if spec["richardson"]:
             # The SDE's Euler-Maruyama bias is O(lr / substeps), first order like the quantity

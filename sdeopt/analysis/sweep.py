@@ -1,0 +1,228 @@
+"""Monte Carlo sweeps on dask.distributed into a resumable zarr store (DESIGN.md §5).
+
+A sweep configuration is a run configuration's ``[defaults]`` (one base run) plus a ``[sweep]``
+table mapping parameters to lists of values, e.g.
+
+    [sweep]
+    "method.lr" = [0.01, 0.02, 0.05]
+    "noise.nu" = [3.0, 5.0]
+    seed = [0, 1]
+
+Dotted keys reach into a part's table; plain keys are run parameters. The grid's cells (the
+Cartesian product) run as dask tasks — on an in-process LocalCluster by default, on any
+scheduler by address — and each finished cell is written into the zarr store as one region, its
+``cell_done`` flag last, so a half-written cell is never taken for a finished one. Re-running
+the same command resumes: only cells not marked done are computed, and since every cell's
+randomness is fixed by its own configuration the final store equals an uninterrupted run's.
+A store written by another configuration, or not by sdeopt, is refused and left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import sys
+import time
+import tomllib
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from sdeopt.analysis.config import RUN_KEYS, _check_keys, build
+
+#: Run parameters that change array shapes, so cannot be swept within one store.
+UNSWEEPABLE = {"n_steps", "n_runs", "record_every", "record", "record_x", "models", "x0", "x0_fill", "name",
+               "study", "lrs", "horizon", "observable", "richardson", "problem.dim", "problem.diag"}
+MARKER = "sdeopt_sweep"
+
+
+def load_sweep(path: str | Path) -> dict:
+    """Read and validate a sweep configuration; every cell is built once to check it."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"Invalid config: {str(path)!r} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Invalid config: {str(path)!r} is not valid TOML ({exc})") from None
+    return validate_sweep(raw)
+
+
+def validate_sweep(raw: dict) -> dict:
+    allowed = {"claim", "description", "defaults", "sweep"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ValueError(f"Invalid config key: {sorted(unknown)[0]!r} (a sweep has {', '.join(sorted(allowed))})")
+    base = raw.get("defaults")
+    _check_keys("defaults", base if base is not None else [])
+    grid = raw.get("sweep")
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError("Invalid config key: 'sweep' (a table of parameter = [values])")
+    dims = {}
+    for key, values in grid.items():
+        head = key.split(".")[0]
+        if head not in RUN_KEYS or key in UNSWEEPABLE or head in UNSWEEPABLE:
+            raise ValueError(f"Invalid config key: sweep.{key} (cannot be swept: it is unknown or changes "
+                             "the shape of the results)")
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, (int, float, str, bool)) for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"Invalid config value: sweep.{key} = {values!r} (a non-empty list of distinct numbers "
+                             "or strings)")
+        dims[key.replace(".", "_")] = (key, values)
+    base = dict(base, name="cell")
+    cells = [cell_run(base, dims, index) for index in itertools.product(*(range(len(v)) for _, v in dims.values()))]
+    for run, index in cells:
+        build(run, where=f"cell {dict(zip(dims, index))}")
+    config = {"claim": raw.get("claim", ""), "base": base, "grid": {k: v for k, v in grid.items()}}
+    return {"config": config, "dims": dims, "cells": cells,
+            "hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def cell_run(base: dict, dims: dict, index: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
+    """The run of the cell at ``index`` (one position per swept dim)."""
+    run = copy.deepcopy(base)
+    for (key, values), i in zip(dims.values(), index):
+        parts = key.split(".")
+        target = run
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                raise ValueError(f"Invalid config key: sweep.{key} (defaults.{part} is not a table)")
+            target = target[part]
+        target[parts[-1]] = values[i]
+    return run, index
+
+
+def run_cell(run: dict):
+    """Compute one cell (on a dask worker): the compare() Dataset with time as a variable."""
+    from sdeopt._cpu import configure_torch
+    from sdeopt.analysis.compare import compare
+
+    configure_torch(threads=1)
+    spec = build(run)
+    ds = compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
+                 models=spec["models"], substeps=spec["substeps"], coupled=spec["coupled"],
+                 record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
+                 blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"],
+                 device=spec["device"])
+    return ds.reset_coords(["time", "lr_sum"])  # they depend on lr, which may be swept
+
+
+def _template(sweep: dict):
+    """A lazy (dask) Dataset of the store's full shape, from the first cell's layout."""
+    import dask.array as da
+    import xarray as xr
+
+    from sdeopt.discrete.base import record_steps
+
+    spec = build(sweep["cells"][0][0])
+    dims = sweep["dims"]
+    steps = record_steps(spec["n_steps"], spec["record_every"])
+    models = ["discrete", *spec["models"]]
+    sizes = {"model": len(models), "step": len(steps), "run": spec["n_runs"], "coord": spec["problem"].dim}
+    grid_shape = tuple(len(v) for _, v in dims.values())
+    grid_dims = tuple(dims)
+
+    def var(cell_dims, dtype, fill):
+        shape = grid_shape + tuple(sizes[d] for d in cell_dims)
+        chunks = (1,) * len(grid_shape) + shape[len(grid_shape):]
+        return (grid_dims + cell_dims, da.full(shape, fill, dtype=dtype, chunks=chunks))
+
+    data = {name: var(("model", "step", "run"), np.float64, np.nan) for name in spec["record"]}
+    if spec["record_x"]:
+        data["x"] = var(("model", "step", "run", "coord"), np.float64, np.nan)
+    data["diverged"] = var(("model", "run"), bool, False)
+    data["blowup_step"] = var(("model", "run"), np.int64, -1)
+    data["time"] = var(("step",), np.float64, np.nan)
+    data["lr_sum"] = var(("step",), np.float64, np.nan)
+    data["cell_done"] = (grid_dims, da.zeros(grid_shape, dtype=np.int8, chunks=(1,) * len(grid_shape)))
+    coords = {d: values for d, (_, values) in dims.items()}
+    coords.update(model=models, step=steps, run=np.arange(spec["n_runs"]))
+    if spec["record_x"]:
+        coords["coord"] = np.arange(spec["problem"].dim)
+    from sdeopt import __version__
+    attrs = {MARKER: json.dumps(sweep["config"], sort_keys=True), "sdeopt_sweep_hash": sweep["hash"],
+             "sdeopt_version": __version__, "sweep_dims": json.dumps({d: k for d, (k, _) in dims.items()})}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _open_existing(store: Path, sweep: dict):
+    """The done flags of an existing store written by this config; ValueError otherwise."""
+    import xarray as xr
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            existing = xr.open_zarr(store, consolidated=False)
+    except Exception as exc:  # anything a foreign folder or file makes the reader raise
+        raise ValueError(f"Invalid --out: {str(store)!r} exists and is not a zarr store written by sdeopt "
+                         f"({type(exc).__name__}); it was left untouched") from None
+    if MARKER not in existing.attrs:
+        raise ValueError(f"Invalid --out: {str(store)!r} was not written by an sdeopt sweep; it was left untouched")
+    if existing.attrs.get("sdeopt_sweep_hash") != sweep["hash"]:
+        raise ValueError(f"Invalid --out: {str(store)!r} holds a sweep of another configuration; it was left "
+                         "untouched (choose another --out)")
+    return existing["cell_done"].values
+
+
+def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n_workers: int = 2,
+              retries: int = 2, progress=print) -> dict:
+    """Run the missing cells of ``sweep`` into ``store``; returns the summary counts."""
+    from distributed import Client, LocalCluster, as_completed
+
+    store = Path(store)
+    start = time.perf_counter()
+    if store.exists():
+        done = _open_existing(store, sweep)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr v3 notes on string dtypes and consolidated metadata
+            _template(sweep).to_zarr(store, mode="w-", compute=False, consolidated=False)
+        done = np.zeros(tuple(len(v) for _, v in sweep["dims"].values()), dtype=np.int8)
+    todo = [(run, index) for run, index in sweep["cells"] if not done[index]]
+    summary = {"cells": len(sweep["cells"]), "resumed": len(sweep["cells"]) - len(todo), "done": 0, "failed": 0}
+    if todo:
+        if scheduler:
+            client = Client(scheduler)
+            cluster = None
+        else:
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        try:
+            futures = {client.submit(run_cell, run, retries=retries, pure=False): index for run, index in todo}
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    ds = future.result()
+                except Exception as exc:  # the cell failed on every retry: report, keep going
+                    summary["failed"] += 1
+                    print(f"sdeopt: cell {index} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    continue
+                _write_cell(store, sweep, ds, index)
+                summary["done"] += 1
+                if progress is not None:
+                    n = summary["done"] + summary["failed"]
+                    progress(f"[{n}/{len(todo)}] cell {dict(zip(sweep['dims'], index))}")
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _write_cell(store: Path, sweep: dict, ds, index: tuple[int, ...]) -> None:
+    """The cell's data as one region, then its done flag: a crash in between leaves it undone."""
+    import xarray as xr
+
+    region = {d: slice(i, i + 1) for d, i in zip(sweep["dims"], index)}
+    cell = ds.expand_dims({d: 1 for d in sweep["dims"]}).drop_vars([c for c in ds.coords], errors="ignore")
+    cell.attrs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cell.to_zarr(store, region=region, consolidated=False)
+        flag = xr.Dataset({"cell_done": (tuple(sweep["dims"]), np.ones((1,) * len(region), dtype=np.int8))})
+        flag.to_zarr(store, region=region, consolidated=False)

@@ -1,0 +1,149 @@
+"""Sweeps on a real dask LocalCluster (2 workers, loopback): resume after SIGKILL, worker death, safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from sdeopt.analysis.sweep import load_sweep, run_sweep
+from sdeopt.cli import main
+
+CONFIG = """
+claim = "tiny sweep"
+[defaults]
+problem = {{ type = "Quadratic", diag = [1.0, 2.0] }}
+noise = {{ type = "Gaussian", scale = 1.0 }}
+method = {{ type = "DSGD", lr = 0.1, n_workers = 2 }}
+x0 = [1.0, -1.0]
+n_steps = {n_steps}
+n_runs = 64
+record_every = 5
+models = ["first_order"]
+[sweep]
+"method.lr" = [0.05, 0.1]
+"noise.scale" = [0.5, 1.0, 2.0]
+seed = [0, 1]
+"""
+
+
+def _open(store):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(store, consolidated=False).load()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted sweep, the standard every other store must equal."""
+    root = tmp_path_factory.mktemp("ref")
+    cfg = root / "cfg.toml"
+    cfg.write_text(CONFIG.format(n_steps=20))
+    summary = run_sweep(load_sweep(cfg), root / "ref.zarr", progress=None)
+    assert summary["done"] == 12 and summary["failed"] == 0
+    return cfg, _open(root / "ref.zarr")
+
+
+def test_cells_equal_direct_runs(reference):
+    from sdeopt.analysis.config import build
+    from sdeopt.analysis.sweep import run_cell
+    cfg, ref = reference
+    sweep = load_sweep(cfg)
+    run, index = sweep["cells"][7]
+    direct = run_cell(run)
+    cell = ref.isel(dict(zip(sweep["dims"], index)))
+    np.testing.assert_array_equal(cell["loss"].values, direct["loss"].values)
+    assert int(cell["cell_done"]) == 1 and build(run)["seed"] == int(cell["seed"])
+
+
+def test_sigkilled_sweep_resumes_to_the_same_store(reference, tmp_path):
+    cfg, ref = reference
+    slow_cfg = tmp_path / "cfg.toml"
+    slow_cfg.write_text(CONFIG.format(n_steps=20))
+    store = tmp_path / "s.zarr"
+    cmd = [sys.executable, "-m", "sdeopt.cli", "sweep", str(slow_cfg), "--out", str(store)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline:
+        if store.exists():
+            try:
+                done = int(_open(store)["cell_done"].sum())
+            except Exception:  # the store is being created
+                done = 0
+            if done >= 2:
+                break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local cluster, mid-sweep
+    proc.wait()
+    assert 2 <= done < 12, done
+    assert main(["sweep", str(slow_cfg), "--out", str(store)]) == 0
+    resumed = _open(store)
+    assert int(resumed["cell_done"].sum()) == 12
+    xr.testing.assert_identical(resumed, ref)
+
+
+def test_a_worker_killed_mid_sweep_does_not_fail_it(reference, tmp_path):
+    from distributed import Client, LocalCluster
+    cfg, ref = reference
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = Client(cluster)
+    try:
+        pids = list(client.run(os.getpid).values())
+        killer_done = []
+
+        def progress(line):
+            if not killer_done:  # after the first finished cell, kill one worker process
+                os.kill(pids[0], signal.SIGKILL)
+                killer_done.append(line)
+
+        summary = run_sweep(load_sweep(cfg), tmp_path / "w.zarr", scheduler=cluster.scheduler_address,
+                            progress=progress)
+    finally:
+        client.close()
+        cluster.close()
+    assert killer_done and summary["done"] == 12 and summary["failed"] == 0
+    xr.testing.assert_identical(_open(tmp_path / "w.zarr"), ref)
+
+
+def test_foreign_and_other_config_stores_are_refused_untouched(reference, tmp_path, capsys):
+    cfg, _ = reference
+    foreign = tmp_path / "foreign.zarr"
+    xr.Dataset({"t": ("x", np.arange(3.0))}).to_zarr(foreign, consolidated=False)
+    before = sorted((p.relative_to(foreign), p.stat().st_mtime_ns) for p in foreign.rglob("*"))
+    assert main(["sweep", str(cfg), "--out", str(foreign)]) == 2
+    assert "not written by an sdeopt sweep" in capsys.readouterr().err
+    assert sorted((p.relative_to(foreign), p.stat().st_mtime_ns) for p in foreign.rglob("*")) == before
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    assert main(["sweep", str(cfg), "--out", str(junk)]) == 2
+    assert (junk / "notes.txt").read_text() == "mine" and len(list(junk.iterdir())) == 1
+    other = tmp_path / "other.toml"
+    other.write_text(CONFIG.format(n_steps=10))
+    store = tmp_path / "mine.zarr"
+    assert run_sweep(load_sweep(other), store, progress=None)["done"] == 12
+    assert main(["sweep", str(cfg), "--out", str(store)]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('[defaults]\nn_runs = 4\n[sweep]\nn_steps = [1, 2]', "n_steps"),
+    ('[defaults]\nn_runs = 4\n[sweep]\n"method.lr" = []', "method.lr"),
+    ('[defaults]\nn_runs = 4\n[sweep]\nwarp = [1]', "warp"),
+    ('[defaults]\nn_runs = 4', "sweep"),
+])
+def test_bad_sweep_configs(tmp_path, capsys, text, needle):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "s.zarr")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
