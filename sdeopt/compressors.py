@@ -154,9 +154,18 @@ def _zero_cov(v: torch.Tensor) -> StructuredCov:
     return StructuredCov.diagonal(torch.zeros_like(v))  # (..., d)
 
 
-def _check_k(k: int, dim: int) -> None:
-    if not 1 <= k <= dim:
-        raise ValueError(f"Invalid k: {k!r} (must satisfy 1 <= k <= d, and d = {dim})")
+@dataclass(frozen=True, kw_only=True)
+class _KeepK(Compressor):
+    """Compressors that keep k of the d coordinates (RandK, TopK): k validated once here."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", check_int("k", self.k, minimum=1))
+
+    def check_dim(self, dim: int) -> None:
+        if not 1 <= self.k <= dim:
+            raise ValueError(f"Invalid k: {self.k!r} (must satisfy 1 <= k <= d, and d = {dim})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +189,7 @@ class Identity(Compressor):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RandK(Compressor):
+class RandK(_KeepK):
     """Random sparsification: keep k uniformly chosen coordinates, scaled by d/k.
 
     ``C(v) = (d/k) Σ_{j ∈ S} v_j e_j`` with S a uniformly random k-subset of {1..d}, drawn
@@ -205,14 +214,7 @@ class RandK(Compressor):
         CACM 30(9), 1987.
     """
 
-    k: int
     unbiased: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "k", check_int("k", self.k, minimum=1))
-
-    def check_dim(self, dim: int) -> None:
-        _check_k(self.k, dim)
 
     def omega(self, dim: int) -> float:
         self.check_dim(dim)
@@ -360,7 +362,7 @@ class QSGD(Compressor):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TopK(Compressor):
+class TopK(_KeepK):
     """Greedy sparsification (biased): keep the k entries of largest |v_j|, unscaled.
 
     ``C(v) = Σ_{j ∈ top-k(|v|)} v_j e_j`` (ties broken by ``torch.topk``). Deterministic, so
@@ -376,14 +378,7 @@ class TopK(Compressor):
         Stich, Cordonnier, Jaggi, NeurIPS 2018, Lemma A.1; Beznosikov et al. 2020, Sec. 3.
     """
 
-    k: int
     unbiased: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "k", check_int("k", self.k, minimum=1))
-
-    def check_dim(self, dim: int) -> None:
-        _check_k(self.k, dim)
 
     def omega(self, dim: int) -> float:
         self.check_dim(dim)

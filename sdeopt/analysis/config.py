@@ -47,16 +47,20 @@ TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
 
 
-def load(path: str | Path) -> dict:
-    """Read and validate a TOML configuration; returns the parsed dict with runs merged over defaults."""
+def read_toml(path: str | Path) -> dict:
+    """The parsed TOML file; a missing or malformed file is a ValueError naming it."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"Invalid config: {str(path)!r} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"Invalid config: {str(path)!r} is not valid TOML ({exc})") from None
-    return validate(raw)
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a TOML configuration; returns the parsed dict with runs merged over defaults."""
+    return validate(read_toml(path))
 
 
 def validate(raw: dict) -> dict:

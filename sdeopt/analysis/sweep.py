@@ -25,13 +25,12 @@ import itertools
 import json
 import sys
 import time
-import tomllib
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from sdeopt.analysis.config import RUN_KEYS, _check_keys, build
+from sdeopt.analysis.config import RUN_KEYS, _check_keys, build, read_toml
 
 #: Run parameters that change array shapes, so cannot be swept within one store.
 UNSWEEPABLE = {"n_steps", "n_runs", "record_every", "record", "record_x", "models", "x0", "x0_fill", "name",
@@ -41,14 +40,7 @@ MARKER = "sdeopt_sweep"
 
 def load_sweep(path: str | Path) -> dict:
     """Read and validate a sweep configuration; every cell is built once to check it."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"Invalid config: {str(path)!r} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"Invalid config: {str(path)!r} is not valid TOML ({exc})") from None
-    return validate_sweep(raw)
+    return validate_sweep(read_toml(path))
 
 
 def validate_sweep(raw: dict) -> dict:
