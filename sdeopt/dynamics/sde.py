@@ -137,6 +137,9 @@ class SDE:
         config: a JSON-able description.
         diffusion_derivative_fn: for Milstein on diagonal noise, (x, eta) -> the elementwise
             derivative ∂g_j/∂x_j (B, d); None when unknown.
+        rebuild: problem -> the same SDE on another copy of the problem (``solve`` uses it to
+            run on the problem moved to the simulation's device and dtype once, instead of
+            converting its tensors in every drift call); None for SDEs built by hand.
     """
 
     dim: int
@@ -150,6 +153,7 @@ class SDE:
     problem: Problem | None = None
     config: dict = field(default_factory=dict)
     diffusion_derivative_fn: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    rebuild: Callable[[Problem], SDE] | None = None
     sde_type = "ito"
 
     def __post_init__(self) -> None:

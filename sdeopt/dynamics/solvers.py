@@ -24,7 +24,7 @@ import torch
 from torchsde._brownian.brownian_base import BaseBrownian
 
 from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource
-from sdeopt._validation import check_int
+from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.discrete.base import State, run_engine
 from sdeopt.discrete.result import Trajectory
 from sdeopt.dynamics.sde import SDE
@@ -166,6 +166,10 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
         raise ValueError(f"Invalid backend: {backend!r} (choose from {', '.join(BACKENDS)})")
     if method not in SCHEMES:
         raise ValueError(f"Invalid method: {method!r} (choose from {', '.join(SCHEMES)})")
+    if sde.problem is not None and sde.rebuild is not None:
+        moved = sde.problem.to(check_device(device), check_dtype(torch.get_default_dtype() if dtype is None else dtype))
+        if moved is not sde.problem:
+            sde = sde.rebuild(moved)
     problem = sde.problem if sde.problem is not None else _NoProblem(sde.dim)
     if sde.problem is None:
         record = ()
@@ -220,21 +224,21 @@ class _NoProblem(Problem):
 class GridBrownian(BaseBrownian):
     """A torchsde Brownian motion on the fixed grid t0 + i h, from pre-drawn increments.
 
-    Exact at grid times (W is the running sum of the given N(0, h) increments, (n, B, m)); a
-    query off the grid is an error rather than an interpolation. torchsde's default
+    Exact at grid times (W(t_j) - W(t_i) is the sum of the given N(0, h) increments i..j-1,
+    (n, B, m); a one-step query is one stored increment); a query off the grid is an error
+    rather than an interpolation. torchsde's default
     BrownianInterval cost ~250–800 µs per step here and can hit a RecursionError on long runs
     (DESIGN.md §8).
     """
 
     def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
         self.t0, self.h = t0, h
-        zero = torch.zeros_like(increments[:1])
-        self.w = torch.cat([zero, increments.cumsum(dim=0)])  # (n + 1, B, m)
+        self.increments = increments  # (n, B, m); one-step queries index it, no running sum
 
     def _index(self, t) -> int:
         i = (float(t) - self.t0) / self.h
         j = round(i)
-        if abs(i - j) > 1e-6 or not 0 <= j < self.w.shape[0]:
+        if abs(i - j) > 1e-6 or not 0 <= j <= self.increments.shape[0]:
             raise ValueError(f"GridBrownian queried off its grid at t={float(t)}")
         return j
 
@@ -242,15 +246,18 @@ class GridBrownian(BaseBrownian):
         if return_U or return_A:
             raise ValueError("GridBrownian has no Lévy area; use an Itô method such as 'euler'")
         if tb is None:
-            return self.w[self._index(ta)]
-        return self.w[self._index(tb)] - self.w[self._index(ta)]
+            ta, tb = self.t0, ta
+        i, j = self._index(ta), self._index(tb)
+        if j == i + 1:  # the solver's usual query
+            return self.increments[i]
+        return self.increments[i:j].sum(dim=0) if j > i else -self.increments[j:i].sum(dim=0)
 
     def __repr__(self) -> str:
-        return f"GridBrownian(t0={self.t0}, h={self.h}, n={self.w.shape[0] - 1})"
+        return f"GridBrownian(t0={self.t0}, h={self.h}, n={self.increments.shape[0]})"
 
-    dtype = property(lambda self: self.w.dtype)
-    device = property(lambda self: self.w.device)
-    shape = property(lambda self: self.w.shape[1:])
+    dtype = property(lambda self: self.increments.dtype)
+    device = property(lambda self: self.increments.device)
+    shape = property(lambda self: self.increments.shape[1:])
     levy_area_approximation = property(lambda self: "none")
 
 
