@@ -99,8 +99,9 @@ class MarkovSGD(Method):
             noise_mean, z, calls = self.noise.value(state.z).to(x.dtype), self.noise.advance(state.z, rng), 1.0
         else:
             noise_mean, z, calls = self._mlmc_noise(state.z, rng, x.dtype)
-        g = problem.grad(x) + self.noise.scale * noise_mean  # (B, d)
-        return MarkovState(x=x - lr_k * g, z=z, oracle_calls=state.oracle_calls + calls)
+        # x - lr_k (∇f + s h̄), with the scalars in the fused adds' alpha.
+        new = torch.add(x, problem.grad(x), alpha=-lr_k).add_(noise_mean, alpha=-lr_k * self.noise.scale)
+        return MarkovState(x=new, z=z, oracle_calls=state.oracle_calls + calls)
 
     def _mlmc_noise(self, z: torch.Tensor, rng: RandomSource, dtype):
         """The MLMC combination of chain averages: ĝ - ∇f, the advanced chain, calls (B,).
