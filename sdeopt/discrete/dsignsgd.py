@@ -47,7 +47,9 @@ class DSignSGD(DirectionMethod):
         if self.shortcuts and isinstance(self.noise, SymmetricCDFNoise):
             grads = problem.worker_grads(x)  # (B, N or 1, d)
             p_plus, p_minus = self.noise.sign_probabilities(grads, n)
-            if p_plus.shape[1] == 1 and not isinstance(self.noise.scale, tuple) and self.noise.scale > 0:
+            # The inversion's (1-q)^N >= 2^-N underflows past ~149 workers in float32.
+            if (p_plus.shape[1] == 1 and not isinstance(self.noise.scale, tuple) and self.noise.scale > 0
+                    and n <= 100):
                 # Every worker has the same sign law and no atom at 0: the number of +1 signs
                 # is Binomial(N, p⁺), drawn from one uniform per coordinate.
                 plus = binomial_inverse_cdf(p_plus[:, 0], n, rng.uniform(x.shape[-1]))  # (B, d)

@@ -22,13 +22,16 @@ def sde(method: ItoChain, problem: Problem, model: str) -> SDE:
         raise ValueError(f"Invalid model: {model!r} (an Itô chain's SDE is first order only)")
     scale = method.lr ** (method.gamma / 2.0)
 
+    # A schedule factor eta scales the step to eta lr: drift eta b, diffusion
+    # eta^{(1+γ)/2} lr^{γ/2} σ (same variance per unit of SDE time as the chain).
     def drift(x: torch.Tensor, eta: float) -> torch.Tensor:
-        return method.drift_at(problem, x)
+        return eta * method.drift_at(problem, x)
 
     def diffusion(x: torch.Tensor, eta: float) -> Diagonal:
-        return Diagonal((method.diffusion_at(x) * scale).expand_as(x))
+        g = method.diffusion_at(x) * (scale * eta ** ((1.0 + method.gamma) / 2.0))
+        return Diagonal(g.expand_as(x))
 
     return SDE(dim=problem.dim, drift_fn=drift, diffusion_fn=diffusion, noise_type="diagonal",
-               brownian_dim=problem.dim, lr=method.lr, model=model, problem=problem,
+               brownian_dim=problem.dim, lr=method.lr, schedule=method.schedule, model=model, problem=problem,
                config={"method": method.config(), "model": model, "gamma": method.gamma,
                        "diffusion_scale": scale if math.isfinite(scale) else None})

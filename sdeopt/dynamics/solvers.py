@@ -198,6 +198,9 @@ def _coupling_increments(coupled, sde, n_steps, n_runs, first_run):
     if inc.shape[0] < n_steps or inc.shape[1] != n_runs or inc.shape[2] != sde.brownian_dim:
         raise ValueError(f"Invalid coupled: its increments have shape {tuple(inc.shape)}, need at "
                          f"least ({n_steps}, {n_runs}, {sde.brownian_dim})")
+    if coupled.config.get("method", {}).get("type") == "ItoChain":
+        raise ValueError("Invalid coupled: an Itô chain's noise enters with the opposite sign to the "
+                         "x - lr(ū + S^½ξ) form coupling assumes; coupling Itô chains is not supported yet")
     if coupled.config.get("first_run", 0) != first_run:
         raise ValueError(f"Invalid coupled: it starts at run {coupled.config.get('first_run')}, "
                          f"this solve at first_run={first_run}")
