@@ -127,18 +127,14 @@ def native_increments(n_runs, d, n_steps, lr, seed=0) -> torch.Tensor:
     return dw
 
 
-class StepBrownian(BaseBrownian):
-    """Hand-written (benchmark-local): pre-drawn increments (n, B, m) on the grid t0 + i h, served
-    by index. Exact on the grid, no running sum (so no float32 cancellation, no cumsum)."""
+class FreshBrownian(BaseBrownian):
+    """Hand-written (benchmark-local): draws N(0, tb - ta) afresh on every query, nothing stored.
+    A valid Brownian motion only for a solver that asks for each increment once, in order
+    (torchsde's fixed-step euler does): the floor of torchsde's own loop."""
 
-    def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
-        self.t0, self.h, self.inc = t0, h, increments
-
-    def __call__(self, ta, tb=None, return_U=False, return_A=False):
-        if tb is None or return_U or return_A:
-            raise ValueError("StepBrownian serves increments over grid intervals only")
-        i, j = round((float(ta) - self.t0) / self.h), round((float(tb) - self.t0) / self.h)
-        return self.inc[i] if j == i + 1 else self.inc[i:j].sum(0)
+    def __init__(self, shape, seed: int = 0) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.inc = torch.empty((1, *shape))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.shape)})"
@@ -148,16 +144,6 @@ class StepBrownian(BaseBrownian):
     shape = property(lambda self: self.inc.shape[1:])
     levy_area_approximation = property(lambda self: "none")
 
-
-class FreshBrownian(StepBrownian):
-    """Hand-written (benchmark-local): draws N(0, tb - ta) afresh on every query, nothing stored.
-    A valid Brownian motion only for a solver that asks for each increment once, in order
-    (torchsde's fixed-step euler does): the floor of torchsde's own loop."""
-
-    def __init__(self, shape, seed: int = 0) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
-        self.inc = torch.empty((1, *shape))
-
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None or return_U or return_A:
             raise ValueError("FreshBrownian serves increments only")
@@ -166,8 +152,7 @@ class FreshBrownian(StepBrownian):
 
 
 #: Options that are not torchsde's or sdeopt's own Brownian motions.
-HAND_WRITTEN = ("StepBrownian (pre-drawn, indexed; benchmark-local)",
-                "FreshBrownian (drawn per query; benchmark-local)")
+HAND_WRITTEN = ("FreshBrownian (drawn per query; benchmark-local)",)
 
 
 def brownian_options(b, d, t_end, lr, n_steps):
@@ -187,8 +172,7 @@ def brownian_options(b, d, t_end, lr, n_steps):
         "BrownianTree(t1=T)": lambda: torchsde.BrownianTree(t0=0.0, w0=torch.zeros(size, dtype=f32), t1=t_end),
         "BrownianPath()": lambda: torchsde.BrownianPath(t0=0.0, w0=torch.zeros(size, dtype=f32)),
         "GridBrownian (pre-drawn)": lambda: so.dynamics.GridBrownian(0.0, lr, native_increments(b, d, n_steps, lr)),
-        HAND_WRITTEN[0]: lambda: StepBrownian(0.0, lr, native_increments(b, d, n_steps, lr)),
-        HAND_WRITTEN[1]: lambda: FreshBrownian(size),
+        HAND_WRITTEN[0]: lambda: FreshBrownian(size),
     }
 
 

@@ -150,6 +150,7 @@ def test_hill_estimator_recovers_a_pareto_index():
     (lambda d: weak_error(d, "loss", reference="exact"), "reference"),
     (lambda d: wasserstein2(np.zeros(10), np.zeros(10), method="emd"), "method"),
     (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 3))), "b"),
+    (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 2)), method="sorted"), "sorted"),
     (lambda d: hill_tail_index(np.ones(5)), "samples"),
     (lambda d: compare(so.discrete.DSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.Quadratic(diag=[1.0]),
                        [0.0], 2, 2, models=["curvature", "curvature"]), "models"),
@@ -159,3 +160,28 @@ def test_hill_estimator_recovers_a_pareto_index():
 def test_bad_input(ds, call, name):
     with pytest.raises(ValueError, match=name):
         call(ds)
+
+
+def test_richardson_weak_error_is_exact_per_run_and_its_se_is_not_inflated():
+    from sdeopt.analysis.experiments import richardson_weak_error
+
+    opt = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(scale=1.0))
+    kw = dict(n_steps=10, n_runs=4000, models=["first_order"], record_every=10, seed=5,
+              record=("loss", "grad_norm"), dtype=torch.float64)
+    prob = so.problems.Quadratic(diag=[1.0, 3.0])
+    coarse = compare(opt, prob, [1.0, -1.0], substeps=1, **kw)
+    fine = compare(opt, prob, [1.0, -1.0], substeps=2, **kw)
+    err = richardson_weak_error(coarse, fine, "grad_norm").isel(step=-1).sel(model="first_order")
+    f = fine["grad_norm"].isel(step=-1)
+    c = coarse["grad_norm"].isel(step=-1)
+    h = 2 * f.sel(model="first_order") - c.sel(model="first_order")
+    d = f.sel(model="discrete")
+    assert float(err["signed"]) == pytest.approx(float(h.mean() - d.mean()), rel=1e-12)
+    se = math.sqrt(float(h.var(ddof=1) + d.var(ddof=1)) / 4000)
+    assert float(err["se"]) == pytest.approx(se, rel=1e-12)
+    # The old formula sqrt(4 se_fine² + se_coarse²) counted the discrete variance five times.
+    old = math.sqrt(4 * float(weak_error(fine, "grad_norm")["se"].isel(step=-1)[0]) ** 2
+                    + float(weak_error(coarse, "grad_norm")["se"].isel(step=-1)[0]) ** 2)
+    assert float(err["se"]) < 0.8 * old
+    with pytest.raises(ValueError, match="coarse"):
+        richardson_weak_error(compare(opt, prob, [1.0, -1.0], substeps=1, **{**kw, "seed": 6}), fine, "loss")

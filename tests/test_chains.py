@@ -180,9 +180,12 @@ def test_ito_chain_w2_to_its_sde_has_slope_one_and_skewness_slows_it():
     assert abs(slope_skewed - 0.5) < 0.2
 
 
-def test_ito_chain_sde_is_its_euler_scheme():
-    """With Gaussian ε and one substep, the chain is the Euler scheme of its SDE: same law."""
-    chain = ItoChain(lr=0.1, gamma=1.0, diffusion=lambda x: 0.5 + 0.1 * x.abs(), drift=lambda x: -x**3)
+@pytest.mark.parametrize("schedule", [so.schedules.Constant(), so.schedules.PolyDecay(power=0.5)])
+def test_ito_chain_sde_is_its_euler_scheme(schedule):
+    """With Gaussian ε and one substep, the chain is the Euler scheme of its SDE: same path,
+    with or without a step-size schedule (the SDE follows eta_t in drift and diffusion)."""
+    chain = ItoChain(lr=0.1, gamma=1.0, diffusion=lambda x: 0.5 + 0.1 * x.abs(), drift=lambda x: -x**3,
+                     schedule=schedule)
     prob = so.problems.Quadratic(diag=[1.0, 1.0])
     sde = sde_of(chain, prob)
     x = torch.tensor([[0.5, -1.0]])
@@ -192,6 +195,14 @@ def test_ito_chain_sde_is_its_euler_scheme():
     a = simulate(chain, prob, [0.5, -1.0], **kw)
     b = solve(sde, [0.5, -1.0], **kw)
     torch.testing.assert_close(a.x, b.x, rtol=1e-12, atol=1e-12)  # same draws: same Euler path
+
+
+def test_coupling_an_ito_chain_is_refused():
+    chain = ItoChain.sgld(lr=0.1)
+    prob = so.problems.Quadratic(diag=[1.0])
+    traj = simulate(chain, prob, [0.5], n_steps=5, n_runs=4, keep_increments=True)
+    with pytest.raises(ValueError, match="coupled"):
+        solve(sde_of(chain, prob), [0.5], n_steps=5, n_runs=4, coupled=traj)
 
 
 def test_sgld_stationary_law_has_its_o_lr_bias():

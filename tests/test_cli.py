@@ -38,6 +38,7 @@ lrs = [0.2, 0.1, 0.05, 0.025]
 horizon = 0.4
 models = ["first_order"]
 coupled = true
+observable = "grad_norm"
 """
 
 
@@ -85,6 +86,16 @@ def test_run_a_config(tmp_path, capsys):
     ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
      "noise={type='Gaussian'}\nschedule={type='exp'}", "schedule"),
     ("[[runs]]\nmethod = {type = 'DSGD'", "TOML"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nmodels=['third_order']", "third_order"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nrecord=['energy']", "energy"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
+     "lrs=[0.1, 0.05, 0.3, 0.025]", "0.3"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
+     "lrs=[0.1, 0.05, 0.2, 0.025]\nobservable='energy'", "energy"),
 ])
 def test_bad_configs_get_clear_messages(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.toml"

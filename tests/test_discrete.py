@@ -370,6 +370,22 @@ def test_binomial_inverse_cdf_matches_the_binomial_law(p, n):
     assert stats.chi2(nonzero.sum() - 1).sf(stat) > 1e-4
 
 
+def test_dsignsgd_many_workers_in_float32_keep_the_sign_law():
+    """Beyond 100 workers the per-worker path replaces the Binomial inversion, whose (1-q)^N
+    underflows in float32 from N ~ 150: the mean direction is still 2 F(∇f/σ) - 1."""
+    n = 160
+    opt = DSignSGD(lr=0.1, n_workers=n, noise=so.noise.Gaussian(scale=1.0))
+    x = torch.tensor([[1.0, -0.5, 0.2, 0.0]], dtype=torch.float32)
+    g = problem().grad(x.double())[0]
+    m = torch.erf(g / math.sqrt(2))  # 2 Φ(g) - 1
+    prob = problem().to("cpu", torch.float32)
+    xs = x.expand(20_000, -1).clone()
+    u = ((xs - _one_step(opt, prob, xs, 11)) / opt.lr).double()
+    assert u.dtype == torch.float64 and xs.dtype == torch.float32
+    var = (1 - m**2) / n
+    assert torch.all((u.mean(0) - m).abs() < 4.5 * torch.sqrt(var / u.shape[0]) + 1e-6)
+
+
 def test_dsignsgd_shared_scale_uses_the_binomial_law():
     """Shared scale: the count of +1 signs is Binomial(N, F(∇f/σ)); checked in mean and variance."""
     n = 8

@@ -303,6 +303,8 @@ def test_infinite_variance_has_no_brownian_sde():
     (lambda: sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.TopK(k=1)),
                     quadratic()), "compressor"),
     (lambda: sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), clip=1.0), quadratic()), "method"),
+    (lambda: sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=5)),
+                    quadratic()), "k"),
     (lambda: sde_of(DSignSGD(lr=0.1, noise=so.noise.SymmetricStable(alpha=1.5)), quadratic()), "noise"),
     (lambda: solve(sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()), [0.0] * 3, 2, 2,
                    substeps=0), "substeps"),

@@ -30,6 +30,8 @@ import torch
 
 from sdeopt import compressors, noise, problems, schedules
 from sdeopt.discrete import METHODS
+from sdeopt.discrete.base import OBSERVABLES
+from sdeopt.dynamics import MODELS
 
 PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.CoshSum, problems.ExpSum,
                                      problems.LogisticRegression)}
@@ -161,6 +163,8 @@ def build(run: dict, *, where: str = "run") -> dict:
     for key in ("n_steps", "n_runs", "seed", "record_every", "substeps"):
         if isinstance(params[key], bool) or not isinstance(params[key], int):
             raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} (an integer)")
+    _check_names(where, "models", params["models"], tuple(MODELS))
+    _check_names(where, "record", params["record"], OBSERVABLES + tuple(method.extra_observables))
     out = {"name": run["name"], "problem": problem, "method": method, "x0": x0, "study": study, **params}
     if study == "weak_order":
         lrs = run.get("lrs")
@@ -169,11 +173,26 @@ def build(run: dict, *, where: str = "run") -> dict:
         horizon = run.get("horizon")
         if not isinstance(horizon, (int, float)) or horizon <= 0:
             raise ValueError(f"Invalid config value: {where}.horizon = {horizon!r} (a time > 0)")
-        out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=run.get("observable", "loss"),
+        for lr in lrs:
+            if abs(horizon / lr - round(horizon / lr)) > 1e-9 * horizon / lr:
+                raise ValueError(f"Invalid config value: {where}.lrs contains {lr!r}, which does not divide "
+                                 f"horizon = {horizon!r} into whole steps")
+        observable = run.get("observable", "loss")
+        if observable not in OBSERVABLES + ("x2",):
+            raise ValueError(f"Invalid config value: {where}.observable = {observable!r} "
+                             f"(choose from {', '.join(OBSERVABLES + ('x2',))})")
+        out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=observable,
                    richardson=bool(run.get("richardson", True)))
         if not out["models"]:
             raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
     return out
+
+
+def _check_names(where: str, key: str, names, allowed: tuple) -> None:
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"Invalid config value: {where}.{key} contains {name!r} "
+                             f"(choose from {', '.join(allowed)})")
 
 
 def _x0(run: dict, dim: int, where: str) -> torch.Tensor:

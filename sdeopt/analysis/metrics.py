@@ -207,13 +207,20 @@ def wasserstein2(a, b, *, method: str = "auto", n_projections: int = 200, seed: 
     ``method="auto"``: "sorted" in 1-D, "exact" assignment for n = m <= 2000, "sliced"
     otherwise. Exact assignment between finite samples is biased upwards in d-D (it measured
     ~2.0 for a true 0.316 at n = 2000, d = 10: DESIGN.md §8), hence the floor reported with
-    every value. Non-finite rows are dropped (and must be few: they are diverged runs).
+    every value. ``method="sorted"`` is the exact 1-D value and refuses d > 1.
+
+    Rows with a non-finite value are dropped. Runs that diverged in ``simulate``/``solve`` are
+    frozen at finite values and are *not* dropped here: leave them out first (e.g.
+    ``x.where(~ds.diverged, drop=True)``), or count them with ``divergence``.
     """
     if method not in W2_METHODS:
         raise ValueError(f"Invalid method: {method!r} (choose from {', '.join(W2_METHODS)})")
     a, b = (_as_samples(name, s) for name, s in (("a", a), ("b", b)))
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"Invalid b: dimension {b.shape[1]} differs from a's {a.shape[1]}")
+    if method == "sorted" and a.shape[1] > 1:
+        raise ValueError(f"Invalid method: 'sorted' is for 1-D samples; these have d = {a.shape[1]} "
+                         "(use 'exact', 'sliced' or 'gaussian')")
     if method == "auto":
         if a.shape[1] == 1:
             method = "sorted"

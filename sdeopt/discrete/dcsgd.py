@@ -72,6 +72,10 @@ class DCSGD(DirectionMethod):
         if self.clip is not None:
             check_positive("clip", self.clip)
 
+    def check_problem(self, problem: Problem) -> None:
+        super().check_problem(problem)
+        self.compressor.check_dim(problem.dim)
+
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         n = self.n_workers
         if self.shortcuts and isinstance(self.compressor, Identity):
