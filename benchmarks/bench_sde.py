@@ -32,10 +32,8 @@ The default srk call takes minutes at the default size (10,000 srk steps); --ski
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -43,10 +41,17 @@ import torch
 import torchsde
 from torchsde import BaseBrownian
 
-import sdeopt as so
-from sdeopt._rng import RandomSource
-from sdeopt.cli import summary_table
-from sdeopt.dynamics.sde import TorchsdeAdapter
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import RESULTS, describe, machine, sync, write  # noqa: E402
+from _common import timed as timed_on  # noqa: E402
+
+import sdeopt as so  # noqa: E402
+from sdeopt._rng import RandomSource  # noqa: E402
+from sdeopt.cli import summary_table  # noqa: E402
+from sdeopt.dynamics.sde import TorchsdeAdapter  # noqa: E402
+
+#: Where every row runs (--device); the bare loops and Brownian motions allocate there.
+DEVICE = torch.device("cpu")
 
 
 class CountingAdapter(TorchsdeAdapter):
@@ -65,13 +70,6 @@ class CountingAdapter(TorchsdeAdapter):
         return super().g(t, y)
 
 
-def timed(fn):
-    """(seconds, result) of one call."""
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 def exact_mean_loss(diag: torch.Tensor, x0: torch.Tensor, g: float, lr: float, n_steps: int) -> dict:
     """E f(X_T) for the Euler chain with step lr, and for the SDE itself (OU, diagonal H)."""
     h, a = diag.double(), x0.double()
@@ -86,9 +84,9 @@ def exact_mean_loss(diag: torch.Tensor, x0: torch.Tensor, g: float, lr: float, n
 
 def bare_loop(diag, x0, g, lr, n_steps, n_runs, seed=0):
     """The same Euler scheme by hand: drift -H x, constant g, one generator, no recording."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.empty(n_runs, x0.shape[0])
-    x = x0.expand(n_runs, -1).clone()
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    z = torch.empty(n_runs, x0.shape[0], device=DEVICE)
+    x = x0.to(DEVICE).expand(n_runs, -1).clone()
     noise = g * math.sqrt(lr)
     for _ in range(n_steps):
         drift = -diag * x
@@ -98,9 +96,9 @@ def bare_loop(diag, x0, g, lr, n_steps, n_runs, seed=0):
 
 def bare_loop_fused(diag, x0, g, lr, n_steps, n_runs, seed=0):
     """The floor of the scheme: x <- (1 - H lr) x + g sqrt(lr) z in place, two ops plus the draw."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.empty(n_runs, x0.shape[0])
-    x = x0.expand(n_runs, -1).clone()
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    z = torch.empty(n_runs, x0.shape[0], device=DEVICE)
+    x = x0.to(DEVICE).expand(n_runs, -1).clone()
     contraction = 1.0 - diag * lr
     noise = g * math.sqrt(lr)
     for _ in range(n_steps):
@@ -110,8 +108,8 @@ def bare_loop_fused(diag, x0, g, lr, n_steps, n_runs, seed=0):
 
 def rng_only(n_runs, d, n_steps, seed=0):
     """Only the random numbers: n_steps fills of (B, d) standard normals from one generator."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.empty(n_runs, d)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    z = torch.empty(n_runs, d, device=DEVICE)
     for _ in range(n_steps):
         z.normal_(generator=gen)
     return z
@@ -119,8 +117,8 @@ def rng_only(n_runs, d, n_steps, seed=0):
 
 def native_increments(n_runs, d, n_steps, lr, seed=0) -> torch.Tensor:
     """The Brownian increments the native solver draws, (n_steps, B, d), in its order."""
-    rng = RandomSource(seed, n_runs, dtype=torch.float32)
-    dw = torch.empty(n_steps, n_runs, d)
+    rng = RandomSource(seed, n_runs, dtype=torch.float32, device=DEVICE)
+    dw = torch.empty(n_steps, n_runs, d, device=DEVICE)
     scale = math.sqrt(lr)
     for k in range(n_steps):
         torch.mul(rng.normal(d), scale, out=dw[k])
@@ -133,8 +131,8 @@ class FreshBrownian(BaseBrownian):
     (torchsde's fixed-step euler does): the floor of torchsde's own loop."""
 
     def __init__(self, shape, seed: int = 0) -> None:
-        self.gen = torch.Generator().manual_seed(seed)
-        self.inc = torch.empty((1, *shape))
+        self.gen = torch.Generator(device=DEVICE).manual_seed(seed)
+        self.inc = torch.empty((1, *shape), device=DEVICE)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.shape)})"
@@ -147,7 +145,7 @@ class FreshBrownian(BaseBrownian):
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None or return_U or return_A:
             raise ValueError("FreshBrownian serves increments only")
-        z = torch.empty(self.inc.shape[1:]).normal_(generator=self.gen)
+        z = torch.empty(self.inc.shape[1:], device=DEVICE).normal_(generator=self.gen)
         return z.mul_(math.sqrt(float(tb) - float(ta)))
 
 
@@ -160,7 +158,7 @@ def brownian_options(b, d, t_end, lr, n_steps):
     size, f32 = (b, d), torch.float32
 
     def interval(**kw):
-        return lambda: torchsde.BrownianInterval(t0=0.0, t1=t_end, size=size, dtype=f32, **kw)
+        return lambda: torchsde.BrownianInterval(t0=0.0, t1=t_end, size=size, dtype=f32, device=DEVICE, **kw)
 
     return {
         "BrownianInterval()": interval(),
@@ -169,8 +167,10 @@ def brownian_options(b, d, t_end, lr, n_steps):
         "BrownianInterval(dt=lr, cache_size=None)": interval(dt=lr, cache_size=None),
         "BrownianInterval(dt=lr, pool_size=4)": interval(dt=lr, pool_size=4),
         "BrownianInterval(tol=lr/10)": interval(tol=lr / 10),
-        "BrownianTree(t1=T)": lambda: torchsde.BrownianTree(t0=0.0, w0=torch.zeros(size, dtype=f32), t1=t_end),
-        "BrownianPath()": lambda: torchsde.BrownianPath(t0=0.0, w0=torch.zeros(size, dtype=f32)),
+        "BrownianTree(t1=T)": lambda: torchsde.BrownianTree(t0=0.0, w0=torch.zeros(size, dtype=f32, device=DEVICE),
+                                                           t1=t_end),
+        "BrownianPath()": lambda: torchsde.BrownianPath(t0=0.0, w0=torch.zeros(size, dtype=f32,
+                                                                                   device=DEVICE)),
         "GridBrownian (pre-drawn)": lambda: so.dynamics.GridBrownian(0.0, lr, native_increments(b, d, n_steps, lr)),
         HAND_WRITTEN[0]: lambda: FreshBrownian(size),
     }
@@ -213,8 +213,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-torchsde", action="store_true", help="time native and the bare loops only")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler op costs per step of native and the bare loop")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sde.json")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS / "sde.json")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    dev = args.device
     so.configure_torch()
     torch.set_default_dtype(torch.float32)
     b, k, d, lr = args.runs, args.steps, args.dim, 0.01
@@ -223,15 +227,20 @@ def main(argv=None) -> dict:
     opt = so.discrete.DSGD(lr=lr, n_workers=8, noise=so.noise.Gaussian(1.0))
     sde = so.dynamics.sde_of(opt, prob, "first_order")
     x0 = torch.ones(d)
-    y0 = x0.expand(b, d).clone()
-    diag = prob.diag.to(torch.float32)
+    y0 = x0.expand(b, d).clone().to(DEVICE)
+    diag = prob.diag.to(DEVICE, torch.float32)
+    quad = prob.to(DEVICE, torch.float32)
+    sde_dev = sde.rebuild(quad)  # what torchsde integrates: float32, on the device
     g_field = sde.diffusion(0.0, torch.stack([x0, -3.0 * x0])).g  # (2, d): constant in x?
     g = float(g_field[0, 0])
     if not torch.allclose(g_field, torch.full_like(g_field, g)):
         raise RuntimeError(f"the benchmark assumes constant isotropic noise, got g = {g_field}")
     exact = exact_mean_loss(prob.diag, x0, g, lr, k)
     mc_std = math.sqrt(2.0 / d / b)  # relative std of a mean loss (sum of d equal chi-squares)
-    floss = prob.to("cpu", torch.float32).loss
+
+    def floss(y):
+        return quad.loss(y).cpu()
+
     rows, options = [], []
 
     def row(case, seconds, mean_loss, **extra):
@@ -243,7 +252,7 @@ def main(argv=None) -> dict:
     # (1) native and (5) the bare loops: interleaved rounds, best of each (the machine is shared).
     def native(n_steps=k):
         return so.dynamics.solve(sde, x0, n_steps=n_steps, n_runs=b, record_every=n_steps, record=("loss",),
-                                 dtype=torch.float32)
+                                 dtype=torch.float32, device=dev)
 
     fast = {"native": native,
             "bare": lambda: bare_loop(diag, x0, g, lr, k, b),
@@ -254,37 +263,40 @@ def main(argv=None) -> dict:
         fn()
     for _ in range(args.repeats):
         for name, fn in fast.items():
-            seconds, last[name] = timed(fn)
+            seconds, last[name] = timed_on(fn, dev)
             best[name] = min(best.get(name, math.inf), seconds)
     native_loss = last["native"].observables["loss"][-1]  # (B,)
     row("(1) sdeopt native solve", best["native"], float(native_loss.mean()))
 
     # (2) torchsde's default call, once (after a short warm-up call).
     if not (args.skip_default or args.skip_torchsde):
-        ts32 = torch.linspace(0.0, t_end, k + 1, dtype=torch.float32)
-        torchsde.sdeint(sde.torchsde(), y0[:16], ts32[:3])
-        adapter = CountingAdapter(sde)
-        seconds, ys = timed(lambda: torchsde.sdeint(adapter, y0, ts32))
+        ts32 = torch.linspace(0.0, t_end, k + 1, dtype=torch.float32, device=DEVICE)
+        torchsde.sdeint(sde_dev.torchsde(), y0[:16], ts32[:3])
+        adapter = CountingAdapter(sde_dev)
+        seconds, ys = timed_on(lambda: torchsde.sdeint(adapter, y0, ts32), dev)
         row("(2) torchsde default (srk, dt=1e-3, f32 ts)", seconds, float(floss(ys[-1]).mean()),
             f_calls=adapter.f_calls, g_calls=adapter.g_calls)
 
     # (3) and (4): Euler at dt = lr on float64 times, with each Brownian option. An option is
     # valid when its final mean loss is within 10 Monte Carlo standard deviations of the exact
     # Euler value (BrownianPath fixes t1 = t0 + 1 and returns zero increments beyond it).
-    ts = torch.linspace(0.0, t_end, k + 1, dtype=torch.float64)
+    ts = torch.linspace(0.0, t_end, k + 1, dtype=torch.float64, device=DEVICE)
     for name, make_bm in ({} if args.skip_torchsde else brownian_options(b, d, t_end, lr, k)).items():
-        adapter = CountingAdapter(sde)
+        adapter = CountingAdapter(sde_dev)
         entry = {"option": name}
         try:
             torchsde.sdeint(adapter, y0[:16], ts[:6], method="euler", dt=lr,
-                            bm=torchsde.BrownianInterval(0.0, t_end, size=(16, d)))  # warm-up
+                            bm=torchsde.BrownianInterval(0.0, t_end, size=(16, d), device=DEVICE))  # warm-up
             seconds = build = math.inf
             for _ in range(args.torchsde_repeats):
                 adapter.f_calls = adapter.g_calls = 0
+                sync(dev)
                 start = time.perf_counter()
                 bm = make_bm()
+                sync(dev)
                 built = time.perf_counter()
                 ys = torchsde.sdeint(adapter, y0, ts, bm=bm, method="euler", dt=lr)
+                sync(dev)
                 if time.perf_counter() - start < seconds:
                     seconds, build = time.perf_counter() - start, built - start
                 del bm
@@ -335,17 +347,12 @@ def main(argv=None) -> dict:
     profiles = None
     if args.profile:
         profiles = profile_per_step({"native": fast["native"], "bare": fast["bare"]}, k)
+    info = machine(dev)
     result = {"benchmark": "sde", "runs": b, "steps": k, "dim": d, "lr": lr, "T": t_end, "g": g,
-              "dtype": "float32", "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "load_average": os.getloadavg(), "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "torchsde": torchsde.__version__, "date": time.strftime("%Y-%m-%d"),
-              "exact_mean_loss": exact, "rows": rows, "torchsde_options": options,
+              "dtype": "float32", **info, "torchsde": torchsde.__version__, "exact_mean_loss": exact, "rows": rows, "torchsde_options": options,
               "fastest_torchsde_option": fastest and fastest["option"], "ratios": ratios, "aims_met": aims,
               "profile": profiles}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"\n{b} paths x {k} steps, d={d}, T={t_end:g}, float32, {torch.get_num_threads()} thread(s) "
-          f"on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.2f})")
+    print(f"\n{b} paths x {k} steps, d={d}, T={t_end:g}, float32, on {describe(info)}")
     print(summary_table(rows, [("case", "case", ""), ("seconds", "s", ".2f"), ("us_per_step", "µs/step", ".0f"),
                                ("f_calls", "f calls", "d"), ("mean_loss", "final mean loss", ".5f"),
                                ("vs_euler_exact", "vs exact Euler", "+.1%")]))
@@ -362,7 +369,7 @@ def main(argv=None) -> dict:
     print("\nratios: " + ", ".join(f"{key} {value:.2f}" for key, value in ratios.items()))
     print("aims met: " + ", ".join(f"{key}: {'not measured' if value is None else value}"
                                    for key, value in aims.items()))
-    print(f"wrote {args.out}")
+    write(result, args.out)
     return result
 
 

@@ -1,0 +1,201 @@
+"""Scaling of the discrete engine: time and peak memory against runs, dimension and workers;
+peak memory against the chunk budget and the number of steps.
+
+Sweeps (each row is one ``simulate`` call, float32, recording the loss at the start and end):
+
+  runs     DSGD + Gaussian, d = 10, N = 8: 10^3 .. 10^6 runs
+  dim      DSGD + Gaussian, 10^4 runs, N = 8: d = 10 .. 1000
+  workers  DCSGD + RandK(2) + Gaussian (per-worker draws) and DSignSGD + Student-t(1.5)
+           (Binomial inversion up to 100 workers), 10^4 runs, d = 10: N = 1 .. 64
+  budget   DSGD and DCSGD + RandK on many runs with max_memory = 16, 64, 256 MiB
+  steps    DSGD, 10^5 runs: 100 and 1,000 steps (same memory)
+
+Time is measured in this process, the rows taking turns; "work" is runs x steps x d (x N for
+the per-worker sweeps), and the fitted slope of log time against log work over each sweep's
+larger half says whether cost is linear (1), overhead-bound (< 1) or super-linear (> 1).
+Peak memory: on the CPU each row runs once more in a fresh child process that reads its own
+high-water mark (VmHWM, reset through /proc/self/clear_refs after set-up), so rows cannot hide
+in memory freed by earlier ones; on a GPU, torch.cuda.max_memory_allocated in this process.
+"extra" is the peak above the resident set after set-up; "bound" is the chunk budget plus the
+output arrays (the recorded values, divergence flags and blow-up steps of all runs).
+
+    python benchmarks/bench_scaling.py [--device cpu|cuda] [--quick] [--steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import RESULTS, describe, interleaved_best, machine, sync, timed, write  # noqa: E402
+
+import sdeopt as so  # noqa: E402
+from sdeopt.cli import summary_table  # noqa: E402
+
+MiB = 2**20
+
+
+def make(spec: dict):
+    """(method, problem, x0, simulate kwargs) of one row."""
+    n, d = spec["workers"], spec["dim"]
+    noise = so.noise.Gaussian(scale=1.0)
+    if spec["method"] == "DSGD":
+        method = so.discrete.DSGD(lr=0.01, n_workers=n, noise=noise)
+    elif spec["method"] == "DCSGD+RandK":
+        method = so.discrete.DCSGD(lr=0.01, n_workers=n, noise=noise, compressor=so.compressors.RandK(k=2))
+    elif spec["method"] == "DSignSGD+t":
+        method = so.discrete.DSignSGD(lr=0.01, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=1.0))
+    else:
+        raise ValueError(f"Invalid method: {spec['method']!r}")
+    prob = so.problems.Quadratic(diag=torch.linspace(1.0, 10.0, d).tolist())
+    kwargs = dict(n_steps=spec["steps"], n_runs=spec["runs"], seed=0, device=spec["device"],
+                  dtype=torch.float32, record_every=spec["steps"], record=("loss",),
+                  max_memory=spec["budget_mib"] * MiB)
+    return method, prob, torch.ones(d), kwargs
+
+
+def output_bytes(spec: dict) -> int:
+    """The arrays simulate returns for all runs: 2 recorded losses (float32), diverged, blowup_step."""
+    return spec["runs"] * (2 * 4 + 1 + 8)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(spec: dict) -> dict:
+    """Run one row in this (fresh) process; its time and peak memory above the set-up."""
+    so.configure_torch()
+    method, prob, x0, kwargs = make(spec)
+    so.discrete.simulate(method, prob, x0, **dict(kwargs, n_runs=64, n_steps=2, record_every=2))  # warm-up
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
+    base = _status_kib("VmRSS")
+    seconds, _ = timed(lambda: so.discrete.simulate(method, prob, x0, **kwargs))
+    return {"seconds": seconds, "extra_bytes": (_status_kib("VmHWM") - base) * 1024}
+
+
+def peak_memory(spec: dict) -> dict:
+    """Peak memory of one row: a child process on the CPU, the CUDA allocator's peak on a GPU."""
+    if spec["device"].startswith("cuda"):
+        method, prob, x0, kwargs = make(spec)
+        sync(spec["device"])
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        seconds, traj = timed(lambda: so.discrete.simulate(method, prob, x0, **kwargs), spec["device"])
+        del traj
+        return {"seconds": seconds, "extra_bytes": torch.cuda.max_memory_allocated() - base}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed for {spec}: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sweeps(quick: bool, steps: int, device: str) -> dict:
+    """sweep name -> (variable, [row specs])."""
+    base = {"method": "DSGD", "runs": 10_000, "dim": 10, "workers": 8, "steps": steps, "budget_mib": 1024,
+            "device": device}
+    runs = [10**3, 10**4, 10**5] + ([] if quick else [10**6])
+    dims = [10, 100] + ([] if quick else [1000])
+    workers = [1, 4, 16] + ([] if quick else [64])
+    budgets = [16, 64] + ([] if quick else [256])
+    many = 10**5 if quick else 10**6
+    return {
+        "runs": ("runs", [dict(base, runs=v) for v in runs]),
+        "dim": ("dim", [dict(base, dim=v) for v in dims]),
+        "workers, DCSGD+RandK": ("workers", [dict(base, method="DCSGD+RandK", workers=v) for v in workers]),
+        "workers, DSignSGD+t": ("workers", [dict(base, method="DSignSGD+t", workers=v) for v in workers]),
+        "budget, DSGD": ("budget_mib", [dict(base, runs=many, budget_mib=v) for v in budgets]),
+        "budget, DCSGD+RandK": ("budget_mib", [dict(base, method="DCSGD+RandK", runs=many // 4, budget_mib=v)
+                                               for v in budgets]),
+        "steps": ("steps", [dict(base, runs=many // 10, steps=v) for v in (steps, 10 * steps)]),
+    }
+
+
+def work(spec: dict) -> float:
+    per_worker = spec["method"] != "DSGD"
+    return spec["runs"] * spec["steps"] * spec["dim"] * (spec["workers"] if per_worker else 1)
+
+
+def slope(xs, ys) -> float:
+    """Slope of log y on log x over the larger half of the points (at least two)."""
+    xs, ys = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+    keep = slice(len(xs) // 2 - (1 if len(xs) % 2 == 0 and len(xs) > 2 else 0), None)
+    xs, ys = xs[keep], ys[keep]
+    return float(np.polyfit(xs, ys, 1)[0]) if len(xs) >= 2 else math.nan
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="smaller sweeps (seconds), for a smoke test")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return {}
+    so.configure_torch()
+    plan = sweeps(args.quick, args.steps, args.device)
+    rows, summary = [], []
+    for name, (variable, specs) in plan.items():
+        calls = {}
+        for spec in specs:
+            method, prob, x0, kwargs = make(spec)
+            calls[spec[variable]] = (lambda m=method, p=prob, x=x0, kw=kwargs: so.discrete.simulate(m, p, x, **kw))
+        best = interleaved_best(calls, args.repeats, args.device, warmup=False)
+        sweep_rows = []
+        for spec in specs:
+            mem = peak_memory(spec)
+            bound = spec["budget_mib"] * MiB + output_bytes(spec)
+            row = {"sweep": name, "variable": variable, "value": spec[variable], "method": spec["method"],
+                   "runs": spec["runs"], "dim": spec["dim"], "workers": spec["workers"], "steps": spec["steps"],
+                   "budget_mib": spec["budget_mib"], "seconds": best[spec[variable]], "work": work(spec),
+                   "ns_per_unit": 1e9 * best[spec[variable]] / work(spec),
+                   "extra_mib": mem["extra_bytes"] / MiB, "bound_mib": bound / MiB,
+                   "within_bound": mem["extra_bytes"] <= bound}
+            sweep_rows.append(row)
+            print(f"  {name} = {spec[variable]}: {row['seconds']:.2f} s, {row['ns_per_unit']:.2f} ns/unit, "
+                  f"peak +{row['extra_mib']:.0f} MiB (bound {row['bound_mib']:.0f})", flush=True)
+        rows += sweep_rows
+        entry = {"sweep": name, "time_slope": slope([r["work"] for r in sweep_rows],
+                                                    [r["seconds"] for r in sweep_rows])
+                 if variable not in ("budget_mib",) else math.nan,
+                 "all_within_bound": all(r["within_bound"] for r in sweep_rows),
+                 "max_extra_over_bound": max(r["extra_mib"] / r["bound_mib"] for r in sweep_rows)}
+        if variable == "steps":
+            entry["memory_growth_with_steps"] = sweep_rows[-1]["extra_mib"] / max(sweep_rows[0]["extra_mib"], 1e-9)
+        summary.append(entry)
+    info = machine(args.device)
+    result = {"benchmark": "scaling", "dtype": "float32", **info, "rows": rows, "summary": summary}
+    print(f"\nscaling on {describe(info)}")
+    print(summary_table(rows, [("sweep", "sweep", ""), ("value", "value", ""), ("runs", "runs", "d"),
+                               ("dim", "d", "d"), ("workers", "N", "d"), ("steps", "steps", "d"),
+                               ("seconds", "s", ".2f"), ("ns_per_unit", "ns / unit of work", ".2f"),
+                               ("extra_mib", "peak extra MiB", ".1f"), ("bound_mib", "budget+output MiB", ".0f")]))
+    print(summary_table(summary, [("sweep", "sweep", ""), ("time_slope", "slope of log time vs log work", ".2f"),
+                                  ("all_within_bound", "memory within bound", ""),
+                                  ("max_extra_over_bound", "max peak / bound", ".2f")]))
+    write(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

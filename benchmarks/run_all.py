@@ -1,0 +1,106 @@
+"""The whole benchmark suite in one command: discrete methods, SDE solver vs torchsde, scaling,
+W2 estimators and the DSignSGD headline; JSON per benchmark plus suite.json, and a summary.
+
+    python benchmarks/run_all.py                  # CPU, full sizes (about 15-20 minutes on 2 cores)
+    python benchmarks/run_all.py --device cuda    # the same suite on a GPU, headline at full size
+    python benchmarks/run_all.py --quick          # small sizes: a smoke test in well under a minute
+
+Every figure is a ratio measured side by side in one process (see each script's docstring).
+On the CPU the headline runs at 10^4 runs instead of 10^6 (--headline-runs overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_discrete  # noqa: E402
+import bench_headline  # noqa: E402
+import bench_scaling  # noqa: E402
+import bench_sde  # noqa: E402
+import bench_w2  # noqa: E402
+from _common import RESULTS, describe, machine, write  # noqa: E402
+
+from sdeopt.cli import summary_table  # noqa: E402
+
+
+def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
+    """benchmark name -> (module, argv) for this device and size."""
+    on_gpu = device.startswith("cuda")
+    dev = ["--device", device]
+    if quick:
+        return {
+            "discrete": (bench_discrete, [*dev, "--runs", "2000", "--steps", "20", "--repeats", "1"]),
+            "sde": (bench_sde, [*dev, "--runs", "500", "--steps", "20", "--repeats", "1"]),
+            "scaling": (bench_scaling, [*dev, "--quick", "--steps", "5", "--repeats", "1"]),
+            "w2": (bench_w2, ["--quick", "--reps", "2"]),
+            "headline": (bench_headline, [*dev, "--runs", str(headline_runs or 2000), "--dim", "20",
+                                          "--steps", "20", "--floor-steps", "5"]),
+        }
+    big = ["--runs", "1000000"] if on_gpu else []
+    return {
+        "discrete": (bench_discrete, [*dev, *big]),
+        "sde": (bench_sde, [*dev, *big]),
+        "scaling": (bench_scaling, dev),
+        "w2": (bench_w2, []),
+        "headline": (bench_headline, [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4))]),
+    }
+
+
+def headline_rows(results: dict) -> list[dict]:
+    """The ratios worth a line each."""
+    rows = []
+    for r in results.get("discrete", {}).get("rows", []):
+        rows.append({"benchmark": "discrete", "case": r["case"],
+                     "figure": f"{r['speedup_vs_naive']:.1f}x faster than naive; "
+                               f"{r['ratio_to_bare_rng']:.2f}x its bare RNG"})
+    sde = results.get("sde", {}).get("ratios", {})
+    for key, value in sde.items():
+        rows.append({"benchmark": "sde", "case": key, "figure": f"{value:.2f}"})
+    for s in results.get("scaling", {}).get("summary", []):
+        figure = f"time ~ work^{s['time_slope']:.2f}; " if s["time_slope"] == s["time_slope"] else ""
+        figure += f"peak memory / (budget + output) <= {s['max_extra_over_bound']:.2f}"
+        if "memory_growth_with_steps" in s:
+            figure += f"; x{s['memory_growth_with_steps']:.2f} memory for 10x the steps"
+        rows.append({"benchmark": "scaling", "case": s["sweep"], "figure": figure})
+    for s in results.get("w2", {}).get("summary", []):
+        rows.append({"benchmark": "w2", "case": f"{s['method']}, d={s['d']}",
+                     "figure": f"time ~ n^{s['cost_exponent']:.2f}; "
+                               f"relative error {s['rel_error_at_largest_n']:+.1%} at the largest n"})
+    h = results.get("headline")
+    if h:
+        rows.append({"benchmark": "headline", "case": f"DSignSGD t(1.5), {h['runs']} runs, d={h['dim']}, "
+                                                      f"{h['steps']} steps",
+                     "figure": f"{h['seconds']:.2f} s; x{h['x_rng_floor']:.1f} the RNG floor; "
+                               f"{h['state_passes_per_step']:.0f} state passes per step"})
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=("discrete", "sde", "scaling", "w2", "headline"),
+                        help="run these benchmarks only")
+    parser.add_argument("--headline-runs", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON files")
+    args = parser.parse_args(argv)
+    results = {}
+    for name, (module, bench_argv) in plan(args.device, args.quick, args.headline_runs).items():
+        if args.only and name not in args.only:
+            continue
+        print(f"\n=== {name}: python benchmarks/{Path(module.__file__).name} {' '.join(bench_argv)}", flush=True)
+        results[name] = module.main([*bench_argv, "--out", str(args.out / f"{name}.json")])
+    info = machine(args.device)
+    rows = headline_rows(results)
+    print(f"\n=== summary, on {describe(info)}")
+    print(summary_table(rows, [("benchmark", "benchmark", ""), ("case", "case", ""), ("figure", "figure", "")]))
+    suite = {"benchmark": "suite", "quick": args.quick, **info, "summary": rows, "results": results}
+    write(suite, args.out / "suite.json")
+    return suite
+
+
+if __name__ == "__main__":
+    main()

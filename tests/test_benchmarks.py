@@ -1,0 +1,70 @@
+"""The benchmark suite runs as one command and writes what it promises (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_every_benchmark_writes_json_and_the_summary_prints(suite):
+    out, stdout = suite
+    for name in ("discrete", "sde", "scaling", "w2", "headline", "suite"):
+        data = json.loads((out / f"{name}.json").read_text())
+        assert data["benchmark"] == name and data["date"] and data["torch"]
+    assert "=== summary" in stdout and "headline" in stdout
+
+
+def test_discrete_rows_cover_every_method_with_both_ratios(suite):
+    rows = json.loads((suite[0] / "discrete.json").read_text())["rows"]
+    cases = " | ".join(r["case"] for r in rows)
+    for method in ("DSGD", "DCSGD + RandK", "DSignSGD + Gaussian", "DSignSGD + StudentT", "ItoChain",
+                   "MarkovSGD two-state", "MLMC"):
+        assert method in cases
+    assert all(positive(r["speedup_vs_naive"]) and positive(r["ratio_to_bare_rng"]) for r in rows)
+
+
+def test_sde_benchmark_compares_torchsde_and_a_bare_loop(suite):
+    data = json.loads((suite[0] / "sde.json").read_text())
+    for key in ("native_vs_bare", "fastest_torchsde_vs_native", "torchsde_default_vs_native"):
+        assert positive(data["ratios"][key])
+    # The pre-drawn Brownian option is driven by the native increments: the same paths.
+    grid = next(o for o in data["torchsde_options"] if o["option"].startswith("GridBrownian"))
+    assert grid["max_rel_diff_vs_native"] < 1e-4
+
+
+def test_scaling_measures_time_and_memory_in_every_sweep(suite):
+    data = json.loads((suite[0] / "scaling.json").read_text())
+    sweeps = {r["sweep"] for r in data["rows"]}
+    assert {"runs", "dim", "steps"} <= sweeps and any(s.startswith("workers") for s in sweeps)
+    assert any(s.startswith("budget") for s in sweeps)
+    for r in data["rows"]:
+        assert positive(r["seconds"]) and r["extra_mib"] >= 0 and positive(r["bound_mib"])
+        assert isinstance(r["within_bound"], bool)
+
+
+def test_w2_rows_carry_targets_and_errors(suite):
+    data = json.loads((suite[0] / "w2.json").read_text())
+    methods = {(r["d"], r["method"]) for r in data["rows"]}
+    assert {(1, "sorted"), (10, "exact"), (10, "sliced"), (10, "gaussian")} <= methods
+    for r in data["rows"]:
+        assert positive(r["target"]) and positive(r["seconds"]) and math.isfinite(r["rel_error"])
