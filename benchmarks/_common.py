@@ -45,6 +45,18 @@ def interleaved_best(fns: dict, repeats: int, device: str, warmup: bool = True) 
     return best
 
 
+def loglog_slope(xs, ys) -> float:
+    """Slope of log y against log x over the larger half of the points (at least two of them):
+    1 for a cost linear in x, below 1 while fixed overheads still count, above 1 super-linear."""
+    import numpy as np
+
+    xs, ys = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
+    keep = max(2, -(-len(xs) // 2))
+    if len(xs) < 2:
+        return math.nan
+    return float(np.polyfit(xs[-keep:], ys[-keep:], 1)[0])
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -32,11 +32,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe, interleaved_best, machine, sync, timed, write  # noqa: E402
+from _common import RESULTS, describe, interleaved_best, loglog_slope, machine, sync, timed, write  # noqa: E402
 
 import sdeopt as so  # noqa: E402
 from sdeopt.cli import summary_table  # noqa: E402
@@ -132,14 +131,6 @@ def work(spec: dict) -> float:
     return spec["runs"] * spec["steps"] * spec["dim"] * (spec["workers"] if per_worker else 1)
 
 
-def slope(xs, ys) -> float:
-    """Slope of log y on log x over the larger half of the points (at least two)."""
-    xs, ys = np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float))
-    keep = slice(len(xs) // 2 - (1 if len(xs) % 2 == 0 and len(xs) > 2 else 0), None)
-    xs, ys = xs[keep], ys[keep]
-    return float(np.polyfit(xs, ys, 1)[0]) if len(xs) >= 2 else math.nan
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -175,7 +166,7 @@ def main(argv=None) -> dict:
             print(f"  {name} = {spec[variable]}: {row['seconds']:.2f} s, {row['ns_per_unit']:.2f} ns/unit, "
                   f"peak +{row['extra_mib']:.0f} MiB (bound {row['bound_mib']:.0f})", flush=True)
         rows += sweep_rows
-        entry = {"sweep": name, "time_slope": slope([r["work"] for r in sweep_rows],
+        entry = {"sweep": name, "time_slope": loglog_slope([r["work"] for r in sweep_rows],
                                                     [r["seconds"] for r in sweep_rows])
                  if variable not in ("budget_mib",) else math.nan,
                  "all_within_bound": all(r["within_bound"] for r in sweep_rows),

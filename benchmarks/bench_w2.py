@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe, machine, timed, write  # noqa: E402
+from _common import RESULTS, describe, loglog_slope, machine, timed, write  # noqa: E402
 
 from sdeopt.analysis import wasserstein2  # noqa: E402
 from sdeopt.cli import summary_table  # noqa: E402
@@ -50,12 +50,6 @@ def exact_sliced(d: int, n_dirs: int = 10**6, seed: int = 12345) -> float:
 def samples(d: int, n: int, rng: np.random.Generator):
     m, s = laws(d)
     return rng.standard_normal((n, d)), m + s * rng.standard_normal((n, d))
-
-
-def slope(ns, ts) -> float:
-    ns, ts = np.log(np.asarray(ns, float)), np.log(np.asarray(ts, float))
-    half = len(ns) // 2
-    return float(np.polyfit(ns[half:], ts[half:], 1)[0]) if len(ns) - half >= 2 else math.nan
 
 
 def main(argv=None) -> dict:
@@ -87,7 +81,7 @@ def main(argv=None) -> dict:
                          "seconds": best})
             times.append(best)
             print(f"  d={d} {method} n={n}: {mean:.4f} ± {sd:.4f} (target {target:.4f}), {best:.3f} s", flush=True)
-        summary.append({"d": d, "method": method, "cost_exponent": slope(ns, times),
+        summary.append({"d": d, "method": method, "cost_exponent": loglog_slope(ns, times),
                         "rel_error_at_largest_n": rows[-1]["rel_error"]})
     info = machine("cpu")
     result = {"benchmark": "w2", "reps": args.reps, **info, "rows": rows, "summary": summary}

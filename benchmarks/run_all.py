@@ -45,7 +45,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         "sde": (bench_sde, [*dev, *big]),
         "scaling": (bench_scaling, dev),
         "w2": (bench_w2, []),
-        "headline": (bench_headline, [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4))]),
+        "headline": (bench_headline, [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4)), "--fuse"]),
     }
 
 
@@ -74,7 +74,9 @@ def headline_rows(results: dict) -> list[dict]:
         rows.append({"benchmark": "headline", "case": f"DSignSGD t(1.5), {h['runs']} runs, d={h['dim']}, "
                                                       f"{h['steps']} steps",
                      "figure": f"{h['seconds']:.2f} s; x{h['x_rng_floor']:.1f} the RNG floor; "
-                               f"{h['state_passes_per_step']:.0f} state passes per step"})
+                               f"{h['state_passes_per_step']:.0f} state passes per step"
+                               + (f"; fused {h['fused']['seconds']:.2f} s" if h.get("fused", {}) and
+                                  "seconds" in h["fused"] else "")})
     return rows
 
 

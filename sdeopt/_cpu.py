@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from sdeopt import _fuse
+
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -22,8 +24,8 @@ def default_threads() -> int:
     return 1 if cores <= 2 else min(cores // 2, 8)
 
 
-def configure_torch(threads: int | None = None) -> dict:
-    """Set torch's CPU thread count and keep step-sized temporaries off mmap.
+def configure_torch(threads: int | None = None, *, fuse: bool | None = None) -> dict:
+    """Set torch's CPU thread count, keep step-sized temporaries off mmap, optionally fuse.
 
     glibc serves every allocation above its mmap threshold (128 KiB at start) with a fresh
     mmap, so a step loop whose temporaries are a few hundred KiB pays page faults on every
@@ -33,9 +35,14 @@ def configure_torch(threads: int | None = None) -> dict:
 
     Args:
         threads: torch intra-op threads (default: ``default_threads()``).
+        fuse: compile the elementwise hot spots with ``torch.compile`` (True), go back to eager
+            (False), or leave as is (None). Off by default; see ``sdeopt._fuse`` for what it
+            costs and buys.
     Returns:
-        What was set: {"threads": int, "mmap_threshold": int or None}.
+        What was set: {"threads": int, "mmap_threshold": int or None, "fuse": bool}.
     """
+    if fuse is not None and not isinstance(fuse, bool):
+        raise ValueError(f"Invalid fuse: {fuse!r} (True, False or None)")
     n = default_threads() if threads is None else int(threads)
     if n < 1:
         raise ValueError(f"Invalid threads: {threads!r} (must be >= 1)")
@@ -49,4 +56,6 @@ def configure_torch(threads: int | None = None) -> dict:
                 threshold = _MMAP_THRESHOLD_MAX
         except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
             threshold = None
-    return {"threads": n, "mmap_threshold": threshold}
+    if fuse is not None:
+        _fuse.set_enabled(fuse)
+    return {"threads": n, "mmap_threshold": threshold, "fuse": _fuse.enabled()}

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from sdeopt import _fuse
 from sdeopt._rng import RandomSource
 from sdeopt._validation import check_in_range, check_int, check_nonnegative, check_positive, check_scales
 from sdeopt.problems import Problem
@@ -332,8 +333,9 @@ def student_t_cdf(t: torch.Tensor, nu: float) -> torch.Tensor:
     x0 = x * s0  # even terms, I_x side
     x1 = omx * s1  # even and odd terms, I_{1-x} side
     y0 = omx * s0  # odd terms, I_x side, written with 1-x
-    coef_a = _beta_cf_pairs(a, b, n_pairs)
-    coef_b = _beta_cf_pairs(b, a, n_pairs)
+    pairs = _beta_cf_pairs.__wrapped__ if _fuse.compiling() else _beta_cf_pairs  # dynamo warns on lru_cache
+    coef_a = pairs(a, b, n_pairs)
+    coef_b = pairs(b, a, n_pairs)
     f = torch.ones_like(t)
     qq = torch.empty_like(t)
     odd = torch.empty_like(t)

@@ -400,3 +400,28 @@ def test_dsignsgd_shared_scale_uses_the_binomial_law():
     assert torch.all((u.mean(0) - m).abs() < z * torch.sqrt(var / u.shape[0]))
     assert torch.all((u.var(0) - var).abs() < z * torch.sqrt(var / u.shape[0]))
     torch.testing.assert_close(u * n, (u * n).round(), rtol=0, atol=1e-9)  # an average of N signs
+
+
+# --- opt-in fusion (torch.compile) --------------------------------------------------------------
+
+def test_fuse_must_be_a_bool():
+    with pytest.raises(ValueError, match="fuse"):
+        so.configure_torch(threads=1, fuse="yes")
+
+
+@pytest.mark.slow
+def test_fused_dsignsgd_takes_the_same_random_stream():
+    """Compiled, the t CDF and Binomial count round differently only in the last bit: a draw
+    changes only where a uniform falls within an ulp of a CDF value, so nearly every run is
+    bitwise the same and the rest differ by a sign or two."""
+    opt = DSignSGD(lr=0.01, n_workers=8, noise=so.noise.StudentT(nu=1.5, scale=1.0))
+    kw = dict(n_steps=100, n_runs=4096, record_every=100, record_x=True, dtype=torch.float32)
+    eager = simulate(opt, problem(), torch.ones(len(DIAG)), **kw)
+    try:
+        assert so.configure_torch(threads=1, fuse=True)["fuse"] is True
+        fused = simulate(opt, problem(), torch.ones(len(DIAG)), **kw)
+    finally:
+        so.configure_torch(threads=1, fuse=False)
+    differ = (eager.x != fused.x).any(-1).any(0)
+    assert differ.float().mean() < 0.01
+    assert (eager.x - fused.x).abs().max() <= 4 * 2 * opt.lr / 8 + 1e-6

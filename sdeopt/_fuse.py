@@ -1,0 +1,43 @@
+"""Opt-in fusion of elementwise hot spots with ``torch.compile`` (``configure_torch(fuse=True)``).
+
+Eager torch runs every elementwise operation as its own pass over memory; the Student-t CDF
+and the Binomial count of DSignSGD are ~100 such passes per step. Compiled, they become one
+kernel (a C++ loop on the CPU, a Triton kernel on a GPU): measured 3.5x faster for that step
+on the CPU here, after a one-time compile of ~30 s (~5 s once torch's on-disk cache is warm).
+Off by default: the compile needs a C++ compiler (CPU) or Triton (GPU), and fused
+transcendentals may round differently in the last bit (the random stream is the same; a
+draw changes only if a uniform falls within an ulp of a CDF value).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+_enabled = False
+_compiled: dict[Callable, Callable] = {}
+
+
+def set_enabled(on: bool) -> None:
+    global _enabled
+    _enabled = bool(on)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def fused(fn: Callable) -> Callable:
+    """``fn`` itself, or its ``torch.compile``d version (dynamic shapes, made once) when fusion is on."""
+    if not _enabled:
+        return fn
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True)
+    return _compiled[fn]
+
+
+def compiling() -> bool:
+    """True while torch.compile traces (torch >= 2.3; False on older versions)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
