@@ -102,7 +102,8 @@ def main(argv=None) -> dict:
     rng_s, pass_s = best["rng"] * scale, best["copy"] * scale
     bandwidth = 2 * buf.numel() * buf.element_size() * m / best["copy"]
     result = {"benchmark": "headline", "method": "DSignSGD", "noise": f"StudentT(nu={args.nu})", "workers": n,
-              "runs": b, "dim": d, "steps": k, "dtype": "float32", "chunk_runs": chunk, "block_size": block, "budget_bytes": budget,
+              "runs": b, "dim": d, "steps": k, "dtype": "float32", "chunk_runs": chunk, "block_size": block,
+              "budget_bytes": budget,
               **machine(dev), "seconds": seconds, "rng_floor_s": rng_s, "state_pass_s": pass_s,
               "x_rng_floor": seconds / rng_s, "state_passes_per_step": seconds / pass_s,
               "copy_bandwidth_gb_s": bandwidth / 1e9, "run_steps_per_s": b * k / seconds,

@@ -11,9 +11,9 @@ float32, one torch thread. Rows:
   (3) torchsde    method='euler', dt=lr, float64 ts, default BrownianInterval;
   (4) torchsde    method='euler', dt=lr with each Brownian option tried (BrownianInterval
                   options, BrownianTree, BrownianPath, sdeopt's GridBrownian with the pre-drawing
-                  counted in); the fastest is the row "fastest torchsde". Two hand-written
-                  Brownian sources (indexed pre-drawn increments; a fresh draw per query) are
-                  timed too, as the floor of torchsde's own loop, and kept out of that row;
+                  counted in); the fastest is the row "fastest torchsde". A hand-written
+                  Brownian source (a fresh draw per query) is timed too, as the floor of
+                  torchsde's own loop, and kept out of that row;
   (5) bare loop   x = x + drift h + g sqrt(h) z written by hand (drift -H x, constant g, one
                   preallocated generator, no recording); also an in-place fused variant and the
                   random numbers alone, as floors.
@@ -24,7 +24,7 @@ the very increments the native solver draws, so they must agree with native path
 Writes JSON to benchmarks/results/sde.json and prints a table.
 
     python benchmarks/bench_sde.py [--runs 10000] [--steps 1000] [--repeats 5] [--skip-default]
-                                   [--skip-torchsde] [--profile]
+                                   [--skip-torchsde] [--profile] [--device cuda]
 
 The default srk call takes minutes at the default size (10,000 srk steps); --skip-default omits it.
 """
@@ -349,7 +349,8 @@ def main(argv=None) -> dict:
         profiles = profile_per_step({"native": fast["native"], "bare": fast["bare"]}, k)
     info = machine(dev)
     result = {"benchmark": "sde", "runs": b, "steps": k, "dim": d, "lr": lr, "T": t_end, "g": g,
-              "dtype": "float32", **info, "torchsde": torchsde.__version__, "exact_mean_loss": exact, "rows": rows, "torchsde_options": options,
+              "dtype": "float32", **info, "torchsde": torchsde.__version__, "exact_mean_loss": exact, "rows": rows,
+              "torchsde_options": options,
               "fastest_torchsde_option": fastest and fastest["option"], "ratios": ratios, "aims_met": aims,
               "profile": profiles}
     print(f"\n{b} paths x {k} steps, d={d}, T={t_end:g}, float32, on {describe(info)}")

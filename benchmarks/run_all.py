@@ -12,6 +12,7 @@ On the CPU the headline runs at 10^4 runs instead of 10^6 (--headline-runs overr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         return {
             "discrete": (bench_discrete, [*dev, "--runs", "2000", "--steps", "20", "--repeats", "1"]),
             "sde": (bench_sde, [*dev, "--runs", "500", "--steps", "20", "--repeats", "1"]),
-            "scaling": (bench_scaling, [*dev, "--quick", "--steps", "5", "--repeats", "1"]),
+            "scaling": (bench_scaling, [*dev, "--quick", "--steps", "5", "--repeats", "1", "--memory-repeats", "1"]),
             "w2": (bench_w2, ["--quick", "--reps", "2"]),
             "headline": (bench_headline, [*dev, "--runs", str(headline_runs or 2000), "--dim", "20",
                                           "--steps", "20", "--floor-steps", "5"]),
@@ -85,11 +86,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="+", choices=("discrete", "sde", "scaling", "w2", "headline"),
-                        help="run these benchmarks only")
+                        help="run these benchmarks only (suite.json keeps the others' last results)")
     parser.add_argument("--headline-runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON files")
     args = parser.parse_args(argv)
     results = {}
+    previous = args.out / "suite.json"
+    if args.only and previous.exists():  # re-running some benchmarks keeps the others' results
+        results = json.loads(previous.read_text()).get("results", {})
     for name, (module, bench_argv) in plan(args.device, args.quick, args.headline_runs).items():
         if args.only and name not in args.only:
             continue

@@ -59,15 +59,42 @@ def _prepare_out(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _progress(i: int, n: int, name: str) -> None:
-    print(f"[{i + 1}/{n}] {name} ...", file=sys.stderr, flush=True)
+class ProgressBar:
+    """A one-line text bar: ``[#########-------]  3/8 runs  41 s, ~55 s left  <label>``.
+
+    Redrawn in place on a terminal; on anything else (logs, CI, pipes) one line per update, so
+    nothing is lost. Time left is the mean time per finished item times the items left.
+    """
+
+    def __init__(self, total: int, unit: str, *, stream=None, width: int = 24) -> None:
+        self.total, self.unit, self.width = max(int(total), 1), unit, width
+        self.stream = sys.stderr if stream is None else stream
+        self.start = time.perf_counter()
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def line(self, done: int, label: str = "") -> str:
+        filled = round(self.width * done / self.total)
+        elapsed = time.perf_counter() - self.start
+        left = f", ~{elapsed / done * (self.total - done):.0f} s left" if 0 < done < self.total else ""
+        return (f"[{'#' * filled}{'-' * (self.width - filled)}] {done}/{self.total} {self.unit}  "
+                f"{elapsed:.0f} s{left}  {label}").rstrip()
+
+    def update(self, done: int, label: str = "") -> None:
+        text = self.line(done, label)
+        if self.live:
+            self.stream.write("\r\033[K" + text + ("\n" if done >= self.total else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
 
 
 def _run(config: dict, out: Path) -> int:
     from sdeopt.analysis.experiments import run_config
 
     start = time.perf_counter()
-    rows = run_config(config, out, progress=_progress)
+    bar = ProgressBar(len(config["runs"]), "runs")
+    rows = run_config(config, out, progress=lambda i, n, name: bar.update(i, f"running {name}"))
+    bar.update(len(config["runs"]), "done")
     if config.get("claim"):
         print(f"Claim: {config['claim']}")
     print(summary_table(rows, COLUMNS))
@@ -99,7 +126,13 @@ def cmd_sweep(args) -> int:
     from sdeopt.analysis.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.config)
-    progress = (lambda line: print(line, file=sys.stderr, flush=True))
+    bars = []
+
+    def progress(done: int, total: int, label: str) -> None:
+        if not bars:
+            bars.append(ProgressBar(total, "cells"))
+        bars[0].update(done, label)
+
     summary = run_sweep(sweep, args.out, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
     if sweep["config"].get("claim"):
         print(f"Claim: {sweep['config']['claim']}")

@@ -61,8 +61,10 @@ def test_run_a_config(tmp_path, capsys):
     cfg.write_text(TINY)
     out = tmp_path / "out"
     assert main(["run", str(cfg), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "Claim: a tiny test" in text and "order" in text
+    assert "1/3 runs" in captured.err and "3/3 runs" in captured.err  # the progress bar
     for name in ("dsgd", "sign_decaying", "order"):
         assert (out / f"{name}.nc").exists() and (out / f"{name}.png").stat().st_size > 1000
     err = xr.load_dataset(out / "order.nc")
@@ -150,3 +152,17 @@ def test_presets_are_valid():
     for path in presets:
         config = validate(tomllib.loads(path.read_text()))
         assert config["claim"].strip()
+
+
+def test_progress_bar_writes_a_line_per_update_off_a_terminal():
+    import io
+
+    from sdeopt.cli import ProgressBar
+    out = io.StringIO()
+    bar = ProgressBar(4, "runs", stream=out, width=8)
+    for done, label in ((0, "running a"), (2, "running c"), (4, "done")):
+        bar.update(done, label)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[--------] 0/4 runs") and lines[0].endswith("running a")
+    assert lines[1].startswith("[####----] 2/4 runs") and "s left" in lines[1]
+    assert lines[2].startswith("[########] 4/4 runs") and "left" not in lines[2]

@@ -99,10 +99,10 @@ def test_a_worker_killed_mid_sweep_does_not_fail_it(reference, tmp_path):
         pids = list(client.run(os.getpid).values())
         killer_done = []
 
-        def progress(line):
+        def progress(done, total, label):
             if not killer_done:  # after the first finished cell, kill one worker process
                 os.kill(pids[0], signal.SIGKILL)
-                killer_done.append(line)
+                killer_done.append(label)
 
         summary = run_sweep(load_sweep(cfg), tmp_path / "w.zarr", scheduler=cluster.scheduler_address,
                             progress=progress)

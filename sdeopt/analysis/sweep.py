@@ -160,8 +160,11 @@ def _open_existing(store: Path, sweep: dict):
 
 
 def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n_workers: int = 2,
-              retries: int = 2, progress=print) -> dict:
-    """Run the missing cells of ``sweep`` into ``store``; returns the summary counts."""
+              retries: int = 2, progress=None) -> dict:
+    """Run the missing cells of ``sweep`` into ``store``; returns the summary counts.
+
+    ``progress(done, total, label)``, if given, is called after each cell that finished or failed.
+    """
     from distributed import Client, LocalCluster, as_completed
 
     store = Path(store)
@@ -196,8 +199,8 @@ def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n
                 _write_cell(store, sweep, ds, index)
                 summary["done"] += 1
                 if progress is not None:
-                    n = summary["done"] + summary["failed"]
-                    progress(f"[{n}/{len(todo)}] cell {dict(zip(sweep['dims'], index))}")
+                    progress(summary["done"] + summary["failed"], len(todo),
+                             f"cell {dict(zip(sweep['dims'], index))}")
         finally:
             client.close()
             if cluster is not None:

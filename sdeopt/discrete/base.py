@@ -375,8 +375,10 @@ def auto_chunk(n_workers: int, dim: int, n_rec: int, values_per_record: int, max
                block_size: int, n_runs: int, dtype: torch.dtype) -> int:
     """The largest multiple of block_size whose working set fits max_memory bytes."""
     itemsize = torch.finfo(dtype).bits // 8
-    # Per run: a handful of (N, d) temporaries in the step, plus what is recorded.
-    per_run = itemsize * (6 * n_workers * dim + 8 * dim + n_rec * values_per_record)
+    # Per run: the (N, d) temporaries of a step, plus what is recorded. benchmarks/bench_scaling.py
+    # measured ~9 (N, d) per run at the peak for DCSGD + RandK (noise, gradients, weights,
+    # products and allocator slack); 6 let a 64 MiB budget be overrun by a quarter.
+    per_run = itemsize * (10 * n_workers * dim + 8 * dim + n_rec * values_per_record)
     blocks = max(1, int(max_memory // (per_run * block_size)))
     return min(blocks * block_size, -(-n_runs // block_size) * block_size)
 
