@@ -118,16 +118,14 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         (not as 1 - F(|y|)) so that it stays accurate far out; σ_i = 0 gives the
         deterministic sign (with sign(0) = 0).
         """
-        s = self.scales(n_workers, grads.device, grads.dtype).unsqueeze(-1)  # (N or 1, 1)
         values = self.scale if isinstance(self.scale, tuple) else (self.scale,)
         if min(values) > 0:
             # where(y > 0, 1 - tail, tail) as arithmetic (torch.where measured ~20x slower on
             # the CPU); the smaller probability stays the tail itself, exactly.
-            y = grads / s
-            tail = self.standard_cdf(-y.abs())
-            up = torch.gt(y, 0.0, out=torch.empty_like(y))
+            tail, up = self.sign_tails(grads, n_workers)
             gap = 1.0 - 2.0 * tail
             return torch.addcmul(tail, up, gap), torch.addcmul(tail, 1.0 - up, gap)
+        s = self.scales(n_workers, grads.device, grads.dtype).unsqueeze(-1)  # (N or 1, 1)
         positive = s > 0
         y = grads / torch.where(positive, s, torch.ones_like(s))
         tail = self.standard_cdf(-y.abs())
@@ -135,6 +133,22 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         p_plus = torch.where(positive, torch.where(up, 1.0 - tail, tail), (grads > 0).to(grads.dtype))
         p_minus = torch.where(positive, torch.where(up, tail, 1.0 - tail), (grads < 0).to(grads.dtype))
         return p_plus, p_minus
+
+    def sign_tails(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For scales σ_i > 0: the minority sign's probability tail = F(-|∇f_i|/σ_i) <= 1/2,
+        computed directly (never as 1 - F), and up = [∇f_i > 0] as 0/1 floats (the majority
+        sign is + where up = 1; at ∇f_i = 0 both are 1/2). tail is (B, N, d) for per-worker
+        scales (or grads of shape (B, N, d)), else shaped like grads; up is shaped like grads.
+
+        Comparisons write floats through ``out=``: a bool result cast to float measured ~7x
+        slower on the CPU.
+        """
+        if isinstance(self.scale, tuple):
+            s = self.scales(n_workers, grads.device, grads.dtype).unsqueeze(-1)  # (N, 1)
+            tail = self.standard_cdf(grads.abs().neg_() / s)  # (B, N, d)
+        else:  # a Python scalar: in place, no broadcast (measured 0.3 ms/step cheaper at 10^5 values)
+            tail = self.standard_cdf(grads.abs().div_(-self.scale))
+        return tail, torch.gt(grads, 0.0, out=torch.empty_like(grads))  # up: shaped like grads
 
     def sign_mean(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
         """m_i = E sign(∇f_i + σ_i T) = 2 F(∇f_i/σ_i) - 1 (MATH.md §6), shaped like grads."""
