@@ -6,7 +6,9 @@ kernel (a C++ loop on the CPU, a Triton kernel on a GPU): measured 3.5x faster f
 on the CPU here, after a one-time compile of ~30 s (~5 s once torch's on-disk cache is warm).
 Off by default: the compile needs a C++ compiler (CPU) or Triton (GPU), and fused
 transcendentals may round differently in the last bit (the random stream is the same; a
-draw changes only if a uniform falls within an ulp of a CDF value).
+draw changes only if a uniform falls within an ulp of a CDF value). Each distinct noise law
+(e.g. every nu of a sweep) and worker count compiles once, up to torch's recompile limit
+(``torch._dynamo.config.cache_size_limit``, 8 by default), beyond which torch runs it eagerly.
 """
 
 from __future__ import annotations
