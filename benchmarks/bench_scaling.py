@@ -7,7 +7,8 @@ Sweeps (each row is one ``simulate`` call, float32, recording the loss at the st
   dim      DSGD + Gaussian, 10^4 runs, N = 8: d = 10 .. 1000
   workers  DCSGD + RandK(2) + Gaussian (per-worker draws) and DSignSGD + Student-t(1.5)
            (Binomial inversion up to 100 workers), 10^4 runs, d = 10: N = 1 .. 64
-  budget   DSGD and DCSGD + RandK on many runs with max_memory = 16, 64, 256 MiB
+  budget   DSGD, DCSGD + RandK and DSignSGD with per-worker Student-t draws on many runs with
+           max_memory = 16, 64, 256 MiB
   steps    DSGD, 10^5 runs: 100 and 1,000 steps (same memory)
 
 Time is measured in this process, the rows taking turns; "work" is runs x steps x d (x N for
@@ -53,6 +54,8 @@ def make(spec: dict):
         method = so.discrete.DCSGD(lr=0.01, n_workers=n, noise=noise, compressor=so.compressors.RandK(k=2))
     elif spec["method"] == "DSignSGD+t":
         method = so.discrete.DSignSGD(lr=0.01, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=1.0))
+    elif spec["method"] == "DSignSGD+t per worker":  # per-worker scales: every worker's noise is drawn
+        method = so.discrete.DSignSGD(lr=0.01, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=[1.0] * n))
     else:
         raise ValueError(f"Invalid method: {spec['method']!r}")
     prob = so.problems.Quadratic(diag=torch.linspace(1.0, 10.0, d).tolist())
@@ -128,6 +131,8 @@ def sweeps(quick: bool, steps: int, device: str) -> dict:
         "budget, DSGD": ("budget_mib", [dict(base, runs=many, budget_mib=v) for v in budgets]),
         "budget, DCSGD+RandK": ("budget_mib", [dict(base, method="DCSGD+RandK", runs=many // 10, budget_mib=v)
                                                for v in budgets]),
+        "budget, DSignSGD+t per worker": ("budget_mib", [dict(base, method="DSignSGD+t per worker", runs=many // 20,
+                                                              budget_mib=v) for v in budgets]),
         "steps": ("steps", [dict(base, runs=many // 10, steps=v) for v in (steps, 10 * steps)]),
     }
 

@@ -148,7 +148,8 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
             this is frozen at its last good value and reported in ``diverged`` / ``blowup_step``.
         chunk_size: runs simulated at once (a multiple of ``block_size``); by default the
             largest that fits ``max_memory`` bytes.
-        max_memory: memory budget in bytes used to choose the chunk size.
+        max_memory: memory budget in bytes used to choose the chunk size (at least one block of
+            runs is simulated at once, whatever the budget).
         block_size: seeding granularity: runs sharing one generator. Results do not depend on
             ``chunk_size``; they do depend on ``block_size``.
         first_run: global index of the first run (a multiple of block_size), so that a
@@ -376,9 +377,10 @@ def auto_chunk(n_workers: int, dim: int, n_rec: int, values_per_record: int, max
     """The largest multiple of block_size whose working set fits max_memory bytes."""
     itemsize = torch.finfo(dtype).bits // 8
     # Per run: the (N, d) temporaries of a step, plus what is recorded. benchmarks/bench_scaling.py
-    # measured ~9 (N, d) per run at the peak for DCSGD + RandK (noise, gradients, weights,
-    # products and allocator slack); 6 let a 64 MiB budget be overrun by a quarter.
-    per_run = itemsize * (10 * n_workers * dim + 8 * dim + n_rec * values_per_record)
+    # measured up to ~9 (N, d) per run at the peak for DCSGD + RandK and ~11 for per-worker
+    # Student-t draws (the sampler's temporaries and allocator slack); 6 let a 64 MiB budget
+    # be overrun by a quarter.
+    per_run = itemsize * (12 * n_workers * dim + 8 * dim + n_rec * values_per_record)
     blocks = max(1, int(max_memory // (per_run * block_size)))
     return min(blocks * block_size, -(-n_runs // block_size) * block_size)
 
