@@ -14,11 +14,13 @@ Sweeps (each row is one ``simulate`` call, float32, recording the loss at the st
 Time is measured in this process, the rows taking turns; "work" is runs x steps x d (x N for
 the per-worker sweeps), and the fitted slope of log time against log work over each sweep's
 larger half says whether cost is linear (1), overhead-bound (< 1) or super-linear (> 1).
-Peak memory: on the CPU each row runs once more in a fresh child process that reads its own
-high-water mark (VmHWM, reset through /proc/self/clear_refs after set-up), so rows cannot hide
-in memory freed by earlier ones; on a GPU, torch.cuda.max_memory_allocated in this process.
-"extra" is the peak above the resident set after set-up; "bound" is the chunk budget plus the
-output arrays (the recorded values, divergence flags and blow-up steps of all runs).
+Peak memory: on the CPU each row runs ``--memory-repeats`` (3) more times, each in a fresh
+child process that reads its own high-water mark (VmHWM, reset through /proc/self/clear_refs
+after set-up), so rows cannot hide in memory freed by earlier ones; identical processes varied
+by up to 2x with the heap's layout, so the median is reported and the largest checked. On a
+GPU: torch.cuda.max_memory_allocated in this process. "extra" is the peak above the set-up;
+"bound" is the chunk budget plus the output arrays (the recorded values, divergence flags and
+blow-up steps of all runs).
 
     python benchmarks/bench_scaling.py [--device cpu|cuda] [--quick] [--steps 100]
 """
