@@ -47,11 +47,9 @@ class DSignSGD(DirectionMethod):
 
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         n = self.n_workers
-        if self.shortcuts and isinstance(self.noise, SymmetricCDFNoise) and not isinstance(self.noise.scale, tuple) \
-                and self.noise.scale > 0 and n <= 100:
-            grads = problem.worker_grads(x)  # (B, N or 1, d)
-            if grads.shape[1] == 1:
-                return self._binomial_direction(grads[:, 0], rng)
+        if (self.shortcuts and isinstance(self.noise, SymmetricCDFNoise) and not problem.heterogeneous
+                and not isinstance(self.noise.scale, tuple) and self.noise.scale > 0 and n <= 100):
+            return self._binomial_direction(problem.grad(x), rng)
         g = self.noise.oracle(problem, x, n, rng)  # (B, N, d)
         return torch.sign(g).mean(dim=1)
 
