@@ -265,6 +265,35 @@ def test_coupling_reproduces_the_discrete_path(schedule, generator):
     assert 0 < gap < 0.3 * spread
 
 
+# Every (method, noise) pair whose one random draw per step is the Gaussian ξ of
+# x_{k+1} = x_k - lr_k (ū + S^{1/2} ξ): its first-order SDE's Euler step with substeps=1 is the
+# method itself, so a coupled solve must reproduce the discrete path to rounding.
+COUPLED_CASES = {
+    "gauss-shared": lambda: DSGD(lr=0.05, n_workers=3, noise=so.noise.Gaussian(scale=0.7)),
+    "gauss-per-worker": lambda: DSGD(lr=0.05, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
+    "affine-additive": lambda: DSGD(lr=0.05, noise=so.noise.AffineVariance(sigma0=2.0)),
+    "affine": lambda: DSGD(lr=0.05, n_workers=2, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)),
+    "affine-per-worker": lambda: DSGD(lr=0.05, n_workers=2,
+                                      noise=so.noise.AffineVariance(sigma0=[0.5, 1.0], sigma1=[0.3, 0.9])),
+    "dcsgd-identity-affine": lambda: DCSGD(lr=0.05, n_workers=2,
+                                           noise=so.noise.AffineVariance(sigma0=1.0, sigma1=0.5)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COUPLED_CASES))
+def test_coupling_reproduces_the_discrete_path_for_every_coupling_law(case, generator):
+    """Regression: AffineVariance scaled its normal draw in place, so the recorded increment was
+    std(x)·ξ and the coupled SDE applied std twice (E f 0.417 for a discrete 0.104)."""
+    opt, prob = COUPLED_CASES[case](), so.problems.Quadratic(diag=[1.0, 3.0])
+    x0 = torch.randn(40, 2, generator=generator)
+    disc = simulate(opt, prob, x0, n_steps=25, n_runs=40, record_x=True, keep_increments=True, seed=3)
+    # The recorded increments are standard normal draws, whatever the law's state-dependent scale.
+    xi = disc.increments.reshape(-1)
+    assert abs(float(xi.mean())) < 4 / math.sqrt(xi.numel()) and abs(float(xi.var()) - 1) < 0.1
+    path = solve(sde_of(opt, prob, "first_order"), x0, n_steps=25, n_runs=40, record_x=True, coupled=disc)
+    torch.testing.assert_close(path.x, disc.x, rtol=1e-10, atol=1e-12)
+
+
 def test_keep_increments_refuses_methods_without_one_gaussian_draw():
     opt = DSignSGD(lr=0.1, noise=so.noise.Gaussian())
     with pytest.raises(ValueError, match="keep_increments"):

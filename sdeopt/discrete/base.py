@@ -243,7 +243,9 @@ class IncrementRecorder:
 
     def normal(self, *shape: int) -> torch.Tensor:
         out = self._rng.normal(*shape)
-        self.draws.append(("normal", out))
+        # A copy: the caller owns ``out`` and may scale it in place (AffineVariance draws
+        # ξ and multiplies it by std(x)); a kept reference would then record std(x)·ξ.
+        self.draws.append(("normal", out.clone()))
         return out
 
     def __getattr__(self, name):
