@@ -1,4 +1,4 @@
-"""Analysis layer: compare(), weak errors, order fits, W2, divergence, tail index (MATH.md §8)."""
+"""Analysis layer: compare(), weak errors, order fits, W2, divergence, tail index."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 
 import sdeopt as so
-from sdeopt.analysis import (bures_w2, compare, divergence, hill_tail_index, order_fit, wasserstein2,
+from sdeopt.analysis import (W2, bures_w2, compare, divergence, hill_tail_index, order_fit, wasserstein2,
                              weak_error)
 
 
@@ -50,16 +50,47 @@ def test_round_trips_are_lossless(ds, tmp_path, engine):
     xr.testing.assert_identical(ds, back)
 
 
+def _study(values, diverged=(), coupled=0):
+    """A one-step Dataset with the ``compare`` schema: ``values`` maps model -> (run,) "loss" values,
+    ``diverged`` lists (model, run) pairs."""
+    models = list(values)
+    loss = np.stack([np.asarray(values[m], dtype=float) for m in models])[:, None, :]  # (model, step, run)
+    div = np.zeros((len(models), loss.shape[2]), dtype=bool)  # (model, run)
+    for model, run in diverged:
+        div[models.index(model), run] = True
+    return xr.Dataset({"loss": (("model", "step", "run"), loss), "diverged": (("model", "run"), div)},
+                      coords={"model": models, "step": [0]}, attrs={"coupled": coupled})
+
+
 def test_weak_error_is_the_difference_of_means_with_its_se(ds):
+    # By hand, on 4 runs: discrete 1, 2, 3, 5 (mean 11/4, sample variance 35/12); model 2, 4, 6, 8
+    # (mean 5, sample variance 20/3).
+    tiny = {"discrete": [1.0, 2.0, 3.0, 5.0], "sde": [2.0, 4.0, 6.0, 8.0]}
+    err = weak_error(_study(tiny)).sel(model="sde").isel(step=0)
+    assert float(err["signed"]) == pytest.approx(9 / 4) and float(err["error"]) == pytest.approx(9 / 4)
+    assert float(err["se"]) == pytest.approx(math.sqrt((20 / 3 + 35 / 12) / 4)) and int(err["n_used"]) == 4
+    # Paired: differences 1, 2, 3, 3 (mean 9/4, sample variance 11/12).
+    paired = weak_error(_study(tiny, coupled=1)).sel(model="sde").isel(step=0)
+    assert float(paired["signed"]) == pytest.approx(9 / 4)
+    assert float(paired["se"]) == pytest.approx(math.sqrt(11 / 12 / 4))
+    # The model's last run diverged: model 2, 4, 6 (mean 4, sample variance 4) against all 4 discrete runs.
+    left_out = weak_error(_study(tiny, diverged=[("sde", 3)])).sel(model="sde").isel(step=0)
+    assert float(left_out["signed"]) == pytest.approx(5 / 4) and int(left_out["n_used"]) == 3
+    assert float(left_out["se"]) == pytest.approx(math.sqrt(4 / 3 + 35 / 12 / 4))
+
+    # Monte Carlo of known laws: discrete N(0, 1), model N(0.3, 2²), n runs each. The se must be
+    # the true sd of the difference of means, sqrt((1 + 4) / n), up to the sampling error of two
+    # sample variances (relative sd <= 1/sqrt(2 (n - 1))), and the error must be 0.3 within 4 se.
+    n = 4000
+    rng = np.random.default_rng(7)
+    known = weak_error(_study({"discrete": rng.normal(0.0, 1.0, n), "sde": rng.normal(0.3, 2.0, n)}))
+    known = known.sel(model="sde").isel(step=0)
+    se_true = math.sqrt(5.0 / n)
+    assert float(known["se"]) == pytest.approx(se_true, rel=4 / math.sqrt(2 * (n - 1)))
+    assert abs(float(known["signed"]) - 0.3) < 4 * se_true
+
     err = weak_error(ds, "loss")
     assert list(err["model"].values) == ["first_order", "curvature"]
-    means = ds["loss"].mean("run")
-    expected = abs(means.sel(model="curvature") - means.sel(model="discrete"))
-    np.testing.assert_allclose(err["error"].sel(model="curvature"), expected)
-    n = ds.sizes["run"]
-    se = np.sqrt(ds["loss"].sel(model="curvature").var("run", ddof=1) / n
-                 + ds["loss"].sel(model="discrete").var("run", ddof=1) / n)
-    np.testing.assert_allclose(err["se"].sel(model="curvature"), se)
     assert float(err["error"].isel(step=0).max()) == 0.0  # same start
     x2 = weak_error(ds, "x2")
     manual = weak_error(ds, lambda x: (x**2).sum(-1))
@@ -136,6 +167,70 @@ def test_exact_and_sliced_w2_with_floors():
     s = wasserstein2(big_a, big_b, method="sliced", n_projections=400)
     # Sliced W2 of a shift δ e_1 is δ sqrt(E θ_1²) = δ / sqrt(d).
     assert abs(s.value - 1.0 / math.sqrt(10)) < 0.03 and s.floor < s.value / 3
+    assert w.distance == "w2" and s.distance == "sliced_w2"
+    assert wasserstein2(a, b, method="gaussian").distance == "gaussian_w2"
+
+
+def _consistent_with_w2(w, true_w2, shift):
+    """Whether an exact-assignment estimate between independent samples of P and of P shifted by
+    ``shift`` is consistent with the true W2 (= |shift|), given its floor.
+
+    For equal-size samples a and b = b' + shift, the mean of a_i - b'_σ(i) is the same for every
+    pairing σ, so W2²(a, b) = W2²(a, b') + |shift|² - 2 shift·(mean a - mean b') exactly. The last
+    term has mean 0 and sd 2 |shift| sqrt(2/k) (k rows). W2²(a, b') is a same-law estimate at size
+    k: >= 0, and below the floor² (the same estimator at size k/2; estimates shrink with the size,
+    by far more than the floor's own fluctuation: 3.6 against 4.2 in d = 10 at k = 2000).
+    """
+    k = w.n_used[0]
+    slack = 4 * 2 * float(np.linalg.norm(shift)) * math.sqrt(2 / k)
+    return true_w2**2 - slack <= w.value**2 <= true_w2**2 + w.floor**2 + slack
+
+
+def test_auto_w2_estimates_w2_on_both_sides_of_the_exact_size():
+    # N(0, I_10) against N(e_1, I_10): W2 = 1 (Bures with equal covariances: |m|), while the
+    # sliced distance is 1/sqrt(10). "auto" must estimate W2 at n = 2000 and at n = 2001 alike.
+    d, shift = 10, np.eye(10)[0]
+    rng = np.random.default_rng(11)
+    for n in (2000, 2001):
+        a = rng.standard_normal((n, d))  # (n, d)
+        # A translate of a has W2 = |shift| to a exactly, at any n: the identity pairing is optimal.
+        w = wasserstein2(a, a + shift)
+        assert w.distance == "w2" and w.value == pytest.approx(1.0, rel=1e-9)
+        assert w.subsampled == (n > 2000) and w.n_used == (2000, 2000)
+        w = wasserstein2(a, rng.standard_normal((n, d)) + shift, seed=n)
+        assert w.method == "exact" and w.distance == "w2" and _consistent_with_w2(w, 1.0, shift), w
+    # The sliced distance, asked for by name, says so. For a translate each direction θ gives
+    # exactly (θ·e_1)², of mean 1/d and variance 3/(d(d+2)) - 1/d² over the sphere.
+    s = wasserstein2(a, a + shift, method="sliced")
+    assert s.distance == "sliced_w2" and s.method == "sliced"
+    assert abs(s.value**2 - 1 / d) < 4 * math.sqrt((3 / (d * (d + 2)) - 1 / d**2) / 200)
+    assert not _consistent_with_w2(wasserstein2(a, rng.standard_normal((n, d)) + shift, method="sliced"), 1.0, shift)
+
+
+def test_w2_between_samples_of_unequal_sizes_is_w2():
+    # 1-D, by hand: a = {0, 1}, b = {0, 0, 3}. Quantile functions: a is 0 on (0, 1/2], 1 after;
+    # b is 0 on (0, 2/3], 3 after, so W2² = (1/2 → 2/3) 1² + (2/3 → 1) 2² = 1/6 + 4/3 = 3/2.
+    w = wasserstein2([0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 3.0, 0.0, 0.0, 3.0])
+    assert w.method == "sorted" and w.value == pytest.approx(math.sqrt(1.5), rel=1e-12)
+    # 1-D, against scipy: repeating a 3 times and b 2 times gives equal-size samples of the same
+    # laws, whose W2 is an optimal assignment.
+    from scipy.optimize import linear_sum_assignment
+    rng = np.random.default_rng(12)
+    a, b = rng.standard_normal(12), rng.exponential(1.0, 18)
+    ra, rb = np.repeat(a, 3), np.repeat(b, 2)
+    cost = (ra[:, None] - rb[None, :]) ** 2
+    rows, cols = linear_sum_assignment(cost)
+    assert wasserstein2(a, b).value == pytest.approx(math.sqrt(cost[rows, cols].mean()), rel=1e-12)
+    # d > 1: "auto" and "exact" assign equal-size subsamples (never a partial matching, never sliced).
+    shift = np.array([1.0, 0.0, 0.0])
+    a, b = rng.standard_normal((300, 3)), rng.standard_normal((450, 3)) + shift
+    for method in ("auto", "exact"):
+        w = wasserstein2(a, b, method=method)
+        assert w.method == "exact" and w.distance == "w2" and w.n_used == (300, 300) and w.subsampled
+        assert _consistent_with_w2(w, 1.0, shift), w
+    # Same seed, same subsample; the result keeps its old fields, and names the sliced distance.
+    assert wasserstein2(a, b, seed=3) == wasserstein2(a, b, seed=3)
+    assert W2(0.5, 0.1, "sliced").distance == "sliced_w2" and W2(0.5, 0.1, "exact").distance == "w2"
 
 
 def test_hill_estimator_recovers_a_pareto_index():
@@ -151,6 +246,7 @@ def test_hill_estimator_recovers_a_pareto_index():
     (lambda d: wasserstein2(np.zeros(10), np.zeros(10), method="emd"), "method"),
     (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 3))), "b"),
     (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 2)), method="sorted"), "sorted"),
+    (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 2)), exact_max=1), "exact_max"),
     (lambda d: hill_tail_index(np.ones(5)), "samples"),
     (lambda d: compare(so.discrete.DSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.Quadratic(diag=[1.0]),
                        [0.0], 2, 2, models=["curvature", "curvature"]), "models"),
@@ -172,13 +268,34 @@ def test_richardson_weak_error_is_exact_per_run_and_its_se_is_not_inflated():
     coarse = compare(opt, prob, [1.0, -1.0], substeps=1, **kw)
     fine = compare(opt, prob, [1.0, -1.0], substeps=2, **kw)
     err = richardson_weak_error(coarse, fine, "grad_norm").isel(step=-1).sel(model="first_order")
-    f = fine["grad_norm"].isel(step=-1)
-    c = coarse["grad_norm"].isel(step=-1)
-    h = 2 * f.sel(model="first_order") - c.sel(model="first_order")
-    d = f.sel(model="discrete")
-    assert float(err["signed"]) == pytest.approx(float(h.mean() - d.mean()), rel=1e-12)
-    se = math.sqrt(float(h.var(ddof=1) + d.var(ddof=1)) / 4000)
-    assert float(err["se"]) == pytest.approx(se, rel=1e-12)
+
+    # By hand, on 4 runs: discrete 1, 2, 3, 5 at both levels (mean 11/4, sample variance 35/12);
+    # SDE 1, 2, 3, 4 at h/2 and 1, 1, 1, 1 at h, so 2 g(X^{h/2}) - g(X^h) = 1, 3, 5, 7 (mean 4,
+    # sample variance 20/3).
+    disc, sde_fine, sde_coarse = [1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0]
+    tiny = richardson_weak_error(_study({"discrete": disc, "sde": sde_coarse}),
+                                 _study({"discrete": disc, "sde": sde_fine})).sel(model="sde").isel(step=0)
+    assert float(tiny["signed"]) == pytest.approx(4 - 11 / 4)
+    assert float(tiny["se"]) == pytest.approx(math.sqrt((20 / 3 + 35 / 12) / 4))
+    # The SDE's first run diverged at h only: it is left out (3, 5, 7: mean 5, sample variance 4).
+    tiny = richardson_weak_error(_study({"discrete": disc, "sde": sde_coarse}, diverged=[("sde", 0)]),
+                                 _study({"discrete": disc, "sde": sde_fine})).sel(model="sde").isel(step=0)
+    assert float(tiny["signed"]) == pytest.approx(5 - 11 / 4) and int(tiny["n_used"]) == 3
+    assert float(tiny["se"]) == pytest.approx(math.sqrt(4 / 3 + 35 / 12 / 4))
+
+    # Monte Carlo of known laws with strongly correlated levels: g(X^{h/2}) = 1 + Z and
+    # g(X^h) = 1.1 + Z + 0.3 W, Z, W ~ N(0, 1), discrete 0.5 + N(0, 1) independent. Then
+    # 2 g(X^{h/2}) - g(X^h) = 0.9 + Z - 0.3 W has variance 1.09, so the error has mean 0.4 and
+    # sd sqrt((1.09 + 1) / n); the se must match it up to the sampling error of two sample
+    # variances (relative sd <= 1/sqrt(2 (n - 1))).
+    n = 4000
+    rng = np.random.default_rng(8)
+    z, w, disc = rng.standard_normal(n), rng.standard_normal(n), 0.5 + rng.standard_normal(n)
+    known = richardson_weak_error(_study({"discrete": disc, "sde": 1.1 + z + 0.3 * w}),
+                                  _study({"discrete": disc, "sde": 1.0 + z})).sel(model="sde").isel(step=0)
+    se_true = math.sqrt(2.09 / n)
+    assert float(known["se"]) == pytest.approx(se_true, rel=4 / math.sqrt(2 * (n - 1)))
+    assert abs(float(known["signed"]) - 0.4) < 4 * se_true
     # The old formula sqrt(4 se_fine² + se_coarse²) counted the discrete variance five times.
     old = math.sqrt(4 * float(weak_error(fine, "grad_norm")["se"].isel(step=-1)[0]) ** 2
                     + float(weak_error(coarse, "grad_norm")["se"].isel(step=-1)[0]) ** 2)
