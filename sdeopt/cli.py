@@ -20,7 +20,7 @@ DEMO_CONFIG = {
                  "models": ["first_order", "curvature"], "substeps": 4, "record": ["loss", "grad_norm"],
                  "record_x": True, "dtype": "float32"},
     "runs": [{"name": "DSignSGD nu=1.5", "method": {"type": "DSignSGD", "lr": 0.02, "n_workers": 8},
-              "noise": {"type": "StudentT", "nu": 1.5, "scale": 1.0}},
+              "noise": {"type": "StudentT", "nu": 1.5, "scale": 1.0}, "models": ["first_order", "second_order"]},
              {"name": "DCSGD-RandK nu=5", "method": {"type": "DCSGD", "lr": 0.1, "n_workers": 2},
               "noise": {"type": "StudentT", "nu": 5.0, "scale": 1.0}, "compressor": {"type": "RandK", "k": 4}}],
 }

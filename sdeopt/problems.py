@@ -55,6 +55,13 @@ class Problem(ABC):
         """True when the workers' objectives f_i differ."""
         return self.n_workers is not None
 
+    @property
+    def separable(self) -> bool:
+        """True when ∂f/∂x_j depends on x_j alone (a diagonal Hessian), so that ``hvp(x, 1)`` is
+        the Hessian's diagonal; always true in one dimension. A diffusion built from ∇f
+        coordinate-wise is then commutative (Milstein needs no Lévy areas)."""
+        return self.dim == 1
+
     def worker_grads(self, x: torch.Tensor) -> torch.Tensor:
         """∇f_i(x) for every worker. Args: x (B, d). Returns: (B, N, d), or (B, 1, d) if homogeneous."""
         return self.grad(x).unsqueeze(1)
@@ -193,6 +200,10 @@ class Quadratic(Problem):
         self._centered = bool((self.center != 0).any())  # skip x - 0 in the hot path
         self.min_value = 0.0
 
+    @property
+    def separable(self) -> bool:
+        return self.diag is not None or self.dim == 1
+
     @staticmethod
     def _check_matrix(matrix) -> torch.Tensor:
         try:
@@ -278,6 +289,8 @@ class SeparableProblem(Problem):
     Args:
         dim: d >= 1.
     """
+
+    separable = True
 
     def __init__(self, dim: int) -> None:
         self.dim = check_int("dim", dim, minimum=1)

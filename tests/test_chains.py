@@ -135,7 +135,7 @@ def test_markov_sgd_stationary_variance_and_the_iid_sde_failure(chain):
     se = exact * math.sqrt(2 / n_runs)
     assert abs(var - exact) < 5 * se, (var, exact)
     # The SDE with Σ_eff: close (model error O(lr τ a)); the i.i.d. SDE: off by (1+rho)/(1-rho).
-    sde = sde_of(opt, prob, "curvature")
+    sde = sde_of(opt, prob, "first_order")
     path = solve(sde, [0.0], n_steps=n_steps, n_runs=n_runs, substeps=4, record_every=n_steps, record_x=True)
     assert path.x[-1, :, 0].var().item() == pytest.approx(exact, rel=0.08)
     iid = sde_of(so.discrete.DSGD(lr=lr, noise=so.noise.Gaussian(scale=1.0)), prob, "curvature")

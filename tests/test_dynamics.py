@@ -129,13 +129,13 @@ def test_curvature_model_has_the_exact_stationary_loss(compressed):
 def _levels_error(scheme, sde, x0, t_end, n_levels, n_fine, n_paths, observable, seed=0):
     """Strong and weak errors of ``scheme`` at h = t_end / 2^j against the finest level, one Brownian path."""
     rng = RandomSource(seed, n_paths)
-    h_fine = t_end / n_fine
-    dw_fine = rng.normal(n_fine, 1) * math.sqrt(h_fine)  # (B, n_fine, 1)
+    h_fine, m = t_end / n_fine, sde.brownian_dim
+    dw_fine = rng.normal(n_fine, m) * math.sqrt(h_fine)  # (B, n_fine, m)
 
     def run(n):
         group = n_fine // n
-        dw = dw_fine.view(n_paths, n, group, 1).sum(2)  # (B, n, 1)
-        x = x0.expand(n_paths, 1).clone()
+        dw = dw_fine.view(n_paths, n, group, m).sum(2)  # (B, n, m)
+        x = x0.expand(n_paths, -1).clone()
         for i in range(n):
             x = scheme.step(sde, x, 1.0, t_end / n, dw[:, i])
         return x
@@ -176,6 +176,85 @@ def test_milstein_strong_order_one():
     gbm = SDE.diagonal(lambda x: 0.5 * x, lambda x: 0.8 * x, dim=1)
     hs, strong, _, _ = _levels_error(Milstein(), gbm, torch.ones(1), 1.0, 5, 2**11, 20_000, lambda x: x[:, 0])
     assert abs(_slope(hs, strong) - 1.0) < 0.2
+
+
+def test_milstein_strong_order_one_on_the_sign_sde():
+    """DSignSGD on a separable quadratic: g_j depends on x_j alone, so Milstein with the model's
+    ∂g_j/∂x_j has strong order 1 where Euler–Maruyama has 1/2 (a wrong derivative drops it back)."""
+    opt = DSignSGD(lr=1.0, noise=so.noise.Gaussian(scale=0.5))
+    sde = sde_of(opt, so.problems.Quadratic(diag=[1.0, 2.0]), "first_order")
+    x0, obs = torch.tensor([0.5, -0.3]), (lambda x: x[:, 0])
+    hs, strong, _, _ = _levels_error(Milstein(), sde, x0, 1.0, 5, 2**9, 4000, obs)
+    assert abs(_slope(hs, strong) - 1.0) < 0.2, strong
+    hs, strong_em, _, _ = _levels_error(EulerMaruyama(), sde, x0, 1.0, 5, 2**9, 4000, obs)
+    assert _slope(hs, strong_em) < 0.8 and strong_em[-1] > 2 * strong[-1], (strong_em, strong)
+
+
+# SDEs whose diffusion declares itself commutative (g_j depends on x_j only), with ∂g_j/∂x_j.
+COMMUTATIVE = {
+    "dsgd-gauss": lambda: (DSGD(lr=0.3, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 1.5])), quadratic()),
+    "dsgd-affine-1d": lambda: (DSGD(lr=0.3, n_workers=2, noise=so.noise.AffineVariance(sigma0=[0.3, 0.5],
+                                                                                      sigma1=[0.8, 0.2])),
+                               HalfSquarePlusQuartic()),
+    "dsgd-affine-additive": lambda: (DSGD(lr=0.3, noise=so.noise.AffineVariance(sigma0=0.7)), quadratic()),
+    "dsign-gauss": lambda: (DSignSGD(lr=0.3, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
+                            so.problems.CoshSum(dim=3)),
+    "dsign-t": lambda: (DSignSGD(lr=0.3, n_workers=3, noise=so.noise.StudentT(nu=1.5, scale=0.8)), quadratic()),
+    "dsign-t-1d-quartic": lambda: (DSignSGD(lr=0.3, noise=so.noise.StudentT(nu=3.0, scale=0.4)),
+                                   so.problems.Quartic(dim=1)),
+    "markov": lambda: (so.discrete.MarkovSGD(lr=0.3, noise=so.noise.GaussianAR1(rho=0.5)), quadratic()),
+    "ito-chain": lambda: (so.discrete.ItoChain(lr=0.3, gamma=0.5, diffusion=0.7), quadratic()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMMUTATIVE))
+def test_diffusion_derivative_matches_finite_differences(case, generator):
+    """The model's ∂g_j/∂x_j against central differences of g (an independent reference), and
+    the off-diagonal derivatives are zero (the commutativity Milstein relies on)."""
+    opt, prob = COMMUTATIVE[case]()
+    sde = sde_of(opt, prob, "first_order")
+    x = torch.randn(6, prob.dim, generator=generator)
+    eps = 1e-6
+    jac = torch.stack([(sde.diffusion_at(x + eps * e, 0.7).g.expand_as(x)
+                        - sde.diffusion_at(x - eps * e, 0.7).g.expand_as(x)) / (2 * eps)
+                       for e in torch.eye(prob.dim)], dim=-1)  # (B, d, d): ∂g_j/∂x_i
+    torch.testing.assert_close(sde.diffusion_derivative_fn(x, 0.7).expand_as(x),
+                               torch.diagonal(jac, dim1=-2, dim2=-1), rtol=1e-6, atol=1e-8)
+    off = jac - torch.diag_embed(torch.diagonal(jac, dim1=-2, dim2=-1))
+    assert off.abs().max() < 1e-8
+
+
+def test_milstein_runs_where_the_noise_is_commutative():
+    """DSignSGD's SDE used to raise NotImplementedError (autograd through ``out=`` comparisons)."""
+    for opt, prob in (COMMUTATIVE["dsign-t"](), COMMUTATIVE["dsgd-affine-1d"]()):
+        path = solve(sde_of(opt, prob), torch.full((prob.dim,), 0.5), n_steps=5, n_runs=8, method="milstein")
+        assert torch.isfinite(path.loss).all()
+
+
+@pytest.mark.parametrize("opt,prob", [
+    (DSignSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.Quadratic(matrix=[[2.0, 0.5], [0.5, 1.0]])),
+    (DSignSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian()), so.problems.LogisticRegression(n_workers=2)),
+    (DSignSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.LogisticRegression()),
+    (DSGD(lr=0.1, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.5)), quadratic()),
+], ids=["dsign-dense-quadratic", "dsign-logistic-heterogeneous", "dsign-logistic", "affine-d3"])
+def test_milstein_is_refused_on_non_commutative_noise(opt, prob):
+    sde = sde_of(opt, prob)
+    x0 = torch.zeros(prob.dim)
+    with pytest.raises(ValueError, match="milstein.*commutative"):
+        solve(sde, x0, n_steps=2, n_runs=2, method="milstein")
+    with pytest.raises(ValueError, match="milstein.*commutative"):
+        solve(sde, x0, n_steps=2, n_runs=2, backend="torchsde", torchsde_method="milstein")
+    solve(sde, x0, n_steps=2, n_runs=2)  # Euler–Maruyama is fine
+
+
+def test_milstein_on_a_hand_built_sde():
+    mixing = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x.sum(-1, keepdim=True).expand_as(x), dim=2)
+    with pytest.raises(ValueError, match="commutative"):
+        solve(mixing, [0.0, 0.0], n_steps=2, n_runs=2, method="milstein")
+    declared = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x, dim=2,
+                            diffusion_derivative=lambda x: torch.full_like(x, 0.1))
+    path = solve(declared, [0.0, 0.0], n_steps=2, n_runs=2, method="milstein", record_x=True)
+    assert torch.isfinite(path.x).all()
 
 
 class HalfSquarePlusQuartic(so.problems.Problem):
@@ -224,7 +303,7 @@ def test_weak_order_of_dsgd_models(model, order):
 
 def test_native_and_torchsde_agree_in_law():
     opt = DSignSGD(lr=0.05, n_workers=4, noise=so.noise.StudentT(nu=1.5, scale=0.5))
-    sde = sde_of(opt, quadratic(), "curvature")
+    sde = sde_of(opt, quadratic(), "second_order")
     kw = dict(n_steps=40, n_runs=4000, substeps=2, record_every=40, record_x=True)
     native = solve(sde, [1.0, -1.0, 0.5], seed=0, **kw)
     ref = solve(sde, [1.0, -1.0, 0.5], seed=1, backend="torchsde", **kw)
@@ -342,6 +421,12 @@ def test_infinite_variance_has_no_brownian_sde():
     (lambda: solve(sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=1)),
                           quadratic()), [0.0] * 3, 2, 2, method="milstein"), "milstein"),
     (lambda: solve("sde", [0.0] * 3, 2, 2), "sde"),
+    (lambda: sde_of(DSignSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic(), "curvature"),
+     "curvature.*no derivation"),
+    (lambda: sde_of(so.discrete.MarkovSGD(lr=0.1, noise=so.noise.GaussianAR1(rho=0.8)), quadratic(),
+                    "second_order"), "second_order.*correlated"),
+    (lambda: sde_of(so.discrete.MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1)), quadratic(),
+                    "curvature"), "curvature.*correlated"),
     (lambda: solve(sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()), [0.0] * 2, 2, 2), "x0"),
 ])
 def test_bad_input(call, name):

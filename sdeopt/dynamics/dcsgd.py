@@ -6,7 +6,7 @@ import torch
 
 from sdeopt.compressors import Identity, RandK
 from sdeopt.discrete.dcsgd import DCSGD
-from sdeopt.dynamics.recipe import Moments
+from sdeopt.dynamics.recipe import Moments, zero_derivative
 from sdeopt.dynamics.sde import Dense, Diagonal, DiagonalPlusRankOne, sqrt_psd
 from sdeopt.noise import AffineVariance, ScaledSymmetricNoise
 from sdeopt.problems import Problem
@@ -51,7 +51,7 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
             return Diagonal(torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x))
 
         return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=constant,
-                       noise_type="diagonal", brownian_dim=d)
+                       noise_type="diagonal", brownian_dim=d, diffusion_derivative=zero_derivative)
 
     def diffusion(x: torch.Tensor, scale: float):
         grads = problem.worker_grads(x)  # (B, N or 1, d)
@@ -73,7 +73,38 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         return Dense(sqrt_psd(cov) * scale)
 
     return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=diffusion,
-                   noise_type="diagonal" if identity else "general", brownian_dim=d)
+                   noise_type="diagonal" if identity else "general", brownian_dim=d,
+                   diffusion_derivative=_affine_derivative(noise, n, problem) if identity else None)
+
+
+def _affine_derivative(noise: AffineVariance, n_workers: int, problem: Problem):
+    r"""∂g/∂x of DSGD's isotropic diffusion g = (scale/N) sqrt(Σ_i v_i), v_i = σ0_i² + σ1_i² ||∇f||².
+
+    g is the same on every coordinate and depends on all of x through ||∇f||², so the noise is
+    commutative only when σ1 = 0 (additive) or d = 1; there, for homogeneous workers,
+
+        ∂g/∂x = (scale/N) (Σ_i σ1_i²) f'(x) f''(x) / sqrt(Σ_i v_i)
+
+    (0 where Σ_i v_i = 0: then g = 0 and the Milstein term g ∂g vanishes). None elsewhere.
+    """
+    sigma1 = noise.sigma1 if isinstance(noise.sigma1, tuple) else (noise.sigma1,) * n_workers
+    slope = sum(s * s for s in sigma1)  # Σ_i σ1_i²
+    if slope == 0.0:
+        return zero_derivative
+    if problem.dim != 1 or problem.heterogeneous:
+        return None
+    variance = _worker_variance(noise, n_workers)
+
+    def derivative(x: torch.Tensor, scale: float) -> torch.Tensor:
+        grads = problem.worker_grads(x)  # (B, 1, 1)
+        v = variance(grads)  # (B, N or 1)
+        root = torch.sqrt(v.sum(-1, keepdim=True) * (n_workers / v.shape[-1]))  # (B, 1)
+        curvature = problem.hvp(x, torch.ones_like(x))  # (B, 1): f''
+        num = (scale * slope / n_workers) * grads[:, 0] * curvature
+        return torch.where(root > 0, num / torch.where(root > 0, root, torch.ones_like(root)),
+                           torch.zeros_like(num))
+
+    return derivative
 
 
 def _worker_variance(noise, n_workers: int):

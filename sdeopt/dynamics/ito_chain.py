@@ -7,6 +7,7 @@ import math
 import torch
 
 from sdeopt.discrete.ito_chain import ItoChain
+from sdeopt.dynamics.recipe import zero_derivative
 from sdeopt.dynamics.sde import SDE, Diagonal
 from sdeopt.problems import Problem
 
@@ -31,7 +32,11 @@ def sde(method: ItoChain, problem: Problem, model: str) -> SDE:
         g = method.diffusion_at(x) * (scale * eta ** ((1.0 + method.gamma) / 2.0))
         return Diagonal(g.expand_as(x))
 
+    # A constant σ is additive noise (Milstein is Euler); a callable σ may mix coordinates, so its
+    # derivative is not known (Milstein then works in one dimension only, by autograd).
+    derivative = None if callable(method.diffusion) else zero_derivative
     return SDE(dim=problem.dim, drift_fn=drift, diffusion_fn=diffusion, noise_type="diagonal",
+               diffusion_derivative_fn=derivative,
                brownian_dim=problem.dim, lr=method.lr, schedule=method.schedule, model=model, problem=problem,
                config={"method": method.config(), "model": model, "gamma": method.gamma,
                        "diffusion_scale": scale if math.isfinite(scale) else None})

@@ -7,7 +7,7 @@ import math
 import torch
 
 from sdeopt.discrete.markov_sgd import MarkovSGD
-from sdeopt.dynamics.recipe import Moments
+from sdeopt.dynamics.recipe import Moments, zero_derivative
 from sdeopt.dynamics.sde import Diagonal
 from sdeopt.problems import Problem
 
@@ -31,5 +31,9 @@ def moments(method: MarkovSGD, problem: Problem) -> Moments:
     def diffusion(x: torch.Tensor, scale: float) -> Diagonal:
         return Diagonal(torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x))
 
+    why = ("SGD with Markovian noise has only a first-order model: its steps are correlated, so the "
+           "i.i.d. one-step moment matching behind the second-order and curvature corrections does "
+           "not apply (an O(eta) correction for a correlated chain is not derived here)")
     return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=diffusion,
-                   noise_type="diagonal", brownian_dim=problem.dim)
+                   noise_type="diagonal", brownian_dim=problem.dim, diffusion_derivative=zero_derivative,
+                   refused={"second_order": why, "curvature": why})

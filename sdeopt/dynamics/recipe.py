@@ -15,7 +15,7 @@ product supplied by each method's model (for DSGD it is ∇²f ∇f).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -37,6 +37,9 @@ class Moments:
         diffusion: (x, scale) -> a ``Diffusion`` G with G Gᵀ = scale² S(x).
         noise_type: "diagonal" or "general".
         brownian_dim: m.
+        diffusion_derivative: (x, scale) -> ∂g_j/∂x_j, (B, d), for diagonal noise whose g_j
+            depends on x_j alone (commutative noise: Milstein needs no Lévy areas); None
+            where that does not hold or is not known.
     """
 
     mean: Callable[[torch.Tensor], torch.Tensor]
@@ -44,6 +47,14 @@ class Moments:
     diffusion: Callable[[torch.Tensor, float], Diffusion]
     noise_type: str
     brownian_dim: int
+    diffusion_derivative: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    #: model name -> why no derivation backs it for this method (sde_of refuses it with that).
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def zero_derivative(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """∂g/∂x of a state-independent (additive) diffusion: 0, (B, d) as a view."""
+    return x.new_zeros((1, 1)).expand_as(x)
 
 
 def sde_from_moments(moments: Moments, *, model: str, lr: float, schedule, problem: Problem,
@@ -51,6 +62,8 @@ def sde_from_moments(moments: Moments, *, model: str, lr: float, schedule, probl
     """Build the SDE of ``model`` (a key of ``MODELS``) from ``moments``."""
     if model not in MODELS:
         raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(MODELS)})")
+    if model in moments.refused:
+        raise ValueError(f"Invalid model: {model!r} ({moments.refused[model]})")
     sign = MODELS[model]
     if sign != 0.0 and moments.mean_jvp is None:
         raise ValueError(f"Invalid model: {model!r} (needs the Jacobian of the mean direction, which "
@@ -66,6 +79,11 @@ def sde_from_moments(moments: Moments, *, model: str, lr: float, schedule, probl
     def diffusion(x: torch.Tensor, eta: float) -> Diffusion:
         return moments.diffusion(x, eta * sqrt_lr)
 
+    derivative = None
+    if moments.diffusion_derivative is not None:
+        def derivative(x: torch.Tensor, eta: float) -> torch.Tensor:
+            return moments.diffusion_derivative(x, eta * sqrt_lr)
+
     return SDE(dim=problem.dim, drift_fn=drift, diffusion_fn=diffusion, noise_type=moments.noise_type,
                brownian_dim=moments.brownian_dim, lr=lr, schedule=schedule, model=model,
-               problem=problem, config=config)
+               problem=problem, config=config, diffusion_derivative_fn=derivative)

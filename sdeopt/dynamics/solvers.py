@@ -42,6 +42,9 @@ class Scheme(ABC):
     def step(self, sde: SDE, x: torch.Tensor, eta: float, h: float, dw: torch.Tensor) -> torch.Tensor:
         """x (B, d) at t -> x at t + h, with the Brownian increment dw (B, m) over [t, t + h]."""
 
+    def check(self, sde: SDE) -> None:
+        """Raise ``ValueError`` if this scheme does not have its order on ``sde``."""
+
 
 class EulerMaruyama(Scheme):
     """x + b(x) h + G(x) dW. Strong order 1/2 (1 for additive noise), weak order 1."""
@@ -54,26 +57,41 @@ class EulerMaruyama(Scheme):
 
 
 class Milstein(Scheme):
-    """Euler–Maruyama plus ½ g ∂g (dW² - h), for diagonal noise whose g_j depends on x_j only.
+    """Euler–Maruyama plus ½ g ∂g (dW² - h), for commutative diagonal noise.
 
-    ∂g_j/∂x_j comes from ``sde.diffusion_derivative_fn`` or, failing that, from a forward-mode
-    Jacobian-vector product of g with the all-ones tangent (equal to the diagonal of the Jacobian
-    exactly when g_j depends on x_j alone, the commutative case this scheme assumes).
+    Strong order 1 needs the iterated Itô integrals ∫∫ dW_i dW_j; without Lévy areas only the
+    diagonal ones (dW_j² - h)/2 are available, which suffices exactly when the noise is diagonal
+    and g_j depends on x_j alone (then L^i g_j = 0 for i ≠ j). ``sde.diffusion_derivative_fn``
+    declares this and gives ∂g_j/∂x_j; in one dimension every diagonal noise is commutative and
+    the derivative is taken by forward-mode autograd when not given. Anything else (AffineVariance
+    noise in d > 1, DSignSGD on a dense quadratic or logistic regression, general noise) is
+    refused: Milstein without Lévy areas is only strong order 1/2 there.
     Strong order 1, weak order 1.
     """
 
     strong_order = 1.0
     weak_order = 1.0
 
-    def step(self, sde, x, eta, h, dw):
+    def check(self, sde: SDE) -> None:
         if sde.noise_type != "diagonal":
             raise ValueError(f"Invalid method: 'milstein' (needs diagonal noise; this SDE has "
                              f"{sde.noise_type!r} noise, use 'euler')")
+        if sde.diffusion_derivative_fn is None and sde.dim != 1:
+            raise ValueError("Invalid method: 'milstein' (this SDE's diffusion is not known to be "
+                             "commutative: g_j may depend on other coordinates than x_j, and strong order 1 "
+                             "would then need Lévy areas; use 'euler', or for a hand-built SDE whose g_j "
+                             "depends on x_j only pass diffusion_derivative=)")
+
+    def step(self, sde, x, eta, h, dw):
         g = sde.diffusion_at(x, eta).g
         if sde.diffusion_derivative_fn is not None:
             dg = sde.diffusion_derivative_fn(x, eta)
-        else:
-            _, dg = torch.func.jvp(lambda y: sde.diffusion_at(y, eta).g, (x,), (torch.ones_like(x),))
+        else:  # d = 1: the Jacobian-vector product with 1 is the derivative
+            try:
+                _, dg = torch.func.jvp(lambda y: sde.diffusion_at(y, eta).g, (x,), (torch.ones_like(x),))
+            except (NotImplementedError, RuntimeError) as err:
+                raise ValueError("Invalid method: 'milstein' (the diffusion cannot be differentiated by "
+                                 f"forward-mode autograd: {err}; pass diffusion_derivative=)") from None
         return x + sde.drift_at(x, eta) * h + g * dw + 0.5 * g * dg * (dw * dw - h)
 
 
@@ -180,11 +198,16 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
                   record_x=record_x, blowup_threshold=blowup_threshold, chunk_size=chunk_size,
                   max_memory=max_memory, block_size=block_size, first_run=first_run)
     if backend == "torchsde":
+        if torchsde_method in ("milstein", "srk"):
+            # torchsde's strong order 1 (1.5) schemes for diagonal noise take ∂g_j/∂x_j only:
+            # the same commutativity as the native Milstein scheme.
+            SCHEMES["milstein"].check(sde)
         if coupled is not None:
             raise ValueError("Invalid coupled: the torchsde backend draws its own Brownian motion; "
                              "use backend='native' for coupling")
         return _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps,
                                torchsde_method or "euler", config, **common)
+    SCHEMES[method].check(sde)
     stepper = _SDEStepper(sde, SCHEMES[method], substeps, increments)
     return run_engine(stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, **common)
 
