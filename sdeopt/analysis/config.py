@@ -13,7 +13,12 @@ tables with a ``type`` and keyword arguments:
 and the run parameters ``x0`` (a list of d numbers) or ``x0_fill`` (one number for every
 coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``record_x``,
 ``models`` (SDE models, [] for the discrete method alone), ``substeps``, ``coupled``,
-``blowup_threshold``, ``dtype`` ("float64", the default, or "float32"), ``device``, ``name``.
+``blowup_threshold``, ``dtype`` ("float64", the default, or "float32"), ``device``, ``name``,
+``richardson``: solve the SDEs again with half the solver step and report 2 E_{h/2} - E_h
+(the Euler-Maruyama O(h) bias extrapolated away) beside the solver bias of the h figures; by
+default done exactly where the summary quotes a closed form; and ``average_from`` (a step):
+summarise each run by its mean loss over the recorded steps from that step on (a stationary
+window), not by its loss at the last step.
 A run with ``study = "weak_order"`` instead takes ``lrs`` and
 ``horizon`` (n_steps = horizon / lr for each lr), ``observable`` and ``richardson`` (default true:
 extrapolate the SDE solver's O(h) bias away with 2 E_{h/2} - E_h).
@@ -33,8 +38,8 @@ from sdeopt.discrete import METHODS
 from sdeopt.discrete.base import OBSERVABLES
 from sdeopt.dynamics import MODELS
 
-PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.CoshSum, problems.ExpSum,
-                                     problems.LogisticRegression)}
+PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.QuadraticQuartic,
+                                     problems.CoshSum, problems.ExpSum, problems.LogisticRegression)}
 NOISES = {c.__name__: c for c in (noise.Gaussian, noise.StudentT, noise.AffineVariance, noise.SymmetricStable,
                                    noise.Minibatch, noise.TwoStateMarkov, noise.GaussianAR1, noise.FiniteMarkov)}
 UNIT_LAWS = {c.__name__: c for c in (noise.StandardNormal, noise.Rademacher, noise.CenteredExponential,
@@ -44,7 +49,8 @@ COMPRESSORS = {c.__name__: c for c in (compressors.Identity, compressors.RandK, 
 
 RUN_KEYS = {"name", "problem", "noise", "compressor", "schedule", "method", "eps", "x0", "x0_fill", "n_steps",
             "n_runs", "seed", "record_every", "record", "record_x", "models", "substeps", "coupled",
-            "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson", "dtype", "device"}
+            "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson", "average_from", "dtype",
+            "device"}
 TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
 
@@ -165,7 +171,17 @@ def build(run: dict, *, where: str = "run") -> dict:
             raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} (an integer)")
     _check_names(where, "models", params["models"], tuple(MODELS))
     _check_names(where, "record", params["record"], OBSERVABLES + tuple(method.extra_observables))
-    out = {"name": run["name"], "problem": problem, "method": method, "x0": x0, "study": study, **params}
+    richardson = run.get("richardson")
+    if richardson is not None and not isinstance(richardson, bool):
+        raise ValueError(f"Invalid config value: {where}.richardson = {richardson!r} (true or false)")
+    average_from = run.get("average_from")
+    if average_from is not None and (study != "trajectories" or isinstance(average_from, bool)
+                                     or not isinstance(average_from, int)
+                                     or not 0 <= average_from <= params["n_steps"]):
+        raise ValueError(f"Invalid config value: {where}.average_from = {average_from!r} (a step in "
+                         f"[0, n_steps = {params['n_steps']}], trajectory studies only)")
+    out = {"name": run["name"], "problem": problem, "method": method, "x0": x0, "study": study, **params,
+           "richardson": richardson, "average_from": average_from}
     if study == "weak_order":
         lrs = run.get("lrs")
         if not isinstance(lrs, list) or len(lrs) < 4 or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
@@ -182,7 +198,7 @@ def build(run: dict, *, where: str = "run") -> dict:
             raise ValueError(f"Invalid config value: {where}.observable = {observable!r} "
                              f"(choose from {', '.join(OBSERVABLES + ('x2',))})")
         out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=observable,
-                   richardson=bool(run.get("richardson", True)))
+                   richardson=True if richardson is None else richardson)
         if not out["models"]:
             raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
     return out

@@ -1,0 +1,139 @@
+"""What the experiment presets and their summary rows claim, checked on tiny, fast configurations."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from sdeopt import problems
+from sdeopt.analysis.config import PROBLEMS, build, validate
+from sdeopt.analysis.experiments import finite_range_slope, run_trajectories, stationary_closed_form
+
+PRESETS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def _preset(name: str) -> dict:
+    return validate(tomllib.loads((PRESETS / f"{name}.toml").read_text()))
+
+
+# --- the problem the weak-order claim names ---------------------------------------------------
+
+def test_quadratic_quartic_matches_autograd(generator):
+    prob = problems.QuadraticQuartic(dim=3)
+    x = torch.randn(5, 3, generator=generator) * 2  # (B, d)
+    v = torch.randn(5, 3, generator=generator)  # (B, d)
+    torch.testing.assert_close(prob.loss(x), (x**2 / 2 + x**4 / 4).sum(-1))
+    xr = x.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(prob.loss(xr).sum(), xr)
+    torch.testing.assert_close(prob.grad(x), auto)
+    for b in range(len(x)):
+        hess = torch.autograd.functional.hessian(lambda y: prob.loss(y.unsqueeze(0))[0], x[b])
+        torch.testing.assert_close(prob.hvp(x[b:b + 1], v[b:b + 1])[0], hess @ v[b])
+    assert prob.min_value == 0.0 and float(prob.loss(prob.minimizer.unsqueeze(0))[0]) == 0.0
+    assert PROBLEMS["QuadraticQuartic"] is problems.QuadraticQuartic
+
+
+def test_weak_order_preset_runs_the_objective_and_coupling_its_claim_names():
+    config = _preset("weak_order")
+    claim = " ".join(config["claim"].split())
+    assert "x^2/2 + x^4/4" in claim and "finite-range slope" in claim
+    named = [r for r in config["runs"] if "x^2/2+x^4/4" in r["name"]]
+    assert {r["method"]["type"] for r in named} == {"DSGD", "DSignSGD"}
+    x = torch.tensor([[0.3], [-1.7]])
+    for run in named:
+        spec = build(run)
+        assert isinstance(spec["problem"], problems.QuadraticQuartic) and spec["problem"].dim == 1
+        torch.testing.assert_close(spec["problem"].loss(x), (x**2 / 2 + x**4 / 4).sum(-1))
+        # DSGD with Gaussian noise is coupled; DSignSGD's Binomial sign counts cannot be, and the claim says so
+        assert spec["coupled"] == (run["method"]["type"] == "DSGD")
+    assert "cannot be coupled" in claim
+
+
+@pytest.mark.parametrize("path", sorted(PRESETS.glob("*.toml")), ids=lambda p: p.stem)
+def test_preset_claims_do_not_overclaim(path):
+    claim = " ".join(validate(tomllib.loads(path.read_text()))["claim"].split())
+    assert "MATH.md" not in claim  # internal notes: users cite the paper
+    assert "exact for quadratics" not in claim
+    assert "weak order 1" not in claim and "weak order 2" not in claim  # fitted slopes, not orders
+
+
+# --- summary rows -----------------------------------------------------------------------------
+
+def test_summary_median_and_mean_leave_diverged_runs_out():
+    # DCSGD + Rand-1 on the quartic from 1.2: about half the runs blow up within 40 steps
+    run = {"name": "q", "problem": {"type": "Quartic", "dim": 4}, "noise": {"type": "Gaussian", "scale": 1.0},
+           "x0_fill": 1.2, "n_steps": 40, "n_runs": 200, "record_every": 10, "blowup_threshold": 1e3,
+           "method": {"type": "DCSGD", "lr": 0.15, "n_workers": 1}, "compressor": {"type": "RandK", "k": 1}}
+    ds, rows, fine = run_trajectories(build(run))
+    (row,) = rows
+    diverged = ds["diverged"].sel(model="discrete").values
+    assert 0 < diverged.sum() < len(diverged)
+    final = ds["loss"].sel(model="discrete").isel(step=-1).values
+    alive = final[~diverged]
+    assert row["alive"] == len(alive) == len(diverged) - diverged.sum()
+    assert row["median_loss"] == pytest.approx(np.median(alive))
+    assert row["mean_loss"] == pytest.approx(alive.mean())
+    assert row["mean_se"] == pytest.approx(alive.std(ddof=1) / math.sqrt(len(alive)))
+    assert row["median_loss"] < np.median(final)  # the frozen blown-up values would pull it up
+    assert fine is None  # no closed form, no extrapolation
+
+
+def test_richardson_stationary_figure_matches_the_closed_form_and_the_raw_one_does_not():
+    # Two solver steps per optimizer step (h = lr/2): the Euler bias of the curvature SDE's
+    # stationary loss, ~ a h / 2 relative on a coordinate of drift rate a, is ~30 se here;
+    # extrapolating over h and h/2 leaves ~ a² h² / 8, well below one se. 3 checks: z = 3.
+    z = 3.0
+    run = {"name": "floor", "problem": {"type": "Quadratic", "diag": [1.0, 3.0]},
+           "noise": {"type": "Gaussian", "scale": 1.0}, "x0_fill": 0.0, "n_steps": 300, "n_runs": 3000,
+           "record_every": 5, "record": ["loss"], "average_from": 60, "substeps": 2,
+           "models": ["curvature"], "method": {"type": "DSGD", "lr": 0.2, "n_workers": 2}}
+    spec = build(run)
+    closed = stationary_closed_form(spec["method"], spec["problem"])
+    ds, rows, fine = run_trajectories(spec)
+    assert fine is not None and fine.attrs["config"] != ds.attrs["config"]  # solved again at h/2
+    disc, sde = rows
+    assert disc["closed_form"] == sde["closed_form"] == closed
+    assert abs(disc["mean_loss"] - closed) < z * disc["mean_se"]
+    assert abs(sde["extrap_loss"] - closed) < z * sde["extrap_se"]
+    assert abs(sde["mean_loss"] - closed) > 3 * z * sde["mean_se"]  # the raw Euler figure is biased
+    # the reported solver bias is that of the raw (h) figure
+    assert sde["mean_loss"] - sde["extrap_loss"] == pytest.approx(sde["solver_bias"], rel=1e-9)
+    assert sde["solver_bias"] > z * sde["bias_se"]
+
+
+def test_average_from_is_validated():
+    base = {"problem": {"type": "Quadratic", "diag": [1.0]}, "noise": {"type": "Gaussian"}, "x0": [0.0],
+            "n_steps": 10, "method": {"type": "DSGD", "lr": 0.1}}
+    for bad in (11, -1, 2.5, True):
+        with pytest.raises(ValueError, match="average_from"):
+            validate({"runs": [{**base, "average_from": bad}]})
+    validate({"runs": [{**base, "average_from": 10}]})
+
+
+# --- finite-range slopes ----------------------------------------------------------------------
+
+def test_finite_range_slope_ci_carries_the_monte_carlo_error():
+    lrs = np.array([0.2, 0.1, 0.05, 0.025])
+    exact = 0.3 * lrs  # on a line: the regression residuals are zero
+    ses = 0.05 * exact
+    independent = np.eye(4) * 1000.0  # influence values with no correlation across step sizes
+    fit = finite_range_slope(lrs, exact, ses, independent)
+    assert fit.slope == pytest.approx(1.0)
+    x = np.log(lrs)
+    w = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+    assert fit.mc_se == pytest.approx(math.sqrt(np.sum((w * 0.05) ** 2)))
+    assert fit.ci_high - fit.ci_low == pytest.approx(2 * stats.norm.ppf(0.975) * fit.mc_se)
+    # ... and it is the spread of slopes fitted to errors redrawn with those se's
+    rng = np.random.default_rng(0)
+    draws = exact + ses * rng.standard_normal((4000, 4))
+    slopes = np.log(np.abs(draws)) @ w
+    assert np.std(slopes) == pytest.approx(fit.mc_se, rel=0.1)
+    # perfectly correlated errors with equal relative se move every log error alike: no slope error
+    together = np.ones((4, 1000))
+    assert finite_range_slope(lrs, exact, ses, together).mc_se == pytest.approx(0.0, abs=1e-9)
