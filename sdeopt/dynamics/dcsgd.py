@@ -13,7 +13,7 @@ from sdeopt.problems import Problem
 
 
 def moments(method: DCSGD, problem: Problem) -> Moments:
-    r"""One-step moments of DCSGD with an unbiased compressor (MATH.md §6).
+    r"""One-step moments of DCSGD with an unbiased compressor (docs/models.md).
 
     ū = ∇f, (∇ū)ū = ∇²f ∇f, and with v_i the per-coordinate noise variance of worker i,
 

@@ -18,7 +18,7 @@ def moments(method: MarkovSGD, problem: Problem) -> Moments:
     Over the many steps of one unit of SDE time the correlated noise sums like independent
     noise of variance Σ_eff (a Markov-chain central limit theorem), so the first-order model is
     dX = -eta_t ∇f dt + eta_t sqrt(eta) Σ_eff^{1/2} dW, valid when eta τ λ_max(∇²f) << 1
-    (MATH.md §6). The i.i.d. model (S = s² Var_π h) misses the factor (1 + rho)/(1 - rho).
+    (docs/models.md). The i.i.d. model (S = s² Var_π h) misses the factor (1 + rho)/(1 - rho).
     """
     if method.estimator != "single":
         raise ValueError(f"Invalid estimator: {method.estimator!r} (an SDE model exists here for the "

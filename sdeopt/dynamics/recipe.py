@@ -1,4 +1,4 @@
-"""The general recipe of MATH.md §6: from a method's one-step moments to its SDE models.
+"""The general recipe (docs/models.md): from a method's one-step moments to its SDE models.
 
 Write one step as x_{k+1} = x_k - eta eta_k u_k with mean direction ū(x) = E u_k and
 covariance S(x) = Cov u_k. Then, on the time axis t_k = k eta,

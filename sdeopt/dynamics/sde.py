@@ -4,7 +4,7 @@
 
 How it is integrated lives in ``solvers.py``; where its randomness comes from is the solver's
 Brownian source. Diffusions are structured so that ``G dW`` costs O(d) per run where the
-structure allows it (DESIGN.md §4):
+structure allows it:
 
 - ``Diagonal``: G = diag(g), g of shape (B, d) or (B, 1) (isotropic); m = d.
 - ``DiagonalPlusRankOne``: G Gᵀ = diag(D) + s w wᵀ (s = ±1), applied through the symmetric
@@ -117,7 +117,7 @@ def sqrt_psd(cov: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SDE:
-    r"""dX = b(t, X) dt + G(t, X) dW on the optimizer's time axis (MATH.md §1).
+    r"""dX = b(t, X) dt + G(t, X) dW on the optimizer's time axis (docs/models.md, Notation).
 
     Iteration k of the discrete method sits at t_k = k * lr; a schedule enters as the piecewise
     constant factor eta_t = eta_{floor(t / lr)}. The native solver calls ``drift_at`` and

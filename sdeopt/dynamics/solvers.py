@@ -254,7 +254,7 @@ class GridBrownian(BaseBrownian):
     (n, B, m); a one-step query is one stored increment); a query off the grid is an error
     rather than an interpolation. torchsde's default
     BrownianInterval cost ~250–800 µs per step here and can hit a RecursionError on long runs
-    (DESIGN.md §8).
+    (benchmarks/bench_sde.py measures it).
     """
 
     def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
