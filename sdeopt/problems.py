@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sdeopt._jsonable import REPRODUCIBLE, callable_config
 from sdeopt._rng import RandomSource
 from sdeopt._validation import check_device, check_dtype, check_int, check_positive
 
@@ -902,9 +903,12 @@ class FunctionProblem(Problem):
         return self._hvp(x, v)  # (B, d)
 
     def config(self) -> dict:
+        """The type, dim and f by its qualified name, marked ``"reproducible": False``: f is code,
+        which a config cannot hold (a lambda cannot even be found again by its name)."""
         cfg = super().config()
-        cfg["fn"] = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        cfg["fn"] = callable_config(self.fn)
         cfg["min_value"] = self.min_value
+        cfg[REPRODUCIBLE] = False
         return cfg
 
 

@@ -33,6 +33,7 @@ from typing import ClassVar
 
 import torch
 
+from sdeopt._jsonable import REPRODUCIBLE, is_reproducible, jsonable, qualified_name
 from sdeopt._validation import check_in_range, check_int, check_nonnegative, check_positive
 
 
@@ -67,10 +68,20 @@ class Schedule(ABC):
         return self._factor(torch.arange(n_steps, dtype=torch.int64))  # (n_steps,)
 
     def config(self) -> dict:
-        """A JSON-able description: ``{"type": name, <hyperparameters>}``."""
-        out = {"type": self.name}
+        """A JSON-able description: ``{"type": name, <hyperparameters>}``.
+
+        A schedule ``from_config`` cannot rebuild (a user subclass outside ``REGISTRY``) is
+        recorded by its qualified class name and marked ``"reproducible": False``, as is any
+        callable among its hyperparameters (recorded by name).
+        """
+        cls = type(self)
+        name = getattr(cls, "name", None)
+        registered = isinstance(name, str) and REGISTRY.get(name) is cls
+        out = {"type": name if registered else qualified_name(cls)}
         if dataclasses.is_dataclass(self):
-            out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+            out.update({f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        if not registered or not is_reproducible(out):
+            out[REPRODUCIBLE] = False
         return out
 
 

@@ -413,6 +413,30 @@ def test_function_problem_matches_quadratic(generator):
     assert FunctionProblem(fn, 3, min_value=0).min_value == 0.0
 
 
+@pytest.mark.parametrize("fn, name", [
+    (_rosenbrock, f"{__name__}._rosenbrock"),
+    (lambda x: (x * x).sum(), f"{__name__}.<lambda>"),
+])
+def test_function_problem_is_recorded_by_name_in_every_dataset(fn, name, tmp_path):
+    """f is code: configs name it and are marked not reproducible; simulate's and compare's
+    datasets carry that and survive netCDF."""
+    import xarray as xr
+
+    import sdeopt as so
+    prob = FunctionProblem(fn, 2)
+    record = {"callable": name, "reproducible": False}
+    assert prob.config()["fn"] == record and prob.config()["reproducible"] is False
+    opt = so.discrete.DSGD(lr=0.01, noise=so.noise.Gaussian(scale=0.1))
+    datasets = {"simulate": so.discrete.simulate(opt, prob, [0.5, 0.5], n_steps=3, n_runs=4).to_dataset(),
+                "compare": so.analysis.compare(opt, prob, [0.5, 0.5], n_steps=3, n_runs=4)}
+    for key, ds in datasets.items():
+        cfg = json.loads(ds.attrs["config"])["problem"]
+        assert cfg["fn"] == record and cfg["reproducible"] is False and cfg["type"] == "FunctionProblem", key
+        ds.to_netcdf(tmp_path / f"{key}.nc")
+        xr.testing.assert_identical(ds, xr.load_dataset(tmp_path / f"{key}.nc"))
+    assert datasets["simulate"].attrs["reproducible"] == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +133,39 @@ def test_from_config_uses_defaults():
 def test_from_config_bad_input(cfg, match):
     with pytest.raises(ValueError, match=match):
         from_config(cfg)
+
+
+def _inverse_sqrt(k):
+    return 1.0 / (k + 1.0).sqrt()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _UserSchedule(S.Schedule):
+    """A user's schedule: outside REGISTRY, without a ``name``, with a callable hyperparameter."""
+
+    fn: object = _inverse_sqrt
+
+    def _factor(self, k):
+        return self.fn(k.to(torch.float64))
+
+
+def test_user_schedule_config_names_it_and_runs_record_it(tmp_path):
+    import xarray as xr
+
+    import sdeopt as so
+    sched = _UserSchedule()
+    cfg = sched.config()
+    assert cfg == {"type": f"{__name__}._UserSchedule", "reproducible": False,
+                   "fn": {"callable": f"{__name__}._inverse_sqrt", "reproducible": False}}
+    with pytest.raises(ValueError, match="unknown schedule"):
+        from_config(cfg)
+    opt = so.discrete.DSGD(lr=0.1, noise=so.noise.Gaussian(scale=0.0), schedule=sched)
+    ds = so.discrete.simulate(opt, so.problems.Quadratic(diag=[1.0]), [1.0], n_steps=3, n_runs=2).to_dataset()
+    method = json.loads(ds.attrs["config"])["method"]
+    assert method["schedule"] == cfg and method["reproducible"] is False and ds.attrs["reproducible"] == 0
+    np.testing.assert_allclose(ds["lr_sum"].values, [0.0, 0.1, 0.1 + 0.1 / 2**0.5, 0.1 + 0.1 / 2**0.5 + 0.1 / 3**0.5])
+    ds.to_netcdf(tmp_path / "user.nc")
+    xr.testing.assert_identical(ds, xr.load_dataset(tmp_path / "user.nc"))
 
 
 # ---------------------------------------------------------------- bad input

@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from sdeopt._jsonable import REPRODUCIBLE, is_reproducible, jsonable
 from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource
 from sdeopt._validation import check_device, check_dtype, check_int, check_positive
 from sdeopt.discrete.result import Trajectory
@@ -73,11 +74,17 @@ class Method(ABC):
         """One iteration k -> k + 1 for all runs, with step size lr_k = eta * eta_k; the new state."""
 
     def config(self) -> dict:
-        """A JSON-able description of the method and all its parts."""
+        """A JSON-able description of the method and all its parts.
+
+        A part that is user code (a callable drift, say) is recorded by its qualified name as
+        ``{"callable": "module.qualname", "reproducible": False}``, and the whole config then
+        carries ``"reproducible": False``: it names the run's parts but cannot rebuild it.
+        """
         out = {"type": type(self).__name__}
         for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.config() if hasattr(value, "config") else value
+            out[f.name] = jsonable(getattr(self, f.name))
+        if not is_reproducible(out):
+            out[REPRODUCIBLE] = False
         return out
 
 

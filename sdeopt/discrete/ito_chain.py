@@ -47,6 +47,10 @@ class ItoChain(Method):
         diffusion_error: Δ_k likewise (a callable or (c, α): the constant c eta^α on every
             coordinate), or None.
 
+    A callable is code, not data: ``config()`` records it by its qualified name,
+    ``{"callable": "module.qualname", "reproducible": False}``, and marks the whole config
+    ``"reproducible": False`` (the dataset attribute ``reproducible`` is then 0).
+
     Example:
         >>> import sdeopt as so
         >>> chain = so.discrete.ItoChain.sgld(lr=0.01)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from sdeopt._jsonable import is_reproducible, jsonable, to_json
 
 
 @dataclass
@@ -22,7 +23,8 @@ class Trajectory:
         x: (S, B, d) recorded iterates, or None.
         diverged: (B,) bool, runs frozen after a non-finite or over-threshold iterate.
         blowup_step: (B,) int64, the first step whose iterate blew up, -1 for none.
-        config: JSON-able configuration of the run.
+        config: configuration of the run (JSON-able for library parts; user callables are
+            recorded by name, marked ``"reproducible": False``).
         seed, device, dtype: how it was run.
         increments: (n_steps, B, d) standard normal noise draws ξ_k, when kept for coupling.
     """
@@ -62,7 +64,12 @@ class Trajectory:
         return getattr(self, name)[-1]
 
     def to_dataset(self):
-        """An ``xarray.Dataset`` with dims (model, step, run[, coord]) per DESIGN.md §3."""
+        """An ``xarray.Dataset`` with dims (model, step, run[, coord]) per DESIGN.md §3.
+
+        attrs: ``config`` (JSON), ``reproducible`` (1, or 0 when the config records user code
+        by name only, e.g. a callable drift: the config then cannot rebuild the run), ``seed``,
+        ``device``, ``dtype``, ``lr`` and the versions.
+        """
         import xarray as xr
 
         from sdeopt import __version__
@@ -76,7 +83,8 @@ class Trajectory:
             data["x"] = (("model", "step", "run", "coord"), self.x.numpy()[None])
         data["diverged"] = (("model", "run"), self.diverged.numpy()[None])
         data["blowup_step"] = (("model", "run"), self.blowup_step.numpy()[None])
-        attrs = {"config": json.dumps(self.config, sort_keys=True), "seed": self.seed,
+        config = jsonable(self.config)
+        attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)), "seed": self.seed,
                  "device": self.device, "dtype": self.dtype, "lr": self.lr,
                  "sdeopt_version": __version__, "torch_version": torch.__version__}
         return xr.Dataset(data, coords=coords, attrs=attrs)
