@@ -12,7 +12,10 @@ and the tests are tests/test_dynamics.py, tests/test_models.py (dropped here whi
 exist) and tests/test_chains.py, without the slow ones (addopts: -m 'not slow'). mutmut maps
 every test to the dynamics functions it calls and runs, per mutant, only the tests that reach
 the mutated function (with -x), so the Markov-chain/MLMC tests of test_chains.py, which never
-call a dynamics function, are never run against a mutant.
+call a dynamics function, are never run against a mutant. The tests of a mutant run fastest
+first (a killed mutant stops at its cheapest failing test). Error messages (the expressions of
+``raise`` lines) are not mutated: a mutated message survives every test and costs a full run of
+the tests covering its function.
 
 Parallelism: ``--max-children`` workers (default 2, this project's CI size); every worker is a
 fork of a process whose torch uses one intra-op thread (tests/conftest.py), and OMP/MKL/BLAS
@@ -66,9 +69,11 @@ def _inner(argv: list[str]) -> int:
     # Keep the test selection's options, drop test files that do not exist (yet).
     cfg.pytest_add_cli_args_test_selection = [
         a for a in cfg.pytest_add_cli_args_test_selection
-        if a.startswith("-") or Path(a.split("::")[0]).exists()]
+        if a.startswith("-") or Path(a.split("::")[0]).exists()
+        and a.split("::")[0] not in os.environ.get("MUTATION_WITHOUT", "").split(os.pathsep)]
     if argv[0] == "run":
         print("test selection:", " ".join(cfg.pytest_add_cli_args_test_selection), flush=True)
+        _fast_tests_first()
         try:
             mm.cli(argv, standalone_mode=False)
         except SystemExit as err:
@@ -77,6 +82,24 @@ def _inner(argv: list[str]) -> int:
     if argv[0] == "report":
         return _inner_report(Path(argv[1]), cfg)
     raise SystemExit(f"unknown inner command {argv[0]!r}")
+
+
+def _fast_tests_first() -> None:
+    """Run each mutant's tests fastest first (durations from mutmut's stats run).
+
+    mutmut runs a mutant's tests with -x in set order; sorted by duration, a killed mutant
+    stops at its cheapest failing test. Verdicts do not change, only the time to reach them.
+    """
+    from mutmut.runners.harness import PytestRunner
+    from mutmut.state import state
+
+    regular = PytestRunner._pytest_args_regular_run
+
+    def fast_first(self, tests):
+        durations = state().duration_by_test
+        return regular(self, sorted(tests, key=lambda t: (durations.get(t, 0.0), t)))
+
+    PytestRunner._pytest_args_regular_run = fast_first
 
 
 def _inner_report(out: Path, cfg) -> int:
@@ -182,6 +205,8 @@ def main() -> int:
     ap.add_argument("--max-children", type=int, default=2, help="parallel mutmut workers (default 2)")
     ap.add_argument("--keep-cache", action="store_true",
                     help="reuse mutants/ and its verdicts (default: start from scratch)")
+    ap.add_argument("--without", action="append", default=[], metavar="TEST_FILE",
+                    help="drop this test file from the selection (e.g. to measure what it adds)")
     ap.add_argument("--report-only", action="store_true", help="summarise the last run, test nothing")
     ap.add_argument("--output", default=str(REPO / "tools" / "mutation.json"),
                     help="summary JSON (default tools/mutation.json)")
@@ -195,7 +220,7 @@ def main() -> int:
         source["dirty_files"] = [line[3:] for line in _git("status", "--porcelain").splitlines()
                                  if line[3:].startswith(("sdeopt/", "tests/", "pyproject.toml"))]
     keep = args.keep_cache or bool(args.mutants) or args.report_only
-    env = dict(os.environ, **THREAD_ENV)
+    env = dict(os.environ, **THREAD_ENV, MUTATION_WITHOUT=os.pathsep.join(args.without))
     inner = [sys.executable, str(Path(__file__).resolve()), "--inner"]
 
     wall = None
@@ -238,7 +263,8 @@ def main() -> int:
         "issue": 11,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python tools/mutation.py" + (f" --ref {args.ref}" if args.ref else "")
-                   + (f" --max-children {args.max_children}" if args.max_children != 2 else ""),
+                   + (f" --max-children {args.max_children}" if args.max_children != 2 else "")
+                   + "".join(f" --without {w}" for w in args.without),
         "source": source,
         "test_selection": report["test_selection"],
         "max_children": args.max_children,
