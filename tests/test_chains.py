@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import signal, stats
 
 import sdeopt as so
 from sdeopt._rng import RandomSource
@@ -30,12 +30,33 @@ def _chain_path(chain, n_runs=50_000, n_steps=64, seed=0):
     return torch.stack(values)  # (T, B)
 
 
-@pytest.mark.parametrize("chain,rho", [
-    (so.noise.TwoStateMarkov(p=0.2), 0.6),
-    (so.noise.GaussianAR1(rho=-0.5), -0.5),
-    (so.noise.FiniteMarkov(TWO_STATE_AS_MATRIX, values=[-1.0, 1.0]), 0.6),
+def _autocovariances(kernel, rho, n_lags=200):
+    """γ(0), ..., γ(n_lags) of h(Z) from the chain's definition, not from its closed forms.
+
+    A finite chain (kernel = (P, h)): γ(j) = Σ_i π_i h̄_i (P^j h̄)_i, π the left eigenvector of P
+    for eigenvalue 1 (numpy), h̄ = h - π·h. The Gaussian AR(1) Z_{k+1} = rho Z_k + sqrt(1 - rho²) w_k
+    (kernel None): its Wold form Z_k = Σ_i ψ_i w_{k-i}, ψ the impulse response of the recursion
+    (scipy.signal.lfilter), so γ(j) = Σ_i ψ_i ψ_{i+j}. |rho|^200 < 1e-40: no truncation error.
+    """
+    if kernel is None:
+        impulse = np.zeros(2 * n_lags + 1)
+        impulse[0] = 1.0
+        psi = signal.lfilter([math.sqrt(1.0 - rho**2)], [1.0, -rho], impulse)
+        return np.array([psi[: psi.size - j] @ psi[j:] for j in range(n_lags + 1)])
+    p, h = np.asarray(kernel[0], dtype=np.float64), np.asarray(kernel[1], dtype=np.float64)
+    evals, evecs = np.linalg.eig(p.T)
+    pi = np.real(evecs[:, np.argmin(np.abs(evals - 1.0))])
+    pi = pi / pi.sum()
+    hc = h - pi @ h
+    return np.array([pi @ (hc * (np.linalg.matrix_power(p, j) @ hc)) for j in range(n_lags + 1)])
+
+
+@pytest.mark.parametrize("chain,rho,kernel", [
+    (so.noise.TwoStateMarkov(p=0.2), 0.6, ([[0.8, 0.2], [0.2, 0.8]], [-1.0, 1.0])),
+    (so.noise.GaussianAR1(rho=-0.5), -0.5, None),
+    (so.noise.FiniteMarkov(TWO_STATE_AS_MATRIX, values=[-1.0, 1.0]), 0.6, (TWO_STATE_AS_MATRIX, [-1.0, 1.0])),
 ])
-def test_markov_chains_have_their_stationary_law_and_autocorrelation(chain, rho):
+def test_markov_chains_have_their_stationary_law_and_autocorrelation(chain, rho, kernel):
     h = _chain_path(chain)
     n = h.shape[1]
     z = 5.0
@@ -44,8 +65,12 @@ def test_markov_chains_have_their_stationary_law_and_autocorrelation(chain, rho)
     for lag in (1, 2, 3):
         prod = h[20] * h[20 + lag]
         assert abs(prod.mean().item() - rho**lag) < z * prod.std().item() / math.sqrt(n)
-        assert chain.autocorrelation(lag) == pytest.approx(rho**lag, rel=1e-12)
-    assert chain.asymptotic_variance == pytest.approx((1 + rho) / (1 - rho), rel=1e-12)
+    gamma = _autocovariances(kernel, rho)
+    assert chain.stationary_variance == pytest.approx(gamma[0], rel=1e-12)
+    for lag in (1, 2, 3, 10):
+        assert chain.autocorrelation(lag) == pytest.approx(gamma[lag] / gamma[0], rel=1e-10)
+    # σ_eff² = Σ_{j ∈ Z} γ(j), summed term by term.
+    assert chain.asymptotic_variance == pytest.approx(gamma[0] + 2 * gamma[1:].sum(), rel=1e-10)
     # Var of a T-sum / T, exactly: σ² (1 + 2 Σ_{j<T} (1 - j/T) rho^j).
     t = h.shape[0]
     exact = 1 + 2 * sum((1 - j / t) * rho**j for j in range(1, t))
@@ -106,8 +131,19 @@ def test_mlmc_mean_and_cost_identities(batch, max_batch):
     if m > 0:
         assert abs(expected - g0) > 10 * g_hat.std().item() / math.sqrt(n)  # a non-trivial check
     calls = new.oracle_calls
-    assert calls.mean().item() == pytest.approx(batch * (m + 2.0**-m), rel=0.02)
-    assert opt.expected_calls() == batch * (m + 2.0**-m)
+    # The law of the calls, enumerated from the estimator's definition: J = j with probability
+    # 2^-j; a run takes B 2^j samples when 2^j <= M, and B otherwise (2^-199 is left out).
+    law = {}
+    for j in range(1, 200):
+        c = float(batch * 2**j if 2**j <= max_batch else batch)
+        law[c] = law.get(c, 0.0) + 2.0**-j
+    mean_calls = sum(c * p for c, p in law.items())
+    assert opt.expected_calls() == pytest.approx(mean_calls, rel=1e-12)
+    z_calls = stats.norm.isf(1e-6 / (2 * (len(law) + 1)))  # Bonferroni: every frequency and the mean
+    assert abs(calls.mean().item() - mean_calls) <= z_calls * calls.std().item() / math.sqrt(n)
+    for c, p in law.items():
+        freq = (calls == c).double().mean().item()
+        assert abs(freq - p) <= z_calls * math.sqrt(p * (1 - p) / n), (c, freq, p)
     assert set(calls.unique().tolist()) <= {float(batch * 2**j) for j in range(m + 1)}
 
 

@@ -57,7 +57,11 @@ def test_shapes(method, generator, device):
     assert traj.x.shape == (4, 6, 4)
     assert traj.diverged.shape == traj.blowup_step.shape == (6,)
     torch.testing.assert_close(traj.x[0], x0.to(traj.x.dtype))
-    assert np.allclose(traj.time, traj.steps * method.lr)
+    # Steps 0, 3, 6, 7 sit at t_k = k lr; with the constant schedule of every case, the summed
+    # learning rate is the same k lr.
+    hand = [0.0, 3 * method.lr, 6 * method.lr, 7 * method.lr]
+    np.testing.assert_allclose(traj.time, hand, rtol=1e-15, atol=0.0)
+    np.testing.assert_allclose(traj.lr_sum, hand, rtol=1e-12, atol=0.0)
 
 
 def test_same_seed_bitwise_same_and_new_seed_differs(method, generator):

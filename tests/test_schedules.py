@@ -38,13 +38,36 @@ def test_eta0_is_one_and_types(sched):
     assert out.dtype == torch.float64 and out.shape == (2,) and out[0] == 1.0
 
 
+def _step_decay_by_hand(s: StepDecay, k: int) -> float:
+    """eta starts at 1 and is multiplied by ``factor`` at every k that ``every`` divides."""
+    eta = 1.0
+    for j in range(1, k + 1):
+        if j % s.every == 0:
+            eta *= s.factor
+    return eta
+
+
+# eta_k from each schedule's textbook definition, in plain Python floats (not the library's form).
+REFERENCE = {
+    Constant: lambda s, k: 1.0,
+    PolyDecay: lambda s, k: (1.0 + k / s.offset) ** -s.power,
+    # SGDR (Loshchilov & Hutter 2017, Eq. 5) without restarts, held at min_factor after n_steps.
+    Cosine: lambda s, k: s.min_factor + 0.5 * (1.0 - s.min_factor) * (1.0 + math.cos(math.pi * min(k, s.n_steps)
+                                                                                     / s.n_steps)),
+    StepDecay: _step_decay_by_hand,
+}
+
+
 @pytest.mark.parametrize("sched", SCHEDULES, ids=_id)
-def test_factors_equal_pointwise_calls(sched):
+def test_factors_and_pointwise_calls_match_the_definition(sched):
     n = 120
     f = sched.factors(n)
     assert f.shape == (n,) and f.dtype == torch.float64
+    reference = torch.tensor([REFERENCE[type(sched)](sched, k) for k in range(n)], dtype=torch.float64)
     pointwise = torch.tensor([sched(k) for k in range(n)], dtype=torch.float64)
-    torch.testing.assert_close(f, pointwise, rtol=1e-14, atol=0.0)
+    # Rounding of the two forms differs by a few ulps; atol covers the cosine's zero at k = n.
+    torch.testing.assert_close(f, reference, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(pointwise, reference, rtol=1e-13, atol=1e-15)
     assert torch.all(f > 0) or isinstance(sched, Cosine)
     assert torch.all(f <= 1.0) and torch.all(f >= 0.0)
     assert torch.all(f[1:] <= f[:-1])  # every schedule here is non-increasing
