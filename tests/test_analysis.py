@@ -37,6 +37,39 @@ def test_compare_schema_and_attrs(ds):
     assert not np.array_equal(ds["x"].sel(model="discrete")[-1], ds["x"].sel(model="first_order")[-1])
 
 
+
+
+class _UserProblem(so.problems.Problem):
+    """A user's objective whose config() holds a tensor and a function (neither is JSON)."""
+
+    dim = 2
+
+    def loss(self, x):
+        return 0.5 * (x * x).sum(-1)
+
+    def grad(self, x):
+        return x
+
+    def hvp(self, x, v):
+        return v
+
+    def config(self):
+        return {"type": "mine", "weights": torch.ones(2), "link": math.exp}
+
+
+def test_compare_records_user_code_by_name_and_never_crashes(tmp_path):
+    opt = so.discrete.DSGD(lr=0.1, noise=so.noise.Gaussian(scale=0.5))
+    ds = compare(opt, _UserProblem(), [1.0, 1.0], n_steps=3, n_runs=8, models=["first_order"])
+    config = json.loads(ds.attrs["config"])
+    assert config["problem"]["weights"] == [1.0, 1.0]
+    assert config["problem"]["link"] == {"callable": "math.exp", "reproducible": False}
+    assert ds.attrs["reproducible"] == 0
+    ds.to_netcdf(tmp_path / "user.nc")
+    assert xr.open_dataset(tmp_path / "user.nc").attrs["reproducible"] == 0
+    plain = compare(opt, so.problems.Quadratic(diag=[1.0, 2.0]), [1.0, 1.0], n_steps=3, n_runs=8)
+    assert plain.attrs["reproducible"] == 1
+
+
 @pytest.mark.parametrize("engine", ["netcdf", "zarr"])
 def test_round_trips_are_lossless(ds, tmp_path, engine):
     if engine == "netcdf":

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
+from sdeopt._jsonable import is_reproducible, jsonable, to_json
 from sdeopt._rng import DEFAULT_BLOCK_SIZE
 from sdeopt.discrete import Method, simulate
 from sdeopt.dynamics import sde_of, solve
@@ -46,7 +45,9 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
 
     Returns:
         ``xarray.Dataset`` with dims (model, step, run[, coord]), model = ["discrete", *models],
-        and attrs: ``config`` (JSON of everything above), ``seed``, ``coupled``, versions, device.
+        and attrs: ``config`` (JSON of everything above; user code recorded by name),
+        ``reproducible`` (0 when the config records user code), ``seed``, ``coupled``, versions,
+        device.
     """
     import xarray as xr
 
@@ -71,7 +72,9 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
               "record_x": record_x, "blowup_threshold": blowup_threshold, "block_size": block_size,
               "sde_method": sde_method,
               "x0": torch.as_tensor(x0, dtype=torch.float64).tolist()}
-    ds.attrs = {"config": json.dumps(config, sort_keys=True), "seed": int(seed), "coupled": int(coupled),
+    config = jsonable(config)  # user code (a FunctionProblem's f, a chain's drift) by its name
+    ds.attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)),
+                "seed": int(seed), "coupled": int(coupled),
                 "lr": float(method.lr), "device": str(disc.device), "dtype": disc.dtype,
                 "sdeopt_version": __version__, "torch_version": torch.__version__,
                 "xarray_version": xr.__version__}

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from sdeopt._jsonable import qualified_name
+
 
 # --- weak error ------------------------------------------------------------------------------
 
@@ -80,7 +82,7 @@ def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "dis
     if not out:
         raise ValueError("Invalid ds: it holds no model besides the reference")
     result = xr.concat(out, dim="model")
-    result.attrs = {"observable": observable if isinstance(observable, str) else "callable",
+    result.attrs = {"observable": observable if isinstance(observable, str) else qualified_name(observable),
                     "reference": reference, "paired": int(paired)}
     return result
 
