@@ -14,6 +14,7 @@ from sdeopt._rng import RandomSource
 from sdeopt.discrete import DCSGD, DSGD, DSignSGD, simulate
 from sdeopt.dynamics import SDE, DiagonalPlusRankOne, sde_of, solve
 from sdeopt.dynamics.solvers import EulerMaruyama, Milstein
+from tests._reference import HalfSquarePlusQuartic
 
 DIAG = [1.0, 2.0, 4.0]
 
@@ -255,21 +256,6 @@ def test_milstein_on_a_hand_built_sde():
                             diffusion_derivative=lambda x: torch.full_like(x, 0.1))
     path = solve(declared, [0.0, 0.0], n_steps=2, n_runs=2, method="milstein", record_x=True)
     assert torch.isfinite(path.x).all()
-
-
-class HalfSquarePlusQuartic(so.problems.Problem):
-    """f = x²/2 + x⁴/4 in one dimension (analytic gradient and Hessian)."""
-
-    dim = 1
-
-    def loss(self, x):
-        return (0.5 * x**2 + 0.25 * x**4).sum(-1)
-
-    def grad(self, x):
-        return x + x**3
-
-    def hvp(self, x, v):
-        return (1 + 3 * x**2) * v
 
 
 @pytest.mark.slow

@@ -20,24 +20,10 @@ from scipy import interpolate, linalg, stats
 import sdeopt as so
 from sdeopt.discrete import DCSGD, DSGD, DSignSGD, ItoChain, MarkovSGD
 from sdeopt.dynamics import sde_of
+from tests._reference import HalfSquarePlusQuartic
 
 ETA = 0.7  # a schedule factor != 1, so that every power of eta_t is pinned too
 LR = 0.3
-
-
-class QuadraticQuartic1D(so.problems.Problem):
-    """f = x²/2 + x⁴/4 in one dimension, written out by hand."""
-
-    dim = 1
-
-    def loss(self, x):
-        return (0.5 * x**2 + 0.25 * x**4).sum(-1)
-
-    def grad(self, x):
-        return x + x**3
-
-    def hvp(self, x, v):
-        return (1 + 3 * x**2) * v
 
 
 class TwoCenters(so.problems.Problem):
@@ -364,7 +350,7 @@ LRS = [0.1, 0.05, 0.025, 0.0125]
 def test_weak_orders_of_the_dsgd_models():
     """E x_T² at T = 1 on f = x²/2 + x⁴/4: first order 1, second order 2, curvature 1 (its
     correction has the opposite sign: exact for quadratics' stationary law, not a weak order 2)."""
-    prob, square = QuadraticQuartic1D(), (lambda x: x**2)
+    prob, square = HalfSquarePlusQuartic(), (lambda x: x**2)
     errs = {model: [] for model in GRADIENT_MODELS}
     for lr in LRS:
         exact = dsgd_expectation(lambda x: x + x**3, lr, 1.0, square, 1.0, round(1 / lr), -3.0, 3.0)
