@@ -207,6 +207,8 @@ def main() -> int:
                     help="reuse mutants/ and its verdicts (default: start from scratch)")
     ap.add_argument("--without", action="append", default=[], metavar="TEST_FILE",
                     help="drop this test file from the selection (e.g. to measure what it adds)")
+    ap.add_argument("--workdir", help="where --ref exports its tree (default .mutation/tree); "
+                                      "another one keeps the results of several refs apart")
     ap.add_argument("--report-only", action="store_true", help="summarise the last run, test nothing")
     ap.add_argument("--output", default=str(REPO / "tools" / "mutation.json"),
                     help="summary JSON (default tools/mutation.json)")
@@ -214,7 +216,9 @@ def main() -> int:
                                                "(implies --keep-cache)")
     args = ap.parse_args()
 
-    workdir = REPO / ".mutation" / "tree" if args.ref else REPO
+    if args.workdir and not args.ref:
+        ap.error("--workdir needs --ref (the working tree is tested in place)")
+    workdir = (REPO / (args.workdir or ".mutation/tree")).resolve() if args.ref else REPO
     source = {"ref": args.ref, "commit": _git("rev-parse", args.ref or "HEAD")}
     if not args.ref:
         source["dirty_files"] = [line[3:] for line in _git("status", "--porcelain").splitlines()
@@ -263,8 +267,10 @@ def main() -> int:
         "issue": 11,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python tools/mutation.py" + (f" --ref {args.ref}" if args.ref else "")
+                   + (f" --workdir {args.workdir}" if args.workdir else "")
                    + (f" --max-children {args.max_children}" if args.max_children != 2 else "")
-                   + "".join(f" --without {w}" for w in args.without),
+                   + "".join(f" --without {w}" for w in args.without)
+                   + "".join(f" '{m}'" for m in args.mutants),
         "source": source,
         "test_selection": report["test_selection"],
         "max_children": args.max_children,
