@@ -125,7 +125,8 @@ def _step_covariance(opt, grads):
         second = outer + v[:, i, None, None] * eye  # E (g + Z)(g + Z)ᵀ
         if isinstance(getattr(opt, "compressor", None), so.compressors.RandK):
             k = opt.compressor.k
-            keep = torch.full((d, d), k * (k - 1) / (d * (d - 1))).fill_diagonal_(k / d)
+            pair = k * (k - 1) / (d * (d - 1)) if d > 1 else 0.0  # no pairs in one dimension
+            keep = torch.full((d, d), pair).fill_diagonal_(k / d)
             second = second * keep * (d / k) ** 2
         cov += second - outer
     return cov / n**2
@@ -282,6 +283,118 @@ def test_models_without_a_derivation_are_refused(make, model):
 def test_heterogeneous_sign_method_has_no_second_order_model():
     with pytest.raises(ValueError, match="second_order"):
         sde_of(DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian()), TwoCenters(), "second_order")
+
+
+# --- what a model must keep: dtype, structure, edge cases, its record ---------------------------------
+
+DTYPE_CASES = {
+    "dsgd-gauss": lambda: (GRADIENT_METHODS["dsgd-gauss"](), so.problems.CoshSum(dim=3)),
+    "dsgd-affine-1d": lambda: (DSGD(lr=LR, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)),
+                               HalfSquarePlusQuartic()),
+    "dcsgd-randk": lambda: (GRADIENT_METHODS["dcsgd-randk"](), so.problems.CoshSum(dim=3)),
+    "dcsgd-randk-heterogeneous": lambda: (HETEROGENEOUS["dcsgd-randk"](), TwoCenters()),
+    "dsign-t": lambda: (SIGN_METHODS["t3-per-worker"](), so.problems.CoshSum(dim=3)),
+    "markov": lambda: (MarkovSGD(lr=LR, noise=MARKOV["ar1"][0]), so.problems.CoshSum(dim=3)),
+    "ito-chain": lambda: (ItoChain(lr=LR, gamma=0.5, diffusion=0.7), so.problems.CoshSum(dim=3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DTYPE_CASES))
+def test_models_compute_in_the_dtype_of_x(case, generator):
+    """float32 in, float32 out: drift, G dW, G Gᵀ and ∂g (no silent float64 constants)."""
+    opt, prob = DTYPE_CASES[case]()
+    sde = sde_of(opt, prob.to("cpu", torch.float32))
+    x = points(prob.dim, generator).float()
+    diffusion = sde.diffusion_at(x, ETA)
+    outputs = [sde.drift_at(x, ETA), diffusion.apply(torch.ones_like(x)), diffusion.cov()]
+    if sde.diffusion_derivative_fn is not None:
+        outputs.append(sde.diffusion_derivative_fn(x, ETA))
+    assert all(out.dtype == torch.float32 for out in outputs), [out.dtype for out in outputs]
+    reference = sde_of(opt, prob).diffusion_at(x.double(), ETA).cov()
+    torch.testing.assert_close(diffusion.cov().double(), reference, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("d,k", [(1, 1), (2, 1), (2, 2), (4, 3)])
+def test_randk_diffusion_in_small_dimensions(d, k, generator):
+    """k = d keeps everything (no compression noise); d = 2 is the smallest case with c != 0."""
+    opt = DCSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=0.6), compressor=so.compressors.RandK(k=k))
+    prob = so.problems.Quadratic(diag=list(np.linspace(1.0, 2.0, d)))
+    x = points(d, generator)
+    expected = (LR * ETA) ** 2 * _step_covariance(opt, prob.worker_grads(x).expand(-1, 2, -1))
+    sde = sde_of(opt, prob)
+    torch.testing.assert_close(sde.diffusion_at(x, ETA).cov() * LR, expected, rtol=1e-9, atol=1e-12)
+    assert sde.noise_type == "general"  # G Gᵀ is not diagonal: torchsde needs the dense G
+    path = so.dynamics.solve(sde, x[0], n_steps=3, n_runs=4, backend="torchsde")
+    assert torch.isfinite(path.loss).all()
+
+
+def test_sign_model_where_the_signs_are_certain():
+    """Far from the minimum Φ(∇f/σ) = 1 in float64: g = 0 there and ∂g = 0, not 0/0."""
+    opt = DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[0.1, 0.2]))
+    sde = sde_of(opt, so.problems.Quadratic(diag=[1.0, 2.0]))
+    x = torch.tensor([[60.0, -80.0], [0.3, 70.0]])
+    assert torch.equal(sde.diffusion_at(x, ETA).g[0], torch.zeros(2))
+    deriv = sde.diffusion_derivative_fn(x, ETA)
+    assert torch.isfinite(deriv).all() and torch.equal(deriv[0], torch.zeros(2)) and deriv[1, 1] == 0
+    torch.testing.assert_close(sde.drift_at(x, ETA)[0], torch.tensor([-ETA, ETA]))
+
+
+class TwoCenters1D(so.problems.Problem):
+    """Heterogeneous workers in one dimension: f_i = (x - c_i)²/2, c = (1, -2)."""
+
+    dim, n_workers = 1, 2
+    centers = torch.tensor([[1.0], [-2.0]])
+
+    def loss(self, x):
+        return 0.5 * ((x.unsqueeze(1) - self.centers) ** 2).sum(-1).mean(1)
+
+    def grad(self, x):
+        return x - self.centers.mean(0)
+
+    def hvp(self, x, v):
+        return v
+
+    def worker_grads(self, x):
+        return x.unsqueeze(1) - self.centers  # (B, 2, 1)
+
+
+def test_heterogeneous_sign_drift_in_one_dimension(generator):
+    opt = DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 1.0]))
+    prob, x = TwoCenters1D(), points(1, generator)
+    mean, _ = _sign_mean(opt, prob.worker_grads(x).numpy())
+    np.testing.assert_allclose(sde_of(opt, prob).drift_at(x, ETA).numpy(), -ETA * mean, rtol=1e-9, atol=1e-12)
+
+
+def test_itô_chain_with_a_callable_diffusion_has_no_milstein_in_several_dimensions():
+    """A user's σ(x) may mix coordinates: its ∂g is unknown, so Milstein is refused for d > 1 (in
+    1-D autograd gives it); a constant σ is additive noise."""
+    chain = ItoChain(lr=LR, diffusion=lambda y: 0.5 + 0.1 * y.sum(-1, keepdim=True).expand_as(y))
+    sde = sde_of(chain, so.problems.Quadratic(diag=[1.0, 2.0]))
+    assert sde.diffusion_derivative_fn is None
+    with pytest.raises(ValueError, match="milstein"):
+        so.dynamics.solve(sde, [0.5, 0.5], n_steps=2, n_runs=2, method="milstein")
+    one_d = so.dynamics.solve(sde_of(ItoChain(lr=LR, diffusion=lambda y: 0.5 + y**2), so.problems.Quadratic(diag=[1.0])),
+                              [0.5], n_steps=2, n_runs=2, method="milstein")
+    assert torch.isfinite(one_d.loss).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (GRADIENT_METHODS["dsgd-gauss"](), "curvature"),
+    lambda: (SIGN_METHODS["gauss"](), "second_order"),
+    lambda: (MarkovSGD(lr=LR, noise=MARKOV["ar1"][0]), "first_order"),
+    lambda: (ItoChain(lr=LR, gamma=0.5, diffusion=0.7), "first_order"),
+], ids=["dsgd", "dsign", "markov", "ito"])
+def test_models_record_what_they_are(make):
+    """The SDE knows its model, its problem (observables are recorded) and its configuration."""
+    opt, model = make()
+    prob = so.problems.Quadratic(diag=[1.0, 2.0, 3.0])
+    sde = sde_of(opt, prob, model)
+    assert sde.model == model and sde.problem is prob and sde.lr == LR
+    assert sde.config["model"] == model and sde.config["method"] == opt.config()
+    if isinstance(opt, ItoChain):
+        assert sde.config["gamma"] == 0.5 and sde.config["diffusion_scale"] == pytest.approx(LR**0.25)
+    path = so.dynamics.solve(sde, [1.0, 1.0, 1.0], n_steps=2, n_runs=4)
+    assert path.model == model and torch.isfinite(path.loss).all()
 
 
 # --- weak orders against deterministic references ----------------------------------------------------

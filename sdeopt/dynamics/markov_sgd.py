@@ -34,6 +34,6 @@ def moments(method: MarkovSGD, problem: Problem) -> Moments:
     why = ("SGD with Markovian noise has only a first-order model: its steps are correlated, so the "
            "i.i.d. one-step moment matching behind the second-order and curvature corrections does "
            "not apply (an O(eta) correction for a correlated chain is not derived here)")
-    return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=diffusion,
+    return Moments(mean=problem.grad, mean_jvp=None, diffusion=diffusion,  # first order only
                    noise_type="diagonal", brownian_dim=problem.dim, diffusion_derivative=zero_derivative,
                    refused={"second_order": why, "curvature": why})
