@@ -197,6 +197,8 @@ COMMUTATIVE = {
     "dsgd-affine-1d": lambda: (DSGD(lr=0.3, n_workers=2, noise=so.noise.AffineVariance(sigma0=[0.3, 0.5],
                                                                                       sigma1=[0.8, 0.2])),
                                HalfSquarePlusQuartic()),
+    "dsgd-affine-1d-shared": lambda: (DSGD(lr=0.3, n_workers=3, noise=so.noise.AffineVariance(sigma1=0.6)),
+                                      HalfSquarePlusQuartic()),
     "dsgd-affine-additive": lambda: (DSGD(lr=0.3, noise=so.noise.AffineVariance(sigma0=0.7)), quadratic()),
     "dsign-gauss": lambda: (DSignSGD(lr=0.3, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
                             so.problems.CoshSum(dim=3)),

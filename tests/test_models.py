@@ -339,6 +339,17 @@ def test_sign_model_where_the_signs_are_certain():
     torch.testing.assert_close(sde.drift_at(x, ETA)[0], torch.tensor([-ETA, ETA]))
 
 
+def test_affine_derivative_where_the_noise_vanishes():
+    """σ0 = 0 and ∇f = 0 at the minimum: g = 0 and its Milstein derivative is 0 there, not 0/0."""
+    opt = DSGD(lr=LR, n_workers=3, noise=so.noise.AffineVariance(sigma1=0.6))
+    sde = sde_of(opt, HalfSquarePlusQuartic())
+    x = torch.tensor([[0.0], [0.5]])
+    deriv = sde.diffusion_derivative_fn(x, ETA)
+    assert deriv[0, 0] == 0 and sde.diffusion_at(x, ETA).g[0, 0] == 0
+    # g = eta sqrt(lr) sqrt(3 σ1² f'²)/3 = eta sqrt(lr) σ1 |f'| / sqrt(3), f' = x + x³, f'' = 1 + 3x²
+    torch.testing.assert_close(deriv[1, 0], torch.tensor(ETA * LR**0.5 * 0.6 / 3**0.5 * (1 + 3 * 0.25)))
+
+
 class TwoCenters1D(so.problems.Problem):
     """Heterogeneous workers in one dimension: f_i = (x - c_i)²/2, c = (1, -2)."""
 
