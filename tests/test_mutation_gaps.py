@@ -69,10 +69,11 @@ def test_eta_is_the_schedule_factor_of_the_step_containing_t():
 
 def test_sde_validates_its_dimensions():
     drift, diffusion = (lambda x, eta: -x), (lambda x, eta: Diagonal(torch.ones_like(x)))
-    for kw, name in ((dict(dim=0, brownian_dim=0), "dim"), (dict(dim=2, brownian_dim=0, noise_type="general"),
-                                                           "brownian_dim"),
-                     (dict(dim=2, brownian_dim=3), "brownian_dim"), (dict(dim=2, brownian_dim=2, lr=0.0), "lr"),
-                     (dict(dim=2, brownian_dim=2, noise_type="scalar"), "noise_type")):
+    for kw, name in ((dict(dim=0, brownian_dim=1, noise_type="general"), "Invalid dim:"),
+                     (dict(dim=2, brownian_dim=0, noise_type="general"), "Invalid brownian_dim:"),
+                     (dict(dim=2, brownian_dim=3), "Invalid brownian_dim:"),
+                     (dict(dim=2, brownian_dim=2, lr=0.0), "Invalid lr:"),
+                     (dict(dim=2, brownian_dim=2, noise_type="scalar"), "Invalid noise_type:")):
         with pytest.raises(ValueError, match=name):
             SDE(drift_fn=drift, diffusion_fn=diffusion, **dict(dict(noise_type="diagonal"), **kw))
     SDE(dim=2, brownian_dim=3, drift_fn=drift, diffusion_fn=diffusion, noise_type="general")  # m != d: fine
@@ -120,6 +121,9 @@ def test_grid_brownian_sums_its_increments_and_refuses_off_grid_queries(generato
     torch.testing.assert_close(bm(t0 + 2 * h, t0 + 3 * h), inc[2])
     torch.testing.assert_close(bm(t0 + h, t0 + 4 * h), inc[1] + inc[2] + inc[3])
     torch.testing.assert_close(bm(t0 + 4 * h, t0 + h), -(inc[1] + inc[2] + inc[3]))
+    torch.testing.assert_close(bm(t0 + 3 * h, t0 + 2 * h), -inc[2])  # one step back
+    torch.testing.assert_close(bm(t0, t0 + 2 * h), inc[0] + inc[1])  # two steps
+    assert repr(bm) == "GridBrownian(t0=0.5, h=0.25, n=6)"
     torch.testing.assert_close(bm(t0 + 3 * h), inc[0] + inc[1] + inc[2])  # W(t) - W(t0)
     torch.testing.assert_close(bm(t0 + 6 * h), inc.sum(0))
     assert bm(t0 + 2 * h, t0 + 2 * h).abs().max() == 0
@@ -171,6 +175,16 @@ def test_torchsde_backend_is_euler_on_its_drawn_increments(generator):
     assert not whole.diverged.any() and (whole.blowup_step == -1).all()
     assert whole.blowup_step.dtype == torch.int64 and whole.diverged.dtype == torch.bool
     assert solve(sde, x0, **dict(kw, record_x=False)).x is None
+    assert (whole.model, whole.lr, whole.seed) == (sde.model, sde.lr, 7)
+    assert {k: whole.config[k] for k in ("n_steps", "n_runs", "block_size", "first_run", "blowup_threshold",
+                                         "backend", "substeps")} == {
+        "n_steps": n_steps, "n_runs": n_runs, "block_size": block, "first_run": 0, "blowup_threshold": 1e10,
+        "backend": "torchsde", "substeps": substeps}
+    assert whole.config["problem"] == {"type": "none", "dim": 2}
+    # Two runs with their own x0, one chunk each (block_size 1).
+    pair = solve(sde, x0[:2], **dict(kw, n_runs=2, block_size=1, chunk_size=1))
+    torch.testing.assert_close(pair.x, _euler_reference(sde, x0[:2], n_steps, 2, substeps, seed=7, block_size=1),
+                               rtol=1e-10, atol=1e-12)
     # Runs first_run.. of a larger batch are that batch's rows (block-aligned).
     tail = solve(sde, x0[4:], **dict(kw, n_runs=8, first_run=4))
     torch.testing.assert_close(tail.x, ref[:, 4:], rtol=1e-10, atol=1e-12)
@@ -193,14 +207,15 @@ def _doubling_sde():
 
 @pytest.mark.parametrize("backend", ["native", "torchsde"])
 def test_divergence_is_judged_at_records_and_frozen_at_the_last_good_one(backend):
-    x0 = torch.tensor([[1.0], [-3.0], [0.0], [0.375]])
-    path = solve(_doubling_sde(), x0, n_steps=8, n_runs=4, record_x=True, blowup_threshold=100.0,
+    x0 = torch.tensor([[1.0], [-3.0], [0.0], [0.375], [0.5]])
+    path = solve(_doubling_sde(), x0, n_steps=8, n_runs=5, record_x=True, blowup_threshold=100.0,
                  backend=backend)
-    # |x_k| = |x0| 2^k > 100 first at k = 7 (1 -> 128) and k = 6 (3 -> 192); 0 never; 0.375 -> 96 at k = 8.
-    assert path.diverged.tolist() == [True, True, False, False]
-    assert path.blowup_step.tolist() == [7, 6, -1, -1]
-    expected = torch.tensor([[min(2.0**k, 64.0), -3.0 * min(2.0**k, 32.0), 0.0, 0.375 * 2.0**k]
-                             for k in range(9)])
+    # |x_k| = |x0| 2^k > 100 first at k = 7 (1 -> 128) and k = 6 (3 -> 192); 0 never; 0.375 -> 96 at
+    # k = 8, never; 0.5 -> 128 at the last step, k = 8.
+    assert path.diverged.tolist() == [True, True, False, False, True]
+    assert path.blowup_step.tolist() == [7, 6, -1, -1, 8]
+    expected = torch.tensor([[min(2.0**k, 64.0), -3.0 * min(2.0**k, 32.0), 0.0, 0.375 * 2.0**k,
+                              min(0.5 * 2.0**k, 64.0)] for k in range(9)])
     torch.testing.assert_close(path.x[..., 0], expected)
 
 
@@ -209,9 +224,9 @@ def test_the_threshold_bounds_the_norm(backend):
     """A run is over the threshold when |x| > threshold (not |x|² > 2 threshold, |x|² > threshold³)."""
     still = SDE(dim=2, drift_fn=lambda x, eta: torch.zeros_like(x),
                 diffusion_fn=lambda x, eta: Diagonal(torch.zeros_like(x)), noise_type="diagonal", brownian_dim=2)
-    x0 = torch.tensor([[12.0, 16.0], [120.0, 160.0]])  # |x| = 20 and 200
-    path = solve(still, x0, n_steps=2, n_runs=2, blowup_threshold=100.0, backend=backend)
-    assert path.diverged.tolist() == [False, True]
+    x0 = torch.tensor([[12.0, 16.0], [120.0, 160.0], [60.0, 80.0]])  # |x| = 20, 200 and exactly 100
+    path = solve(still, x0, n_steps=2, n_runs=3, blowup_threshold=100.0, backend=backend)
+    assert path.diverged.tolist() == [False, True, False]
 
 
 # --- Milstein -------------------------------------------------------------------------------------------
@@ -273,12 +288,30 @@ def test_coupling_refuses_mismatched_trajectories():
               coupled=disc)
     with pytest.raises(ValueError, match="first_run"):
         solve(sde, torch.ones(2), n_steps=5, n_runs=6, coupled=disc, first_run=4096)
-    near = DSGD(lr=0.1 * (1 + 1e-9), noise=so.noise.Gaussian(scale=0.5))
+    later = simulate(opt, prob, torch.ones(2), n_steps=5, n_runs=6, keep_increments=True, seed=2, first_run=4096)
+    solve(sde, torch.ones(2), n_steps=5, n_runs=6, coupled=later, first_run=4096)  # the same runs: fine
+    with pytest.raises(ValueError, match="first_run"):
+        solve(sde, torch.ones(2), n_steps=5, n_runs=6, coupled=later)
+    near = DSGD(lr=0.1 * (1 + 1e-10), noise=so.noise.Gaussian(scale=0.5))
     with pytest.raises(ValueError, match="lr"):
         solve(sde_of(near, prob), torch.ones(2), n_steps=5, n_runs=6, coupled=disc)
 
 
 # --- solve's bookkeeping --------------------------------------------------------------------------------
+
+
+def test_torchsde_strong_schemes_need_commutative_noise():
+    mixing = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x.sum(-1, keepdim=True).expand_as(x), dim=2)
+    for ts_method in ("milstein", "srk"):
+        with pytest.raises(ValueError, match="commutative"):
+            solve(mixing, [0.0, 0.0], n_steps=2, n_runs=2, backend="torchsde", torchsde_method=ts_method)
+
+
+def test_a_hand_built_sde_with_a_problem_runs_in_float32():
+    prob = so.problems.Quadratic(diag=[1.0, 2.0])
+    sde = SDE.diagonal(lambda x: -x, lambda x: torch.full_like(x, 0.1), dim=2, problem=prob)
+    path = solve(sde, [1.0, -1.0], n_steps=3, n_runs=2, dtype=torch.float32)  # no rebuild: runs as given
+    assert path.loss.dtype == torch.float32 and torch.isfinite(path.loss).all()
 
 
 def test_solve_defaults_and_config():

@@ -116,7 +116,7 @@ def _inner_report(out: Path, cfg) -> int:
         for name, code in sorted(m.exit_code_by_key.items(), key=lambda kv: _mutant_sort_key(kv[0])):
             status = status_by_exit_code[code]
             entry = {"status": status}
-            if status != "killed":
+            if status not in ("killed", "not checked"):
                 try:
                     entry["diff"] = get_diff_for_mutant(name, path=path)
                 except Exception as err:  # a diff is a convenience; never fail the report on it
@@ -252,7 +252,7 @@ def main() -> int:
     survivors = {}
     for path, mutants in report["files"].items():
         for name, entry in mutants.items():
-            if entry["status"] != "killed":
+            if entry["status"] not in ("killed", "not checked"):
                 survivors[name] = dict(entry, file=path)
     model_paths = {f"{DYNAMICS}/{n}" for n in MODEL_FILES}
     print(f"\n{sum(1 for s in survivors.values() if s['file'] in model_paths)} undetected mutants in "
@@ -285,8 +285,9 @@ def main() -> int:
         "per_file": summary["per_file"],
         "undetected": survivors,
     }
-    if wall is None and Path(args.output).exists():  # --report-only keeps the last run's time
-        out["wall_s"] = json.loads(Path(args.output).read_text()).get("wall_s")
+    if wall is None and Path(args.output).exists():  # --report-only keeps the last run's time and command
+        last = json.loads(Path(args.output).read_text())
+        out.update({k: last[k] for k in ("wall_s", "command", "date", "test_selection") if k in last})
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(f"\nwrote {args.output}")
