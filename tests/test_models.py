@@ -280,6 +280,23 @@ def test_models_without_a_derivation_are_refused(make, model):
         sde_of(make(), so.problems.Quadratic(diag=[1.0, 2.0, 3.0]), model)
 
 
+@pytest.mark.parametrize("scale", [0.0, [0.0, 1.0]])
+def test_sign_model_refuses_a_zero_noise_scale(scale):
+    """σ = 0 makes the sign deterministic: m jumps at ∇f = 0 and the drift is not smooth."""
+    with pytest.raises(ValueError, match="zero scale"):
+        sde_of(DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=scale)), so.problems.Quadratic(diag=[1.0]))
+    sde_of(DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[1.0, 2.0])), so.problems.Quadratic(diag=[1.0]))
+
+
+def test_a_method_without_a_model_is_refused():
+    class PlainGradient(so.discrete.base.DirectionMethod):
+        def direction(self, problem, x, rng):
+            return problem.grad(x)
+
+    with pytest.raises(ValueError, match="has no SDE model"):
+        sde_of(PlainGradient(lr=LR, noise=so.noise.Gaussian()), so.problems.Quadratic(diag=[1.0]))
+
+
 def test_heterogeneous_sign_method_has_no_second_order_model():
     with pytest.raises(ValueError, match="second_order"):
         sde_of(DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian()), TwoCenters(), "second_order")

@@ -144,9 +144,6 @@ class _SDEStepper:
         sub = total.unsqueeze(1) / n + (z - z.mean(dim=1, keepdim=True))
         return sub.unbind(dim=1)
 
-    def config(self) -> dict:
-        return {"scheme": type(self.scheme).__name__, "substeps": self.substeps}
-
 
 def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: int = 1,
           method: str = "euler", backend: str = "native", coupled: Trajectory | None = None,
