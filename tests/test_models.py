@@ -27,10 +27,13 @@ LR = 0.3
 
 
 class TwoCenters(so.problems.Problem):
-    """Heterogeneous workers: f_i = |x - c_i|²/2, c_1 = (1, -1, 0.5), c_2 = (-0.5, 2, 0)."""
+    """Heterogeneous workers: f_i = |x - c_i|²/2 with two centres c_i, the rows of ``centers``."""
 
-    dim, n_workers = 3, 2
-    centers = torch.tensor([[1.0, -1.0, 0.5], [-0.5, 2.0, 0.0]])
+    n_workers = 2
+
+    def __init__(self, centers=((1.0, -1.0, 0.5), (-0.5, 2.0, 0.0))):
+        self.centers = torch.tensor(centers)  # (2, d)
+        self.dim = self.centers.shape[1]
 
     def loss(self, x):
         return 0.5 * ((x.unsqueeze(1) - self.centers) ** 2).sum(-1).mean(1)
@@ -367,28 +370,9 @@ def test_affine_derivative_where_the_noise_vanishes():
     torch.testing.assert_close(deriv[1, 0], torch.tensor(ETA * LR**0.5 * 0.6 / 3**0.5 * (1 + 3 * 0.25)))
 
 
-class TwoCenters1D(so.problems.Problem):
-    """Heterogeneous workers in one dimension: f_i = (x - c_i)²/2, c = (1, -2)."""
-
-    dim, n_workers = 1, 2
-    centers = torch.tensor([[1.0], [-2.0]])
-
-    def loss(self, x):
-        return 0.5 * ((x.unsqueeze(1) - self.centers) ** 2).sum(-1).mean(1)
-
-    def grad(self, x):
-        return x - self.centers.mean(0)
-
-    def hvp(self, x, v):
-        return v
-
-    def worker_grads(self, x):
-        return x.unsqueeze(1) - self.centers  # (B, 2, 1)
-
-
 def test_heterogeneous_sign_drift_in_one_dimension(generator):
     opt = DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 1.0]))
-    prob, x = TwoCenters1D(), points(1, generator)
+    prob, x = TwoCenters([[1.0], [-2.0]]), points(1, generator)
     mean, _ = _sign_mean(opt, prob.worker_grads(x).numpy())
     np.testing.assert_allclose(sde_of(opt, prob).drift_at(x, ETA).numpy(), -ETA * mean, rtol=1e-9, atol=1e-12)
 

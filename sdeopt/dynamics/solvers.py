@@ -6,7 +6,7 @@ integer k plus a substep index, never accumulated in floating point). The batche
 chunking, seeding, recording and divergence handling are the discrete engine's
 (``sdeopt.discrete.base.run_engine``): one engine for both layers.
 
-Brownian sources (STYLE.md: randomness apart from the solver):
+Brownian sources (randomness kept apart from the solver):
 - independent: dW = sqrt(h) z, z ~ N(0, I_m) from the run's RandomSource;
 - coupled: the discrete run's own Gaussian draws ξ_k (``simulate(..., keep_increments=True)``)
   drive the SDE: the increment over step k is W(t_{k+1}) - W(t_k) = -sqrt(lr) ξ_k (the sign
