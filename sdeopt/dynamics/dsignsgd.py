@@ -50,14 +50,13 @@ def moments(method: DSignSGD, problem: Problem) -> Moments:
         m = sign_means(x)
         return m[:, 0] if m.shape[1] == 1 else m.mean(dim=1)
 
-    def mean_slopes(x):
-        """∂m_i/∂(∇f) coordinate-wise, (B, N or 1, d): 2 p(∇f/σ_i) / σ_i."""
-        grads = problem.worker_grads(x)  # (B, 1, d)
-        s = noise.scales(n, x.device, x.dtype).unsqueeze(-1)  # (N or 1, 1)
+    def mean_slopes(grads):
+        """∂m_i/∂(∇f_i) coordinate-wise, (B, N or 1, d): 2 p(∇f_i/σ_i) / σ_i."""
+        s = noise.scales(n, grads.device, grads.dtype).unsqueeze(-1)  # (N or 1, 1)
         return 2.0 * noise.standard_pdf(grads / s) / s
 
     def mean_jvp(x, v):
-        return mean_slopes(x).mean(dim=1) * problem.hvp(x, v)
+        return mean_slopes(problem.worker_grads(x)).mean(dim=1) * problem.hvp(x, v)
 
     def variance(m):
         return torch.clamp((1.0 - m * m).sum(dim=1) * (n / m.shape[1]) / n**2, min=0.0)  # (B, d)
@@ -66,8 +65,9 @@ def moments(method: DSignSGD, problem: Problem) -> Moments:
         return Diagonal(torch.sqrt(variance(sign_means(x))) * scale)
 
     def diffusion_derivative(x, scale):
-        m = sign_means(x)  # (B, N or 1, d)
-        dm = mean_slopes(x) * problem.hvp(x, torch.ones_like(x)).unsqueeze(1)  # (B, N or 1, d)
+        grads = problem.worker_grads(x)  # (B, 1, d): homogeneous
+        m = noise.sign_mean(grads, n)  # (B, N or 1, d)
+        dm = mean_slopes(grads) * problem.hvp(x, torch.ones_like(x)).unsqueeze(1)  # (B, N or 1, d)
         dvar = -2.0 * (m * dm).sum(dim=1) * (n / m.shape[1]) / n**2  # (B, d)
         root = torch.sqrt(variance(m))  # (B, d)
         positive = root > 0  # where g_j = 0 the Milstein term g ∂g vanishes anyway
