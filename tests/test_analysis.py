@@ -154,6 +154,32 @@ def test_weak_error_leaves_out_diverged_runs_without_nan():
     assert np.all(np.diff(div["fraction_by_step"].sel(model="discrete").values) >= 0)
 
 
+def _blowup_study(blowup):
+    """Two models, steps 0, 1, 2, three runs with losses run + step, and the given blow-up steps."""
+    loss = np.array([[[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]],
+                     [[0.5, 1.5, 2.5], [1.5, 2.5, 3.5], [2.5, 3.5, 4.5]]])  # (model, step, run)
+    blowup = np.array(blowup)  # (model, run)
+    return xr.Dataset({"loss": (("model", "step", "run"), loss),
+                       "diverged": (("model", "run"), blowup >= 0),
+                       "blowup_step": (("model", "run"), blowup)},
+                      coords={"model": ["discrete", "sde"], "step": [0, 1, 2]}, attrs={"coupled": 0})
+
+
+def test_weak_error_uses_the_runs_alive_at_each_step():
+    """A run that blows up at step 2 counts at steps 0 and 1 (it used to be dropped everywhere,
+    conditioning the early steps on the future); where no run is left, n_used says so."""
+    err = weak_error(_blowup_study([[-1, -1, 2], [-1, -1, -1]]), "loss").sel(model="sde")
+    # step 1: all three runs of both models: means 3.0 and 2.5 -> +0.5; step 2: discrete runs 0, 1
+    np.testing.assert_allclose(err["signed"].values, [0.5, 0.5, 3.5 - 2.5])
+    np.testing.assert_array_equal(err["n_used"].values, [3, 3, 2])
+    gone = weak_error(_blowup_study([[1, 2, 2], [-1, -1, -1]]), "loss").sel(model="sde")
+    np.testing.assert_array_equal(gone["n_used"].values, [3, 2, 0])
+    assert np.isfinite(gone["signed"].values[:2]).all() and np.isnan(gone["error"].values[2])
+    paired = weak_error(_blowup_study([[-1, -1, 2], [1, -1, -1]]), "loss", paired=True).sel(model="sde")
+    np.testing.assert_array_equal(paired["n_used"].values, [3, 2, 1])  # alive in both models
+    np.testing.assert_allclose(paired["signed"].values, [0.5, 0.5, 0.5])
+
+
 def test_order_fit_slope_interval_and_mc_warning():
     lrs = np.array([0.2, 0.1, 0.05, 0.025])
     rng = np.random.default_rng(0)

@@ -274,7 +274,7 @@ def richardson_weak_error(coarse, fine, observable: str = "loss"):
     discrete runs) whose SDEs were solved with h and h/2. Each SDE run's value becomes
     2 g(X^{h/2}) - g(X^h), which has mean 2 E_{h/2} - E_h = E g(X) + O(h²); the standard error
     comes from these per-run values, so it is exact whatever the correlation of the two levels.
-    A run that diverged at either level is left out.
+    At each step a run counts while it is alive at both levels (``metrics.alive``).
     """
     import xarray as xr
 
@@ -285,6 +285,12 @@ def richardson_weak_error(coarse, fine, observable: str = "loss"):
     values = xr.where(sde, 2 * fine_v - coarse_v, fine_v)
     diverged = fine["diverged"] | (coarse["diverged"] & sde)
     combined = xr.Dataset({"value": values, "diverged": diverged}, attrs=fine.attrs)
+    if "blowup_step" in fine and "blowup_step" in coarse:  # else alive = ~diverged at every step
+        never = np.iinfo(np.int64).max  # -1 (never blew up) sorts last
+        first = np.minimum(fine["blowup_step"].where(fine["blowup_step"] >= 0, never),
+                           coarse["blowup_step"].where(coarse["blowup_step"] >= 0, never))
+        combined["blowup_step"] = xr.where(sde, xr.where(first == never, -1, first),
+                                           fine["blowup_step"]).astype(np.int64)
     err = weak_error(combined, "value")
     err.attrs["observable"] = observable
     return err

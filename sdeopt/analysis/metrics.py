@@ -35,10 +35,27 @@ def _observable(ds, observable):
     return ds[observable]
 
 
+def alive(ds):
+    """(model, step, run) mask of the runs alive at each recorded step.
+
+    A run frozen at step b (``blowup_step`` = b, the first step whose iterate was bad) is alive at
+    the steps before b; -1 means it never blew up. Datasets without ``blowup_step`` fall back to
+    ``~diverged`` at every step.
+    """
+    if "blowup_step" not in ds:
+        return (~ds["diverged"]).broadcast_like(ds["step"])
+    blowup = ds["blowup_step"]  # (model, run)
+    return (blowup < 0) | (ds["step"] < blowup)
+
+
 def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "discrete", paired: bool | None = None):
     """|E g(x_k) - E g(X_{k lr})| for every model against ``reference``, with its standard error.
 
-    Runs that diverged (in either model, when paired) are left out, and counted.
+    At each step, the runs alive at that step are used: a run that blows up at step b (its
+    ``blowup_step``) counts at the steps before b and is left out from b on (in either model,
+    when paired), never earlier: leaving out every run that *eventually* diverges would condition
+    the early steps on the future. ``n_used`` says how many runs entered each value; where none
+    is left it is 0 and ``error``, ``signed`` and ``se`` are NaN.
 
     Args:
         ds: a Dataset from ``compare`` (or any with the DESIGN.md §3 schema).
@@ -59,7 +76,7 @@ def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "dis
     values = _observable(ds, observable)  # (model, step, run)
     if paired is None:
         paired = bool(ds.attrs.get("coupled", 0))
-    ok = ~ds["diverged"]  # (model, run)
+    ok = alive(ds)  # (model, step, run)
     ref_values, ref_ok = values.sel(model=reference), ok.sel(model=reference)
     out = []
     for model in ds["model"].values:
@@ -70,13 +87,13 @@ def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "dis
             keep = v_ok & ref_ok
             diff = (v - ref_values).where(keep)
             signed = diff.mean("run")
-            se = diff.std("run", ddof=1) / np.sqrt(keep.sum())
-            n_used = keep.sum() + 0 * signed
+            n_used = keep.sum("run")
+            se = diff.std("run", ddof=1) / np.sqrt(n_used)
         else:
             a, b = v.where(v_ok), ref_values.where(ref_ok)
             signed = a.mean("run") - b.mean("run")
-            se = np.sqrt(a.var("run", ddof=1) / v_ok.sum() + b.var("run", ddof=1) / ref_ok.sum())
-            n_used = np.minimum(v_ok.sum(), ref_ok.sum()) + 0 * signed
+            se = np.sqrt(a.var("run", ddof=1) / v_ok.sum("run") + b.var("run", ddof=1) / ref_ok.sum("run"))
+            n_used = np.minimum(v_ok.sum("run"), ref_ok.sum("run"))
         out.append(xr.Dataset({"error": abs(signed), "signed": signed, "se": se, "n_used": n_used})
                    .expand_dims(model=[model]))
     if not out:
