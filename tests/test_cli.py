@@ -100,6 +100,19 @@ def test_run_a_config(tmp_path, capsys):
     ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
      "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
      "lrs=[0.1, 0.05, 0.2, 0.025]\nobservable='energy'", "energy"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\ncoupled = 'false'", "coupled = 'false'"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord_x = 'no'", "record_x = 'no'"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrichardson = '0'", "richardson = '0'"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord_x = 1", "record_x = 1"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nmodels = 'first_order'", "models = 'first_order'"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord = 'loss'", "record = 'loss'"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nblowup_threshold = '1e6'", "blowup_threshold"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nname = 3", "name = 3"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1, shortcuts='false'}\nproblem={type='Quadratic', diag=[1.0]}\n"
+     "x0=[0.0]\nnoise={type='Gaussian'}", "method.shortcuts = 'false'"),
+    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+     "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
+     "lrs=[0.1, 0.05, true, 0.025]", "lrs"),
 ])
 def test_bad_configs_get_clear_messages(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.toml"

@@ -149,3 +149,11 @@ def test_bad_sweep_configs(tmp_path, capsys, text, needle):
     assert main(["sweep", str(cfg), "--out", str(tmp_path / "s.zarr")]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_sweep_over_strings_for_a_flag_is_refused(tmp_path):
+    """'false' is a truthy string: the two cells would have been the same run labelled differently."""
+    cfg = tmp_path / "flags.toml"
+    cfg.write_text(CONFIG.format(n_steps=5).split("[sweep]")[0] + '[sweep]\ncoupled = ["false", "true"]\n')
+    with pytest.raises(ValueError, match="coupled = 'false'.*TOML boolean"):
+        load_sweep(cfg)

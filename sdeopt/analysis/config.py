@@ -118,6 +118,9 @@ def _instance(where: str, registry: dict, spec, what: str):
             if key not in params:
                 raise ValueError(f"Invalid config key: {where}.{what}.{key} ({kind} takes "
                                  f"{', '.join(p for p in params if p != 'self')})")
+    for key, value in kwargs.items():  # a flag is a TOML boolean, never a truthy string or number
+        if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
+            raise ValueError(f"Invalid config value: {where}.{what}.{key} = {value!r} ({KINDS['bool']})")
     try:
         return cls(**kwargs)
     except ValueError as exc:
@@ -154,11 +157,16 @@ def build(run: dict, *, where: str = "run") -> dict:
     study = run.get("study", "trajectories")
     if study not in STUDIES:
         raise ValueError(f"Invalid config key: {where}.study = {study!r} (choose from {', '.join(STUDIES)})")
-    params = {"n_steps": run.get("n_steps", 1000), "n_runs": run.get("n_runs", 1000), "seed": run.get("seed", 0),
-              "record_every": run.get("record_every", 10), "record": tuple(run.get("record", ("loss", "grad_norm"))),
-              "record_x": bool(run.get("record_x", False)), "models": list(run.get("models", [])),
-              "substeps": run.get("substeps", 1), "coupled": bool(run.get("coupled", False)),
-              "blowup_threshold": float(run.get("blowup_threshold", 1e10))}
+    def typed(key, default, kind):
+        return _typed(run, where, key, default, kind)
+
+    params = {"n_steps": typed("n_steps", 1000, "int"), "n_runs": typed("n_runs", 1000, "int"),
+              "seed": typed("seed", 0, "int"), "record_every": typed("record_every", 10, "int"),
+              "record": tuple(typed("record", ["loss", "grad_norm"], "names")),
+              "record_x": typed("record_x", False, "bool"), "models": list(typed("models", [], "names")),
+              "substeps": typed("substeps", 1, "int"), "coupled": typed("coupled", False, "bool"),
+              "blowup_threshold": float(typed("blowup_threshold", 1e10, "number"))}
+    typed("name", "", "str")
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     if run.get("dtype", "float64") not in dtypes:
         raise ValueError(f"Invalid config value: {where}.dtype = {run.get('dtype')!r} (float32 or float64)")
@@ -166,14 +174,9 @@ def build(run: dict, *, where: str = "run") -> dict:
     params["device"] = run.get("device", "cpu")
     if not isinstance(params["device"], str):
         raise ValueError(f"Invalid config value: {where}.device = {params['device']!r} (a device name)")
-    for key in ("n_steps", "n_runs", "seed", "record_every", "substeps"):
-        if isinstance(params[key], bool) or not isinstance(params[key], int):
-            raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} (an integer)")
     _check_names(where, "models", params["models"], tuple(MODELS))
     _check_names(where, "record", params["record"], OBSERVABLES + tuple(method.extra_observables))
-    richardson = run.get("richardson")
-    if richardson is not None and not isinstance(richardson, bool):
-        raise ValueError(f"Invalid config value: {where}.richardson = {richardson!r} (true or false)")
+    richardson = typed("richardson", None, "bool")
     average_from = run.get("average_from")
     if average_from is not None and (study != "trajectories" or isinstance(average_from, bool)
                                      or not isinstance(average_from, int)
@@ -184,10 +187,10 @@ def build(run: dict, *, where: str = "run") -> dict:
            "richardson": richardson, "average_from": average_from}
     if study == "weak_order":
         lrs = run.get("lrs")
-        if not isinstance(lrs, list) or len(lrs) < 4 or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
+        if not isinstance(lrs, list) or len(lrs) < 4 or not all(_is_number(v) and v > 0 for v in lrs):
             raise ValueError(f"Invalid config value: {where}.lrs = {lrs!r} (>= 4 positive step sizes)")
         horizon = run.get("horizon")
-        if not isinstance(horizon, (int, float)) or horizon <= 0:
+        if not _is_number(horizon) or horizon <= 0:
             raise ValueError(f"Invalid config value: {where}.horizon = {horizon!r} (a time > 0)")
         for lr in lrs:
             if abs(horizon / lr - round(horizon / lr)) > 1e-9 * horizon / lr:
@@ -202,6 +205,31 @@ def build(run: dict, *, where: str = "run") -> dict:
         if not out["models"]:
             raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
     return out
+
+
+#: What each kind of config value must be; TOML has a type for each, so nothing is coerced
+#: (a string "false" is truthy: read as a boolean it would silently mean true).
+KINDS = {"bool": "true or false, a TOML boolean", "int": "an integer", "number": "a number",
+         "str": "a string", "names": "a list of names, e.g. [\"first_order\"]"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _typed(run: dict, where: str, key: str, default, kind: str):
+    """``run[key]`` (or ``default`` when absent), refused unless it is of ``kind`` (a KINDS key)."""
+    value = run.get(key, default)
+    if key not in run:
+        return value
+    ok = {"bool": isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "number": _is_number(value),
+          "str": isinstance(value, str),
+          "names": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+    if not ok:
+        raise ValueError(f"Invalid config value: {where}.{key} = {value!r} ({KINDS[kind]})")
+    return value
 
 
 def _check_names(where: str, key: str, names, allowed: tuple) -> None:
