@@ -82,7 +82,8 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _as_float(name: str, value) -> float:
-    if isinstance(value, bool):
+    """A Python float from a number, a numpy scalar or a 0-d tensor; never from a bool or a string."""
+    if isinstance(value, (bool, str, bytes)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
         raise ValueError(f"Invalid {name}: {value!r} (must be a number)")
     try:
         return float(value)

@@ -429,3 +429,28 @@ def test_fused_dsignsgd_takes_the_same_random_stream():
     differ = (eager.x != fused.x).any(-1).any(0)
     assert differ.float().mean() < 0.01
     assert (eager.x - fused.x).abs().max() <= 4 * 2 * opt.lr / 8 + 1e-6
+
+
+@pytest.mark.parametrize("lr,n_workers", [(np.float32(0.1), np.int64(2)), (torch.tensor(0.1), 2), (0.1, np.int32(2))])
+def test_numpy_and_torch_scalars_are_numbers(lr, n_workers, tmp_path):
+    """They were kept as given and crashed the first step or the dataset's JSON config."""
+    opt = DSGD(lr=lr, n_workers=n_workers, noise=so.noise.Gaussian())
+    assert type(opt.lr) is float and type(opt.n_workers) is int and opt.lr == pytest.approx(0.1)
+    ds = so.analysis.compare(opt, so.problems.Quadratic(diag=[1.0]), [1.0], n_steps=3, n_runs=4)
+    ds.to_netcdf(tmp_path / "scalars.nc")
+
+
+@pytest.mark.parametrize("lr", ["0.1", b"0.1", torch.tensor([0.1, 0.2])])
+def test_strings_and_arrays_are_not_learning_rates(lr):
+    with pytest.raises(ValueError, match="Invalid lr"):
+        DSGD(lr=lr, noise=so.noise.Gaussian())
+
+
+def test_a_huge_blowup_threshold_does_not_overflow():
+    """threshold² was computed in Python floats: 1e200 raised OverflowError."""
+    prob, opt = so.problems.Quadratic(diag=[1.0]), DSGD(lr=0.1, noise=so.noise.Gaussian())
+    traj = simulate(opt, prob, [1.0], n_steps=3, n_runs=4, blowup_threshold=1e200)
+    assert not traj.diverged.any()
+    sde = so.dynamics.sde_of(opt, prob)
+    for backend in ("native", "torchsde"):
+        assert not so.dynamics.solve(sde, [1.0], 3, 4, blowup_threshold=1e200, backend=backend).diverged.any()

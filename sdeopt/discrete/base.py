@@ -8,6 +8,7 @@ cadence, and freezing runs that blow up (DESIGN.md §4).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
@@ -56,7 +57,9 @@ class Method(ABC):
     extra_observables: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        check_positive("lr", self.lr)
+        # Stored as plain Python numbers: a numpy or 0-d torch scalar would leak into configs
+        # and arithmetic (a torch lr made the first step fail).
+        object.__setattr__(self, "lr", check_positive("lr", self.lr))
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"Invalid schedule: {self.schedule!r} (must be an sdeopt.schedules schedule)")
 
@@ -105,7 +108,7 @@ class DistributedMethod(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int("n_workers", self.n_workers, minimum=1)
+        object.__setattr__(self, "n_workers", check_int("n_workers", self.n_workers, minimum=1))
         if not isinstance(self.noise, Noise):
             raise ValueError(f"Invalid noise: {self.noise!r} (must be an sdeopt.noise law)")
         self.noise.check_workers(self.n_workers)
@@ -286,7 +289,7 @@ def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, 
     keep = isinstance(rng, IncrementRecorder)
     increments = torch.empty((n_steps, b, d), device=x.device, dtype=x.dtype) if keep else None  # (K, B, d)
     ones = torch.ones(d, device=x.device, dtype=x.dtype)  # (d,)
-    limit = min(threshold**2, torch.finfo(x.dtype).max)
+    limit = min(threshold, math.sqrt(torch.finfo(x.dtype).max)) ** 2  # threshold² without overflow
     on_cpu = x.device.type == "cpu"
     any_diverged = False
     record_slot = {s: i for i, s in enumerate(steps)}

@@ -316,7 +316,7 @@ def _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps, ts_method, conf
                              method=ts_method, adaptive=False)  # (S, B, d)
         # No freezing inside torchsde: a run is frozen from its first bad record on.
         norms = (ys * ys).sum(-1)  # (S, B)
-        bad = ~(norms <= min(blowup_threshold**2, torch.finfo(dtype).max))
+        bad = ~(norms <= min(blowup_threshold, math.sqrt(torch.finfo(dtype).max)) ** 2)
         first_bad = torch.where(bad.any(0), bad.to(torch.int8).argmax(0), torch.full((b,), n_rec, device=dev))
         keep = torch.arange(n_rec, device=dev).unsqueeze(1) < first_bad.unsqueeze(0)  # (S, B)
         last_good = torch.clamp(first_bad - 1, min=0)
