@@ -113,6 +113,14 @@ def test_run_a_config(tmp_path, capsys):
     ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
      "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
      "lrs=[0.1, 0.05, true, 0.025]", "lrs"),
+    # A later run's error is found before the first run starts (nothing is written).
+    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nseed=-1", "seed"),
+    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nn_runs=0", "n_runs"),
+    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[nan]", "x0"),
+    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0_fill=inf", "x0_fill"),
+    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nrecord_every=0", "record_every"),
+    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='StudentT', nu=1.5}\nx0=[0.0]\nmodels=['first_order']", "infinite variance"),
+    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\ndevice='tpu'", "device"),
 ])
 def test_bad_configs_get_clear_messages(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.toml"

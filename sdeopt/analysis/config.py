@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import tomllib
 from pathlib import Path
 
 import torch
 
 from sdeopt import compressors, noise, problems, schedules
+from sdeopt._validation import check_device, check_int, check_positive
 from sdeopt.discrete import METHODS
 from sdeopt.discrete.base import OBSERVABLES
-from sdeopt.dynamics import MODELS
+from sdeopt.dynamics import MODELS, sde_of
 
 PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.QuadraticQuartic,
                                      problems.CoshSum, problems.ExpSum, problems.LogisticRegression)}
@@ -174,7 +176,23 @@ def build(run: dict, *, where: str = "run") -> dict:
     params["device"] = run.get("device", "cpu")
     if not isinstance(params["device"], str):
         raise ValueError(f"Invalid config value: {where}.device = {params['device']!r} (a device name)")
+    # Everything simulate/solve would refuse is refused here, before any run of the config starts.
+    for key, minimum in (("n_steps", 0), ("n_runs", 1), ("seed", 0), ("record_every", 1), ("substeps", 1)):
+        try:
+            check_int(key, params[key], minimum=minimum)
+        except ValueError as exc:
+            raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} ({exc})") from None
+    try:
+        check_device(params["device"])
+        check_positive("blowup_threshold", params["blowup_threshold"])
+    except ValueError as exc:
+        raise ValueError(f"Invalid config value in {where}: {exc}") from None
     _check_names(where, "models", params["models"], tuple(MODELS))
+    for model in params["models"]:
+        try:
+            sde_of(method, problem, model)
+        except ValueError as exc:
+            raise ValueError(f"Invalid config value: {where}.models contains {model!r}: {exc}") from None
     _check_names(where, "record", params["record"], OBSERVABLES + tuple(method.extra_observables))
     richardson = typed("richardson", None, "bool")
     average_from = run.get("average_from")
@@ -246,6 +264,8 @@ def _x0(run: dict, dim: int, where: str) -> torch.Tensor:
         value = run["x0_fill"]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"Invalid config value: {where}.x0_fill = {value!r} (a number)")
+        if not math.isfinite(value):
+            raise ValueError(f"Invalid config value: {where}.x0_fill = {value!r} (a finite number)")
         return torch.full((dim,), float(value), dtype=torch.float64)
     if "x0" not in run:
         raise ValueError(f"Invalid config key: {where}.x0 is missing (a list of {dim} numbers, or x0_fill)")
@@ -253,4 +273,7 @@ def _x0(run: dict, dim: int, where: str) -> torch.Tensor:
     if not isinstance(value, list) or len(value) != dim or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise ValueError(f"Invalid config value: {where}.x0 = {value!r} (a list of {dim} numbers)")
-    return torch.tensor(value, dtype=torch.float64)
+    x0 = torch.tensor(value, dtype=torch.float64)
+    if not torch.isfinite(x0).all():
+        raise ValueError(f"Invalid config value: {where}.x0 = {value!r} (finite numbers)")
+    return x0
