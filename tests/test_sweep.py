@@ -157,3 +157,25 @@ def test_a_sweep_over_strings_for_a_flag_is_refused(tmp_path):
     cfg.write_text(CONFIG.format(n_steps=5).split("[sweep]")[0] + '[sweep]\ncoupled = ["false", "true"]\n')
     with pytest.raises(ValueError, match="coupled = 'false'.*TOML boolean"):
         load_sweep(cfg)
+
+
+@pytest.mark.parametrize("workers", ["0", "-1"])
+def test_no_local_workers_is_refused_before_the_store_is_made(workers, tmp_path, capsys):
+    """0 or -1 workers used to make a cluster that never ran a cell: a silent hang."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG.format(n_steps=5))
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "s.zarr"), "--workers", workers]) == 2
+    err = capsys.readouterr().err
+    assert "n_workers" in err and "Traceback" not in err and not (tmp_path / "s.zarr").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
+    import sdeopt.analysis.sweep as sweep_module
+    monkeypatch.setattr(sweep_module, "CONNECT_TIMEOUT", "1s")
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG.format(n_steps=5))
+    store = tmp_path / "s.zarr"
+    assert main(["sweep", str(cfg), "--out", str(store), "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid scheduler" in err and "127.0.0.1:9" in err and "Traceback" not in err
+    assert not store.exists()

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdeopt._validation import check_int
 from sdeopt.analysis.config import RUN_KEYS, _check_keys, build, read_toml
 
 #: Run parameters that change array shapes, so cannot be swept within one store.
@@ -167,6 +168,10 @@ def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n
     """
     from distributed import Client, LocalCluster, as_completed
 
+    # Checked before the store is touched: 0 or -1 workers made a local cluster that never ran
+    # a cell (a silent hang), and an unreachable scheduler printed a traceback.
+    n_workers = check_int("n_workers", n_workers, minimum=1)
+    remote = _connect(scheduler) if scheduler else None
     store = Path(store)
     start = time.perf_counter()
     if store.exists():
@@ -178,10 +183,11 @@ def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n
         done = np.zeros(tuple(len(v) for _, v in sweep["dims"].values()), dtype=np.int8)
     todo = [(run, index) for run, index in sweep["cells"] if not done[index]]
     summary = {"cells": len(sweep["cells"]), "resumed": len(sweep["cells"]) - len(todo), "done": 0, "failed": 0}
+    if not todo and remote is not None:
+        remote.close()
     if todo:
-        if scheduler:
-            client = Client(scheduler)
-            cluster = None
+        if remote is not None:
+            client, cluster = remote, None
         else:
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None)
@@ -207,6 +213,20 @@ def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n
                 cluster.close()
     summary["seconds"] = time.perf_counter() - start
     return summary
+
+
+#: How long to try to reach a ``--scheduler`` before giving up.
+CONNECT_TIMEOUT = "10s"
+
+
+def _connect(scheduler: str):
+    """A client of the dask scheduler at ``scheduler``; ValueError naming it when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise ValueError(f"Invalid scheduler: {scheduler!r} (cannot connect: {type(exc).__name__}: {exc})") from None
 
 
 def _write_cell(store: Path, sweep: dict, ds, index: tuple[int, ...]) -> None:
