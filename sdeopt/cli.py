@@ -60,7 +60,10 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ValueError(f"Invalid --out: {str(out)!r} is a file")
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"Invalid --out: {str(out)!r} is not empty (nothing is overwritten without --force)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the path, no permission, a read-only disk: one line
+        raise ValueError(f"Invalid --out: {str(out)!r} cannot be created ({exc.strerror or exc})") from None
 
 
 class ProgressBar:

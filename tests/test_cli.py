@@ -189,3 +189,15 @@ def test_progress_bar_writes_a_line_per_update_off_a_terminal():
     assert lines[0].startswith("[--------] 0/4 runs") and lines[0].endswith("running a")
     assert lines[1].startswith("[####----] 2/4 runs") and "s left" in lines[1]
     assert lines[2].startswith("[########] 4/4 runs") and "left" not in lines[2]
+
+
+@pytest.mark.parametrize("command", [["run", "CONFIG"], ["demo", "--runs", "8"]])
+def test_an_out_folder_below_a_file_is_one_line(tmp_path, capsys, command):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = [str(cfg) if a == "CONFIG" else a for a in command] + ["--out", str(blocker / "sub")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Invalid --out" in err and "Traceback" not in err
