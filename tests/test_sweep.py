@@ -179,3 +179,43 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "Invalid scheduler" in err and "127.0.0.1:9" in err and "Traceback" not in err
     assert not store.exists()
+
+
+def test_an_interrupted_store_creation_leaves_no_store(tmp_path, monkeypatch):
+    """Creation used to write in place: a kill mid-way left a store without done flags that every
+    resume refused (KeyError: 'cell_done')."""
+    import sdeopt.analysis.sweep as sweep_module
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG.format(n_steps=5))
+    sweep = load_sweep(cfg)
+    store = tmp_path / "s.zarr"
+    real = sweep_module._template
+
+    class Interrupted:
+        def __init__(self, template):
+            self.template = template
+
+        def to_zarr(self, path, **kwargs):
+            self.template[["loss"]].to_zarr(path, **kwargs)  # part of the metadata, then the kill
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_module, "_template", lambda s: Interrupted(real(s)))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, store)
+    assert not store.exists() and not list(tmp_path.glob(".s.zarr.creating-*"))
+    monkeypatch.setattr(sweep_module, "_template", real)
+    assert run_sweep(sweep, store, n_workers=1)["done"] == 12
+
+
+def test_an_incomplete_store_is_refused_by_name(tmp_path, capsys):
+    import sdeopt.analysis.sweep as sweep_module
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(CONFIG.format(n_steps=5))
+    store = tmp_path / "s.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sweep_module._template(load_sweep(cfg)).drop_vars("cell_done").to_zarr(store, compute=False,
+                                                                                 consolidated=False)
+    assert main(["sweep", str(cfg), "--out", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "incomplete" in err and "Traceback" not in err

@@ -23,6 +23,8 @@ import copy
 import hashlib
 import itertools
 import json
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -157,7 +159,29 @@ def _open_existing(store: Path, sweep: dict):
     if existing.attrs.get("sdeopt_sweep_hash") != sweep["hash"]:
         raise ValueError(f"Invalid --out: {str(store)!r} holds a sweep of another configuration; it was left "
                          "untouched (choose another --out)")
+    if "cell_done" not in existing:  # only a store from before creation was made atomic
+        raise ValueError(f"Invalid --out: {str(store)!r} is an incomplete sdeopt store (its creation was "
+                         "interrupted); it was left untouched: delete it and run again")
     return existing["cell_done"].values
+
+
+def _create(store: Path, sweep: dict) -> None:
+    """Write the empty store atomically: built beside ``store``, then renamed into place.
+
+    A process killed while writing the metadata used to leave a store without its done flags,
+    which every resume refused; now a store exists whole or not at all (a killed creation leaves
+    only a hidden ``.<name>.creating-<pid>`` folder, never read).
+    """
+    tmp = store.with_name(f".{store.name}.creating-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr v3 notes on string dtypes and consolidated metadata
+            _template(sweep).to_zarr(tmp, mode="w-", compute=False, consolidated=False)
+        os.rename(tmp, store)  # atomic on one file system; fails if store appeared meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n_workers: int = 2,
@@ -177,9 +201,7 @@ def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n
     if store.exists():
         done = _open_existing(store, sweep)
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zarr v3 notes on string dtypes and consolidated metadata
-            _template(sweep).to_zarr(store, mode="w-", compute=False, consolidated=False)
+        _create(store, sweep)
         done = np.zeros(tuple(len(v) for _, v in sweep["dims"].values()), dtype=np.int8)
     todo = [(run, index) for run, index in sweep["cells"] if not done[index]]
     summary = {"cells": len(sweep["cells"]), "resumed": len(sweep["cells"]) - len(todo), "done": 0, "failed": 0}
