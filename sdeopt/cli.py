@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sdeopt: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the command cannot read or write: one line, never a traceback
+        where = f": {exc.filename!r}" if exc.filename else ""
+        print(f"sdeopt: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

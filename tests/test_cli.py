@@ -201,3 +201,20 @@ def test_an_out_folder_below_a_file_is_one_line(tmp_path, capsys, command):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Invalid --out" in err and "Traceback" not in err
+
+
+def test_paths_the_cli_cannot_use_are_one_line(tmp_path, capsys):
+    """A folder given as the config, a file given as the plots' folder: no traceback."""
+    folder, blocker = tmp_path / "folder", tmp_path / "a_file"
+    folder.mkdir()
+    blocker.write_text("")
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out")]) == 0
+    dataset = next((tmp_path / "out").glob("*.nc"))
+    capsys.readouterr()
+    for argv in (["run", str(folder), "--out", str(tmp_path / "o")], ["sweep", str(folder), "--out", str(tmp_path / "s")],
+                 ["plot", str(dataset), "--out", str(blocker)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("sdeopt: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -64,6 +64,8 @@ def read_toml(path: str | Path) -> dict:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"Invalid config: {str(path)!r} does not exist") from None
+    except OSError as exc:  # a folder, no permission
+        raise ValueError(f"Invalid config: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"Invalid config: {str(path)!r} is not valid TOML ({exc})") from None
 
