@@ -292,9 +292,14 @@ class SeparableProblem(Problem):
     """
 
     separable = True
+    #: True when φ has its minimum 0 at 0, so that f has minimiser 0 and minimum 0.
+    minimum_at_zero = False
 
     def __init__(self, dim: int) -> None:
         self.dim = check_int("dim", dim, minimum=1)
+        if self.minimum_at_zero:
+            self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
+            self.min_value = 0.0
 
     @staticmethod
     @abstractmethod
@@ -333,10 +338,7 @@ class Quartic(SeparableProblem):
         (the (L0, L1)-smoothness condition ``||∇²f|| <= L0 + L1 ||∇f||``).
     """
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
-        self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
-        self.min_value = 0.0
+    minimum_at_zero = True
 
     @staticmethod
     def _phi(x):
@@ -350,6 +352,38 @@ class Quartic(SeparableProblem):
     @staticmethod
     def _d2phi(x):
         return 3.0 * x * x
+
+
+class QuadraticQuartic(SeparableProblem):
+    r"""``f(x) = Σ_j (x_j²/2 + x_j⁴/4)``: ``∇f = x + x³``, ``∇²f = diag(1 + 3x²)``; min 0 at 0.
+
+    A quadratic bowl with quartic walls: strongly convex (μ = 1) with a non-degenerate minimiser,
+    like ``Quadratic``, but not L-smooth, like ``Quartic``; (4, 3)-smooth per coordinate, since
+    ``1 + 3x² <= 4 + 3|x|³ <= 4 + 3|x + x³|``. The smallest smooth objective on which the SDE
+    models' drift corrections are not linear in x (weak-order studies).
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Li, Tai, E, "Stochastic modified equations and dynamics of stochastic gradient
+        algorithms I", JMLR 2019 (weak-order studies of SGD on smooth objectives).
+    """
+
+    minimum_at_zero = True
+
+    @staticmethod
+    def _phi(x):
+        x2 = x * x
+        return 0.5 * x2 + 0.25 * x2 * x2
+
+    @staticmethod
+    def _dphi(x):
+        return x + x * x * x
+
+    @staticmethod
+    def _d2phi(x):
+        return 1.0 + 3.0 * x * x
 
 
 class CoshSum(SeparableProblem):
@@ -366,10 +400,7 @@ class CoshSum(SeparableProblem):
         Zhang, He, Sra, Jadbabaie, ICLR 2020 (the (L0, L1)-smoothness condition).
     """
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
-        self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
-        self.min_value = 0.0
+    minimum_at_zero = True
 
     @staticmethod
     def _phi(x):
@@ -922,38 +953,3 @@ def _as_float_finite(name: str, value) -> float:
     if not math.isfinite(v):
         raise ValueError(f"Invalid {name}: {value!r} (must be a finite number)")
     return v
-
-
-class QuadraticQuartic(SeparableProblem):
-    r"""``f(x) = Σ_j (x_j²/2 + x_j⁴/4)``: ``∇f = x + x³``, ``∇²f = diag(1 + 3x²)``; min 0 at 0.
-
-    A quadratic bowl with quartic walls: strongly convex (μ = 1) with a non-degenerate minimiser,
-    like ``Quadratic``, but not L-smooth, like ``Quartic``; (4, 3)-smooth per coordinate, since
-    ``1 + 3x² <= 4 + 3|x|³ <= 4 + 3|x + x³|``. The smallest smooth objective on which the SDE
-    models' drift corrections are not linear in x (weak-order studies).
-
-    Args:
-        dim: d >= 1.
-
-    References:
-        Li, Tai, E, "Stochastic modified equations and dynamics of stochastic gradient
-        algorithms I", JMLR 2019 (weak-order studies of SGD on smooth objectives).
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
-        self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
-        self.min_value = 0.0
-
-    @staticmethod
-    def _phi(x):
-        x2 = x * x
-        return 0.5 * x2 + 0.25 * x2 * x2
-
-    @staticmethod
-    def _dphi(x):
-        return x + x * x * x
-
-    @staticmethod
-    def _d2phi(x):
-        return 1.0 + 3.0 * x * x
