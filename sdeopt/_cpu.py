@@ -19,7 +19,7 @@ _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit systems
 
 def default_threads() -> int:
     """One torch thread on small machines: two threads on a 2-core machine whose other core was
-    busy made a small batched loop 40x slower (DESIGN.md §8)."""
+    busy made a small batched loop 40x slower."""
     cores = os.cpu_count() or 1
     return 1 if cores <= 2 else min(cores // 2, 8)
 

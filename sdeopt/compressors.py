@@ -1,4 +1,4 @@
-"""Compression operators applied per worker, after the noise (MATH.md §4).
+"""Compression operators applied per worker, after the noise.
 
 Every compressor maps a worker's vector ``v`` (the last axis, length d) to ``C(v)`` and
 exposes
@@ -115,7 +115,7 @@ class Compressor(ABC):
     (``unbiased = False``) it is a contraction constant: omega < 1 makes C a δ-contraction
     with δ = 1 - omega in the sense of Stich, Cordonnier, Jaggi (2018, Def. 2.1)
     (TopK: omega = 1 - k/d, δ = k/d), the class B^3(1/δ) of Beznosikov et al. (2020).
-    Formulas that assume unbiasedness (the DCSGD SDE of MATH.md §6) must check ``unbiased``
+    Formulas that assume unbiasedness (the DCSGD SDE of docs/models.md) must check ``unbiased``
     first; they must not read omega of a biased compressor as a variance.
 
     Concrete compressors are frozen, keyword-only dataclasses validated in ``__post_init__``.
@@ -172,7 +172,7 @@ class _KeepK(Compressor):
 class Identity(Compressor):
     """No compression: ``C(v) = v``.
 
-    omega = 0 and ``Cov[C(v)] = 0``; DCSGD with this compressor is DSGD (DESIGN.md §1).
+    omega = 0 and ``Cov[C(v)] = 0``; DCSGD with this compressor is DSGD.
     ``compress`` returns its input tensor itself, not a copy.
     """
 
@@ -193,7 +193,7 @@ class RandK(_KeepK):
     """Random sparsification: keep k uniformly chosen coordinates, scaled by d/k.
 
     ``C(v) = (d/k) Σ_{j ∈ S} v_j e_j`` with S a uniformly random k-subset of {1..d}, drawn
-    independently for every run and worker. Unbiased, with (MATH.md §4)
+    independently for every run and worker. Unbiased, with
 
         omega = d/k - 1                    (equality: E||C(v) - v||² = (d/k - 1) ||v||²),
         Cov[C(v)] = c (d diag(v)² - v vᵀ),  c = (d - k) / (k (d - 1))   (c = 0 when d = 1),

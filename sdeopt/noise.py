@@ -1,4 +1,4 @@
-"""Gradient-noise laws: worker i returns g_i = ∇f_i(x) + Z_i (MATH.md §3)."""
+"""Gradient-noise laws: worker i returns g_i = ∇f_i(x) + Z_i."""
 
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         return tail, torch.gt(grads, 0.0, out=torch.empty_like(grads))  # up: shaped like grads
 
     def sign_mean(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
-        """m_i = E sign(∇f_i + σ_i T) = 2 F(∇f_i/σ_i) - 1 (MATH.md §6), shaped like grads."""
+        """m_i = E sign(∇f_i + σ_i T) = 2 F(∇f_i/σ_i) - 1 (docs/models.md), shaped like grads."""
         p_plus, p_minus = self.sign_probabilities(grads, n_workers)
         return p_plus - p_minus
 
@@ -181,7 +181,7 @@ class Gaussian(SymmetricCDFNoise):
     r"""Gaussian gradient noise: ``Z_i = σ_i z``, ``z ~ N(0, I_d)``.
 
     Worker i's stochastic gradient is ``g_i = ∇f_i(x) + σ_i z_i`` with z_i i.i.d. standard
-    normal vectors, independent across workers, runs and steps (MATH.md §3). The standard law
+    normal vectors, independent across workers, runs and steps. The standard law
     T = N(0, 1) has ``F(y) = Φ(y) = (1 + erf(y/√2))/2`` and variance 1.
 
     Exact shortcut for the workers' average: ``(1/N) Σ_i σ_i z_i ~ N(0, (Σ_i σ_i² / N²) I_d)``
@@ -372,7 +372,7 @@ def student_t_cdf(t: torch.Tensor, nu: float) -> torch.Tensor:
 class StudentT(SymmetricCDFNoise):
     r"""Student-t gradient noise: ``Z_i = σ_i T``, T with i.i.d. ``t_nu`` coordinates.
 
-    Heavy-tailed for small nu (MATH.md §3): E|T| < ∞ only for nu > 1, and
+    Heavy-tailed for small nu: E|T| < ∞ only for nu > 1, and
     ``Var T = nu/(nu-2)`` only for nu > 2; ``nu <= 2`` is the regime of interest (no Brownian
     SDE exists, ``finite_variance`` is False there). nu may be any positive real.
 
@@ -522,7 +522,7 @@ class AffineVariance(Noise):
     r"""Gaussian noise whose variance grows with the gradient: the affine-variance model.
 
     ``Z_i ~ N(0, v_i(x) I_d)`` with ``v_i(x) = σ0_i² + σ1_i² ||∇f_i(x)||²``, independent
-    across workers, runs and steps, where ∇f_i(x) is worker i's exact gradient (MATH.md §3).
+    across workers, runs and steps, where ∇f_i(x) is worker i's exact gradient.
     Exact shortcut for the average: ``(1/N) Σ_i Z_i ~ N(0, (1/N²) Σ_i v_i(x) I_d)``, one
     (B, d) draw.
 
@@ -610,7 +610,7 @@ class Minibatch(Noise):
     Shapes: ``oracle`` (B, N, d); ``oracle_mean`` (B, d).
 
     References:
-        MATH.md §3; Cochran, *Sampling Techniques*, 3rd ed. (1977), Thm 2.2.
+        Cochran, *Sampling Techniques*, 3rd ed. (1977), Thm 2.2.
 
     Example:
         >>> import sdeopt as so
@@ -657,7 +657,7 @@ class Minibatch(Noise):
 # ---------------------------------------------------------------------------------------------
 
 class UnitLaw(ABC):
-    """A law of ε in R^d with i.i.d. coordinates, E ε = 0 and E εεᵀ = I (MATH.md §5, Itô chains).
+    """A law of ε in R^d with i.i.d. coordinates, E ε = 0 and E εεᵀ = I (Itô chains).
 
     Attributes:
         skewness: E ε_j³ (zero for symmetric laws; a non-zero value slows weak convergence).

@@ -147,8 +147,8 @@ class Quadratic(Problem):
     r"""Strongly convex quadratic ``f(x) = ½ (x - x*)ᵀ H (x - x*)``.
 
     ``∇f(x) = H (x - x*)``, ``∇²f(x) = H``; minimiser ``x*``, minimum 0. The problem is
-    (L, 0)-smooth with ``L = λ_max(H)`` and μ-strongly convex with ``μ = λ_min(H) > 0``
-    (MATH.md §2). Homogeneous: every worker sees the same f.
+    (L, 0)-smooth with ``L = λ_max(H)`` and μ-strongly convex with ``μ = λ_min(H) > 0``.
+    Homogeneous: every worker sees the same f.
 
     H is given either as its diagonal (``diag``: all entries > 0, so that H is symmetric
     positive definite and x* is the unique minimiser) or as a dense symmetric positive

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: the dimensionless factor eta_k (MATH.md §1).
+"""Learning-rate schedules: the dimensionless factor eta_k (time convention: docs/models.md, Notation).
 
 The step taken at iteration k is ``lr * eta_k`` with ``eta_0 = 1`` for every schedule here.
 Time is never rescaled by the schedule: iteration k sits at SDE time ``t_k = k * lr``, and the

@@ -1,4 +1,4 @@
-"""Itô chains and SGD with Markovian noise, both layers (MATH.md §3, §5, §6, §7)."""
+"""Itô chains and SGD with Markovian noise, both layers (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -156,7 +156,7 @@ def test_mlmc_chain_is_never_restarted():
     torch.testing.assert_close(new.x, -0.1 * state.z)
 
 
-# --- Markov SGD stationary variance (MATH.md §7) ----------------------------------------------------
+# --- Markov SGD stationary variance (docs/models.md) ----------------------------------------------------
 
 @pytest.mark.parametrize("chain", [so.noise.TwoStateMarkov(p=0.2, scale=1.0), so.noise.GaussianAR1(rho=0.6)])
 def test_markov_sgd_stationary_variance_and_the_iid_sde_failure(chain):

@@ -1,4 +1,4 @@
-"""Compressors (MATH.md §4): laws checked by Monte Carlo against the exact mean and covariance.
+"""Compressors: laws checked by Monte Carlo against the exact mean and covariance.
 
 Statistical checks use z * se with se computed from the sample size; z is chosen for the number
 of checks in a test (Bonferroni), never tuned to a seed.

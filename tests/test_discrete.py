@@ -1,4 +1,4 @@
-"""Contract tests over every discrete method, and closed-form checks (MATH.md §5, §7)."""
+"""Contract tests over every discrete method, and closed-form checks (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sdeopt.discrete import DCSGD, DSGD, DSignSGD, simulate
 
 DIAG = [1.0, 2.0, 3.0, 4.0]
 
-# One table drives the generic contract tests (STYLE.md).
+# One table drives the generic contract tests.
 CASES = {
     "dsgd-gauss": lambda: DSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])),
     "dsgd-t3": lambda: DSGD(lr=0.05, n_workers=3, noise=so.noise.StudentT(nu=3.0, scale=0.7)),
@@ -149,7 +149,7 @@ def test_vectorised_step_equals_naive_loop(case, generator):
     torch.testing.assert_close(x1, expected, rtol=1e-12, atol=1e-12)
 
 
-# --- one-step laws (layer consistency of the shortcuts; MATH.md §6) ---------------------------
+# --- one-step laws (layer consistency of the shortcuts) ---------------------------
 
 def _direction_samples(opt, x, n_runs, seed=11):
     prob = problem()
@@ -194,7 +194,7 @@ def test_dsignsgd_one_step_mean_and_variance(noise, mean_fn, shortcuts):
     assert torch.all((u.var(0) - var).abs() < z * torch.sqrt(var / u.shape[0]) + 1e-12)
 
 
-# --- stationary closed forms (MATH.md §7) ------------------------------------------------------
+# --- stationary closed forms (docs/models.md) ------------------------------------------------------
 
 def _stationary_loss(opt, prob, n_runs=40_000, n_steps=300):
     traj = simulate(opt, prob, torch.zeros(prob.dim), n_steps=n_steps, n_runs=n_runs, seed=0,
@@ -212,7 +212,7 @@ def test_dsgd_stationary_loss_closed_form():
     sbar2 = (scales**2).mean()
     exact = (lr * sbar2 / (4 * n * (1 - lr * lam / 2))).sum().item()
     assert abs(mean - exact) < 4 * se, (mean, exact, se)
-    # The first-order SDE's value lr d σ̄²/(4N) is visibly different here (MATH.md §7).
+    # The first-order SDE's value lr d σ̄²/(4N) is visibly different here (docs/models.md).
     assert abs(mean - (lr * 3 * sbar2 / (4 * n)).item()) > 8 * se
 
 

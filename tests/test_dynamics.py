@@ -1,4 +1,4 @@
-"""SDE models and solvers (MATH.md §6, §7; STYLE.md: layer consistency, orders, coupling)."""
+"""SDE models and solvers (docs/models.md: layer consistency, orders, coupling)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_randk_diffusion_is_exact_on_a_singular_covariance():
     torch.testing.assert_close(sde_of(opt, prob).diffusion_at(x, 1.0).cov(), expected, rtol=1e-10, atol=1e-12)
 
 
-# --- stationary laws on quadratics (MATH.md §7) ------------------------------------------------
+# --- stationary laws on quadratics (docs/models.md) ------------------------------------------------
 
 def _stationary_sde_loss(opt, prob, model, n_steps, substeps, n_runs=20_000):
     """Richardson-extrapolated stationary loss (Euler–Maruyama with m and 2m substeps: bias O(h²))."""

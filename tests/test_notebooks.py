@@ -1,4 +1,4 @@
-"""Every notebook in notebooks/ runs top to bottom without an error (DESIGN.md §1: executed in CI).
+"""Every notebook in notebooks/ runs top to bottom without an error (executed in CI).
 
 Each notebook is executed in a fresh ``python3`` kernel with notebooks/ as the working
 directory, 300 s per cell; a cell that raises fails the test with the cell and its traceback.

@@ -1,4 +1,4 @@
-"""Tests of sdeopt.analysis.plots on a seeded synthetic dataset of the DESIGN.md §3 schema."""
+"""Tests of sdeopt.analysis.plots on a seeded synthetic dataset of the docs/schema.md schema."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (MATH.md §1): values, eta_0 = 1, scalar/tensor agreement, configs."""
+"""Learning-rate schedules: values, eta_0 = 1, scalar/tensor agreement, configs."""
 
 from __future__ import annotations
 

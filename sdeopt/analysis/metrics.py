@@ -1,4 +1,4 @@
-"""Distances between the discrete and SDE laws, with honest Monte Carlo error bars (MATH.md §8)."""
+"""Distances between the discrete and SDE laws, with honest Monte Carlo error bars."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "dis
     is left it is 0 and ``error``, ``signed`` and ``se`` are NaN.
 
     Args:
-        ds: a Dataset from ``compare`` (or any with the DESIGN.md §3 schema).
+        ds: a Dataset from ``compare`` (or any with the schema of docs/schema.md).
         observable: a (model, step, run) variable ("loss", "grad_norm", "dist"), "x2", or a
             callable mapping x (..., d) to values (...).
         reference: the model the others are measured against.
@@ -125,7 +125,7 @@ class OrderFit:
 
 
 def order_fit(lrs, errors, ses=None, *, level: float = 0.95, mc_ratio: float = 3.0) -> OrderFit:
-    """Fit the convergence order over >= 4 step sizes (MATH.md §8).
+    """Fit the convergence order over >= 4 step sizes.
 
     Warns (``RuntimeWarning``) and marks the fit unreliable when the standard error at the
     smallest step size exceeds error / ``mc_ratio``: the slope would then measure Monte Carlo

@@ -1,4 +1,4 @@
-"""Plots of comparison datasets (DESIGN.md §3) and weak-error tables (MATH.md §8).
+"""Plots of comparison datasets (docs/schema.md) and weak-error tables.
 
 Every function takes a Dataset first and ``ax=None`` (a new figure when None) and returns the
 matplotlib Axes; none calls ``show``, so all work under the Agg backend. The discrete method is
@@ -49,7 +49,7 @@ def _style(model: str, index: int) -> dict:
 
 def _models(ds) -> list[str]:
     if "model" not in ds.dims:
-        raise ValueError("Invalid ds: no 'model' dimension (expected the DESIGN.md §3 schema)")
+        raise ValueError("Invalid ds: no 'model' dimension (expected the schema of docs/schema.md)")
     return [str(m) for m in ds["model"].values]
 
 
@@ -273,7 +273,7 @@ def plot_marginals(ds, *, var: str = "x", step: int = -1, coord: int = 0, kind: 
     """The law of ``var`` across runs at one recorded step, per model.
 
     Args:
-        ds: Dataset of the DESIGN.md §3 schema.
+        ds: Dataset of the schema of docs/schema.md.
         var: "x" (then ``coord`` picks the coordinate) or a per-run observable such as "loss".
         step: position along the step dim (-1 = the last recorded step).
         coord: the coordinate of x shown when ``var == "x"``.
@@ -361,7 +361,7 @@ def plot_divergence(ds, *, x: str = "time", ax=None):
         The Axes: one step-wise line per model, y in [0, 1].
     """
     if "blowup_step" not in ds.data_vars:
-        raise ValueError("Invalid ds: no 'blowup_step' variable (expected the DESIGN.md §3 schema)")
+        raise ValueError("Invalid ds: no 'blowup_step' variable (expected the schema of docs/schema.md)")
     _check_dims(ds["blowup_step"], "ds", {"model", "run"})
     _check_x(ds, x)
     ax = _new_axes(ax)

@@ -1,4 +1,4 @@
-"""Monte Carlo sweeps on dask.distributed into a resumable zarr store (DESIGN.md §5).
+"""Monte Carlo sweeps on dask.distributed into a resumable zarr store.
 
 A sweep configuration is a run configuration's ``[defaults]`` (one base run) plus a ``[sweep]``
 table mapping parameters to lists of values, e.g.

@@ -3,7 +3,7 @@
 A method advances a batch of B independent runs, x of shape (B, d), one iteration at a time.
 ``simulate`` owns everything around the update rule: validation, chunking over runs to a
 memory budget, counter-based seeding (results independent of the chunk size), recording at a
-cadence, and freezing runs that blow up (DESIGN.md §4).
+cadence, and freezing runs that blow up.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class State:
 
 @dataclass(frozen=True, kw_only=True)
 class Method(ABC):
-    """Base class of the discrete optimizers and chains (MATH.md §5).
+    """Base class of the discrete optimizers and chains.
 
     Args:
         lr: eta > 0, the base learning rate (the SDE time of one step).
@@ -93,7 +93,7 @@ class Method(ABC):
 
 @dataclass(frozen=True, kw_only=True)
 class DistributedMethod(Method):
-    """N workers, each with a stochastic gradient oracle of law ``noise`` (MATH.md §3).
+    """N workers, each with a stochastic gradient oracle of law ``noise``.
 
     Args:
         n_workers: N >= 1.
@@ -121,7 +121,7 @@ class DistributedMethod(Method):
 
 @dataclass(frozen=True, kw_only=True)
 class DirectionMethod(DistributedMethod):
-    """Methods of the form x_{k+1} = x_k - eta eta_k u_k (MATH.md §6, general recipe)."""
+    """Methods of the form x_{k+1} = x_k - eta eta_k u_k (docs/models.md)."""
 
     @abstractmethod
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
@@ -170,7 +170,7 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
             draw per step is that Gaussian (DSGD with Gaussian or AffineVariance noise).
 
     Returns:
-        A ``Trajectory`` (``.to_dataset()`` gives the xarray schema of DESIGN.md §3).
+        A ``Trajectory`` (``.to_dataset()`` gives the xarray schema of docs/schema.md).
     """
     if not isinstance(method, Method):
         raise ValueError(f"Invalid method: {method!r} (must be an sdeopt.discrete method)")

@@ -17,7 +17,7 @@ from sdeopt.problems import Problem
 class DCSGD(DirectionMethod):
     r"""Distributed compressed SGD: every worker sends a compressed stochastic gradient.
 
-    Update (MATH.md §5), with g_i = ∇f_i(x_k) + Z_i the stochastic gradient of worker i and
+    Update, with g_i = ∇f_i(x_k) + Z_i the stochastic gradient of worker i and
     C_i independent draws of the compressor:
 
         v_k = (1/N) Σ_i C_i(g_i),     x_{k+1} = x_k - eta eta_k u_k,
@@ -25,7 +25,7 @@ class DCSGD(DirectionMethod):
     where u_k = v_k, or with clipping at level λ ``u_k = min(1, λ/||v_k||) v_k``, and with
     normalisation ``u_k = v_k / (a + b ||v_k||)`` (clipping first when both are given).
 
-    SDE models (MATH.md §6; built in ``sdeopt.dynamics``): for an unbiased compressor,
+    SDE models (docs/models.md; built in ``sdeopt.dynamics``): for an unbiased compressor,
     ū = ∇f and S = (1/N²) Σ_i (E_Z Cov_C[C_i(∇f + Z_i)] + Σ_i); first order
     dX = -eta_t ∇f dt + eta_t sqrt(eta) S^{1/2} dW (weak order 1), second order and
     curvature-corrected drifts -eta_t ū ∓ (eta eta_t²/2)(∇ū)ū. For RandK and Σ_i = σ_i² I,
@@ -41,7 +41,7 @@ class DCSGD(DirectionMethod):
 
     References:
         Compagnoni et al., ICML 2026, arXiv 2506.00181 v2 (DCSGD and its SDEs, curvature
-        correction); MATH.md §5, §6.
+        correction); docs/models.md.
         Li, Tai, E, "Stochastic modified equations and dynamics of stochastic gradient
         algorithms I", JMLR 2019.
 

@@ -17,7 +17,7 @@ from sdeopt.problems import Problem
 class DSignSGD(DirectionMethod):
     r"""Distributed SignSGD with averaged (not majority-vote) signs.
 
-    Update (MATH.md §5): x_{k+1} = x_k - (eta eta_k / N) Σ_i sign(g_i), g_i = ∇f_i(x_k) + σ_i T_i,
+    Update: x_{k+1} = x_k - (eta eta_k / N) Σ_i sign(g_i), g_i = ∇f_i(x_k) + σ_i T_i,
     coordinate-wise, with sign(0) = 0.
 
     Exact shortcut: given x, sign(g_ij) is +1 with probability p⁺ = F(∇_j f_i / σ_i), F the
@@ -27,7 +27,7 @@ class DSignSGD(DirectionMethod):
     no heavy-tailed draw is made. Otherwise every worker's noise is drawn (per-worker CDF
     evaluations measured slower than the draws: 3x for Student-t).
 
-    SDE models (MATH.md §6): m_i(x) = 2 F(∇f_i/σ_i) - 1, ū = (1/N) Σ_i m_i,
+    SDE models (docs/models.md): m_i(x) = 2 F(∇f_i/σ_i) - 1, ū = (1/N) Σ_i m_i,
     S = diag((1/N²) Σ_i (1 - m_i²)); first order dX = -eta_t ū dt + eta_t sqrt(eta) S^{1/2} dW.
     Well defined for every nu > 0 since |m| <= 1 (Gaussian: m = erf(∇f/(√2σ)); nu = 1:
     m = (2/π) arctan(∇f/σ)).
@@ -36,7 +36,7 @@ class DSignSGD(DirectionMethod):
 
     References:
         Compagnoni et al. 2025, arXiv 2502.17009 and arXiv 2411.15958 (SDEs of SignSGD and
-        DSignSGD, heavy-tailed noise); MATH.md §5, §6.
+        DSignSGD, heavy-tailed noise); docs/models.md.
 
     Example:
         >>> import sdeopt as so

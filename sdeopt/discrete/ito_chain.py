@@ -22,7 +22,7 @@ Field = Callable[[torch.Tensor], torch.Tensor]
 class ItoChain(Method):
     r"""An Itô chain (Ustimenko & Beznosikov, ICLR 2024, eq. (1)).
 
-    Update (MATH.md §5):
+    Update:
 
         x_{k+1} = x_k + eta (b(x_k) + δ_k) + eta^{(1+γ)/2} (σ(x_k) + Δ_k) ⊙ ε_k,
 

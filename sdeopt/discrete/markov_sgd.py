@@ -32,7 +32,7 @@ class MarkovState(State):
 class MarkovSGD(Method):
     r"""SGD whose gradient noise is a Markov chain (Beznosikov et al., NeurIPS 2023).
 
-    Oracle: g(x, Z) = ∇f(x) + s h(Z), with (Z_k) the chain of ``noise``. Update (MATH.md §5):
+    Oracle: g(x, Z) = ∇f(x) + s h(Z), with (Z_k) the chain of ``noise``. Update:
 
         x_{k+1} = x_k - eta eta_k ĝ_k,
 

@@ -1,4 +1,4 @@
-"""Light result objects of a batched simulation, convertible to the xarray schema (DESIGN.md §3)."""
+"""Light result objects of a batched simulation, convertible to the xarray schema (docs/schema.md)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Trajectory:
         return getattr(self, name)[-1]
 
     def to_dataset(self):
-        """An ``xarray.Dataset`` with dims (model, step, run[, coord]) per DESIGN.md §3.
+        """An ``xarray.Dataset`` with dims (model, step, run[, coord]) per docs/schema.md.
 
         attrs: ``config`` (JSON), ``reproducible`` (1, or 0 when the config records user code
         by name only, e.g. a callable drift: the config then cannot rebuild the run), ``seed``,
