@@ -1,5 +1,5 @@
 """The whole benchmark suite in one command: discrete methods, SDE solver vs torchsde, scaling,
-W2 estimators and the DSignSGD headline; JSON per benchmark plus suite.json, and a summary.
+W2 estimators, the cost of prefix-stable seeding and the DSignSGD headline; JSON per benchmark plus suite.json, and a summary.
 
     python benchmarks/run_all.py                  # CPU, full sizes (about 15-20 minutes on 2 cores)
     python benchmarks/run_all.py --device cuda    # the same suite on a GPU, headline at full size
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_discrete  # noqa: E402
 import bench_headline  # noqa: E402
+import bench_rng  # noqa: E402
 import bench_scaling  # noqa: E402
 import bench_sde  # noqa: E402
 import bench_w2  # noqa: E402
@@ -37,6 +38,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
             "sde": (bench_sde, [*dev, "--runs", "500", "--steps", "20", "--repeats", "1"]),
             "scaling": (bench_scaling, [*dev, "--quick", "--steps", "5", "--repeats", "1", "--memory-repeats", "1"]),
             "w2": (bench_w2, ["--quick", "--reps", "2"]),
+            "rng": (bench_rng, [*dev, "--runs", "8192", "1000", "--draws", "2", "--repeats", "1"]),
             "headline": (bench_headline, [*dev, "--runs", str(headline_runs or 2000), "--dim", "20",
                                           "--steps", "20", "--floor-steps", "5"]),
         }
@@ -46,6 +48,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         "sde": (bench_sde, [*dev, *big]),
         "scaling": (bench_scaling, dev),
         "w2": (bench_w2, []),
+        "rng": (bench_rng, dev),
         "headline": (bench_headline, [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4)), "--fuse"]),
     }
 
@@ -70,6 +73,9 @@ def headline_rows(results: dict) -> list[dict]:
         rows.append({"benchmark": "w2", "case": f"{s['method']}, d={s['d']}",
                      "figure": f"time ~ n^{s['cost_exponent']:.2f}; "
                                f"relative error {s['rel_error_at_largest_n']:+.1%} at the largest n"})
+    for r in results.get("rng", {}).get("rows", []):
+        rows.append({"benchmark": "rng", "case": f"{r['kind']} {r['dtype']}, {r['runs']} runs x {r['dim']}",
+                     "figure": f"{r['ratio']:.2f}x torch's generator per block"})
     h = results.get("headline")
     if h:
         rows.append({"benchmark": "headline", "case": f"DSignSGD t(1.5), {h['runs']} runs, d={h['dim']}, "
@@ -85,7 +91,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="+", choices=("discrete", "sde", "scaling", "w2", "headline"),
+    parser.add_argument("--only", nargs="+", choices=("discrete", "sde", "scaling", "w2", "rng", "headline"),
                         help="run these benchmarks only (suite.json keeps the others' last results)")
     parser.add_argument("--headline-runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON files")

@@ -1,10 +1,23 @@
-"""Counter-based seeding: one ``torch.Generator`` per block of runs.
+"""Counter-based seeding: a run's random draws depend only on (seed, run index).
 
-A run's random stream depends only on ``(seed, block index)``, never on how many runs are
-simulated together, so results do not depend on the chunk size: a chunk is a union of whole
-blocks, and every draw fills the rows of each block from that block's own generator.
-With ``block_size=1`` every run has a generator of its own (slow, but then run b alone
-reproduces row b of any batch exactly).
+Runs are grouped in blocks of ``block_size``; block j of the stream ``seed`` is seeded by
+``SeedSequence(seed, spawn_key=(j,))``, which never aliases another (seed, block) pair for
+seeds below 2**128 (the seed's words are padded to the pool size before the block is appended).
+The i-th draw call of a block fills the block's rows in order, row by row, from a stream that
+depends only on (seed, block, i), so
+
+- **chunk invariance**: results do not depend on how many runs are simulated at once;
+- **prefix stability**: the first m runs of an n-run study (m < n) are the m runs of an m-run
+  study, and runs ``first_run .. first_run + n_runs - 1`` of any study can be recomputed alone:
+  a study can be extended with more runs, keeping those already computed.
+
+On the CPU each block draws from a numpy ``PCG64DXSM`` generator (128-bit state, its own
+increment per block); the i-th call starts i·2**64 words into the block's stream (a jump of
+about 2 µs per block and call), and numpy's samplers fill row after row, so rows before the
+first requested one are drawn and discarded (at most one block's worth). On CUDA each block has
+a ``torch.Generator`` (Philox, a 64-bit seed from the block's sequence) and every call fills the
+whole block, so a partial block costs a full block's draws but its rows are the same.
+Streams differ between the two devices; each is bitwise reproducible on its own.
 """
 
 from __future__ import annotations
@@ -15,65 +28,136 @@ import torch
 from sdeopt._validation import check_int
 
 DEFAULT_BLOCK_SIZE = 4096
+SEED_LIMIT = 2**128
 
 
-def block_seed(seed: int, block: int) -> int:
-    """A 63-bit seed for block ``block`` of the stream ``seed`` (SeedSequence mixing)."""
-    state = np.random.SeedSequence([int(seed), int(block)]).generate_state(2, np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+def check_seed(name: str, value) -> int:
+    """A seed: an integer in [0, 2**128) (numpy and 0-d torch integers accepted)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = int(value)
+    seed = check_int(name, value, minimum=0)
+    if seed >= SEED_LIMIT:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer in [0, 2**128))")
+    return seed
+
+
+def seed_attr(seed: int) -> int | str:
+    """A seed as a dataset attribute: an int when it fits netCDF's int64, else its decimal string
+    (``int(ds.attrs["seed"])`` reads both)."""
+    return int(seed) if seed < 2**63 else str(seed)
+
+
+def block_sequence(seed: int, block: int) -> np.random.SeedSequence:
+    """The seed sequence of block ``block`` of the stream ``seed``."""
+    return np.random.SeedSequence(int(seed), spawn_key=(int(block),))
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for the index-th independent stream derived from ``seed`` (no aliasing)."""
+    words = np.random.SeedSequence(int(seed), spawn_key=(1 << 32, int(index))).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
 
 
 class RandomSource:
     """Draws random tensors of shape (B, ...) for runs ``first_run .. first_run + n_runs - 1``.
 
     Args:
-        seed: the stream's seed (an int >= 0).
+        seed: the stream's seed, an integer in [0, 2**128).
         n_runs: B, the number of runs drawn for.
-        first_run: global index of the first run; must be a multiple of ``block_size``.
-        block_size: runs per generator (the seeding granularity).
+        first_run: global index of the first run (any integer >= 0).
+        block_size: runs per key (the seeding granularity): the stream depends on it.
         device, dtype: where and in which precision tensors are drawn.
     """
 
     def __init__(self, seed: int, n_runs: int, *, first_run: int = 0,
                  block_size: int = DEFAULT_BLOCK_SIZE, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float64) -> None:
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_seed("seed", seed)
         self.n_runs = check_int("n_runs", n_runs, minimum=1)
         self.block_size = check_int("block_size", block_size, minimum=1)
         self.first_run = check_int("first_run", first_run, minimum=0)
-        if self.first_run % self.block_size:
-            raise ValueError(f"Invalid first_run: {first_run!r} (must be a multiple of "
-                             f"block_size={self.block_size})")
         self.device = torch.device(device)
         self.dtype = dtype
-        first_block = self.first_run // self.block_size
-        n_blocks = -(-self.n_runs // self.block_size)
-        self._slices = []
-        self._generators = []
-        for j in range(n_blocks):
-            g = torch.Generator(device=self.device)
-            g.manual_seed(block_seed(self.seed, first_block + j))
-            self._generators.append(g)
-            self._slices.append(slice(j * self.block_size, min((j + 1) * self.block_size, self.n_runs)))
+        self._on_cpu = self.device.type == "cpu"
+        self._calls = 0
+        # One part per block touched: (generator, first row in the block, rows, output slice).
+        self._parts = []
+        run, stop = self.first_run, self.first_run + self.n_runs
+        while run < stop:
+            block, lo = divmod(run, self.block_size)
+            rows = min(self.block_size - lo, stop - run)
+            sequence = block_sequence(self.seed, block)
+            if self._on_cpu:
+                gen = np.random.Generator(np.random.PCG64DXSM(sequence))
+                start = gen.bit_generator.state
+            else:
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
+                start = None
+            out = slice(run - self.first_run, run - self.first_run + rows)
+            self._parts.append((gen, start, lo, rows, out))
+            run += rows
 
     def normal(self, *shape: int) -> torch.Tensor:
         """Standard normal draws of shape (B, *shape)."""
-        return self._draw(shape, self.dtype, lambda t, g: t.normal_(generator=g))
+        return self._draw(shape, self.dtype, "normal")
 
     def uniform(self, *shape: int) -> torch.Tensor:
         """Uniform draws on [0, 1) of shape (B, *shape)."""
-        return self._draw(shape, self.dtype, lambda t, g: t.uniform_(generator=g))
+        return self._draw(shape, self.dtype, "uniform")
 
     def exponential(self, *shape: int) -> torch.Tensor:
         """Exp(1) draws of shape (B, *shape)."""
-        return self._draw(shape, self.dtype, lambda t, g: t.exponential_(generator=g))
+        return self._draw(shape, self.dtype, "exponential")
 
     def integers(self, high: int, *shape: int) -> torch.Tensor:
         """Uniform integers in [0, high) of shape (B, *shape), dtype int64."""
-        return self._draw(shape, torch.int64, lambda t, g: t.random_(0, high, generator=g))
+        return self._draw(shape, torch.int64, "integers", high)
 
-    def _draw(self, shape, dtype, fill) -> torch.Tensor:
+    def _draw(self, shape, dtype, kind, high=None) -> torch.Tensor:
         out = torch.empty((self.n_runs, *shape), device=self.device, dtype=dtype)
-        for sl, g in zip(self._slices, self._generators):
-            fill(out[sl], g)
+        if self._on_cpu:
+            self._fill_cpu(out.numpy(), shape, kind, high)
+        else:
+            self._fill_torch(out, shape, kind, high)
+        self._calls += 1
         return out
+
+    def _fill_cpu(self, out: np.ndarray, shape, kind, high) -> None:
+        # The i-th call starts each block's stream i·2**64 words after its start: no two calls
+        # overlap (a call draws far fewer than 2**64 words).
+        jump = self._calls << 64
+        for gen, start, lo, rows, sl in self._parts:
+            gen.bit_generator.state = start
+            gen.bit_generator.advance(jump)
+            if lo:
+                _numpy_sample(gen, kind, np.empty((lo, *shape), dtype=out.dtype), high)  # discarded rows
+            _numpy_sample(gen, kind, out[sl], high)
+
+    def _fill_torch(self, out: torch.Tensor, shape, kind, high) -> None:
+        for gen, _, lo, rows, sl in self._parts:
+            whole = out[sl] if rows == self.block_size else \
+                torch.empty((self.block_size, *shape), device=self.device, dtype=out.dtype)
+            if kind == "normal":
+                whole.normal_(generator=gen)
+            elif kind == "uniform":
+                whole.uniform_(generator=gen)
+            elif kind == "exponential":
+                whole.exponential_(generator=gen)
+            else:
+                whole.random_(0, high, generator=gen)
+            if rows != self.block_size:
+                out[sl] = whole[lo:lo + rows]
+
+
+def _numpy_sample(gen: np.random.Generator, kind: str, out: np.ndarray, high) -> None:
+    """Fill ``out`` row after row from ``gen`` (numpy's samplers consume their stream in order)."""
+    if kind == "normal":
+        gen.standard_normal(out=out, dtype=out.dtype)
+    elif kind == "uniform":
+        gen.random(out=out, dtype=out.dtype)
+    elif kind == "exponential":
+        gen.standard_exponential(out=out, dtype=out.dtype)
+    else:
+        out[...] = gen.integers(0, high, size=out.shape, dtype=np.int64)

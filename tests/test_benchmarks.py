@@ -28,7 +28,7 @@ def positive(x) -> bool:
 
 def test_every_benchmark_writes_json_and_the_summary_prints(suite):
     out, stdout = suite
-    for name in ("discrete", "sde", "scaling", "w2", "headline", "suite"):
+    for name in ("discrete", "sde", "scaling", "w2", "rng", "headline", "suite"):
         data = json.loads((out / f"{name}.json").read_text())
         assert data["benchmark"] == name and data["date"] and data["torch"]
     assert "=== summary" in stdout and "headline" in stdout
@@ -68,3 +68,10 @@ def test_w2_rows_carry_targets_and_errors(suite):
     assert {(1, "sorted"), (10, "exact"), (10, "sliced"), (10, "gaussian")} <= methods
     for r in data["rows"]:
         assert positive(r["target"]) and positive(r["seconds"]) and math.isfinite(r["rel_error"])
+
+
+def test_rng_rows_compare_both_precisions_and_every_draw(suite):
+    rows = json.loads((suite[0] / "rng.json").read_text())["rows"]
+    assert {(r["dtype"], r["kind"]) for r in rows} == {(t, k) for t in ("float32", "float64")
+                                                      for k in ("normal", "uniform", "exponential")}
+    assert all(positive(r["ratio"]) and math.isclose(r["ratio"], r["sdeopt_ms"] / r["torch_ms"]) for r in rows)

@@ -82,6 +82,49 @@ def test_chunk_size_does_not_change_results(method, generator):
     assert torch.equal(whole.x, chunked.x) and torch.equal(whole.x, tiny.x)
 
 
+def test_runs_are_prefix_stable(method, generator):
+    """A run's draws depend only on (seed, run index): the first 13 runs of a 40-run study are a
+    13-run study, runs 21..33 recomputed alone are its rows, whatever the chunks (block_size 16,
+    so every case cuts a block)."""
+    x0 = x0_batch(40, generator)
+    kw = dict(n_steps=6, seed=1, record_x=True, block_size=16)
+    whole = simulate(method, problem(), x0, n_runs=40, **kw)
+    head = simulate(method, problem(), x0[:13], n_runs=13, **kw)
+    middle = simulate(method, problem(), x0[21:34], n_runs=13, first_run=21, chunk_size=5, **kw)
+    assert torch.equal(head.x, whole.x[:, :13])
+    assert torch.equal(middle.x, whole.x[:, 21:34])
+
+
+def test_default_blocks_are_prefix_stable():
+    """The issue's case: the first 1,000 runs of a 2,000-run study are the 1,000-run study."""
+    opt = DSGD(lr=0.1, n_workers=2, noise=so.noise.StudentT(nu=3.0))
+    a = simulate(opt, problem(), torch.ones(4), n_steps=3, n_runs=1000, seed=5, record_x=True)
+    b = simulate(opt, problem(), torch.ones(4), n_steps=3, n_runs=2000, seed=5, record_x=True)
+    assert torch.equal(a.x, b.x[:, :1000])
+
+
+def test_seeds_do_not_alias():
+    """seed 2**32 used to reproduce runs 4096.. of seed 0 (SeedSequence([seed, block]) pads)."""
+    opt = DSGD(lr=0.1, noise=so.noise.Gaussian())
+    kw = dict(n_steps=2, n_runs=4, record_x=True, block_size=4)
+    seeds = [0, 2**32, 2**64, 2**128 - 1]
+    firsts = [simulate(opt, problem(), torch.ones(4), seed=s, **kw).x[-1] for s in seeds]
+    later = simulate(opt, problem(), torch.ones(4), seed=0, first_run=4, **kw).x[-1]
+    for i, x in enumerate(firsts):
+        assert not torch.equal(x, later)
+        assert all(not torch.equal(x, y) for y in firsts[i + 1:])
+
+
+def test_large_seeds_are_stored_losslessly(tmp_path):
+    opt = DSGD(lr=0.1, noise=so.noise.Gaussian())
+    seed = 2**70 + 3
+    ds = simulate(opt, problem(), torch.ones(4), n_steps=2, n_runs=3, seed=seed).to_dataset()
+    ds.to_netcdf(tmp_path / "big.nc")
+    import xarray as xr
+    with xr.open_dataset(tmp_path / "big.nc") as back:
+        assert int(back.attrs["seed"]) == seed
+
+
 def test_row_of_a_batch_equals_the_run_alone(method, generator):
     x0 = x0_batch(5, generator)
     kw = dict(n_steps=6, seed=2, record_x=True, block_size=1)
@@ -317,8 +360,10 @@ def test_methods_are_keyword_only():
     (dict(device="tpu"), "device"),
     (dict(record=("loss", "energy")), "record"),
     (dict(record_every=0), "record_every"),
-    (dict(chunk_size=10, block_size=4), "chunk_size"),
-    (dict(first_run=3, block_size=4), "first_run"),
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(first_run=-1), "first_run"),
+    (dict(seed=2**128), "seed"),
+    (dict(seed=1.0), "seed"),
     (dict(dtype=torch.int32), "dtype"),
     (dict(seed=-1), "seed"),
 ])

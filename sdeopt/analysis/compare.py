@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
-from sdeopt._rng import DEFAULT_BLOCK_SIZE
+from sdeopt._rng import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
 from sdeopt.discrete import Method, simulate
 from sdeopt.dynamics import sde_of, solve
 from sdeopt.problems import Problem
@@ -20,7 +19,7 @@ def model_seed(seed: int, index: int) -> int:
     """
     if index == 0:
         return int(seed)
-    return int(np.random.SeedSequence([int(seed), index]).generate_state(1, np.uint32)[0])
+    return derived_seed(seed, index)
 
 
 def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, seed: int = 0,
@@ -74,7 +73,7 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
               "x0": torch.as_tensor(x0, dtype=torch.float64).tolist()}
     config = jsonable(config)  # user code (a FunctionProblem's f, a chain's drift) by its name
     ds.attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)),
-                "seed": int(seed), "coupled": int(coupled),
+                "seed": seed_attr(seed), "coupled": int(coupled),
                 "lr": float(method.lr), "device": str(disc.device), "dtype": disc.dtype,
                 "sdeopt_version": __version__, "torch_version": torch.__version__,
                 "xarray_version": xr.__version__}

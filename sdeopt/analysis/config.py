@@ -30,11 +30,13 @@ import copy
 import inspect
 import math
 import tomllib
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from sdeopt import compressors, noise, problems, schedules
+from sdeopt._rng import check_seed
 from sdeopt._validation import check_device, check_int, check_positive
 from sdeopt.discrete import METHODS
 from sdeopt.discrete.base import OBSERVABLES
@@ -181,7 +183,7 @@ def build(run: dict, *, where: str = "run") -> dict:
     # Everything simulate/solve would refuse is refused here, before any run of the config starts.
     for key, minimum in (("n_steps", 0), ("n_runs", 1), ("seed", 0), ("record_every", 1), ("substeps", 1)):
         try:
-            check_int(key, params[key], minimum=minimum)
+            (check_seed if key == "seed" else partial(check_int, minimum=minimum))(key, params[key])
         except ValueError as exc:
             raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} ({exc})") from None
     try:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sdeopt._jsonable import REPRODUCIBLE, is_reproducible, jsonable
-from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource
+from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource, check_seed
 from sdeopt._validation import check_device, check_dtype, check_int, check_positive
 from sdeopt.discrete.result import Trajectory
 from sdeopt.noise import Noise
@@ -147,7 +147,9 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
         x0: the start, (d,) (shared by all runs) or (n_runs, d); finite.
         n_steps: iterations per run (>= 0).
         n_runs: B, independent runs (>= 1).
-        seed: the random stream; same seed, device and block_size give bitwise the same result.
+        seed: the random stream, an integer in [0, 2**128); same seed, device and block_size give
+            bitwise the same result, and run b's draws depend only on (seed, b): the first m runs
+            of a larger study are the runs of an m-run study.
         device: "cpu" or "cuda" (or a torch.device).
         dtype: torch.float32 or torch.float64 (default: torch's default dtype).
         record_every: record at steps 0, r, 2r, ... and always at n_steps.
@@ -156,14 +158,15 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
         record_x: also record the full iterates (S, B, d).
         blowup_threshold: a run whose iterate has a non-finite entry or a Euclidean norm above
             this is frozen at its last good value and reported in ``diverged`` / ``blowup_step``.
-        chunk_size: runs simulated at once (a multiple of ``block_size``); by default the
-            largest that fits ``max_memory`` bytes.
+        chunk_size: runs simulated at once; by default the largest multiple of ``block_size``
+            that fits ``max_memory`` bytes (other sizes give the same result, a little slower).
         max_memory: memory budget in bytes used to choose the chunk size (at least one block of
             runs is simulated at once, whatever the budget).
         block_size: seeding granularity: runs sharing one generator. Results do not depend on
             ``chunk_size``; they do depend on ``block_size``.
-        first_run: global index of the first run (a multiple of block_size), so that a
-            slice of a large study can be recomputed on its own.
+        first_run: global index of the first run, so that a slice of a large study can be
+            recomputed on its own, or a study extended: ``n_runs=m, first_run=n`` gives runs
+            n .. n+m-1 of any study of the same seed.
         keep_increments: keep the standard normal draw ξ_k of every step, (n_steps, B, d), in
             ``Trajectory.increments``, to drive an SDE with the same noise
             (``sdeopt.dynamics.solve(..., coupled=traj)``). Only for methods whose one random
@@ -352,14 +355,12 @@ def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, reco
         raise ValueError(f"Invalid problem: {problem!r} (must be an sdeopt.problems.Problem)")
     n_steps = check_int("n_steps", n_steps, minimum=0)
     n_runs = check_int("n_runs", n_runs, minimum=1)
-    check_int("seed", seed, minimum=0)
+    check_seed("seed", seed)
     check_int("record_every", record_every, minimum=1)
     check_positive("blowup_threshold", blowup_threshold)
     check_positive("max_memory", max_memory)
     block_size = check_int("block_size", block_size, minimum=1)
     check_int("first_run", first_run, minimum=0)
-    if first_run % block_size:
-        raise ValueError(f"Invalid first_run: {first_run!r} (must be a multiple of block_size={block_size})")
     dev = check_device(device)
     dtype = check_dtype(torch.get_default_dtype() if dtype is None else dtype)
     if isinstance(record, str):
@@ -377,9 +378,6 @@ def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, reco
                                 max_memory, block_size, n_runs, dtype)
     else:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-        if chunk_size % block_size:
-            raise ValueError(f"Invalid chunk_size: {chunk_size!r} (must be a multiple of "
-                             f"block_size={block_size}, so that results do not depend on it)")
     return {"device": dev, "dtype": dtype, "x0": x0, "steps": steps, "record": record,
             "chunk_size": chunk_size}
 

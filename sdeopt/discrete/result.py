@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
+from sdeopt._rng import seed_attr
 
 
 @dataclass
@@ -84,7 +85,8 @@ class Trajectory:
         data["diverged"] = (("model", "run"), self.diverged.numpy()[None])
         data["blowup_step"] = (("model", "run"), self.blowup_step.numpy()[None])
         config = jsonable(self.config)
-        attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)), "seed": self.seed,
+        attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)),
+                 "seed": seed_attr(self.seed),
                  "device": self.device, "dtype": self.dtype, "lr": self.lr,
                  "sdeopt_version": __version__, "torch_version": torch.__version__}
         return xr.Dataset(data, coords=coords, attrs=attrs)
