@@ -219,3 +219,28 @@ def test_an_incomplete_store_is_refused_by_name(tmp_path, capsys):
     assert main(["sweep", str(cfg), "--out", str(store)]) == 2
     err = capsys.readouterr().err
     assert "incomplete" in err and "Traceback" not in err
+
+
+def test_a_grid_whose_cells_change_the_dimension_is_refused_before_any_cell(tmp_path):
+    """breast cancer (30 features) vs digits (64) with record_x: one store cannot hold both. The
+    whole grid is checked at load, before the store exists (it used to fail after every cell ran)."""
+    cfg = tmp_path / "dims.toml"
+    cfg.write_text("""
+[defaults]
+problem = { type = "LogisticRegression", n_workers = 2 }
+noise = { type = "Gaussian", scale = 1.0 }
+method = { type = "DSGD", lr = 0.1, n_workers = 2 }
+x0_fill = 0.0
+n_steps = 5
+n_runs = 8
+record_x = true
+[sweep]
+"problem.dataset" = ["breast_cancer", "digits"]
+""")
+    with pytest.raises(ValueError, match="layout") as err:
+        load_sweep(cfg)
+    assert "x of dimension" in str(err.value) and "'digits'" in str(err.value)
+    assert main(["sweep", str(cfg), "--out", str(tmp_path / "s.zarr")]) == 2
+    assert not (tmp_path / "s.zarr").exists()
+    cfg.write_text(cfg.read_text().replace("record_x = true", "record_x = false"))
+    assert len(load_sweep(cfg)["cells"]) == 2  # without x the layouts agree

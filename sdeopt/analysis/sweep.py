@@ -34,6 +34,7 @@ import numpy as np
 
 from sdeopt._validation import check_int
 from sdeopt.analysis.config import RUN_KEYS, _check_keys, build, read_toml
+from sdeopt.discrete.base import record_steps
 
 #: Run parameters that change array shapes, so cannot be swept within one store.
 UNSWEEPABLE = {"n_steps", "n_runs", "record_every", "record", "record_x", "models", "x0", "x0_fill", "name",
@@ -69,11 +70,34 @@ def validate_sweep(raw: dict) -> dict:
         dims[key.replace(".", "_")] = (key, values)
     base = dict(base, name="cell")
     cells = [cell_run(base, dims, index) for index in itertools.product(*(range(len(v)) for _, v in dims.values()))]
+    # Every cell is built before any runs, and all must share one array layout: a swept value
+    # that changes the dimension (problem.type, problem.dataset ...) with record_x used to be
+    # found only when its cell's results reached the store, after the other cells had run.
+    layouts = {}
     for run, index in cells:
-        build(run, where=f"cell {dict(zip(dims, index))}")
+        where = "cell [" + ", ".join(f"{key} = {values[i]!r}" for (key, values), i in zip(dims.values(), index)) + "]"
+        spec = build(run, where=where)
+        layouts.setdefault(_layout(spec), where)
+        if len(layouts) > 1:
+            first, (layout, other) = next(iter(layouts.items())), next(reversed(layouts.items()))
+            raise ValueError(f"Invalid sweep: {other} has results of layout {_describe(layout)} but "
+                             f"{first[1]} has {_describe(first[0])} (one store holds one layout: "
+                             "sweep parameters that keep the dimension, or drop record_x)")
     config = {"claim": raw.get("claim", ""), "base": base, "grid": {k: v for k, v in grid.items()}}
     return {"config": config, "dims": dims, "cells": cells,
             "hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+def _layout(spec: dict) -> tuple:
+    """What fixes the shapes of a cell's results in the store."""
+    return (spec["n_runs"], len(record_steps(spec["n_steps"], spec["record_every"])), tuple(spec["models"]),
+            tuple(spec["record"]), spec["problem"].dim if spec["record_x"] else None)
+
+
+def _describe(layout: tuple) -> str:
+    runs, records, models, record, dim = layout
+    text = f"(runs {runs}, records {records}, models {list(models)}, record {list(record)}"
+    return text + (f", x of dimension {dim})" if dim is not None else ")")
 
 
 def cell_run(base: dict, dims: dict, index: tuple[int, ...]) -> tuple[dict, tuple[int, ...]]:
@@ -110,7 +134,6 @@ def _template(sweep: dict):
     import dask.array as da
     import xarray as xr
 
-    from sdeopt.discrete.base import record_steps
 
     spec = build(sweep["cells"][0][0])
     dims = sweep["dims"]
