@@ -6,7 +6,10 @@ import torch
 
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
 from sdeopt._rng import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
+from sdeopt._stream import ZarrSink, check_output_memory, output_bytes
+from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.discrete import Method, simulate
+from sdeopt.discrete.base import record_steps
 from sdeopt.dynamics import sde_of, solve
 from sdeopt.problems import Problem
 
@@ -28,7 +31,7 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
             record: tuple[str, ...] | list[str] = ("loss", "grad_norm"), record_x: bool = False,
             device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
             blowup_threshold: float = 1e10, max_memory: float = 2**30,
-            block_size: int = DEFAULT_BLOCK_SIZE, sde_method: str = "euler"):
+            block_size: int = DEFAULT_BLOCK_SIZE, sde_method: str = "euler", out=None):
     """The discrete method and each SDE model in ``models``, side by side.
 
     Args:
@@ -41,30 +44,27 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
         record_every, record, record_x, device, dtype, blowup_threshold, max_memory,
         block_size: as in ``simulate``.
         sde_method: "euler" or "milstein".
+        out: a new zarr store path: every model streams its results there chunk by chunk (see
+            ``simulate``); not with ``coupled``. Without it, results that would not fit in the
+            available memory (all models, and the copy that joins them) are refused up front.
 
     Returns:
         ``xarray.Dataset`` with dims (model, step, run[, coord]), model = ["discrete", *models],
         and attrs: ``config`` (JSON of everything above; user code recorded by name),
         ``reproducible`` (0 when the config records user code), ``seed``, ``coupled``, versions,
-        device.
+        device. With ``out``, opened lazily from the store.
     """
     import xarray as xr
 
     from sdeopt import __version__
 
     models = list(models)
+    record = (record,) if isinstance(record, str) else tuple(record)
     if len(models) != len(set(models)):
         raise ValueError(f"Invalid models: {models!r} (each model at most once)")
     sdes = [sde_of(method, problem, model) for model in models]  # validates before any work
     common = dict(record_every=record_every, record=record, record_x=record_x, device=device, dtype=dtype,
                   blowup_threshold=blowup_threshold, max_memory=max_memory, block_size=block_size)
-    disc = simulate(method, problem, x0, n_steps, n_runs, seed=seed, keep_increments=coupled, **common)
-    datasets = [disc.to_dataset()]
-    for i, sde in enumerate(sdes, start=1):
-        path = solve(sde, x0, n_steps, n_runs, seed=model_seed(seed, i), substeps=substeps,
-                     method=sde_method, coupled=disc if coupled else None, **common)
-        datasets.append(path.to_dataset())
-    ds = xr.concat(datasets, dim="model", combine_attrs="override", data_vars="all")
     config = {"method": method.config(), "problem": problem.config(), "models": models,
               "n_steps": n_steps, "n_runs": n_runs, "seed": seed, "substeps": substeps,
               "coupled": coupled, "record_every": record_every, "record": list(record),
@@ -72,9 +72,29 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
               "sde_method": sde_method,
               "x0": torch.as_tensor(x0, dtype=torch.float64).tolist()}
     config = jsonable(config)  # user code (a FunctionProblem's f, a chain's drift) by its name
-    ds.attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)),
-                "seed": seed_attr(seed), "coupled": int(coupled),
-                "lr": float(method.lr), "device": str(disc.device), "dtype": disc.dtype,
-                "sdeopt_version": __version__, "torch_version": torch.__version__,
-                "xarray_version": xr.__version__}
+    run_dtype = check_dtype(torch.get_default_dtype() if dtype is None else dtype)
+    attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)),
+             "seed": seed_attr(seed), "coupled": int(coupled),
+             "lr": float(method.lr), "device": str(check_device(device)),
+             "dtype": str(run_dtype).replace("torch.", ""),
+             "sdeopt_version": __version__, "torch_version": torch.__version__,
+             "xarray_version": xr.__version__}
+    if out is None:
+        n_rec = len(record_steps(check_int("n_steps", n_steps), check_int("record_every", record_every, minimum=1)))
+        per_model = output_bytes(n_rec, check_int("n_runs", n_runs, minimum=1),
+                                 len(record) + record_x * problem.dim, torch.finfo(run_dtype).bits // 8)
+        check_output_memory(2 * (1 + len(models)) * per_model, n_runs)  # each model, then joined
+        sink = None
+    else:
+        sink = ZarrSink(out, models=["discrete", *models], attrs=attrs)
+    disc = simulate(method, problem, x0, n_steps, n_runs, seed=seed, keep_increments=coupled, out=sink, **common)
+    datasets = [disc] if sink is not None else [disc.to_dataset()]
+    for i, sde in enumerate(sdes, start=1):
+        path = solve(sde, x0, n_steps, n_runs, seed=model_seed(seed, i), substeps=substeps,
+                     method=sde_method, coupled=disc if coupled else None, out=sink, **common)
+        datasets.append(path if sink is not None else path.to_dataset())
+    if sink is not None:
+        return sink.finish()
+    ds = xr.concat(datasets, dim="model", combine_attrs="override", data_vars="all")
+    ds.attrs = attrs
     return ds

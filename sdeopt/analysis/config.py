@@ -37,9 +37,10 @@ import torch
 
 from sdeopt import compressors, noise, problems, schedules
 from sdeopt._rng import check_seed
+from sdeopt._stream import check_output_memory, output_bytes
 from sdeopt._validation import check_device, check_int, check_positive
 from sdeopt.discrete import METHODS
-from sdeopt.discrete.base import OBSERVABLES
+from sdeopt.discrete.base import OBSERVABLES, record_steps
 from sdeopt.dynamics import MODELS, sde_of
 
 PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.QuadraticQuartic,
@@ -226,7 +227,22 @@ def build(run: dict, *, where: str = "run") -> dict:
                    richardson=True if richardson is None else richardson)
         if not out["models"]:
             raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
+    _check_memory(out, where)
     return out
+
+
+def _check_memory(spec: dict, where: str) -> None:
+    """Refuse, before any run, a study whose results cannot fit in memory (one comparison at a
+    time: each model's results and the copy that joins them)."""
+    n_steps = max(round(spec["horizon"] / lr) for lr in spec["lrs"]) if spec["study"] == "weak_order" \
+        else spec["n_steps"]
+    n_rec = len(record_steps(n_steps, spec["record_every"]))
+    per_model = output_bytes(n_rec, spec["n_runs"], len(spec["record"]) + spec["record_x"] * spec["problem"].dim,
+                             torch.finfo(spec["dtype"]).bits // 8)
+    try:
+        check_output_memory(2 * (1 + len(spec["models"])) * per_model, spec["n_runs"])
+    except ValueError as exc:
+        raise ValueError(f"Invalid config value: {where}.n_runs = {spec['n_runs']!r} ({exc})") from None
 
 
 #: What each kind of config value must be; TOML has a type for each, so nothing is coerced

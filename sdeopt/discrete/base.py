@@ -18,6 +18,7 @@ import torch
 
 from sdeopt._jsonable import REPRODUCIBLE, is_reproducible, jsonable
 from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource, check_seed
+from sdeopt._stream import ZarrSink, check_output_memory, output_bytes
 from sdeopt._validation import check_device, check_dtype, check_int, check_positive
 from sdeopt.discrete.result import Trajectory
 from sdeopt.noise import Noise
@@ -138,7 +139,7 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
              record_x: bool = False, blowup_threshold: float = 1e10,
              chunk_size: int | None = None, max_memory: float = 2**30,
              block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0,
-             keep_increments: bool = False) -> Trajectory:
+             keep_increments: bool = False, out=None):
     """Run ``method`` on ``problem`` for ``n_runs`` independent runs of ``n_steps`` iterations.
 
     Args:
@@ -186,33 +187,48 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
                       record_every=record_every, record=record, record_x=record_x,
                       blowup_threshold=blowup_threshold, chunk_size=chunk_size,
                       max_memory=max_memory, block_size=block_size, first_run=first_run,
-                      keep_increments=keep_increments)
+                      keep_increments=keep_increments, out=out)
 
 
 def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, model: str, config: dict,
                seed: int, device, dtype, record_every: int, record, record_x: bool,
                blowup_threshold: float, chunk_size: int | None, max_memory: float,
-               block_size: int, first_run: int, keep_increments: bool = False) -> Trajectory:
+               block_size: int, first_run: int, keep_increments: bool = False, out=None):
     """The batched loop shared by ``simulate`` and ``sdeopt.dynamics.solve``.
 
     ``stepper`` has ``lr``, ``schedule``, ``n_workers`` (for the memory estimate),
     ``init_state(x, rng, runs)`` and ``step(problem, state, k, lr_k, rng)``. Arguments are
-    documented in ``simulate``.
+    documented in ``simulate``; ``out`` is a store path or a ``ZarrSink`` shared by the models
+    of one comparison.
     """
     extras = stepper.extra_observables
     spec = _validate(stepper.n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
                      record, record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
-                     extras)
+                     extras, keep_increments=keep_increments, streamed=out is not None)
     dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
+    sink = None if out is None else out if isinstance(out, ZarrSink) else ZarrSink(out)
     problem = problem.to(dev, dtype)
     d = problem.dim
     chunk = spec["chunk_size"]
+    lr_sum = np.concatenate([[0.0], np.cumsum(stepper.lr * stepper.schedule.factors(n_steps).numpy())])
+    config = dict(config, problem=problem.config(), n_steps=n_steps, n_runs=n_runs,
+                  block_size=block_size, first_run=first_run, blowup_threshold=blowup_threshold)
+
+    def trajectory(observables, x, diverged, blowup_step, increments=None) -> Trajectory:
+        return Trajectory(
+            model=model, steps=np.asarray(steps, dtype=np.int64), lr=stepper.lr,
+            lr_sum=lr_sum[np.asarray(steps)], observables=observables, x=x, diverged=diverged,
+            blowup_step=blowup_step, config=config, seed=seed, device=str(dev),
+            dtype=str(dtype).replace("torch.", ""), increments=increments)
+
+    # In memory, or one chunk at a time when streamed (then these hold the current chunk only).
+    size = chunk if sink is not None else n_runs
     n_rec = len(steps)
-    obs = {name: torch.empty((n_rec, n_runs), dtype=dtype) for name in record}  # (S, B)
-    xs = torch.empty((n_rec, n_runs, d), dtype=dtype) if record_x else None  # (S, B, d)
-    increments = torch.empty((n_steps, n_runs, d), dtype=dtype) if keep_increments else None  # (K, B, d)
-    diverged = torch.zeros(n_runs, dtype=torch.bool)
-    blowup_step = torch.full((n_runs,), -1, dtype=torch.int64)
+    obs = {name: torch.empty((n_rec, size), dtype=dtype) for name in record}  # (S, B)
+    xs = torch.empty((n_rec, size, d), dtype=dtype) if record_x else None  # (S, B, d)
+    increments = torch.empty((n_steps, size, d), dtype=dtype) if keep_increments else None  # (K, B, d)
+    diverged = torch.zeros(size, dtype=torch.bool)
+    blowup_step = torch.full((size,), -1, dtype=torch.int64)
     for start in range(0, n_runs, chunk):
         stop = min(start + chunk, n_runs)
         rng = RandomSource(seed, stop - start, first_run=first_run + start, block_size=block_size,
@@ -221,24 +237,24 @@ def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, mode
             rng = IncrementRecorder(rng)
         x_chunk = x0[start:stop].to(device=dev, dtype=dtype) if x0.shape[0] > 1 else \
             x0.to(device=dev, dtype=dtype).expand(stop - start, d).clone()
-        out = _run_chunk(stepper, problem, x_chunk, n_steps, steps, record, record_x,
-                         blowup_threshold, rng, slice(start, stop))
+        result = _run_chunk(stepper, problem, x_chunk, n_steps, steps, record, record_x,
+                            blowup_threshold, rng, slice(start, stop))
+        at = slice(start, stop) if sink is None else slice(0, stop - start)
         for name in record:
-            obs[name][:, start:stop] = out["obs"][name].cpu()
+            obs[name][:, at] = result["obs"][name].cpu()
         if record_x:
-            xs[:, start:stop] = out["x"].cpu()
+            xs[:, at] = result["x"].cpu()
         if keep_increments:
-            increments[:, start:stop] = out["increments"].cpu()
-        diverged[start:stop] = out["diverged"].cpu()
-        blowup_step[start:stop] = out["blowup_step"].cpu()
-    lr_sum = np.concatenate([[0.0], np.cumsum(stepper.lr * stepper.schedule.factors(n_steps).numpy())])
-    config = dict(config, problem=problem.config(), n_steps=n_steps, n_runs=n_runs,
-                  block_size=block_size, first_run=first_run, blowup_threshold=blowup_threshold)
-    return Trajectory(
-        model=model, steps=np.asarray(steps, dtype=np.int64), lr=stepper.lr,
-        lr_sum=lr_sum[np.asarray(steps)], observables=obs, x=xs, diverged=diverged,
-        blowup_step=blowup_step, config=config, seed=seed, device=str(dev),
-        dtype=str(dtype).replace("torch.", ""), increments=increments)
+            increments[:, at] = result["increments"].cpu()
+        diverged[at] = result["diverged"].cpu()
+        blowup_step[at] = result["blowup_step"].cpu()
+        if sink is not None:
+            part = trajectory({n: v[:, at] for n, v in obs.items()},
+                              None if xs is None else xs[:, at], diverged[at], blowup_step[at])
+            sink.write(part.to_dataset(), start, n_runs)
+    if sink is not None:
+        return sink.finish() if not isinstance(out, ZarrSink) else None
+    return trajectory(obs, xs, diverged, blowup_step, increments)
 
 
 class IncrementRecorder:
@@ -350,7 +366,7 @@ def record_steps(n_steps: int, record_every: int) -> list[int]:
 
 def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
               record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
-              extras=()) -> dict:
+              extras=(), *, keep_increments: bool = False, streamed: bool = False) -> dict:
     if not isinstance(problem, Problem):
         raise ValueError(f"Invalid problem: {problem!r} (must be an sdeopt.problems.Problem)")
     n_steps = check_int("n_steps", n_steps, minimum=0)
@@ -378,6 +394,13 @@ def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, reco
                                 max_memory, block_size, n_runs, dtype)
     else:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    if streamed and keep_increments:
+        raise ValueError("Invalid out: the noise increments kept for coupling (keep_increments, coupled) stay "
+                         "in memory; stream the runs without coupling, or keep them in memory without out=")
+    if not streamed:
+        itemsize = torch.finfo(dtype).bits // 8
+        check_output_memory(output_bytes(len(steps), n_runs, len(record) + record_x * problem.dim, itemsize,
+                                         keep_increments * n_steps * problem.dim), n_runs)
     return {"device": dev, "dtype": dtype, "x0": x0, "steps": steps, "record": record,
             "chunk_size": chunk_size}
 

@@ -151,7 +151,7 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
           record_x: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
           blowup_threshold: float = 1e10, chunk_size: int | None = None, max_memory: float = 2**30,
           block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0,
-          torchsde_method: str | None = None) -> Trajectory:
+          torchsde_method: str | None = None, out=None):
     """Integrate ``sde`` for ``n_steps`` optimizer steps (SDE time n_steps * lr), batched over runs.
 
     Args:
@@ -168,11 +168,12 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
         coupled: a discrete ``Trajectory`` made with ``keep_increments=True``: drive the SDE with
             its Gaussian draws, so that paths can be compared run by run (strong error).
         record_every, record, record_x, device, dtype, blowup_threshold, chunk_size,
-        max_memory, block_size, first_run: as in ``sdeopt.discrete.simulate``. Observables
+        max_memory, block_size, first_run, out: as in ``sdeopt.discrete.simulate``. Observables
         need ``sde.problem``.
 
     Returns:
-        A ``Trajectory`` whose ``model`` is the SDE's model name.
+        A ``Trajectory`` whose ``model`` is the SDE's model name; with ``out``, its dataset
+        opened lazily from the store.
     """
     if not isinstance(sde, SDE):
         raise ValueError(f"Invalid sde: {sde!r} (must be an sdeopt.dynamics.SDE)")
@@ -202,11 +203,14 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
         if coupled is not None:
             raise ValueError("Invalid coupled: the torchsde backend draws its own Brownian motion; "
                              "use backend='native' for coupling")
+        if out is not None:
+            raise ValueError("Invalid out: the torchsde backend keeps its results in memory; "
+                             "use backend='native' to stream them")
         return _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps,
                                torchsde_method or "euler", config, **common)
     SCHEMES[method].check(sde)
     stepper = _SDEStepper(sde, SCHEMES[method], substeps, increments)
-    return run_engine(stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, **common)
+    return run_engine(stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common)
 
 
 def _coupling_increments(coupled, sde, n_steps, n_runs, first_run):
