@@ -115,7 +115,7 @@ def _instance(where: str, registry: dict, spec, what: str):
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"Invalid config key: {where}.{what} = {spec!r} (a table with a 'type')")
     kind = spec["type"]
-    if kind not in registry:
+    if not isinstance(kind, str) or kind not in registry:
         raise ValueError(f"Invalid config key: {where}.{what}.type = {kind!r} (choose from {', '.join(registry)})")
     cls = registry[kind]
     kwargs = {k: v for k, v in spec.items() if k != "type"}
@@ -143,7 +143,8 @@ def build(run: dict, *, where: str = "run") -> dict:
             raise ValueError(f"Invalid config key: {where}.{key} is missing")
     problem = _instance(where, PROBLEMS, run["problem"], "problem")
     method_spec = dict(run["method"]) if isinstance(run["method"], dict) else run["method"]
-    if not isinstance(method_spec, dict) or method_spec.get("type") not in METHODS:
+    if not isinstance(method_spec, dict) or not isinstance(method_spec.get("type"), str) \
+            or method_spec["type"] not in METHODS:
         kind = method_spec.get("type") if isinstance(method_spec, dict) else method_spec
         raise ValueError(f"Invalid config key: {where}.method.type = {kind!r} (choose from {', '.join(METHODS)})")
     parts = {}
@@ -173,14 +174,12 @@ def build(run: dict, *, where: str = "run") -> dict:
               "record_x": typed("record_x", False, "bool"), "models": list(typed("models", [], "names")),
               "substeps": typed("substeps", 1, "int"), "coupled": typed("coupled", False, "bool"),
               "blowup_threshold": float(typed("blowup_threshold", 1e10, "number"))}
-    typed("name", "", "str")
     dtypes = {"float32": torch.float32, "float64": torch.float64}
-    if run.get("dtype", "float64") not in dtypes:
-        raise ValueError(f"Invalid config value: {where}.dtype = {run.get('dtype')!r} (float32 or float64)")
-    params["dtype"] = dtypes[run.get("dtype", "float64")]
-    params["device"] = run.get("device", "cpu")
-    if not isinstance(params["device"], str):
-        raise ValueError(f"Invalid config value: {where}.device = {params['device']!r} (a device name)")
+    dtype = typed("dtype", "float64", "str")
+    if dtype not in dtypes:
+        raise ValueError(f"Invalid config value: {where}.dtype = {dtype!r} (float32 or float64)")
+    params["dtype"] = dtypes[dtype]
+    params["device"] = typed("device", "cpu", "str")
     # Everything simulate/solve would refuse is refused here, before any run of the config starts.
     for key, minimum in (("n_steps", 0), ("n_runs", 1), ("seed", 0), ("record_every", 1), ("substeps", 1)):
         try:
@@ -206,7 +205,7 @@ def build(run: dict, *, where: str = "run") -> dict:
                                      or not 0 <= average_from <= params["n_steps"]):
         raise ValueError(f"Invalid config value: {where}.average_from = {average_from!r} (a step in "
                          f"[0, n_steps = {params['n_steps']}], trajectory studies only)")
-    out = {"name": run["name"], "problem": problem, "method": method, "x0": x0, "study": study, **params,
+    out = {"name": typed("name", "run", "str"), "problem": problem, "method": method, "x0": x0, "study": study, **params,
            "richardson": richardson, "average_from": average_from}
     if study == "weak_order":
         lrs = run.get("lrs")
