@@ -154,17 +154,14 @@ def cmd_plot(args) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import xarray as xr
 
+    from sdeopt import io
     from sdeopt.analysis import plots
 
     path = Path(args.dataset)
     if not path.exists():
         raise ValueError(f"Invalid DATASET: {str(path)!r} does not exist")
-    try:
-        ds = xr.load_dataset(path)
-    except Exception as exc:  # any reader failure: a foreign or corrupt file
-        raise ValueError(f"Invalid DATASET: {str(path)!r} is not a readable netCDF dataset ({type(exc).__name__})") from None
+    ds = io.load(path)  # a file that is unreadable, damaged or not written by sdeopt: ValueError naming it
     out = args.out or path.parent
     out.mkdir(parents=True, exist_ok=True)
     figures = []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdeopt import io
 from sdeopt.analysis.compare import compare
 from sdeopt.analysis.config import build
 from sdeopt.analysis.metrics import _observable, divergence, order_fit, weak_error
@@ -325,7 +326,7 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
             if fine is not None:  # the h/2 solves behind the extrapolated figures
                 fine.attrs["claim"] = config.get("claim", "")
                 fine.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
-                fine.to_netcdf(out / f"{name}_substeps{2 * spec['substeps']}.nc")
+                io.save(fine, out / f"{name}_substeps{2 * spec['substeps']}.nc")
             diverged = bool(data["diverged"].any())
             fig, axes = plt.subplots(1, 2 if diverged else 1, figsize=(11 if diverged else 6, 4.5), squeeze=False)
             plot_trajectories(data, "loss" if "loss" in data else spec["record"][0], ax=axes[0, 0])
@@ -337,7 +338,7 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
         plt.close(fig)
         data.attrs["claim"] = config.get("claim", "")
         data.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
-        data.to_netcdf(out / f"{name}.nc")
+        io.save(data, out / f"{name}.nc")
         seconds = time.perf_counter() - start
         for row in run_rows:
             row["seconds"] = seconds
