@@ -5,7 +5,8 @@ A store is created (beside its final path, then renamed into place) when the fir
 runs finishes, with the full shape of the results; each chunk is written into its region of
 runs, for its model, and dropped, so memory holds one chunk at a time whatever the number of
 runs. The store's ``sdeopt_complete`` attribute turns 1 when every chunk is in; a store left by
-an interrupted run says 0 and is refused by ``open_stream``.
+an interrupted run says 0 and is refused by ``sdeopt.io.open_stream``. Every chunk carries a
+crc32c (``sdeopt.io.zarr_encoding``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-COMPLETE = "sdeopt_complete"
+from sdeopt.io import COMPLETE, open_stream, zarr_encoding
 
 
 def available_memory() -> int | None:
@@ -111,20 +112,9 @@ class ZarrSink:
         template = xr.Dataset(data, coords=coords, attrs=attrs)
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
-            template.to_zarr(tmp, mode="w-", compute=False, consolidated=False)
+            template.to_zarr(tmp, mode="w-", compute=False, consolidated=False, encoding=zarr_encoding(template))
             os.rename(tmp, self.path)  # atomic: a kill during creation leaves no store at path
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._created = True
-
-
-def open_stream(path):
-    """Open a store written with ``out=`` (lazily); refuse one an interrupted run left incomplete."""
-    import xarray as xr
-
-    ds = xr.open_zarr(path, consolidated=False)
-    if ds.attrs.get(COMPLETE) != 1:
-        raise ValueError(f"Invalid out: {str(path)!r} is incomplete (the run that wrote it was interrupted, "
-                         "or it was not written by sdeopt's out=)")
-    return ds

@@ -263,3 +263,23 @@ def _attrs(h, attrs: dict) -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+#: Attribute of a store written with ``out=``: 1 once every chunk of runs is in it.
+COMPLETE = "sdeopt_complete"
+
+
+def open_stream(path: str | Path):
+    """Open a store written with ``out=`` (``simulate``, ``solve``, ``compare``) lazily; a store that
+    an interrupted run left incomplete, or one not written that way, is a ``ValueError`` naming it.
+    Each chunk's crc32c is checked when it is read."""
+    import xarray as xr
+
+    try:
+        ds = xr.open_zarr(path, consolidated=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"Invalid out: {str(path)!r} is not a readable zarr store ({_one_line(exc)})") from None
+    if ds.attrs.get(COMPLETE) != 1:
+        raise ValueError(f"Invalid out: {str(path)!r} is incomplete (the run that wrote it was interrupted, "
+                         "or it was not written by sdeopt's out=)")
+    return ds

@@ -29,7 +29,7 @@ def test_simulate_streams_the_same_dataset_it_returns_in_memory(tmp_path, little
     monkeypatch.setattr(stream, "available_memory", lambda: None)  # unknown: nothing refused
     memory = so.discrete.simulate(OPT, PROB, [1.0, 1.0], **KW).to_dataset()
     streamed = streamed.load()
-    assert streamed.attrs.pop(stream.COMPLETE) == 1
+    assert streamed.attrs.pop(so.io.COMPLETE) == 1
     xr.testing.assert_identical(streamed, memory)
 
 
@@ -43,7 +43,7 @@ def test_solve_and_compare_stream_every_model_into_one_store(tmp_path, little_me
     solved = so.dynamics.solve(sde, [1.0, 1.0], out=tmp_path / "f.zarr", **KW).load()
     monkeypatch.setattr(stream, "available_memory", lambda: None)
     memory = so.analysis.compare(OPT, PROB, [1.0, 1.0], **kw)
-    assert streamed.attrs.pop(stream.COMPLETE) == 1
+    assert streamed.attrs.pop(so.io.COMPLETE) == 1
     xr.testing.assert_identical(streamed, memory)
     xr.testing.assert_equal(solved.drop_attrs(),
                             so.dynamics.solve(sde, [1.0, 1.0], **KW).to_dataset().drop_attrs())
@@ -62,7 +62,7 @@ def test_an_interrupted_stream_leaves_a_store_that_is_refused(tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=tmp_path / "i.zarr", **KW)
     with pytest.raises(ValueError, match="incomplete"):
-        stream.open_stream(tmp_path / "i.zarr")
+        so.io.open_stream(tmp_path / "i.zarr")
 
 
 @pytest.mark.parametrize("call,match", [
@@ -98,3 +98,15 @@ def test_the_estimate_counts_every_value_kept():
     kept = sum(v.numel() * v.element_size()
                for v in (*traj.observables.values(), traj.x, traj.diverged, traj.blowup_step))
     assert stream.output_bytes(4, 50, 2 + 2, 4) == kept
+
+
+def test_a_damaged_chunk_of_a_stream_is_an_error_on_read(tmp_path):
+    store = tmp_path / "s.zarr"
+    so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=store, **KW)
+    chunks = sorted(p for p in (store / "x").rglob("*") if p.is_file() and not p.name.startswith((".", "zarr")))
+    assert len(chunks) == 4  # 100 runs in chunks of 32
+    damaged = bytearray(chunks[2].read_bytes())
+    damaged[len(damaged) // 2] ^= 1
+    chunks[2].write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"s\.zarr' is not a readable zarr store \(.*checksum"):
+        so.io.load_zarr(store, consolidated=False)

@@ -194,9 +194,11 @@ def test_an_interrupted_store_creation_leaves_no_store(tmp_path, monkeypatch):
     class Interrupted:
         def __init__(self, template):
             self.template = template
+            self.variables = template.variables
 
-        def to_zarr(self, path, **kwargs):
-            self.template[["loss"]].to_zarr(path, **kwargs)  # part of the metadata, then the kill
+        def to_zarr(self, path, encoding, **kwargs):
+            loss = self.template[["loss"]]  # part of the metadata, then the kill
+            loss.to_zarr(path, encoding={k: v for k, v in encoding.items() if k in loss.variables}, **kwargs)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep_module, "_template", lambda s: Interrupted(real(s)))

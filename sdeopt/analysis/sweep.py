@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sdeopt._validation import check_int
+from sdeopt.io import zarr_encoding
 from sdeopt.analysis.config import RUN_KEYS, _check_keys, build, read_toml
 from sdeopt.discrete.base import record_steps
 
@@ -200,7 +201,8 @@ def _create(store: Path, sweep: dict) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr v3 notes on string dtypes and consolidated metadata
-            _template(sweep).to_zarr(tmp, mode="w-", compute=False, consolidated=False)
+            template = _template(sweep)
+            template.to_zarr(tmp, mode="w-", compute=False, consolidated=False, encoding=zarr_encoding(template))
         os.rename(tmp, store)  # atomic on one file system; fails if store appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
