@@ -55,7 +55,7 @@ COMPRESSORS = {c.__name__: c for c in (compressors.Identity, compressors.RandK, 
 RUN_KEYS = {"name", "problem", "noise", "compressor", "schedule", "method", "eps", "x0", "x0_fill", "n_steps",
             "n_runs", "seed", "record_every", "record", "record_x", "models", "substeps", "coupled",
             "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson", "average_from", "dtype",
-            "device"}
+            "device", "stream"}
 TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
 
@@ -173,6 +173,7 @@ def build(run: dict, *, where: str = "run") -> dict:
               "record": tuple(typed("record", ["loss", "grad_norm"], "names")),
               "record_x": typed("record_x", False, "bool"), "models": list(typed("models", [], "names")),
               "substeps": typed("substeps", 1, "int"), "coupled": typed("coupled", False, "bool"),
+              "stream": typed("stream", False, "bool"),
               "blowup_threshold": float(typed("blowup_threshold", 1e10, "number"))}
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     dtype = typed("dtype", "float64", "str")
@@ -226,7 +227,11 @@ def build(run: dict, *, where: str = "run") -> dict:
                    richardson=True if richardson is None else richardson)
         if not out["models"]:
             raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
-    _check_memory(out, where)
+    if out["stream"] and (study != "trajectories" or out["coupled"]):
+        raise ValueError(f"Invalid config value: {where}.stream = true (trajectory studies without coupling "
+                         "only: a weak-order study keeps its errors, coupling its increments, in memory)")
+    if not out["stream"]:
+        _check_memory(out, where)
     return out
 
 

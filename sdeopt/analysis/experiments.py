@@ -62,14 +62,18 @@ def _mean_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def _compare(spec: dict, substeps: int):
-    return compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
-                   models=spec["models"], substeps=substeps, coupled=spec["coupled"],
-                   record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
-                   blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"])
+def _compare(spec: dict, substeps: int, out: Path | None = None):
+    ds = compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
+                 models=spec["models"], substeps=substeps, coupled=spec["coupled"],
+                 record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
+                 blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"],
+                 out=None if out is None else out / f"{slug(spec['name'])}_substeps{substeps}.zarr")
+    # A streamed study's summaries and figures read the observables into memory; the iterates,
+    # the part that outgrows it, stay in the store.
+    return ds if out is None else ds.drop_vars("x", errors="ignore").load()
 
 
-def run_trajectories(spec: dict) -> tuple:
+def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     """compare() for one run: the dataset, its summary rows, and the dataset at h/2 (or None).
 
     Every figure is over the runs alive at the last recorded step (a diverged run is frozen at
@@ -82,14 +86,18 @@ def run_trajectories(spec: dict) -> tuple:
     with its standard error from the per-run values 2 f(X^{h/2}) - f(X^h), and the solver bias
     of the h figure, E_h - (2 E_{h/2} - E_h) = 2 (E_h - E_{h/2}), with its se; the weak errors
     are then those of the extrapolated values.
+
+    With ``spec["stream"]`` the datasets are streamed into ``out``/<name>_substeps<s>.zarr (one
+    store per solver step) and returned without their iterates ``x``, which stay in the store.
     """
-    ds = _compare(spec, spec["substeps"])
+    out = out if spec.get("stream") else None
+    ds = _compare(spec, spec["substeps"], out)
     closed = stationary_closed_form(spec["method"], spec["problem"])
     extrapolate = spec.get("richardson")
     if extrapolate is None:
         extrapolate = closed is not None
     extrapolate = bool(extrapolate and spec["models"] and "loss" in ds)
-    fine = _compare(spec, 2 * spec["substeps"]) if extrapolate else None
+    fine = _compare(spec, 2 * spec["substeps"], out) if extrapolate else None
     coarse_s, fine_s = ds, fine  # the datasets the figures are computed from
     if spec.get("average_from") is not None and "loss" in ds:
         coarse_s = _time_average(ds, spec["average_from"])
@@ -297,11 +305,21 @@ def richardson_weak_error(coarse, fine, observable: str = "loss"):
     return err
 
 
+def _label_stores(out: Path, spec: dict, config: dict, run: dict) -> None:
+    """Add the claim and the run's config to the attributes of a streamed run's stores."""
+    import zarr
+
+    for path in out.glob(f"{slug(spec['name'])}_substeps*.zarr"):
+        zarr.open_group(str(path), mode="r+").attrs.update(
+            claim=config.get("claim", ""), run=json.dumps(run, sort_keys=True, default=str))
+
+
 def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
     """Run every run of a validated config, writing <run>.nc and <run>.png into ``out``.
 
     A trajectory run whose SDE figures were extrapolated over the solver step also writes its
-    h/2 dataset, <run>_substeps<2 substeps>.nc.
+    h/2 dataset, <run>_substeps<2 substeps>.nc. A run with ``stream = true`` streams its
+    datasets into <run>_substeps<s>.zarr instead (see ``run_trajectories``).
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -322,8 +340,10 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
             fig, ax = plt.subplots(figsize=(6, 4.5))
             plot_weak_error(data, ax=ax)
         else:
-            data, run_rows, fine = run_trajectories(spec)
-            if fine is not None:  # the h/2 solves behind the extrapolated figures
+            data, run_rows, fine = run_trajectories(spec, out)
+            if spec["stream"]:
+                _label_stores(out, spec, config, run)
+            elif fine is not None:  # the h/2 solves behind the extrapolated figures
                 fine.attrs["claim"] = config.get("claim", "")
                 fine.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
                 io.save(fine, out / f"{name}_substeps{2 * spec['substeps']}.nc")
@@ -336,9 +356,10 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
-        data.attrs["claim"] = config.get("claim", "")
-        data.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
-        io.save(data, out / f"{name}.nc")
+        if not spec["stream"]:
+            data.attrs["claim"] = config.get("claim", "")
+            data.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
+            io.save(data, out / f"{name}.nc")
         seconds = time.perf_counter() - start
         for row in run_rows:
             row["seconds"] = seconds
