@@ -35,14 +35,21 @@ def available_memory() -> int | None:
         return None
 
 
-def check_output_memory(n_bytes: float, n_runs: int) -> None:
-    """Refuse results that cannot fit in memory, with the figure and the fixes."""
+def memory_shortfall(n_bytes: float) -> str | None:
+    """Why results of ``n_bytes`` cannot be kept in memory, with the fixes; None if they fit."""
     available = available_memory()
-    if available is not None and n_bytes > available:
-        raise ValueError(f"Invalid n_runs: {n_runs} (the recorded results need {n_bytes / 2**30:.1f} GiB and "
-                         f"{available / 2**30:.1f} GiB of memory is available: record less (a larger "
-                         "record_every, fewer observables, record_x=False), simulate fewer runs, or stream "
-                         "the results to disk with out='study.zarr')")
+    if available is None or n_bytes <= available:
+        return None
+    return (f"the recorded results need {n_bytes / 2**30:.1f} GiB and {available / 2**30:.1f} GiB of memory is "
+            "available: record less (a larger record_every, fewer observables, record_x=False), simulate fewer "
+            "runs or steps, or stream the results to disk with out='study.zarr' (stream = true in a config)")
+
+
+def check_output_memory(n_bytes: float, n_runs: int) -> None:
+    """Refuse results that cannot fit in memory, naming n_runs, with the figure and the fixes."""
+    why = memory_shortfall(n_bytes)
+    if why is not None:
+        raise ValueError(f"Invalid n_runs: {n_runs} ({why})")
 
 
 def output_bytes(n_rec: int, n_runs: int, values_per_record: int, itemsize: int, increments: int = 0) -> int:
@@ -62,6 +69,8 @@ class ZarrSink:
     """
 
     def __init__(self, path, *, models: list[str] | None = None, attrs: dict | None = None) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"Invalid out: {path!r} (a path to a new .zarr store)")
         self.path = Path(path)
         if self.path.suffix != ".zarr":
             raise ValueError(f"Invalid out: {str(path)!r} (a zarr store path ending in .zarr)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -50,7 +51,7 @@ def check_int(name: str, value: int, *, minimum: int = 0) -> int:
 
 def check_scales(name: str, value: float | Sequence[float]) -> float | tuple[float, ...]:
     """A noise scale: one number >= 0, or a non-empty sequence of them (one per worker)."""
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1:
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         if len(value) == 0:
@@ -83,7 +84,7 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _as_float(name: str, value) -> float:
     """A Python float from a number, a numpy scalar or a 0-d tensor; never from a bool or a string."""
-    if isinstance(value, (bool, str, bytes)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
+    if isinstance(value, (bool, str, bytes)) or (isinstance(value, torch.Tensor) and value.ndim != 0):
         raise ValueError(f"Invalid {name}: {value!r} (must be a number)")
     try:
         return float(value)

@@ -14,7 +14,7 @@ DEMO_CONFIG = {
     "claim": ("Heavy tails. DSignSGD's SDE models exist even for Student-t noise with nu = 1.5 (infinite variance); "
               "'weak err' is the gap between their final mean loss and the method's, with its Monte Carlo se "
               "(Euler-Maruyama, 4 substeps, solver bias not removed). For DCSGD with RandK (nu = 5) the first-order "
-              "SDE's stationary loss lies about a quarter below the chain's closed form, while the curvature-corrected "
+              "SDE's stationary loss lies about 30 % below the chain's closed form, while the curvature-corrected "
               "SDE's (Compagnoni et al., arXiv 2506.00181 v2), with the solver's O(h) bias extrapolated away "
               "(2E(h/2)-E(h); the bias of the 4-substep figure beside it), matches it within its Monte Carlo error."),
     "defaults": {"problem": {"type": "Quadratic", "diag": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]},
@@ -163,6 +163,8 @@ def cmd_plot(args) -> int:
         raise ValueError(f"Invalid DATASET: {str(path)!r} does not exist")
     ds = io.load(path)  # a file that is unreadable, damaged or not written by sdeopt: ValueError naming it
     out = args.out or path.parent
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Invalid --out: {str(out)!r} is a file (a folder for the figures)")
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     if {"error", "se"} <= set(ds.data_vars) and "lr" in ds.dims:

@@ -115,6 +115,9 @@ def _short(value) -> str:
 
 def _as_vector(name: str, value, dim: int | None = None) -> torch.Tensor:
     """A finite, non-empty float64 vector (d,), or ``ValueError`` naming ``name``."""
+    if isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value) or \
+            isinstance(value, (torch.Tensor, np.ndarray)) and value.dtype in (torch.bool, np.bool_):
+        raise ValueError(f"Invalid {name}: {_short(value)} (must be a sequence of numbers, not booleans)")
     try:
         t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value,
                             dtype=torch.float64).clone()
@@ -923,6 +926,12 @@ class FunctionProblem(Problem):
         self._loss = torch.func.vmap(fn)
         self._grad = torch.func.vmap(torch.func.grad(fn))
         self._hvp = torch.func.vmap(lambda x, v: torch.func.jvp(torch.func.grad(fn), (x,), (v,))[1])
+        try:  # runs are batched with vmap: a function that leaves torch (.item(), numpy) cannot be
+            self._grad(torch.zeros(2, self.dim, dtype=torch.float64))
+        except Exception as exc:
+            raise ValueError(f"Invalid fn: {fn!r} (its gradient must batch with torch.func.vmap; "
+                             f"use torch operations only, no .item() or numpy: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         return self._loss(x)  # (B,)

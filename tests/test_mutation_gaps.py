@@ -221,12 +221,15 @@ def test_divergence_is_judged_at_records_and_frozen_at_the_last_good_one(backend
 
 @pytest.mark.parametrize("backend", ["native", "torchsde"])
 def test_the_threshold_bounds_the_norm(backend):
-    """A run is over the threshold when |x| > threshold (not |x|² > 2 threshold, |x|² > threshold³)."""
-    still = SDE(dim=2, drift_fn=lambda x, eta: torch.zeros_like(x),
-                diffusion_fn=lambda x, eta: Diagonal(torch.zeros_like(x)), noise_type="diagonal", brownian_dim=2)
-    x0 = torch.tensor([[12.0, 16.0], [120.0, 160.0], [60.0, 80.0]])  # |x| = 20, 200 and exactly 100
-    path = solve(still, x0, n_steps=2, n_runs=3, blowup_threshold=100.0, backend=backend)
+    """A run is over the threshold when |x| > threshold (not |x|² > 2 threshold, |x|² > threshold³).
+    dx = x dt with h = 1 doubles x: |x| = 10, 100 (the threshold itself) and 50 become 20, 200, 100."""
+    doubling = SDE(dim=2, drift_fn=lambda x, eta: x, lr=1.0,
+                   diffusion_fn=lambda x, eta: Diagonal(torch.zeros_like(x)), noise_type="diagonal", brownian_dim=2)
+    x0 = torch.tensor([[6.0, 8.0], [60.0, 80.0], [30.0, 40.0]])
+    path = solve(doubling, x0, n_steps=1, n_runs=3, blowup_threshold=100.0, backend=backend)
     assert path.diverged.tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="x0.*blowup_threshold"):  # a start beyond it is refused
+        solve(doubling, 2 * x0, n_steps=1, n_runs=3, blowup_threshold=100.0, backend=backend)
 
 
 # --- Milstein -------------------------------------------------------------------------------------------

@@ -12,13 +12,14 @@ from sdeopt.analysis.config import build
 
 OPT = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian())
 PROB = so.problems.Quadratic(diag=[1.0, 2.0])
-KW = dict(n_steps=10, n_runs=100, seed=3, record_x=True, dtype=torch.float64, chunk_size=32)
+KW = dict(n_steps=10, n_runs=100, seed=3, record_x=True, dtype=torch.float64, chunk_size=16)
 
 
 @pytest.fixture
 def little_memory(monkeypatch):
-    """A machine with 4 KiB available: the studies below need more in memory."""
-    monkeypatch.setattr(stream, "available_memory", lambda: 2**12)
+    """A machine with 8 KiB available: the studies below need more in memory, 36 KiB a model,
+    but a chunk of 16 runs needs 5.8 KiB."""
+    monkeypatch.setattr(stream, "available_memory", lambda: 2**13)
 
 
 def test_simulate_streams_the_same_dataset_it_returns_in_memory(tmp_path, little_memory, monkeypatch):
@@ -34,7 +35,7 @@ def test_simulate_streams_the_same_dataset_it_returns_in_memory(tmp_path, little
 
 
 def test_solve_and_compare_stream_every_model_into_one_store(tmp_path, little_memory, monkeypatch):
-    kw = dict(KW, models=["first_order", "curvature"], max_memory=2**14)
+    kw = dict(KW, models=["first_order", "curvature"], max_memory=2**13, block_size=8)  # chunks of 8
     kw.pop("chunk_size")
     with pytest.raises(ValueError, match="n_runs"):
         so.analysis.compare(OPT, PROB, [1.0, 1.0], **kw)
@@ -104,7 +105,7 @@ def test_a_damaged_chunk_of_a_stream_is_an_error_on_read(tmp_path):
     store = tmp_path / "s.zarr"
     so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=store, **KW)
     chunks = sorted(p for p in (store / "x").rglob("*") if p.is_file() and not p.name.startswith((".", "zarr")))
-    assert len(chunks) == 4  # 100 runs in chunks of 32
+    assert len(chunks) == 7  # 100 runs in chunks of 16
     damaged = bytearray(chunks[2].read_bytes())
     damaged[len(damaged) // 2] ^= 1
     chunks[2].write_bytes(bytes(damaged))

@@ -9,7 +9,7 @@ from sdeopt._rng import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
 from sdeopt._stream import ZarrSink, check_output_memory, output_bytes
 from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.discrete import Method, simulate
-from sdeopt.discrete.base import record_steps
+from sdeopt.discrete.base import n_records
 from sdeopt.dynamics import sde_of, solve
 from sdeopt.problems import Problem
 
@@ -37,7 +37,7 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
     Args:
         method, problem, x0, n_steps, n_runs: as in ``sdeopt.discrete.simulate``.
         seed: the discrete run's seed; SDE model i draws from ``model_seed(seed, i)``.
-        models: SDE models ("first_order", "second_order", "curvature").
+        models: SDE models ("first_order", "second_order", "curvature"): a list, or one name.
         substeps: solver steps per optimizer step for the SDEs.
         coupled: drive every SDE with the discrete run's Gaussian draws (DSGD with Gaussian noise;
             see ``simulate(keep_increments=True)``), so that runs are paired (strong error).
@@ -58,8 +58,12 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
 
     from sdeopt import __version__
 
+    models = [models] if isinstance(models, str) else models
+    record = (record,) if isinstance(record, str) else record
+    for name, names in (("models", models), ("record", record)):
+        if not isinstance(names, (list, tuple)) or not all(isinstance(v, str) for v in names):
+            raise ValueError(f"Invalid {name}: {names!r} (a name or a list of names)")
     models = list(models)
-    record = (record,) if isinstance(record, str) else tuple(record)
     if len(models) != len(set(models)):
         raise ValueError(f"Invalid models: {models!r} (each model at most once)")
     sdes = [sde_of(method, problem, model) for model in models]  # validates before any work
@@ -80,7 +84,7 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
              "sdeopt_version": __version__, "torch_version": torch.__version__,
              "xarray_version": xr.__version__}
     if out is None:
-        n_rec = len(record_steps(check_int("n_steps", n_steps), check_int("record_every", record_every, minimum=1)))
+        n_rec = n_records(check_int("n_steps", n_steps), check_int("record_every", record_every, minimum=1))
         per_model = output_bytes(n_rec, check_int("n_runs", n_runs, minimum=1),
                                  len(record) + record_x * problem.dim, torch.finfo(run_dtype).bits // 8)
         check_output_memory(2 * (1 + len(models)) * per_model, n_runs)  # each model, then joined

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
 import tomllib
 from functools import partial
 from pathlib import Path
@@ -37,10 +38,11 @@ import torch
 
 from sdeopt import compressors, noise, problems, schedules
 from sdeopt._rng import check_seed
-from sdeopt._stream import check_output_memory, output_bytes
+from sdeopt._stream import memory_shortfall, output_bytes
 from sdeopt._validation import check_device, check_int, check_positive
+from sdeopt.analysis.compare import compare
 from sdeopt.discrete import METHODS
-from sdeopt.discrete.base import OBSERVABLES, record_steps
+from sdeopt.discrete.base import OBSERVABLES, n_records
 from sdeopt.dynamics import MODELS, sde_of
 
 PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.QuadraticQuartic,
@@ -83,6 +85,7 @@ def validate(raw: dict) -> dict:
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise ValueError(f"Invalid config key: {sorted(unknown)[0]!r} (top-level keys: {', '.join(sorted(TOP_KEYS))})")
+    check_text(raw)
     if not isinstance(raw.get("runs"), list) or not raw["runs"]:
         raise ValueError("Invalid config key: 'runs' (needs at least one [[runs]] table)")
     defaults = raw.get("defaults", {})
@@ -98,9 +101,23 @@ def validate(raw: dict) -> dict:
         build(merged, where=f"runs[{i}]")  # validate now, before anything runs
         runs.append(merged)
     names = [r["name"] for r in runs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"Invalid config key: 'name' (run names must be distinct: {names})")
+    files = [slug(name) for name in names]  # the files each run writes are named after it
+    if len(set(files)) != len(files):
+        raise ValueError(f"Invalid config key: 'name' (run names must be distinct as file names: {names} "
+                         f"write {files})")
     return {"claim": raw.get("claim", ""), "description": raw.get("description", ""), "runs": runs}
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a run name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
+
+
+def check_text(raw: dict) -> None:
+    """``claim`` and ``description`` are strings."""
+    for key in ("claim", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ValueError(f"Invalid config value: {key} = {raw[key]!r} (a string)")
 
 
 def _check_keys(where: str, table) -> None:
@@ -199,6 +216,10 @@ def build(run: dict, *, where: str = "run") -> dict:
         except ValueError as exc:
             raise ValueError(f"Invalid config value: {where}.models contains {model!r}: {exc}") from None
     _check_names(where, "record", params["record"], OBSERVABLES + tuple(method.extra_observables))
+    if not params["record"]:
+        raise ValueError(f"Invalid config value: {where}.record = [] (at least one observable, e.g. [\"loss\"])")
+    if len(set(params["models"])) != len(params["models"]):
+        raise ValueError(f"Invalid config value: {where}.models = {params['models']!r} (each model at most once)")
     richardson = typed("richardson", None, "bool")
     average_from = run.get("average_from")
     if average_from is not None and (study != "trajectories" or isinstance(average_from, bool)
@@ -210,8 +231,9 @@ def build(run: dict, *, where: str = "run") -> dict:
            "richardson": richardson, "average_from": average_from}
     if study == "weak_order":
         lrs = run.get("lrs")
-        if not isinstance(lrs, list) or len(lrs) < 4 or not all(_is_number(v) and v > 0 for v in lrs):
-            raise ValueError(f"Invalid config value: {where}.lrs = {lrs!r} (>= 4 positive step sizes)")
+        if not isinstance(lrs, list) or len(lrs) < 4 or not all(_is_number(v) and v > 0 for v in lrs) \
+                or len(set(lrs)) != len(lrs):
+            raise ValueError(f"Invalid config value: {where}.lrs = {lrs!r} (>= 4 distinct positive step sizes)")
         horizon = run.get("horizon")
         if not _is_number(horizon) or horizon <= 0:
             raise ValueError(f"Invalid config value: {where}.horizon = {horizon!r} (a time > 0)")
@@ -232,21 +254,34 @@ def build(run: dict, *, where: str = "run") -> dict:
                          "only: a weak-order study keeps its errors, coupling its increments, in memory)")
     if not out["stream"]:
         _check_memory(out, where)
+    _dry_run(out, where)
     return out
+
+
+def _dry_run(spec: dict, where: str) -> None:
+    """One run of one step of the whole comparison (every model, the coupling, the records):
+    what only running finds (a method that cannot be coupled, an observable the problem lacks)
+    is refused here, before any run of the config has written anything."""
+    try:
+        compare(spec["method"], spec["problem"], spec["x0"], min(spec["n_steps"], 1), 1, seed=spec["seed"],
+                models=spec["models"], coupled=spec["coupled"], record=spec["record"], record_x=spec["record_x"],
+                blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"])
+    except ValueError as exc:
+        raise ValueError(f"Invalid config value in {where}: {exc}") from None
 
 
 def _check_memory(spec: dict, where: str) -> None:
     """Refuse, before any run, a study whose results cannot fit in memory (one comparison at a
     time: each model's results and the copy that joins them)."""
-    n_steps = max(round(spec["horizon"] / lr) for lr in spec["lrs"]) if spec["study"] == "weak_order" \
-        else spec["n_steps"]
-    n_rec = len(record_steps(n_steps, spec["record_every"]))
+    weak = spec["study"] == "weak_order"
+    n_steps = max(round(spec["horizon"] / lr) for lr in spec["lrs"]) if weak else spec["n_steps"]
+    n_rec = n_records(n_steps, spec["record_every"])
     per_model = output_bytes(n_rec, spec["n_runs"], len(spec["record"]) + spec["record_x"] * spec["problem"].dim,
                              torch.finfo(spec["dtype"]).bits // 8)
-    try:
-        check_output_memory(2 * (1 + len(spec["models"])) * per_model, spec["n_runs"])
-    except ValueError as exc:
-        raise ValueError(f"Invalid config value: {where}.n_runs = {spec['n_runs']!r} ({exc})") from None
+    why = memory_shortfall(2 * (1 + len(spec["models"])) * per_model)
+    if why is not None:
+        steps = f"{where}.horizon = {spec['horizon']!r}" if weak else f"{where}.n_steps = {n_steps!r}"
+        raise ValueError(f"Invalid config value: {where}.n_runs = {spec['n_runs']!r} with {steps} ({why})")
 
 
 #: What each kind of config value must be; TOML has a type for each, so nothing is coerced

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from sdeopt import io
 from sdeopt.analysis.compare import compare
-from sdeopt.analysis.config import build
+from sdeopt.analysis.config import build, slug
 from sdeopt.analysis.metrics import _observable, divergence, order_fit, weak_error
 from sdeopt.compressors import Identity, RandK
 from sdeopt.discrete import DCSGD
@@ -21,11 +20,6 @@ from sdeopt.discrete.base import OBSERVABLES
 from sdeopt.noise import ScaledSymmetricNoise
 from sdeopt.problems import Quadratic
 from sdeopt.schedules import Constant
-
-
-def slug(name: str) -> str:
-    """A file-name-safe version of a run name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
 
 
 def stationary_closed_form(method, problem) -> float | None:

@@ -134,6 +134,8 @@ def order_fit(lrs, errors, ses=None, *, level: float = 0.95, mc_ratio: float = 3
     lrs, errors = np.asarray(lrs, dtype=float), np.asarray(errors, dtype=float)
     if lrs.shape != errors.shape or lrs.ndim != 1 or len(lrs) < 4:
         raise ValueError(f"Invalid lrs: {len(lrs)} step sizes (an order fit needs >= 4, one error each)")
+    if len(set(lrs.tolist())) != len(lrs):
+        raise ValueError(f"Invalid lrs: {lrs.tolist()!r} (the step sizes must be distinct)")
     if np.any(lrs <= 0) or np.any(~np.isfinite(errors)) or np.any(errors <= 0):
         raise ValueError(f"Invalid errors: {errors.tolist()!r} (must be finite and > 0, with lrs > 0)")
     x, y = np.log(lrs), np.log(errors)

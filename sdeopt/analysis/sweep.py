@@ -34,7 +34,7 @@ import numpy as np
 
 from sdeopt._validation import check_int
 from sdeopt.io import zarr_encoding
-from sdeopt.analysis.config import RUN_KEYS, _check_keys, build, read_toml
+from sdeopt.analysis.config import RUN_KEYS, _check_keys, build, check_text, read_toml
 from sdeopt.discrete.base import record_steps
 
 #: Run parameters that change array shapes, so cannot be swept within one store.
@@ -53,6 +53,7 @@ def validate_sweep(raw: dict) -> dict:
     unknown = set(raw) - allowed
     if unknown:
         raise ValueError(f"Invalid config key: {sorted(unknown)[0]!r} (a sweep has {', '.join(sorted(allowed))})")
+    check_text(raw)
     base = raw.get("defaults")
     _check_keys("defaults", base if base is not None else [])
     grid = raw.get("sweep")
@@ -220,7 +221,7 @@ def run_sweep(sweep: dict, store: str | Path, *, scheduler: str | None = None, n
     # Checked before the store is touched: 0 or -1 workers made a local cluster that never ran
     # a cell (a silent hang), and an unreachable scheduler printed a traceback.
     n_workers = check_int("n_workers", n_workers, minimum=1)
-    remote = _connect(scheduler) if scheduler else None
+    remote = _connect(scheduler) if scheduler is not None else None
     store = Path(store)
     start = time.perf_counter()
     if store.exists():
@@ -270,6 +271,8 @@ def _connect(scheduler: str):
     """A client of the dask scheduler at ``scheduler``; ValueError naming it when it cannot be reached."""
     from distributed import Client
 
+    if not isinstance(scheduler, str) or not scheduler.strip():  # "$ADDR" with ADDR unset
+        raise ValueError(f"Invalid scheduler: {scheduler!r} (an address such as tcp://host:8786)")
     try:
         return Client(scheduler, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError, TypeError) as exc:

@@ -61,6 +61,9 @@ class Method(ABC):
         # Stored as plain Python numbers: a numpy or 0-d torch scalar would leak into configs
         # and arithmetic (a torch lr made the first step fail).
         object.__setattr__(self, "lr", check_positive("lr", self.lr))
+        for f in fields(self):  # a flag is a bool: the string "no" is truthy
+            if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"Invalid {f.name}: {getattr(self, f.name)!r} (must be True or False)")
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"Invalid schedule: {self.schedule!r} (must be an sdeopt.schedules schedule)")
 
@@ -356,6 +359,11 @@ def record_observables(problem: Problem, x: torch.Tensor, names, out: dict) -> N
         out["dist"].copy_(torch.linalg.vector_norm(x - problem.minimizer, dim=-1))
 
 
+def n_records(n_steps: int, record_every: int) -> int:
+    """len(record_steps(n_steps, record_every)), without building the list."""
+    return n_steps // record_every + 1 + (n_steps % record_every != 0)
+
+
 def record_steps(n_steps: int, record_every: int) -> list[int]:
     """Steps 0, r, 2r, ... and always the last one."""
     steps = list(range(0, n_steps + 1, record_every))
@@ -381,6 +389,8 @@ def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, reco
     dtype = check_dtype(torch.get_default_dtype() if dtype is None else dtype)
     if isinstance(record, str):
         record = (record,)
+    if not isinstance(record, (list, tuple)) or not all(isinstance(name, str) for name in record):
+        raise ValueError(f"Invalid record: {record!r} (an observable name or a list of them)")
     record = tuple(record)
     for name in record:
         if name not in OBSERVABLES + tuple(extras):
@@ -388,19 +398,26 @@ def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, reco
     if "dist" in record and problem.minimizer is None:
         raise ValueError(f"Invalid record: 'dist' ({type(problem).__name__} has no known minimiser)")
     x0 = check_x0(x0, n_runs, problem.dim)
-    steps = record_steps(n_steps, record_every)
+    if not torch.isfinite(x0.to(dtype)).all():
+        raise ValueError(f"Invalid x0: it overflows {str(dtype).replace('torch.', '')} (largest entry "
+                         f"{x0.abs().max().item():.3g})")
+    norm = torch.linalg.vector_norm(x0, dim=-1).max().item()
+    if not norm <= blowup_threshold:
+        raise ValueError(f"Invalid x0: its norm {norm:.3g} exceeds blowup_threshold={blowup_threshold!r} "
+                         "(every run would count as diverged at step 0)")
+    n_rec = n_records(n_steps, record_every)  # the list of steps is built after the check: n_steps may be 10**12
     if chunk_size is None:
-        chunk_size = auto_chunk(n_workers, problem.dim, len(steps), len(record) + record_x * problem.dim,
+        chunk_size = auto_chunk(n_workers, problem.dim, n_rec, len(record) + record_x * problem.dim,
                                 max_memory, block_size, n_runs, dtype)
     else:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    check_output_memory(output_bytes(n_rec, min(chunk_size, n_runs) if streamed else n_runs,  # streamed: a chunk
+                                     len(record) + record_x * problem.dim, torch.finfo(dtype).bits // 8,
+                                     keep_increments * n_steps * problem.dim), n_runs)
+    steps = record_steps(n_steps, record_every)
     if streamed and keep_increments:
         raise ValueError("Invalid out: the noise increments kept for coupling (keep_increments, coupled) stay "
                          "in memory; stream the runs without coupling, or keep them in memory without out=")
-    if not streamed:
-        itemsize = torch.finfo(dtype).bits // 8
-        check_output_memory(output_bytes(len(steps), n_runs, len(record) + record_x * problem.dim, itemsize,
-                                         keep_increments * n_steps * problem.dim), n_runs)
     return {"device": dev, "dtype": dtype, "x0": x0, "steps": steps, "record": record,
             "chunk_size": chunk_size}
 
