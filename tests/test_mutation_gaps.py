@@ -185,7 +185,7 @@ def test_torchsde_backend_is_euler_on_its_drawn_increments(generator):
     pair = solve(sde, x0[:2], **dict(kw, n_runs=2, block_size=1, chunk_size=1))
     torch.testing.assert_close(pair.x, _euler_reference(sde, x0[:2], n_steps, 2, substeps, seed=7, block_size=1),
                                rtol=1e-10, atol=1e-12)
-    # Runs first_run.. of a larger batch are that batch's rows (block-aligned).
+    # Runs first_run.. of a larger batch are that batch's rows.
     tail = solve(sde, x0[4:], **dict(kw, n_runs=8, first_run=4))
     torch.testing.assert_close(tail.x, ref[:, 4:], rtol=1e-10, atol=1e-12)
 
