@@ -128,9 +128,13 @@ class RandomSource:
         # The i-th call starts each block's stream i·2**64 words after its start: no two calls
         # overlap (a call draws far fewer than 2**64 words).
         jump = self._calls << 64
+        vectorised = kind == "normal" and out.dtype == np.float32
         for gen, start, lo, rows, sl in self._parts:
             gen.bit_generator.state = start
             gen.bit_generator.advance(jump)
+            if vectorised:
+                _torch_normal(gen, out[sl], lo)
+                continue
             if lo:
                 _numpy_sample(gen, kind, np.empty((lo, *shape), dtype=out.dtype), high)  # discarded rows
             _numpy_sample(gen, kind, out[sl], high)
@@ -161,3 +165,33 @@ def _numpy_sample(gen: np.random.Generator, kind: str, out: np.ndarray, high) ->
         gen.standard_exponential(out=out, dtype=out.dtype)
     else:
         out[...] = gen.integers(0, high, size=out.shape, dtype=np.int64)
+
+
+_MT_TEMPLATE: np.ndarray | None = None
+_MT_WORDS = slice(24, 24 + 624 * 8)  # the 624 state words (uint64 each) of torch's CPU generator state
+
+
+def _torch_normal(gen: np.random.Generator, out: np.ndarray, lo: int) -> None:
+    """Float32 normals into ``out`` (rows lo.. of a block) from torch's vectorised sampler, ~4x
+    numpy's in float32: torch's mt19937 gets all 624 state words from ``gen`` (a full 19937-bit
+    state, where ``manual_seed`` would take 32 bits), and fills whole 16-value groups, which it
+    transforms independently of the size of the fill, so the first n values of a fill of any
+    multiple of 16 values are the same: rows are prefix-stable."""
+    global _MT_TEMPLATE
+    if _MT_TEMPLATE is None:
+        _MT_TEMPLATE = torch.Generator().get_state().numpy().copy()
+        if _MT_TEMPLATE.size != 5056:
+            raise RuntimeError(f"torch's CPU generator state has {_MT_TEMPLATE.size} bytes, not 5056")
+    state = _MT_TEMPLATE.copy()
+    state[_MT_WORDS] = gen.bit_generator.random_raw(312).view(np.uint32).astype(np.uint64).view(np.uint8)
+    mt = torch.Generator()
+    mt.set_state(torch.from_numpy(state))
+    per_row = out[0].size if out.ndim > 1 else 1
+    size = (lo + out.shape[0]) * per_row
+    padded = max(16, -(-size // 16) * 16)
+    target = torch.from_numpy(out)
+    if lo == 0 and padded == size:
+        target.normal_(generator=mt)
+    else:
+        values = torch.empty(padded, dtype=torch.float32).normal_(generator=mt)
+        target.view(-1).copy_(values[lo * per_row:size])
