@@ -149,7 +149,8 @@ def test_a_toml_run_with_stream_writes_stores_equal_to_the_run_in_memory(tmp_pat
                                          ('stream = true\nstudy = "weak_order"\nlrs = [0.1, 0.05, 0.025, 0.0125]\n'
                                           'horizon = 1.0', "stream")])
 def test_bad_stream_settings_are_refused(tmp_path, extra, match):
-    from sdeopt.analysis.config import validate
     import tomllib
+
+    from sdeopt.analysis.config import validate
     with pytest.raises(ValueError, match=match):
         validate(tomllib.loads(TOML.format(extra=extra)))

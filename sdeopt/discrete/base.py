@@ -225,7 +225,7 @@ def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, mode
             dtype=str(dtype).replace("torch.", ""), increments=increments)
 
     # In memory, or one chunk at a time when streamed (then these hold the current chunk only).
-    size = chunk if sink is not None else n_runs
+    size = min(chunk, n_runs) if sink is not None else n_runs
     n_rec = len(steps)
     obs = {name: torch.empty((n_rec, size), dtype=dtype) for name in record}  # (S, B)
     xs = torch.empty((n_rec, size, d), dtype=dtype) if record_x else None  # (S, B, d)
