@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, describe, interleaved_best, machine, write  # noqa: E402
 
 import sdeopt as so  # noqa: E402
-from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource  # noqa: E402
 from sdeopt.cli import summary_table  # noqa: E402
+from sdeopt.random import DEFAULT_BLOCK_SIZE, RandomSource  # noqa: E402
 
 KINDS = {"normal": "normal_", "uniform": "uniform_", "exponential": "exponential_"}
 

@@ -46,9 +46,9 @@ from _common import RESULTS, describe, machine, sync, write  # noqa: E402
 from _common import timed as timed_on  # noqa: E402
 
 import sdeopt as so  # noqa: E402
-from sdeopt._rng import RandomSource  # noqa: E402
 from sdeopt.cli import summary_table  # noqa: E402
 from sdeopt.dynamics.sde import TorchsdeAdapter  # noqa: E402
+from sdeopt.random import RandomSource  # noqa: E402
 
 #: Where every row runs (--device); the bare loops and Brownian motions allocate there.
 DEVICE = torch.device("cpu")

@@ -12,7 +12,7 @@ exposes
 
 Example:
     >>> import torch
-    >>> from sdeopt._rng import RandomSource
+    >>> from sdeopt.random import RandomSource
     >>> comp = RandK(k=2)
     >>> v = torch.ones(4, 3, 10, dtype=torch.float64)      # (B, N, d)
     >>> out = comp.compress(v, RandomSource(0, 4))           # (B, N, d), 2 entries of 5.0 each
@@ -39,8 +39,8 @@ from typing import ClassVar
 
 import torch
 
-from sdeopt._rng import RandomSource
 from sdeopt._validation import check_int
+from sdeopt.random import RandomSource
 
 #: RandK draws its subset by Floyd's algorithm (one integer draw per kept or dropped
 #: coordinate) when min(k, d - k) is at most this, and by the k smallest of d uniform keys

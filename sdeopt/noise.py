@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
 
-from sdeopt import _fuse
-from sdeopt._rng import RandomSource
-from sdeopt._validation import check_in_range, check_int, check_nonnegative, check_positive, check_scales
+from sdeopt._validation import (
+    check_in_range,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_scales,
+)
 from sdeopt.problems import Problem
+from sdeopt.random import RandomSource
+from sdeopt.special import log_beta_half, student_t_cdf
 
 
 class Noise(ABC):
@@ -194,7 +199,7 @@ class Gaussian(SymmetricCDFNoise):
 
     Example:
         >>> import sdeopt as so
-        >>> from sdeopt._rng import RandomSource
+        >>> from sdeopt.random import RandomSource
         >>> noise = so.noise.Gaussian(scale=[0.5, 1.0, 2.0])
         >>> rng = RandomSource(seed=0, n_runs=4)
         >>> noise.sample(rng, torch.zeros(4, 1, 10), n_workers=3).shape
@@ -226,148 +231,6 @@ class Gaussian(SymmetricCDFNoise):
 # ---------------------------------------------------------------------------------------------
 # Student-t
 # ---------------------------------------------------------------------------------------------
-
-# Number of pairs M of continued-fraction terms for the Student-t CDF, by nu (upper bound of a
-# range) and precision. Measured against a 100-pair evaluation on |t| in [1e-8, 1e8] plus a
-# dense grid around the branch switch, for nu from 0.01 to 1e15: the truncation error stays
-# below 1e-15 (float64 table) and 1e-8 (float32 table) with a margin of >= 2 pairs. The count
-# saturates as nu grows (about 50 pairs reach 1e-15 for every nu >= 1e3), so every nu > 0 is
-# served at a bounded cost.
-_T_CDF_PAIRS = {
-    torch.float64: ((2.0, 14), (5.0, 16), (12.0, 20), (30.0, 25), (100.0, 34), (200.0, 40),
-                    (500.0, 46), (1000.0, 49), (math.inf, 54)),
-    torch.float32: ((1.0, 7), (5.0, 8), (12.0, 10), (30.0, 12), (100.0, 14), (math.inf, 16)),
-}
-
-
-def _log_beta_half(a: float) -> float:
-    """log B(a, 1/2), accurate also for huge a (no cancellation between lgamma values)."""
-    if a < 50.0:
-        return math.lgamma(a) + math.lgamma(0.5) - math.lgamma(a + 0.5)
-    # lgamma(a) - lgamma(a + 1/2) from the difference of the two Stirling series, with the
-    # (a + 1/2) log(a + 1/2) term expanded by log1p; the next Stirling term is < 1e-15 here.
-    h = a + 0.5
-    series = ((1 / (12 * a) - 1 / (12 * h)) - (1 / (360 * a**3) - 1 / (360 * h**3))
-              + (1 / (1260 * a**5) - 1 / (1260 * h**5)))
-    return math.lgamma(0.5) - 0.5 * math.log(a) - a * math.log1p(0.5 / a) + 0.5 + series
-
-
-@functools.lru_cache(maxsize=64)
-def _beta_cf_pairs(a: float, b: float, n_pairs: int) -> tuple[tuple[float, float, float], ...]:
-    """Coefficients of the continued fraction of I_x(a, b), grouped by pairs m = 0 .. M-1.
-
-    I_x(a, b) = x^a (1-x)^b / (a B(a, b)) · 1/(1 + d_1/(1 + d_2/(1 + ...))) with
-    d_{2m+1} = c_odd(m) x, d_{2m+2} = c_even(m) x (Numerical Recipes eq. 6.4.5):
-        c_odd(m)  = -(a+m)(a+b+m) / ((a+2m)(a+2m+1)),
-        c_even(m) = (m+1)(b-m-1) / ((a+2m+1)(a+2m+2)).
-    Returns (1 + c_odd(m), c_odd(m), c_even(m)) per pair; 1 + c_odd(m) is given in the
-    cancellation-free form (a(2m+1-b) + m(3m+2-b)) / ((a+2m)(a+2m+1)).
-    """
-    out = []
-    for m in range(n_pairs):
-        den = (a + 2 * m) * (a + 2 * m + 1)
-        c_odd = -(a + m) * (a + b + m) / den
-        one_plus_c_odd = (a * (2 * m + 1 - b) + m * (3 * m + 2 - b)) / den
-        c_even = (m + 1) * (b - m - 1) / ((a + 2 * m + 1) * (a + 2 * m + 2))
-        out.append((one_plus_c_odd, c_odd, c_even))
-    return tuple(out)
-
-
-def student_t_cdf(t: torch.Tensor, nu: float) -> torch.Tensor:
-    r"""CDF of Student's t law with nu > 0 degrees of freedom, elementwise, in torch.
-
-    For t > 0, ``F(t) = 1 - I_x(nu/2, 1/2) / 2`` with ``x = nu/(nu + t²)``, and
-    ``F(-t) = 1 - F(t)`` (Abramowitz & Stegun 26.7.1, 26.5.27); I_x(a, b) is the regularized
-    incomplete beta function. It is evaluated as
-
-        I_x(a, b)  = x^a (1-x)^b / (a B(a, b)) · CF_x(a, b)          if 1-x >= (b+1)/(a+b+2),
-        I_x(a, b)  = 1 - x^a (1-x)^b / (b B(a, b)) · CF_{1-x}(b, a)  otherwise,
-
-    where CF is the continued fraction of Numerical Recipes §6.4 (it converges fast on the
-    chosen side of the switch point). Numerical details:
-
-    - x and 1-x = t²/(nu+t²) are both formed directly from q = min(t²/nu, nu/t²) (never as
-      1 - x), and log x, log(1-x) from log1p and log|t|, so nothing overflows or cancels for
-      |t| up to the largest float;
-    - the continued fraction is evaluated backwards (from its M-th pair to the first) with a
-      fixed number of pairs M chosen in Python from nu and the dtype (``_T_CDF_PAIRS``), so
-      there is no data-dependent loop and no device sync;
-    - its odd terms ``1 + d_{2m+1}`` are computed from 1-x (``(1 + c_odd) - c_odd (1-x)`` on
-      the I_x side), since 1 + c_odd x cancels catastrophically when x -> 1 and nu is large;
-    - ``log B(nu/2, 1/2)`` comes from ``_log_beta_half`` (no lgamma cancellation for huge nu).
-
-    Accuracy (tested against scipy.special.stdtr and mpmath): about 1e-15 absolute in float64
-    and a few 1e-7 in float32, for every nu > 0 and every t including 0 and ±inf.
-
-    Args:
-        t: tensor of any shape, float32 or float64 (half precisions are computed in float32).
-        nu: degrees of freedom, a Python float > 0.
-    Returns:
-        F(t), same shape, dtype and device as t.
-
-    References:
-        Abramowitz & Stegun, *Handbook of Mathematical Functions* (1964), 26.5.8, 26.7.1.
-        Press et al., *Numerical Recipes*, 3rd ed. (2007), §6.4 (continued fraction of I_x)
-        and §5.2 (evaluation of continued fractions).
-    """
-    if not t.is_floating_point():
-        t = t.to(torch.get_default_dtype())
-    if t.dtype not in (torch.float32, torch.float64):
-        return student_t_cdf(t.float(), nu).to(t.dtype)
-    a, b = 0.5 * nu, 0.5
-    n_pairs = next(m for bound, m in _T_CDF_PAIRS[t.dtype] if nu <= bound)
-
-    # Every tensor below is elementwise, with the shape of t.
-    # z = |t|/sqrt(nu), z² = t²/nu. z itself overflows in float32 for |t| near the float
-    # range when nu < 1, so z² and 1/z² are formed from |t| separately, each only used on
-    # the side where it is <= 1, and log z from log|t|.
-    # Branches are blended arithmetically with 0/1 masks rather than torch.where: where with
-    # a data-dependent mask was measured ~20x slower than a multiply on CPU. Every blended
-    # operand is finite (q in [0, 1], log z clamped), so the blend never makes 0 * inf.
-    abs_t = t.abs()
-    # 0/1 masks are written as floats directly (out=): a bool mask cast to float costs ~7x more.
-    s_small = torch.le(abs_t, math.sqrt(nu), out=torch.empty_like(t))  # 1 where z <= 1
-    log_z = (torch.log(abs_t) - 0.5 * math.log(nu)).clamp_(-1e30, 1e30)
-    zz = (abs_t * (1.0 / math.sqrt(nu))).square()  # z², overflows harmlessly where z > 1
-    izz = (math.sqrt(nu) / abs_t).square()  # 1/z², overflows harmlessly where z <= 1
-    # q = min(z², 1/z²) in [0, 1]: x = 1/(1+z²) and 1-x = z²/(1+z²) without overflow.
-    q = torch.minimum(zz, izz)
-    big_part = torch.reciprocal(1.0 + q)
-    small_part = q * big_part
-    x = torch.lerp(small_part, big_part, s_small)
-    omx = torch.lerp(big_part, small_part, s_small)
-    log1p_q = torch.log1p(q)
-    two_log_z = 2.0 * log_z
-    log_x = (s_small - 1.0).mul_(two_log_z).sub_(log1p_q)  # -log1p(z²) or -2 log z - log1p(1/z²)
-    log_omx = (two_log_z * s_small).sub_(log1p_q)  # 2 log z - log1p(z²) or -log1p(1/z²)
-
-    # s1 = 1: evaluate I_{1-x}(b, a) instead of I_x(a, b).
-    s1 = torch.lt(omx, (b + 1.0) / (a + b + 2.0), out=torch.empty_like(t))
-    s0 = 1.0 - s1
-    x0 = x * s0  # even terms, I_x side
-    x1 = omx * s1  # even and odd terms, I_{1-x} side
-    y0 = omx * s0  # odd terms, I_x side, written with 1-x
-    pairs = _beta_cf_pairs.__wrapped__ if _fuse.compiling() else _beta_cf_pairs  # dynamo warns on lru_cache
-    coef_a = pairs(a, b, n_pairs)
-    coef_b = pairs(b, a, n_pairs)
-    f = torch.ones_like(t)
-    qq = torch.empty_like(t)
-    odd = torch.empty_like(t)
-    # Backward recursion on pairs: f <- (1 + d_{2m+1} + q) / (1 + q), q = d_{2m+2} / f,
-    # in preallocated buffers (no allocation per pair).
-    for m in range(n_pairs - 1, -1, -1):
-        pa, ca_odd, ca_even = coef_a[m]
-        _, cb_odd, cb_even = coef_b[m]
-        torch.mul(x0, ca_even, out=qq).add_(x1, alpha=cb_even).div_(f)
-        torch.mul(s0, pa, out=odd).add_(s1).add_(y0, alpha=-ca_odd).add_(x1, alpha=cb_odd).add_(qq)
-        torch.div(odd, qq.add_(1.0), out=f)
-    a_side = s0 * a + s1 * b  # exact per-element choice of the leading 1/a or 1/b
-    log_prefactor = a * log_x + b * log_omx - _log_beta_half(a)
-    inc = torch.exp(log_prefactor).div_(a_side.mul_(f))  # I_x(a, b) or I_{1-x}(b, a)
-    tail = (0.5 - inc).mul_(s1).add_(inc, alpha=0.5)  # P(T > |t|): 0.5 - inc/2 or inc/2
-    upper = torch.gt(t, 0.0, out=torch.empty_like(t))
-    return (1.0 - 2.0 * tail).mul_(upper).add_(tail)  # 1 - tail for t > 0, else tail
-
 
 class StudentT(SymmetricCDFNoise):
     r"""Student-t gradient noise: ``Z_i = σ_i T``, T with i.i.d. ``t_nu`` coordinates.
@@ -432,7 +295,7 @@ class StudentT(SymmetricCDFNoise):
 
     def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
         """(1 + y²/nu)^{-(nu+1)/2} / (sqrt(nu) B(nu/2, 1/2))."""
-        log_norm = -0.5 * math.log(self.nu) - _log_beta_half(0.5 * self.nu)
+        log_norm = -0.5 * math.log(self.nu) - log_beta_half(0.5 * self.nu)
         return torch.exp(log_norm - 0.5 * (self.nu + 1.0) * torch.log1p(y * y / self.nu))
 
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from sdeopt._jsonable import REPRODUCIBLE, callable_config
-from sdeopt._rng import RandomSource
 from sdeopt._validation import check_device, check_dtype, check_int, check_positive
+from sdeopt.random import RandomSource
 
 
 class Problem(ABC):

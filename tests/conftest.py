@@ -34,5 +34,5 @@ def device(request) -> str:
 
 def rng_for(n_runs: int, seed: int = 0, device="cpu", dtype=torch.float64, block_size=4096):
     """A RandomSource for tests."""
-    from sdeopt._rng import RandomSource
+    from sdeopt.random import RandomSource
     return RandomSource(seed, n_runs, device=device, dtype=dtype, block_size=block_size)

@@ -10,10 +10,10 @@ import torch
 from scipy import signal, stats
 
 import sdeopt as so
-from sdeopt._rng import RandomSource
 from sdeopt.discrete import ItoChain, MarkovSGD, simulate
 from sdeopt.discrete.markov_sgd import MarkovState
 from sdeopt.dynamics import sde_of, solve
+from sdeopt.random import RandomSource
 
 TWO_STATE_AS_MATRIX = [[0.8, 0.2], [0.2, 0.8]]
 

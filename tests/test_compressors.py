@@ -298,7 +298,7 @@ def test_shapes_dtype_device_and_seeds(comp, device):
 @pytest.mark.parametrize("comp", RANDOM, ids=_id)
 def test_row_of_batch_equals_run_alone(comp):
     """With block_size = 1, run b drawn alone reproduces row b of a batch (chunk invariance)."""
-    from sdeopt._rng import RandomSource
+    from sdeopt.random import RandomSource
     v = torch.randn(6, 2, D, generator=torch.Generator().manual_seed(1))
     full = comp.compress(v, RandomSource(9, 6, block_size=1))
     for b in (0, 4):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import sdeopt as so
-from sdeopt._rng import RandomSource
 from sdeopt.discrete import DCSGD, DSGD, DSignSGD, simulate
+from sdeopt.random import RandomSource
 
 DIAG = [1.0, 2.0, 3.0, 4.0]
 

@@ -10,10 +10,10 @@ import torch
 from scipy import stats
 
 import sdeopt as so
-from sdeopt._rng import RandomSource
 from sdeopt.discrete import DCSGD, DSGD, DSignSGD, simulate
 from sdeopt.dynamics import SDE, DiagonalPlusRankOne, sde_of, solve
 from sdeopt.dynamics.solvers import EulerMaruyama, Milstein
+from sdeopt.random import RandomSource
 from tests._reference import HalfSquarePlusQuartic
 
 DIAG = [1.0, 2.0, 4.0]

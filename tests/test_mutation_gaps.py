@@ -14,11 +14,19 @@ import pytest
 import torch
 
 import sdeopt as so
-from sdeopt._rng import RandomSource
 from sdeopt.discrete import DSGD, simulate
-from sdeopt.dynamics import SDE, Dense, Diagonal, DiagonalPlusRankOne, GridBrownian, sde_of, solve
+from sdeopt.dynamics import (
+    SDE,
+    Dense,
+    Diagonal,
+    DiagonalPlusRankOne,
+    GridBrownian,
+    sde_of,
+    solve,
+)
 from sdeopt.dynamics.sde import sqrt_psd
 from sdeopt.dynamics.solvers import Milstein
+from sdeopt.random import RandomSource
 
 # --- diffusion structures -------------------------------------------------------------------------
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
-from sdeopt._rng import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
 from sdeopt._stream import ZarrSink, check_output_memory, output_bytes
 from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.discrete import Method, simulate
 from sdeopt.discrete.base import n_records
 from sdeopt.dynamics import sde_of, solve
 from sdeopt.problems import Problem
+from sdeopt.random import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
 
 
 def model_seed(seed: int, index: int) -> int:

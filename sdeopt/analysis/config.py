@@ -30,20 +30,20 @@ import copy
 import inspect
 import math
 import re
-import tomllib
 from functools import partial
 from pathlib import Path
 
+import tomllib
 import torch
 
 from sdeopt import compressors, noise, problems, schedules
-from sdeopt._rng import check_seed
 from sdeopt._stream import memory_shortfall, output_bytes
 from sdeopt._validation import check_device, check_int, check_positive
 from sdeopt.analysis.compare import compare
 from sdeopt.discrete import METHODS
 from sdeopt.discrete.base import OBSERVABLES, n_records
 from sdeopt.dynamics import MODELS, sde_of
+from sdeopt.random import check_seed
 
 PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.QuadraticQuartic,
                                      problems.CoshSum, problems.ExpSum, problems.LogisticRegression)}

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from sdeopt._jsonable import REPRODUCIBLE, is_reproducible, jsonable
-from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource, check_seed
 from sdeopt._stream import ZarrSink, check_output_memory, output_bytes
 from sdeopt._validation import check_device, check_dtype, check_int, check_positive
 from sdeopt.discrete.result import Trajectory
 from sdeopt.noise import Noise
 from sdeopt.problems import Problem
+from sdeopt.random import DEFAULT_BLOCK_SIZE, RandomSource, check_seed
 from sdeopt.schedules import Constant, Schedule
 
 #: Observables ``simulate`` can record besides the full state "x".

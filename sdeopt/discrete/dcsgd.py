@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sdeopt._rng import RandomSource
 from sdeopt._validation import check_nonnegative, check_positive
 from sdeopt.compressors import Compressor, Identity
 from sdeopt.discrete.base import DirectionMethod
 from sdeopt.problems import Problem
+from sdeopt.random import RandomSource
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from sdeopt import _fuse
-from sdeopt._rng import RandomSource
 from sdeopt.discrete.base import DirectionMethod
 from sdeopt.noise import SymmetricCDFNoise
 from sdeopt.problems import Problem
+from sdeopt.random import RandomSource
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,11 +8,11 @@ from typing import Callable
 
 import torch
 
-from sdeopt._rng import RandomSource
 from sdeopt._validation import check_in_range, check_nonnegative, check_positive
 from sdeopt.discrete.base import Method, State
 from sdeopt.noise import StandardNormal, UnitLaw
 from sdeopt.problems import Problem
+from sdeopt.random import RandomSource
 
 #: A drift or diffusion: a callable on x (B, d) -> (B, d), or None for "from the problem".
 Field = Callable[[torch.Tensor], torch.Tensor]

@@ -8,11 +8,11 @@ from typing import ClassVar
 
 import torch
 
-from sdeopt._rng import RandomSource
 from sdeopt._validation import check_int
 from sdeopt.discrete.base import Method, State
 from sdeopt.noise import MarkovNoise
 from sdeopt.problems import Problem
+from sdeopt.random import RandomSource
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
-from sdeopt._rng import seed_attr
+from sdeopt.random import seed_attr
 
 
 @dataclass

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torchsde._brownian.brownian_base import BaseBrownian
 
-from sdeopt._rng import DEFAULT_BLOCK_SIZE, RandomSource
 from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.discrete.base import State, run_engine
 from sdeopt.discrete.result import Trajectory
 from sdeopt.dynamics.sde import SDE
 from sdeopt.problems import Problem
+from sdeopt.random import DEFAULT_BLOCK_SIZE, RandomSource
 
 
 class Scheme(ABC):

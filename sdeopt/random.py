@@ -1,4 +1,5 @@
-"""Counter-based seeding: a run's random draws depend only on (seed, run index).
+"""The random source of every run (public: ``sdeopt.random.RandomSource``): counter-based
+seeding, a run's random draws depending only on (seed, run index).
 
 Runs are grouped in blocks of ``block_size``; block j of the stream ``seed`` is seeded by
 ``SeedSequence(seed, spawn_key=(j,))``, which never aliases another (seed, block) pair for
