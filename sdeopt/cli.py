@@ -96,7 +96,7 @@ class ProgressBar:
 
 
 def _run(config: dict, out: Path) -> int:
-    from sdeopt.analysis.experiments import run_config
+    from sdeopt.experiments.runner import run_config
 
     start = time.perf_counter()
     bar = ProgressBar(len(config["runs"]), "runs")
@@ -110,7 +110,7 @@ def _run(config: dict, out: Path) -> int:
 
 
 def cmd_demo(args) -> int:
-    from sdeopt.analysis.config import validate
+    from sdeopt.experiments.config import validate
 
     out = args.out or Path(f"sdeopt-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     _prepare_out(out, args.force)
@@ -122,7 +122,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from sdeopt.analysis.config import load
+    from sdeopt.experiments.config import load
 
     config = load(args.config)
     _prepare_out(args.out, args.force)
@@ -130,7 +130,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from sdeopt.analysis.sweep import load_sweep, run_sweep
+    from sdeopt.experiments.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.config)
     bars = []

@@ -318,7 +318,7 @@ def test_bad_input(ds, call, name):
 
 
 def test_richardson_weak_error_is_exact_per_run_and_its_se_is_not_inflated():
-    from sdeopt.analysis.experiments import richardson_weak_error
+    from sdeopt.experiments.runner import richardson_weak_error
 
     opt = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(scale=1.0))
     kw = dict(n_steps=10, n_runs=4000, models=["first_order"], record_every=10, seed=5,

@@ -9,7 +9,7 @@ import tomllib
 import torch
 
 import sdeopt as so
-from sdeopt.analysis.config import validate
+from sdeopt.experiments.config import validate
 from sdeopt.cli import main
 
 OPT = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian())
@@ -94,7 +94,7 @@ def test_claim_must_be_text():
 
 def test_an_empty_scheduler_is_not_a_local_cluster(tmp_path, capsys):
     """--scheduler "$ADDR" with ADDR unset used to run on a local cluster without a word."""
-    from sdeopt.analysis.sweep import run_sweep, validate_sweep
+    from sdeopt.experiments.sweep import run_sweep, validate_sweep
     sweep = validate_sweep({"defaults": {"problem": {"type": "Quadratic", "diag": [1.0, 2.0]},
                                          "noise": {"type": "Gaussian"}, "method": {"type": "DSGD", "lr": 0.1},
                                          "x0": [1.0, 1.0], "n_steps": 2, "n_runs": 4},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sdeopt.analysis.config import validate
+from sdeopt.experiments.config import validate
 from sdeopt.cli import main
 
 TINY = """

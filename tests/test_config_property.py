@@ -8,7 +8,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdeopt.analysis.config import (
+from sdeopt.experiments.config import (
     COMPRESSORS,
     NOISES,
     PROBLEMS,
@@ -16,7 +16,7 @@ from sdeopt.analysis.config import (
     UNIT_LAWS,
     build,
 )
-from sdeopt.analysis.experiments import run_trajectories, run_weak_order
+from sdeopt.experiments.runner import run_trajectories, run_weak_order
 from sdeopt.discrete import METHODS
 
 TYPES = sorted({*PROBLEMS, *NOISES, *COMPRESSORS, *UNIT_LAWS, *METHODS, "Constant", "PolyDecay", "StepDecay"})

@@ -12,8 +12,8 @@ import torch
 from scipy import stats
 
 from sdeopt import problems
-from sdeopt.analysis.config import PROBLEMS, build, validate
-from sdeopt.analysis.experiments import finite_range_slope, run_trajectories, stationary_closed_form
+from sdeopt.experiments.config import PROBLEMS, build, validate
+from sdeopt.experiments.runner import finite_range_slope, run_trajectories, stationary_closed_form
 
 PRESETS = Path(__file__).resolve().parent.parent / "experiments"
 

@@ -8,7 +8,7 @@ import xarray as xr
 
 import sdeopt as so
 import sdeopt._stream as stream
-from sdeopt.analysis.config import build
+from sdeopt.experiments.config import build
 
 OPT = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian())
 PROB = so.problems.Quadratic(diag=[1.0, 2.0])
@@ -151,6 +151,6 @@ def test_a_toml_run_with_stream_writes_stores_equal_to_the_run_in_memory(tmp_pat
 def test_bad_stream_settings_are_refused(tmp_path, extra, match):
     import tomllib
 
-    from sdeopt.analysis.config import validate
+    from sdeopt.experiments.config import validate
     with pytest.raises(ValueError, match=match):
         validate(tomllib.loads(TOML.format(extra=extra)))

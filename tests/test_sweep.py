@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sdeopt.analysis.sweep import load_sweep, run_sweep
+from sdeopt.experiments.sweep import load_sweep, run_sweep
 from sdeopt.cli import main
 
 CONFIG = """
@@ -52,8 +52,8 @@ def reference(tmp_path_factory):
 
 
 def test_cells_equal_direct_runs(reference):
-    from sdeopt.analysis.config import build
-    from sdeopt.analysis.sweep import run_cell
+    from sdeopt.experiments.config import build
+    from sdeopt.experiments.sweep import run_cell
     cfg, ref = reference
     sweep = load_sweep(cfg)
     run, index = sweep["cells"][7]
@@ -170,7 +170,7 @@ def test_no_local_workers_is_refused_before_the_store_is_made(workers, tmp_path,
 
 
 def test_an_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
-    import sdeopt.analysis.sweep as sweep_module
+    import sdeopt.experiments.sweep as sweep_module
     monkeypatch.setattr(sweep_module, "CONNECT_TIMEOUT", "1s")
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG.format(n_steps=5))
@@ -184,7 +184,7 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
 def test_an_interrupted_store_creation_leaves_no_store(tmp_path, monkeypatch):
     """Creation used to write in place: a kill mid-way left a store without done flags that every
     resume refused (KeyError: 'cell_done')."""
-    import sdeopt.analysis.sweep as sweep_module
+    import sdeopt.experiments.sweep as sweep_module
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG.format(n_steps=5))
     sweep = load_sweep(cfg)
@@ -210,7 +210,7 @@ def test_an_interrupted_store_creation_leaves_no_store(tmp_path, monkeypatch):
 
 
 def test_an_incomplete_store_is_refused_by_name(tmp_path, capsys):
-    import sdeopt.analysis.sweep as sweep_module
+    import sdeopt.experiments.sweep as sweep_module
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG.format(n_steps=5))
     store = tmp_path / "s.zarr"

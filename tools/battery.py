@@ -80,9 +80,9 @@ import xarray as xr  # noqa: E402
 
 import sdeopt as so  # noqa: E402
 import sdeopt.analysis  # noqa: E402,F401
-import sdeopt.analysis.config  # noqa: E402,F401
-import sdeopt.analysis.experiments  # noqa: E402,F401
-import sdeopt.analysis.sweep  # noqa: E402,F401
+import sdeopt.experiments.config  # noqa: E402,F401
+import sdeopt.experiments.runner  # noqa: E402,F401
+import sdeopt.experiments.sweep  # noqa: E402,F401
 import sdeopt.cli  # noqa: E402
 import sdeopt.io  # noqa: E402,F401
 from sdeopt.cli import main as cli_main  # noqa: E402
@@ -954,13 +954,13 @@ def _sweep_cases() -> None:
                                                   else f"summary: {r[1].strip()[:200]!r}"), timeout=120)
     # the API
     a = lambda name, what, fn, expect, **kw: case("sweep", name, what, fn, expect, **kw)  # noqa: E731
-    load = lambda tmp: so.analysis.sweep.validate_sweep(__import__("tomllib").loads(SWEEP_TEXT))  # noqa: E731
+    load = lambda tmp: so.experiments.sweep.validate_sweep(__import__("tomllib").loads(SWEEP_TEXT))  # noqa: E731
     a("api-workers-0", "run_sweep(sweep, 's.zarr', n_workers=0)",
-      lambda tmp: so.analysis.sweep.run_sweep(load(tmp), tmp / "s.zarr", n_workers=0), "n_workers")
+      lambda tmp: so.experiments.sweep.run_sweep(load(tmp), tmp / "s.zarr", n_workers=0), "n_workers")
     a("api-workers-bool", "run_sweep(sweep, 's.zarr', n_workers=True)",
-      lambda tmp: so.analysis.sweep.run_sweep(load(tmp), tmp / "s.zarr", n_workers=True), "n_workers")
+      lambda tmp: so.experiments.sweep.run_sweep(load(tmp), tmp / "s.zarr", n_workers=True), "n_workers")
     a("api-scheduler-int", "run_sweep(sweep, 's.zarr', scheduler=8786)",
-      lambda tmp: so.analysis.sweep.run_sweep(load(tmp), tmp / "s.zarr", scheduler=8786), "scheduler")
+      lambda tmp: so.experiments.sweep.run_sweep(load(tmp), tmp / "s.zarr", scheduler=8786), "scheduler")
 
 
 # ---------------------------------------------------------------------------------------------

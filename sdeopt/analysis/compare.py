@@ -56,7 +56,7 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
     """
     import xarray as xr
 
-    from sdeopt import __version__
+    from sdeopt._version import __version__
 
     models = [models] if isinstance(models, str) else models
     record = (record,) if isinstance(record, str) else record

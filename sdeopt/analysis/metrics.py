@@ -13,10 +13,9 @@ from scipy import stats
 
 from sdeopt._jsonable import qualified_name
 
-
 # --- weak error ------------------------------------------------------------------------------
 
-def _observable(ds, observable):
+def observable_values(ds, observable):
     """(model, step, run) values of an observable: a variable name, "x2" (||x||²), or a callable on x."""
     if callable(observable):
         if "x" not in ds:
@@ -73,7 +72,7 @@ def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "dis
 
     if reference not in ds["model"].values:
         raise ValueError(f"Invalid reference: {reference!r} (models: {list(ds['model'].values)})")
-    values = _observable(ds, observable)  # (model, step, run)
+    values = observable_values(ds, observable)  # (model, step, run)
     if paired is None:
         paired = bool(ds.attrs.get("coupled", 0))
     ok = alive(ds)  # (model, step, run)

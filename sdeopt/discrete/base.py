@@ -205,7 +205,7 @@ def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, mode
     of one comparison.
     """
     extras = stepper.extra_observables
-    spec = _validate(stepper.n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
+    spec = validate_run(stepper.n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
                      record, record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
                      extras, keep_increments=keep_increments, streamed=out is not None)
     dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
@@ -372,7 +372,7 @@ def record_steps(n_steps: int, record_every: int) -> list[int]:
     return steps
 
 
-def _validate(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
+def validate_run(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
               record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
               extras=(), *, keep_increments: bool = False, streamed: bool = False) -> dict:
     if not isinstance(problem, Problem):

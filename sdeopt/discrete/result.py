@@ -73,7 +73,7 @@ class Trajectory:
         """
         import xarray as xr
 
-        from sdeopt import __version__
+        from sdeopt._version import __version__
 
         coords = {"model": [self.model], "step": self.steps, "run": np.arange(self.n_runs),
                   "time": ("step", self.time, {"units": "optimizer steps x lr"}),

@@ -294,9 +294,9 @@ def _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps, ts_method, conf
     """torchsde.sdeint per chunk, recording at the same steps; divergence judged at records."""
     import torchsde
 
-    from sdeopt.discrete.base import _validate, record_observables
+    from sdeopt.discrete.base import record_observables, validate_run
 
-    spec = _validate(1, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
+    spec = validate_run(1, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
                      record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run)
     dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
     problem = problem.to(dev, dtype)

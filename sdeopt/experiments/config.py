@@ -1,0 +1,338 @@
+"""TOML experiment configurations: validated, turned into objects, never executed as code.
+
+A configuration holds a ``claim`` (what the experiment shows), an optional ``[defaults]``
+table, and one or more ``[[runs]]``. Each run (merged over the defaults) names its parts as
+tables with a ``type`` and keyword arguments:
+
+    problem   = { type = "Quadratic", diag = [1.0, 4.0] }
+    noise     = { type = "StudentT", nu = 1.5, scale = 1.0 }
+    compressor = { type = "RandK", k = 2 }                 # DCSGD only
+    schedule  = { type = "poly", power = 0.5 }              # optional, default constant
+    method    = { type = "DSignSGD", lr = 0.01, n_workers = 8 }
+
+and the run parameters ``x0`` (a list of d numbers) or ``x0_fill`` (one number for every
+coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``record_x``,
+``models`` (SDE models, [] for the discrete method alone), ``substeps``, ``coupled``,
+``blowup_threshold``, ``dtype`` ("float64", the default, or "float32"), ``device``, ``name``,
+``richardson``: solve the SDEs again with half the solver step and report 2 E_{h/2} - E_h
+(the Euler-Maruyama O(h) bias extrapolated away) beside the solver bias of the h figures; by
+default done exactly where the summary quotes a closed form; and ``average_from`` (a step):
+summarise each run by its mean loss over the recorded steps from that step on (a stationary
+window), not by its loss at the last step.
+A run with ``study = "weak_order"`` instead takes ``lrs`` and
+``horizon`` (n_steps = horizon / lr for each lr), ``observable`` and ``richardson`` (default true:
+extrapolate the SDE solver's O(h) bias away with 2 E_{h/2} - E_h).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import re
+from functools import partial
+from pathlib import Path
+
+import tomllib
+import torch
+
+from sdeopt import compressors, noise, problems, schedules
+from sdeopt._stream import memory_shortfall, output_bytes
+from sdeopt._validation import check_device, check_int, check_positive
+from sdeopt.analysis.compare import compare
+from sdeopt.discrete import METHODS
+from sdeopt.discrete.base import OBSERVABLES, n_records
+from sdeopt.dynamics import MODELS, sde_of
+from sdeopt.random import check_seed
+
+PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.QuadraticQuartic,
+                                     problems.CoshSum, problems.ExpSum, problems.LogisticRegression)}
+NOISES = {c.__name__: c for c in (noise.Gaussian, noise.StudentT, noise.AffineVariance, noise.SymmetricStable,
+                                   noise.Minibatch, noise.TwoStateMarkov, noise.GaussianAR1, noise.FiniteMarkov)}
+UNIT_LAWS = {c.__name__: c for c in (noise.StandardNormal, noise.Rademacher, noise.CenteredExponential,
+                                      noise.ScaledUniform, noise.StandardizedStudentT)}
+COMPRESSORS = {c.__name__: c for c in (compressors.Identity, compressors.RandK, compressors.Natural,
+                                        compressors.QSGD, compressors.TopK)}
+
+RUN_KEYS = {"name", "problem", "noise", "compressor", "schedule", "method", "eps", "x0", "x0_fill", "n_steps",
+            "n_runs", "seed", "record_every", "record", "record_x", "models", "substeps", "coupled",
+            "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson", "average_from", "dtype",
+            "device", "stream"}
+TOP_KEYS = {"claim", "description", "defaults", "runs"}
+STUDIES = ("trajectories", "weak_order")
+
+
+def read_toml(path: str | Path) -> dict:
+    """The parsed TOML file; a missing or malformed file is a ValueError naming it."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"Invalid config: {str(path)!r} does not exist") from None
+    except OSError as exc:  # a folder, no permission
+        raise ValueError(f"Invalid config: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Invalid config: {str(path)!r} is not valid TOML ({exc})") from None
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a TOML configuration; returns the parsed dict with runs merged over defaults."""
+    return validate(read_toml(path))
+
+
+def validate(raw: dict) -> dict:
+    """Check keys and merge every run over ``defaults``; builds every object once to validate it."""
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise ValueError(f"Invalid config key: {sorted(unknown)[0]!r} (top-level keys: {', '.join(sorted(TOP_KEYS))})")
+    check_text(raw)
+    if not isinstance(raw.get("runs"), list) or not raw["runs"]:
+        raise ValueError("Invalid config key: 'runs' (needs at least one [[runs]] table)")
+    defaults = raw.get("defaults", {})
+    _check_keys("defaults", defaults)
+    runs = []
+    for i, run in enumerate(raw["runs"]):
+        if not isinstance(run, dict):
+            raise ValueError(f"Invalid config key: runs[{i}] (must be a table)")
+        _check_keys(f"runs[{i}]", run)
+        merged = copy.deepcopy(defaults)
+        merged.update(copy.deepcopy(run))
+        merged.setdefault("name", f"run{i}")
+        build(merged, where=f"runs[{i}]")  # validate now, before anything runs
+        runs.append(merged)
+    names = [r["name"] for r in runs]
+    files = [slug(name) for name in names]  # the files each run writes are named after it
+    if len(set(files)) != len(files):
+        raise ValueError(f"Invalid config key: 'name' (run names must be distinct as file names: {names} "
+                         f"write {files})")
+    return {"claim": raw.get("claim", ""), "description": raw.get("description", ""), "runs": runs}
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a run name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
+
+
+def check_text(raw: dict) -> None:
+    """``claim`` and ``description`` are strings."""
+    for key in ("claim", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ValueError(f"Invalid config value: {key} = {raw[key]!r} (a string)")
+
+
+def _check_keys(where: str, table) -> None:
+    if not isinstance(table, dict):
+        raise ValueError(f"Invalid config key: {where!r} (must be a table)")
+    unknown = set(table) - RUN_KEYS
+    if unknown:
+        raise ValueError(f"Invalid config key: {where}.{sorted(unknown)[0]} (allowed: {', '.join(sorted(RUN_KEYS))})")
+
+
+def _instance(where: str, registry: dict, spec, what: str):
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"Invalid config key: {where}.{what} = {spec!r} (a table with a 'type')")
+    kind = spec["type"]
+    if not isinstance(kind, str) or kind not in registry:
+        raise ValueError(f"Invalid config key: {where}.{what}.type = {kind!r} (choose from {', '.join(registry)})")
+    cls = registry[kind]
+    kwargs = {k: v for k, v in spec.items() if k != "type"}
+    params = inspect.signature(cls).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        for key in kwargs:
+            if key not in params:
+                raise ValueError(f"Invalid config key: {where}.{what}.{key} ({kind} takes "
+                                 f"{', '.join(p for p in params if p != 'self')})")
+    for key, value in kwargs.items():  # a flag is a TOML boolean, never a truthy string or number
+        if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
+            raise ValueError(f"Invalid config value: {where}.{what}.{key} = {value!r} ({KINDS['bool']})")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ValueError(f"Invalid config value in {where}.{what}: {exc}") from None
+    except TypeError as exc:
+        raise ValueError(f"Invalid config key in {where}.{what}: {exc}") from None
+
+
+def build(run: dict, *, where: str = "run") -> dict:
+    """The objects of one (merged) run: problem, method, x0 and the run parameters."""
+    for key in ("problem", "method"):
+        if key not in run:
+            raise ValueError(f"Invalid config key: {where}.{key} is missing")
+    problem = _instance(where, PROBLEMS, run["problem"], "problem")
+    method_spec = dict(run["method"]) if isinstance(run["method"], dict) else run["method"]
+    if not isinstance(method_spec, dict) or not isinstance(method_spec.get("type"), str) \
+            or method_spec["type"] not in METHODS:
+        kind = method_spec.get("type") if isinstance(method_spec, dict) else method_spec
+        raise ValueError(f"Invalid config key: {where}.method.type = {kind!r} (choose from {', '.join(METHODS)})")
+    parts = {}
+    if "noise" in run:
+        parts["noise"] = _instance(where, NOISES, run["noise"], "noise")
+    if "compressor" in run:
+        parts["compressor"] = _instance(where, COMPRESSORS, run["compressor"], "compressor")
+    if "eps" in run:
+        parts["eps"] = _instance(where, UNIT_LAWS, run["eps"], "eps")
+    if "schedule" in run:
+        try:
+            parts["schedule"] = schedules.from_config(run["schedule"])
+        except ValueError as exc:
+            raise ValueError(f"Invalid config value in {where}.schedule: {exc}") from None
+    method_spec.update(parts)
+    method = _instance(where, METHODS, method_spec, "method")
+    x0 = _x0(run, problem.dim, where)
+    study = run.get("study", "trajectories")
+    if study not in STUDIES:
+        raise ValueError(f"Invalid config key: {where}.study = {study!r} (choose from {', '.join(STUDIES)})")
+    def typed(key, default, kind):
+        return _typed(run, where, key, default, kind)
+
+    params = {"n_steps": typed("n_steps", 1000, "int"), "n_runs": typed("n_runs", 1000, "int"),
+              "seed": typed("seed", 0, "int"), "record_every": typed("record_every", 10, "int"),
+              "record": tuple(typed("record", ["loss", "grad_norm"], "names")),
+              "record_x": typed("record_x", False, "bool"), "models": list(typed("models", [], "names")),
+              "substeps": typed("substeps", 1, "int"), "coupled": typed("coupled", False, "bool"),
+              "stream": typed("stream", False, "bool"),
+              "blowup_threshold": float(typed("blowup_threshold", 1e10, "number"))}
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    dtype = typed("dtype", "float64", "str")
+    if dtype not in dtypes:
+        raise ValueError(f"Invalid config value: {where}.dtype = {dtype!r} (float32 or float64)")
+    params["dtype"] = dtypes[dtype]
+    params["device"] = typed("device", "cpu", "str")
+    # Everything simulate/solve would refuse is refused here, before any run of the config starts.
+    for key, minimum in (("n_steps", 0), ("n_runs", 1), ("seed", 0), ("record_every", 1), ("substeps", 1)):
+        try:
+            (check_seed if key == "seed" else partial(check_int, minimum=minimum))(key, params[key])
+        except ValueError as exc:
+            raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} ({exc})") from None
+    try:
+        check_device(params["device"])
+        check_positive("blowup_threshold", params["blowup_threshold"])
+    except ValueError as exc:
+        raise ValueError(f"Invalid config value in {where}: {exc}") from None
+    _check_names(where, "models", params["models"], tuple(MODELS))
+    for model in params["models"]:
+        try:
+            sde_of(method, problem, model)
+        except ValueError as exc:
+            raise ValueError(f"Invalid config value: {where}.models contains {model!r}: {exc}") from None
+    _check_names(where, "record", params["record"], OBSERVABLES + tuple(method.extra_observables))
+    if not params["record"]:
+        raise ValueError(f"Invalid config value: {where}.record = [] (at least one observable, e.g. [\"loss\"])")
+    if len(set(params["models"])) != len(params["models"]):
+        raise ValueError(f"Invalid config value: {where}.models = {params['models']!r} (each model at most once)")
+    richardson = typed("richardson", None, "bool")
+    average_from = run.get("average_from")
+    if average_from is not None and (study != "trajectories" or isinstance(average_from, bool)
+                                     or not isinstance(average_from, int)
+                                     or not 0 <= average_from <= params["n_steps"]):
+        raise ValueError(f"Invalid config value: {where}.average_from = {average_from!r} (a step in "
+                         f"[0, n_steps = {params['n_steps']}], trajectory studies only)")
+    out = {"name": typed("name", "run", "str"), "problem": problem, "method": method, "x0": x0, "study": study, **params,
+           "richardson": richardson, "average_from": average_from}
+    if study == "weak_order":
+        lrs = run.get("lrs")
+        if not isinstance(lrs, list) or len(lrs) < 4 or not all(_is_number(v) and v > 0 for v in lrs) \
+                or len(set(lrs)) != len(lrs):
+            raise ValueError(f"Invalid config value: {where}.lrs = {lrs!r} (>= 4 distinct positive step sizes)")
+        horizon = run.get("horizon")
+        if not _is_number(horizon) or horizon <= 0:
+            raise ValueError(f"Invalid config value: {where}.horizon = {horizon!r} (a time > 0)")
+        for lr in lrs:
+            if abs(horizon / lr - round(horizon / lr)) > 1e-9 * horizon / lr:
+                raise ValueError(f"Invalid config value: {where}.lrs contains {lr!r}, which does not divide "
+                                 f"horizon = {horizon!r} into whole steps")
+        observable = run.get("observable", "loss")
+        if observable not in OBSERVABLES + ("x2",):
+            raise ValueError(f"Invalid config value: {where}.observable = {observable!r} "
+                             f"(choose from {', '.join(OBSERVABLES + ('x2',))})")
+        out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=observable,
+                   richardson=True if richardson is None else richardson)
+        if not out["models"]:
+            raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
+    if out["stream"] and (study != "trajectories" or out["coupled"]):
+        raise ValueError(f"Invalid config value: {where}.stream = true (trajectory studies without coupling "
+                         "only: a weak-order study keeps its errors, coupling its increments, in memory)")
+    if not out["stream"]:
+        _check_memory(out, where)
+    _dry_run(out, where)
+    return out
+
+
+def _dry_run(spec: dict, where: str) -> None:
+    """One run of one step of the whole comparison (every model, the coupling, the records):
+    what only running finds (a method that cannot be coupled, an observable the problem lacks)
+    is refused here, before any run of the config has written anything."""
+    try:
+        compare(spec["method"], spec["problem"], spec["x0"], min(spec["n_steps"], 1), 1, seed=spec["seed"],
+                models=spec["models"], coupled=spec["coupled"], record=spec["record"], record_x=spec["record_x"],
+                blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"])
+    except ValueError as exc:
+        raise ValueError(f"Invalid config value in {where}: {exc}") from None
+
+
+def _check_memory(spec: dict, where: str) -> None:
+    """Refuse, before any run, a study whose results cannot fit in memory (one comparison at a
+    time: each model's results and the copy that joins them)."""
+    weak = spec["study"] == "weak_order"
+    n_steps = max(round(spec["horizon"] / lr) for lr in spec["lrs"]) if weak else spec["n_steps"]
+    n_rec = n_records(n_steps, spec["record_every"])
+    per_model = output_bytes(n_rec, spec["n_runs"], len(spec["record"]) + spec["record_x"] * spec["problem"].dim,
+                             torch.finfo(spec["dtype"]).bits // 8)
+    why = memory_shortfall(2 * (1 + len(spec["models"])) * per_model)
+    if why is not None:
+        steps = f"{where}.horizon = {spec['horizon']!r}" if weak else f"{where}.n_steps = {n_steps!r}"
+        raise ValueError(f"Invalid config value: {where}.n_runs = {spec['n_runs']!r} with {steps} ({why})")
+
+
+#: What each kind of config value must be; TOML has a type for each, so nothing is coerced
+#: (a string "false" is truthy: read as a boolean it would silently mean true).
+KINDS = {"bool": "true or false, a TOML boolean", "int": "an integer", "number": "a number",
+         "str": "a string", "names": "a list of names, e.g. [\"first_order\"]"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _typed(run: dict, where: str, key: str, default, kind: str):
+    """``run[key]`` (or ``default`` when absent), refused unless it is of ``kind`` (a KINDS key)."""
+    value = run.get(key, default)
+    if key not in run:
+        return value
+    ok = {"bool": isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "number": _is_number(value),
+          "str": isinstance(value, str),
+          "names": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+    if not ok:
+        raise ValueError(f"Invalid config value: {where}.{key} = {value!r} ({KINDS[kind]})")
+    return value
+
+
+def _check_names(where: str, key: str, names, allowed: tuple) -> None:
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"Invalid config value: {where}.{key} contains {name!r} "
+                             f"(choose from {', '.join(allowed)})")
+
+
+def _x0(run: dict, dim: int, where: str) -> torch.Tensor:
+    if "x0" in run and "x0_fill" in run:
+        raise ValueError(f"Invalid config key: {where}.x0_fill (give x0 or x0_fill, not both)")
+    if "x0_fill" in run:
+        value = run["x0_fill"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"Invalid config value: {where}.x0_fill = {value!r} (a number)")
+        if not math.isfinite(value):
+            raise ValueError(f"Invalid config value: {where}.x0_fill = {value!r} (a finite number)")
+        return torch.full((dim,), float(value), dtype=torch.float64)
+    if "x0" not in run:
+        raise ValueError(f"Invalid config key: {where}.x0 is missing (a list of {dim} numbers, or x0_fill)")
+    value = run["x0"]
+    if not isinstance(value, list) or len(value) != dim or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"Invalid config value: {where}.x0 = {value!r} (a list of {dim} numbers)")
+    x0 = torch.tensor(value, dtype=torch.float64)
+    if not torch.isfinite(x0).all():
+        raise ValueError(f"Invalid config value: {where}.x0 = {value!r} (finite numbers)")
+    return x0

@@ -1,0 +1,368 @@
+"""Run a validated configuration (``config.load``): datasets, figures and a summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdeopt import io
+from sdeopt.analysis.compare import compare
+from sdeopt.analysis.metrics import divergence, observable_values, order_fit, weak_error
+from sdeopt.compressors import Identity, RandK
+from sdeopt.discrete import DCSGD
+from sdeopt.discrete.base import OBSERVABLES
+from sdeopt.experiments.config import build, slug
+from sdeopt.noise import ScaledSymmetricNoise
+from sdeopt.problems import Quadratic
+from sdeopt.schedules import Constant
+
+
+def stationary_closed_form(method, problem) -> float | None:
+    """E f at stationarity of DSGD / DCSGD+RandK on a diagonal quadratic.
+
+    E f = Σ_j eta mean((1+ω) v_i) / (4N (1 - (eta λ_j / 2)(1 + ω/N))), v_i = σ_i² Var T the
+    per-coordinate noise variance: the second-moment recursion of the chain sees only v_i, so the
+    Gaussian formula holds for any finite-variance scaled law (derived from that recursion; the
+    curvature-corrected SDE of Compagnoni et al., arXiv 2506.00181 v2, has the same fixed point).
+    None when it does not apply.
+    """
+    noise = getattr(method, "noise", None)
+    if not (isinstance(method, DCSGD) and isinstance(noise, ScaledSymmetricNoise) and noise.finite_variance
+            and isinstance(problem, Quadratic)
+            and problem.diag is not None and isinstance(method.schedule, Constant)
+            and method.normalize is None and method.clip is None
+            and isinstance(method.compressor, (Identity, RandK))):
+        return None
+    d, n, lr = problem.dim, method.n_workers, method.lr
+    omega = method.compressor.omega(d) if isinstance(method.compressor, RandK) else 0.0
+    scales = method.noise.scale if isinstance(method.noise.scale, tuple) else (method.noise.scale,)
+    mean_var = (1 + omega) * noise.variance * sum(s * s for s in scales) / len(scales)
+    lam = problem.diag.double()
+    denom = 1 - lr * lam / 2 * (1 + omega / n)
+    if bool((denom <= 0).any()):
+        return math.inf  # mean-square unstable
+    return float((lr * mean_var / (4 * n * denom)).sum())
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    """Sample mean and its standard error (nan when fewer than 2 values)."""
+    if len(values) < 2:
+        return (float(values.mean()) if len(values) else math.nan), math.nan
+    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = None):
+    """``compare()`` for a built config run (``config.build``), at ``substeps`` solver steps per
+    optimizer step (default: the run's); with ``out``, streamed into out/<run>_substeps<s>.zarr."""
+    substeps = spec["substeps"] if substeps is None else substeps
+    ds = compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
+                 models=spec["models"], substeps=substeps, coupled=spec["coupled"],
+                 record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
+                 blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"],
+                 out=None if out is None else out / f"{slug(spec['name'])}_substeps{substeps}.zarr")
+    # A streamed study's summaries and figures read the observables into memory; the iterates,
+    # the part that outgrows it, stay in the store.
+    return ds if out is None else ds.drop_vars("x", errors="ignore").load()
+
+
+def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
+    """compare() for one run: the dataset, its summary rows, and the dataset at h/2 (or None).
+
+    Every figure is over the runs alive at the last recorded step (a diverged run is frozen at
+    its last finite value, which would otherwise enter the median and the mean), and their
+    number is reported (``alive``). With ``average_from`` each run's figure is its mean loss
+    over the recorded steps from that step on (``_time_average``), else its loss at the last
+    step. Where the run quotes a closed form (``spec["richardson"]`` None, the default) or asks
+    for it (True), the SDEs are solved again with half the solver step, h/2, on the same seed,
+    and each SDE row gets the extrapolated mean 2 E_{h/2} - E_h (the solver's O(h) bias removed)
+    with its standard error from the per-run values 2 f(X^{h/2}) - f(X^h), and the solver bias
+    of the h figure, E_h - (2 E_{h/2} - E_h) = 2 (E_h - E_{h/2}), with its se; the weak errors
+    are then those of the extrapolated values.
+
+    With ``spec["stream"]`` the datasets are streamed into ``out``/<name>_substeps<s>.zarr (one
+    store per solver step) and returned without their iterates ``x``, which stay in the store.
+    """
+    out = out if spec.get("stream") else None
+    ds = compare_spec(spec, spec["substeps"], out)
+    closed = stationary_closed_form(spec["method"], spec["problem"])
+    extrapolate = spec.get("richardson")
+    if extrapolate is None:
+        extrapolate = closed is not None
+    extrapolate = bool(extrapolate and spec["models"] and "loss" in ds)
+    fine = compare_spec(spec, 2 * spec["substeps"], out) if extrapolate else None
+    coarse_s, fine_s = ds, fine  # the datasets the figures are computed from
+    if spec.get("average_from") is not None and "loss" in ds:
+        coarse_s = _time_average(ds, spec["average_from"])
+        fine_s = _time_average(fine, spec["average_from"]) if fine is not None else None
+    div = divergence(coarse_s)
+    err = None
+    if spec["models"] and "loss" in ds:
+        err = richardson_weak_error(coarse_s, fine_s, "loss") if extrapolate else weak_error(coarse_s, "loss")
+    rows = []
+    for model in ds["model"].values:
+        ok = ~coarse_s["diverged"].sel(model=model).values  # (run,): alive at the last step
+        row = {"run": spec["name"], "model": str(model), "alive": int(ok.sum()),
+               "diverged": float(div["fraction"].sel(model=model))}
+        if "loss" in ds:
+            final = coarse_s["loss"].sel(model=model).isel(step=-1).values  # (run,)
+            row["median_loss"] = float(np.median(final[ok])) if ok.any() else math.nan
+            row["mean_loss"], row["mean_se"] = _mean_se(final[ok])
+            if fine_s is not None and model != "discrete":
+                both = ok & ~fine_s["diverged"].sel(model=model).values
+                f_h = final[both]
+                f_h2 = fine_s["loss"].sel(model=model).isel(step=-1).values[both]
+                row["extrap_loss"], row["extrap_se"] = _mean_se(2 * f_h2 - f_h)
+                row["solver_bias"], row["bias_se"] = _mean_se(2 * (f_h - f_h2))
+        if closed is not None:
+            row["closed_form"] = closed
+        if err is not None and model != "discrete":
+            row["weak_error"] = float(err["error"].sel(model=model).isel(step=-1))
+            row["weak_se"] = float(err["se"].sel(model=model).isel(step=-1))
+        rows.append(row)
+    return ds, rows, fine
+
+
+def _time_average(ds, start: int):
+    """``ds`` with each run's loss replaced by its mean over the recorded steps >= ``start``.
+
+    One step remains, the last; a run that diverged anywhere stays flagged. The runs are
+    independent, so the standard errors of these per-run averages across runs are exact,
+    whatever the correlation along a run; in the stationary regime averaging a window many
+    correlation times long divides the variance of the figures by about as many.
+    """
+    window = ds["loss"].sel(step=ds["step"] >= start)
+    mean = window.mean("step").expand_dims(step=ds["step"].values[-1:]).transpose("model", "step", "run")
+    out = ds[["diverged", "blowup_step"]].assign(loss=mean)
+    out.attrs = dict(ds.attrs)
+    return out
+
+
+def _error_influence(values, ok, paired: bool, reference: str = "discrete") -> dict:
+    """Per SDE model, the per-run influence values of its signed weak error at one step size.
+
+    ``values`` and ``ok`` are (model, run). The signed error E_model - E_reference is a mean
+    (paired: of run-wise differences over runs alive in both; independent: a difference of two
+    means over each model's live runs); to first order it moves by (1/n) Σ_b ψ_b, with ψ_b the
+    run's influence value returned here (run,). Runs are seeded by index, so run b at one step
+    size and run b at another share random streams: the covariance of two step sizes' errors is
+    Σ_b ψ_b ψ'_b / n², which no per-step-size standard error shows.
+    """
+    ref = values.sel(model=reference).values
+    ref_ok = ok.sel(model=reference).values
+    n = len(ref)
+    out = {}
+    for model in values["model"].values:
+        if model == reference:
+            continue
+        v, v_ok = values.sel(model=model).values, ok.sel(model=model).values
+        if paired:
+            keep = v_ok & ref_ok
+            d = np.where(keep, v - ref, 0.0)
+            psi = np.where(keep, d - d[keep].mean(), 0.0) * n / max(keep.sum(), 1)
+        else:
+            psi = (np.where(v_ok, v - v[v_ok].mean(), 0.0) * n / max(v_ok.sum(), 1)
+                   - np.where(ref_ok, ref - ref[ref_ok].mean(), 0.0) * n / max(ref_ok.sum(), 1))
+        out[str(model)] = psi
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SlopeFit:
+    """Least-squares slope of log |weak error| against log lr over the step sizes used.
+
+    A *finite-range* slope: over a handful of step sizes it need not equal the asymptotic weak
+    order. ``mc_se`` is its Monte Carlo standard error (delta method, with the covariance of the
+    errors across step sizes from the per-run values: the step sizes share seeds); ``ci_low``,
+    ``ci_high`` combine, in quadrature, that Monte Carlo half-width (normal quantile) with the
+    regression half-width from the fit's residuals (Student t, ``order_fit``), which measures
+    how far the log errors are from a straight line. The residuals themselves contain Monte Carlo
+    noise, so the interval is conservative. ``reliable`` is ``order_fit``'s: False when the
+    Monte Carlo error at the smallest lr is not well below the error.
+    """
+
+    slope: float
+    mc_se: float
+    ci_low: float
+    ci_high: float
+    reliable: bool
+
+
+def finite_range_slope(lrs, signed, ses, influence, *, level: float = 0.95) -> SlopeFit:
+    """The ``SlopeFit`` of weak errors ``signed`` (L,) with standard errors ``ses`` (L,).
+
+    ``influence`` (L, n): per-run influence values of each error (``_error_influence``); only
+    their correlation across step sizes is used, the variances being ``ses``².
+    """
+    import warnings
+
+    from scipy import stats
+
+    lrs, signed, ses = (np.asarray(a, dtype=float) for a in (lrs, signed, ses))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        fit = order_fit(lrs, np.abs(signed), ses, level=level)
+    x = np.log(lrs)
+    w = (x - x.mean()) / ((x - x.mean()) ** 2).sum()  # slope = w @ log|signed|
+    psi = np.asarray(influence, dtype=float)
+    cov = psi @ psi.T
+    sd = np.sqrt(np.diag(cov))
+    corr = np.divide(cov, np.outer(sd, sd), out=np.eye(len(lrs)), where=np.outer(sd, sd) > 0)
+    rel = ses / np.abs(signed)  # se of log|signed|, to first order
+    mc_se = float(math.sqrt(max(w @ (corr * np.outer(rel, rel)) @ w, 0.0)))
+    half = math.hypot(fit.ci_high - fit.slope, stats.norm.ppf(0.5 + level / 2) * mc_se)
+    return SlopeFit(slope=fit.slope, mc_se=mc_se, ci_low=fit.slope - half, ci_high=fit.slope + half,
+                    reliable=fit.reliable)
+
+
+def run_weak_order(spec: dict) -> tuple:
+    """Weak error at a fixed horizon over a grid of step sizes, and the finite-range slopes.
+
+    With ``richardson`` the SDEs are solved with h and h/2 and the errors are those of the
+    extrapolated values (``richardson_weak_error``); the row then also gives, per lr, the solver
+    bias 2 (E_h - E_{h/2}) of the h figures (mean over runs alive at both levels).
+    """
+    import xarray as xr
+
+    errors, influence, bias = [], [], []
+    obs = spec["observable"]
+    for lr in spec["lrs"]:
+        method = dataclasses.replace(spec["method"], lr=lr)
+        n_steps = round(spec["horizon"] / lr)  # a whole number: checked by config.build
+        levels = (spec["substeps"], 2 * spec["substeps"]) if spec["richardson"] else (spec["substeps"],)
+        record = (obs,) if obs in OBSERVABLES else ("loss",)
+        runs = [compare(method, spec["problem"], spec["x0"], n_steps, spec["n_runs"], seed=spec["seed"],
+                        models=spec["models"], substeps=substeps, coupled=spec["coupled"],
+                        record_every=n_steps, record=record, record_x=obs not in OBSERVABLES,
+                        blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"])
+                for substeps in levels]
+        final = [observable_values(r, obs).isel(step=-1, drop=True) for r in runs]  # (model, run)
+        sde = final[0]["model"] != "discrete"
+        if spec["richardson"]:
+            err = richardson_weak_error(*runs, obs)
+            values = xr.where(sde, 2 * final[1] - final[0], final[0])
+            ok = ~(runs[1]["diverged"] | (runs[0]["diverged"] & sde))
+            gap = 2 * (final[0] - final[1])
+            bias.append({str(m): _mean_se(gap.sel(model=m).values[ok.sel(model=m).values])
+                         for m in spec["models"]})
+        else:
+            err = weak_error(runs[0], obs)
+            values, ok = final[0], ~runs[0]["diverged"]
+        influence.append(_error_influence(values, ok, bool(runs[0].attrs.get("coupled", 0))))
+        errors.append(err.isel(step=-1, drop=True).expand_dims(lr=[lr]))
+    err = xr.concat(errors, dim="lr")
+    rows = []
+    for model in err["model"].values:
+        e = err["error"].sel(model=model).values
+        s = err["se"].sel(model=model).values
+        row = {"run": spec["name"], "model": str(model),
+               "errors": " ".join(f"{v:.2e}±{u:.0e}" for v, u in zip(e, s))}
+        if bias:
+            row["solver_bias"] = " ".join(f"{b[str(model)][0]:+.1e}" for b in bias)
+        if np.all(e > 0):
+            fit = finite_range_slope(spec["lrs"], err["signed"].sel(model=model).values, s,
+                                     np.stack([psi[str(model)] for psi in influence]))
+            row.update(slope=fit.slope, slope_se=fit.mc_se, ci=f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}]",
+                       reliable=fit.reliable)
+        rows.append(row)
+    err.attrs = {"observable": str(spec["observable"]), "horizon": spec["horizon"]}
+    return err, rows
+
+
+def richardson_weak_error(coarse, fine, observable: str = "loss"):
+    """Weak error of the SDE models with the solver's own O(h) bias extrapolated away.
+
+    ``coarse`` and ``fine`` are ``compare`` datasets of the same study (same seed, hence the same
+    discrete runs) whose SDEs were solved with h and h/2. Each SDE run's value becomes
+    2 g(X^{h/2}) - g(X^h), which has mean 2 E_{h/2} - E_h = E g(X) + O(h²); the standard error
+    comes from these per-run values, so it is exact whatever the correlation of the two levels.
+    At each step a run counts while it is alive at both levels (``metrics.alive``).
+    """
+    import xarray as xr
+
+    fine_v, coarse_v = observable_values(fine, observable), observable_values(coarse, observable)
+    if not np.array_equal(fine_v.sel(model="discrete").values, coarse_v.sel(model="discrete").values):
+        raise ValueError("Invalid coarse: its discrete runs differ from fine's (use the same seed and study)")
+    sde = fine_v["model"] != "discrete"
+    values = xr.where(sde, 2 * fine_v - coarse_v, fine_v)
+    diverged = fine["diverged"] | (coarse["diverged"] & sde)
+    combined = xr.Dataset({"value": values, "diverged": diverged}, attrs=fine.attrs)
+    if "blowup_step" in fine and "blowup_step" in coarse:  # else alive = ~diverged at every step
+        never = np.iinfo(np.int64).max  # -1 (never blew up) sorts last
+        first = np.minimum(fine["blowup_step"].where(fine["blowup_step"] >= 0, never),
+                           coarse["blowup_step"].where(coarse["blowup_step"] >= 0, never))
+        combined["blowup_step"] = xr.where(sde, xr.where(first == never, -1, first),
+                                           fine["blowup_step"]).astype(np.int64)
+    err = weak_error(combined, "value")
+    err.attrs["observable"] = observable
+    return err
+
+
+def _label_stores(out: Path, spec: dict, config: dict, run: dict) -> None:
+    """Add the claim and the run's config to the attributes of a streamed run's stores."""
+    import zarr
+
+    for path in out.glob(f"{slug(spec['name'])}_substeps*.zarr"):
+        zarr.open_group(str(path), mode="r+").attrs.update(
+            claim=config.get("claim", ""), run=json.dumps(run, sort_keys=True, default=str))
+
+
+def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
+    """Run every run of a validated config, writing <run>.nc and <run>.png into ``out``.
+
+    A trajectory run whose SDE figures were extrapolated over the solver step also writes its
+    h/2 dataset, <run>_substeps<2 substeps>.nc. A run with ``stream = true`` streams its
+    datasets into <run>_substeps<s>.zarr instead (see ``run_trajectories``).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdeopt.analysis.plots import (
+        plot_divergence,
+        plot_trajectories,
+        plot_weak_error,
+    )
+
+    rows = []
+    runs = config["runs"]
+    for i, run in enumerate(runs):
+        spec = build(run)
+        if progress is not None:
+            progress(i, len(runs), spec["name"])
+        start = time.perf_counter()
+        name = slug(spec["name"])
+        if spec["study"] == "weak_order":
+            data, run_rows = run_weak_order(spec)
+            fig, ax = plt.subplots(figsize=(6, 4.5))
+            plot_weak_error(data, ax=ax)
+        else:
+            data, run_rows, fine = run_trajectories(spec, out)
+            if spec["stream"]:
+                _label_stores(out, spec, config, run)
+            elif fine is not None:  # the h/2 solves behind the extrapolated figures
+                fine.attrs["claim"] = config.get("claim", "")
+                fine.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
+                io.save(fine, out / f"{name}_substeps{2 * spec['substeps']}.nc")
+            diverged = bool(data["diverged"].any())
+            fig, axes = plt.subplots(1, 2 if diverged else 1, figsize=(11 if diverged else 6, 4.5), squeeze=False)
+            plot_trajectories(data, "loss" if "loss" in data else spec["record"][0], ax=axes[0, 0])
+            if diverged:
+                plot_divergence(data, ax=axes[0, 1])
+        fig.suptitle(spec["name"])
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+        if not spec["stream"]:
+            data.attrs["claim"] = config.get("claim", "")
+            data.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
+            io.save(data, out / f"{name}.nc")
+        seconds = time.perf_counter() - start
+        for row in run_rows:
+            row["seconds"] = seconds
+        rows.extend(run_rows)
+    return rows
