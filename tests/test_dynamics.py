@@ -230,7 +230,7 @@ def test_diffusion_derivative_matches_finite_differences(case, generator):
 def test_milstein_runs_where_the_noise_is_commutative():
     """DSignSGD's SDE used to raise NotImplementedError (autograd through ``out=`` comparisons)."""
     for opt, prob in (COMMUTATIVE["dsign-t"](), COMMUTATIVE["dsgd-affine-1d"]()):
-        path = solve(sde_of(opt, prob), torch.full((prob.dim,), 0.5), n_steps=5, n_runs=8, method="milstein")
+        path = solve(sde_of(opt, prob), torch.full((prob.dim,), 0.5), n_steps=5, n_runs=8, scheme="milstein")
         assert torch.isfinite(path.loss).all()
 
 
@@ -244,7 +244,7 @@ def test_milstein_is_refused_on_non_commutative_noise(opt, prob):
     sde = sde_of(opt, prob)
     x0 = torch.zeros(prob.dim)
     with pytest.raises(ValueError, match="milstein.*commutative"):
-        solve(sde, x0, n_steps=2, n_runs=2, method="milstein")
+        solve(sde, x0, n_steps=2, n_runs=2, scheme="milstein")
     with pytest.raises(ValueError, match="milstein.*commutative"):
         solve(sde, x0, n_steps=2, n_runs=2, backend="torchsde", torchsde_method="milstein")
     solve(sde, x0, n_steps=2, n_runs=2)  # Euler–Maruyama is fine
@@ -253,10 +253,10 @@ def test_milstein_is_refused_on_non_commutative_noise(opt, prob):
 def test_milstein_on_a_hand_built_sde():
     mixing = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x.sum(-1, keepdim=True).expand_as(x), dim=2)
     with pytest.raises(ValueError, match="commutative"):
-        solve(mixing, [0.0, 0.0], n_steps=2, n_runs=2, method="milstein")
+        solve(mixing, [0.0, 0.0], n_steps=2, n_runs=2, scheme="milstein")
     declared = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x, dim=2,
                             diffusion_derivative=lambda x: torch.full_like(x, 0.1))
-    path = solve(declared, [0.0, 0.0], n_steps=2, n_runs=2, method="milstein", record_x=True)
+    path = solve(declared, [0.0, 0.0], n_steps=2, n_runs=2, scheme="milstein", record_x=True)
     assert torch.isfinite(path.x).all()
 
 
@@ -407,7 +407,7 @@ def test_infinite_variance_has_no_brownian_sde():
     (lambda: solve(sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()), [0.0] * 3, 2, 2,
                    backend="scipy"), "backend"),
     (lambda: solve(sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=1)),
-                          quadratic()), [0.0] * 3, 2, 2, method="milstein"), "milstein"),
+                          quadratic()), [0.0] * 3, 2, 2, scheme="milstein"), "milstein"),
     (lambda: solve("sde", [0.0] * 3, 2, 2), "sde"),
     (lambda: sde_of(DSignSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic(), "curvature"),
      "curvature.*no derivation"),
@@ -420,3 +420,18 @@ def test_infinite_variance_has_no_brownian_sde():
 def test_bad_input(call, name):
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_solve_method_is_a_deprecated_alias_of_scheme():
+    """`method` names the optimizer everywhere else; solve's integration scheme is `scheme`."""
+    opt = DSGD(lr=0.1, noise=so.noise.Gaussian())
+    sde = sde_of(opt, quadratic())
+    kw = dict(n_steps=3, n_runs=4, seed=1, record_x=True)
+    new = solve(sde, [0.5] * 3, scheme="milstein", **kw)
+    with pytest.warns(DeprecationWarning, match="scheme"):
+        old = solve(sde, [0.5] * 3, method="milstein", **kw)
+    assert torch.equal(new.x, old.x) and new.config["scheme"] == "milstein"
+    with pytest.raises(ValueError, match="scheme"):
+        solve(sde, [0.5] * 3, scheme="rk4", **kw)
+    with pytest.raises(ValueError, match="method"), pytest.warns(DeprecationWarning):
+        solve(sde, [0.5] * 3, scheme="milstein", method="euler", **kw)

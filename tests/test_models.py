@@ -384,9 +384,9 @@ def test_itô_chain_with_a_callable_diffusion_has_no_milstein_in_several_dimensi
     sde = sde_of(chain, so.problems.Quadratic(diag=[1.0, 2.0]))
     assert sde.diffusion_derivative_fn is None
     with pytest.raises(ValueError, match="milstein"):
-        so.dynamics.solve(sde, [0.5, 0.5], n_steps=2, n_runs=2, method="milstein")
+        so.dynamics.solve(sde, [0.5, 0.5], n_steps=2, n_runs=2, scheme="milstein")
     one_d = so.dynamics.solve(sde_of(ItoChain(lr=LR, diffusion=lambda y: 0.5 + y**2), so.problems.Quadratic(diag=[1.0])),
-                              [0.5], n_steps=2, n_runs=2, method="milstein")
+                              [0.5], n_steps=2, n_runs=2, scheme="milstein")
     assert torch.isfinite(one_d.loss).all()
 
 

@@ -331,8 +331,8 @@ def test_solve_defaults_and_config():
     path = solve(sde, [1.0, -1.0], n_steps=4, n_runs=5)
     assert path.x is None and path.seed == 0
     torch.testing.assert_close(path.loss, solve(sde, [1.0, -1.0], n_steps=4, n_runs=5, seed=0).loss, rtol=0, atol=0)
-    assert {k: path.config[k] for k in ("model", "method", "backend", "substeps", "coupled")} == {
-        "model": "second_order", "method": "euler", "backend": "native", "substeps": 1, "coupled": False}
+    assert {k: path.config[k] for k in ("model", "scheme", "backend", "substeps", "coupled")} == {
+        "model": "second_order", "scheme": "euler", "backend": "native", "substeps": 1, "coupled": False}
     assert path.model == "second_order"
 
 

@@ -679,10 +679,10 @@ def _args_cases() -> None:
     # solve
     randk = lambda: sde(method=dcsgd(compressor=so.compressors.RandK(k=2)), problem=Q(4))  # noqa: E731
     c("solve-milstein-noncommutative", "solve(sde_of(DCSGD(compressor=RandK(2)), Quadratic(d=4)), "
-      "method='milstein')", lambda: solve(randk(), method="milstein"), ("method", "milstein"))
+      "method='milstein')", lambda: solve(randk(), scheme="milstein"), ("method", "milstein"))
     c("solve-milstein-affine", "solve(sde_of(DSGD(noise=AffineVariance(sigma0=0.1, sigma1=0.5)), Quadratic(d=2)), "
       "method='milstein') (diagonal, not commutative)",
-      lambda: solve(sde(method=dsgd(noise=N.AffineVariance(sigma0=0.1, sigma1=0.5))), method="milstein"),
+      lambda: solve(sde(method=dsgd(noise=N.AffineVariance(sigma0=0.1, sigma1=0.5))), scheme="milstein"),
       ("method", "milstein"))
     c("solve-torchsde-milstein", "solve(sde_of(DCSGD(compressor=RandK(2)), Quadratic(d=4)), backend='torchsde', "
       "torchsde_method='milstein')", lambda: solve(randk(), backend="torchsde", torchsde_method="milstein"),

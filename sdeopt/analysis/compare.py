@@ -95,7 +95,7 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
     datasets = [disc] if sink is not None else [disc.to_dataset()]
     for i, sde in enumerate(sdes, start=1):
         path = solve(sde, x0, n_steps, n_runs, seed=model_seed(seed, i), substeps=substeps,
-                     method=sde_method, coupled=disc if coupled else None, out=sink, **common)
+                     scheme=sde_method, coupled=disc if coupled else None, out=sink, **common)
         datasets.append(path if sink is not None else path.to_dataset())
     if sink is not None:
         return sink.finish()

@@ -17,6 +17,7 @@ Brownian sources (randomness kept apart from the solver):
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -74,10 +75,10 @@ class Milstein(Scheme):
 
     def check(self, sde: SDE) -> None:
         if sde.noise_type != "diagonal":
-            raise ValueError(f"Invalid method: 'milstein' (needs diagonal noise; this SDE has "
+            raise ValueError(f"Invalid scheme: 'milstein' (needs diagonal noise; this SDE has "
                              f"{sde.noise_type!r} noise, use 'euler')")
         if sde.diffusion_derivative_fn is None and sde.dim != 1:
-            raise ValueError("Invalid method: 'milstein' (this SDE's diffusion is not known to be "
+            raise ValueError("Invalid scheme: 'milstein' (this SDE's diffusion is not known to be "
                              "commutative: g_j may depend on other coordinates than x_j, and strong order 1 "
                              "would then need Lévy areas; use 'euler', or for a hand-built SDE whose g_j "
                              "depends on x_j only pass diffusion_derivative=)")
@@ -90,7 +91,7 @@ class Milstein(Scheme):
             try:
                 _, dg = torch.func.jvp(lambda y: sde.diffusion_at(y, eta).g, (x,), (torch.ones_like(x),))
             except (NotImplementedError, RuntimeError) as err:
-                raise ValueError("Invalid method: 'milstein' (the diffusion cannot be differentiated by "
+                raise ValueError("Invalid scheme: 'milstein' (the diffusion cannot be differentiated by "
                                  f"forward-mode autograd: {err}; pass diffusion_derivative=)") from None
         return x + sde.drift_at(x, eta) * h + g * dw + 0.5 * g * dg * (dw * dw - h)
 
@@ -146,12 +147,12 @@ class _SDEStepper:
 
 
 def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: int = 1,
-          method: str = "euler", backend: str = "native", coupled: Trajectory | None = None,
+          scheme: str = "euler", backend: str = "native", coupled: Trajectory | None = None,
           record_every: int = 1, record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
           record_x: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
           blowup_threshold: float = 1e10, chunk_size: int | None = None, max_memory: float = 2**30,
           block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0,
-          torchsde_method: str | None = None, out=None):
+          torchsde_method: str | None = None, out=None, method: str | None = None):
     """Integrate ``sde`` for ``n_steps`` optimizer steps (SDE time n_steps * lr), batched over runs.
 
     Args:
@@ -161,7 +162,7 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
         n_runs: B.
         seed: random stream (the same block-based seeding as ``simulate``).
         substeps: solver steps per optimizer step (h = lr / substeps).
-        method: "euler" or "milstein" (native); for ``backend="torchsde"``, ``torchsde_method``
+        scheme: "euler" or "milstein" (native); for ``backend="torchsde"``, ``torchsde_method``
             (default "euler") names torchsde's solver.
         backend: "native" (this module's batched loop) or "torchsde" (torchsde.sdeint on a
             fixed-grid Brownian motion of pre-drawn increments, dt = h, float64 times).
@@ -169,7 +170,8 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
             its Gaussian draws, so that paths can be compared run by run (strong error).
         record_every, record, record_x, device, dtype, blowup_threshold, chunk_size,
         max_memory, block_size, first_run, out: as in ``sdeopt.discrete.simulate``. Observables
-        need ``sde.problem``.
+            need ``sde.problem``.
+        method: deprecated name of ``scheme`` (``method`` is the optimizer everywhere else).
 
     Returns:
         A ``Trajectory`` whose ``model`` is the SDE's model name; with ``out``, its dataset
@@ -180,8 +182,14 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
     substeps = check_int("substeps", substeps, minimum=1)
     if backend not in BACKENDS:
         raise ValueError(f"Invalid backend: {backend!r} (choose from {', '.join(BACKENDS)})")
-    if method not in SCHEMES:
-        raise ValueError(f"Invalid method: {method!r} (choose from {', '.join(SCHEMES)})")
+    if method is not None:
+        warnings.warn("solve(method=...) is now solve(scheme=...); method= goes in the next version",
+                      DeprecationWarning, stacklevel=2)
+        if scheme != "euler" and scheme != method:
+            raise ValueError(f"Invalid method: {method!r} (the deprecated name of scheme, given as {scheme!r})")
+        scheme = method
+    if scheme not in SCHEMES:
+        raise ValueError(f"Invalid scheme: {scheme!r} (choose from {', '.join(SCHEMES)})")
     if sde.problem is not None and sde.rebuild is not None:
         moved = sde.problem.to(check_device(device), check_dtype(torch.get_default_dtype() if dtype is None else dtype))
         if moved is not sde.problem:
@@ -190,7 +198,7 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
     if sde.problem is None:
         record = ()
     increments = _coupling_increments(coupled, sde, n_steps, n_runs, first_run)
-    config = {"sde": sde.config, "model": sde.model, "method": method, "backend": backend,
+    config = {"sde": sde.config, "model": sde.model, "scheme": scheme, "backend": backend,
               "substeps": substeps, "coupled": coupled is not None}
     common = dict(seed=seed, device=device, dtype=dtype, record_every=record_every, record=record,
                   record_x=record_x, blowup_threshold=blowup_threshold, chunk_size=chunk_size,
@@ -208,8 +216,8 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
                              "use backend='native' to stream them")
         return _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps,
                                torchsde_method or "euler", config, **common)
-    SCHEMES[method].check(sde)
-    stepper = _SDEStepper(sde, SCHEMES[method], substeps, increments)
+    SCHEMES[scheme].check(sde)
+    stepper = _SDEStepper(sde, SCHEMES[scheme], substeps, increments)
     return run_engine(stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common)
 
 
