@@ -1,0 +1,358 @@
+"""Additive gradient-noise laws: Gaussian, Student-t, symmetric alpha-stable, affine variance and
+minibatch noise."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from sdeopt._validation import check_in_range, check_int, check_positive, check_scales
+from sdeopt.noise.base import (
+    Noise,
+    ScaledSymmetricNoise,
+    SymmetricCDFNoise,
+    _as_tensor,
+    _check_grads,
+    _jsonable,
+)
+from sdeopt.problems import Problem
+from sdeopt.random import RandomSource
+from sdeopt.special import log_beta_half, student_t_cdf
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian
+# ---------------------------------------------------------------------------------------------
+
+class Gaussian(SymmetricCDFNoise):
+    r"""Gaussian gradient noise: ``Z_i = σ_i z``, ``z ~ N(0, I_d)``.
+
+    Worker i's stochastic gradient is ``g_i = ∇f_i(x) + σ_i z_i`` with z_i i.i.d. standard
+    normal vectors, independent across workers, runs and steps. The standard law
+    T = N(0, 1) has ``F(y) = Φ(y) = (1 + erf(y/√2))/2`` and variance 1.
+
+    Exact shortcut for the workers' average: ``(1/N) Σ_i σ_i z_i ~ N(0, (Σ_i σ_i² / N²) I_d)``
+    per run, so ``sample_worker_mean`` makes one (B, d) draw instead of (B, N, d).
+
+    Args:
+        scale: σ >= 0, shared by all workers, or a length-N sequence (σ_1, ..., σ_N).
+
+    Shapes: ``sample`` (B, N, d); ``sample_worker_mean`` (B, d); ``standard_cdf`` elementwise.
+
+    Example:
+        >>> import sdeopt as so
+        >>> from sdeopt.random import RandomSource
+        >>> noise = so.noise.Gaussian(scale=[0.5, 1.0, 2.0])
+        >>> rng = RandomSource(seed=0, n_runs=4)
+        >>> noise.sample(rng, torch.zeros(4, 1, 10), n_workers=3).shape
+        torch.Size([4, 3, 10])
+    """
+
+    #: Var T.
+    variance = 1.0
+
+    def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
+        return rng.normal(*shape)  # (B, *shape)
+
+    def sample_worker_mean(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        """(1/N) Σ_i σ_i z_i drawn as one Gaussian of variance Σ_i σ_i² / N², (B, d)."""
+        self.check_workers(n_workers)
+        if isinstance(self.scale, tuple):
+            std = math.sqrt(sum(s * s for s in self.scale)) / n_workers
+        else:
+            std = self.scale / math.sqrt(n_workers)
+        return rng.normal(grads.shape[-1]) * std  # (B, d)
+
+    def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.special.ndtr(y)
+
+    def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-0.5 * y * y) * (1.0 / math.sqrt(2.0 * math.pi))
+
+
+# ---------------------------------------------------------------------------------------------
+# Student-t
+# ---------------------------------------------------------------------------------------------
+
+class StudentT(SymmetricCDFNoise):
+    r"""Student-t gradient noise: ``Z_i = σ_i T``, T with i.i.d. ``t_nu`` coordinates.
+
+    Heavy-tailed for small nu: E|T| < ∞ only for nu > 1, and
+    ``Var T = nu/(nu-2)`` only for nu > 2; ``nu <= 2`` is the regime of interest (no Brownian
+    SDE exists, ``finite_variance`` is False there). nu may be any positive real.
+
+    Sampler (exact, rejection-free form of Bailey's polar method): with U_1, U_2 independent
+    uniform on [0, 1) and E = -log(1 - U_2) ~ Exp(1),
+
+        T = cos(2π U_1) · sqrt(nu (exp(2E/nu) - 1))  =  cos(2π U_1) · sqrt(nu (W^{-2/nu} - 1)),
+
+    W = 1 - U_2 in (0, 1]. (Bailey's point (U, V) uniform in the unit disc has W = U² + V²
+    uniform and an independent uniform angle; T = U sqrt(nu (W^{-2/nu} - 1)/W) is then the
+    expression above.) ``expm1`` keeps it exact for huge nu; for nu < 1 it is evaluated as
+    ``sqrt(nu) exp(E/nu) sqrt(1 - exp(-2E/nu))`` so that no intermediate overflows before T
+    itself does. It costs two uniforms and four elementwise transcendentals, several times
+    faster than ``torch.distributions.StudentT`` (a Gaussian and a Gamma draw).
+
+    CDF: ``student_t_cdf`` (continued fraction of the incomplete beta, every nu > 0).
+
+    Args:
+        nu: degrees of freedom, a finite number > 0.
+        scale: σ >= 0, shared, or a length-N sequence (one per worker).
+
+    Shapes: ``sample`` (B, N, d); ``standard_cdf`` elementwise.
+
+    References:
+        Bailey, "Polar generation of random variates with the t-distribution",
+        Math. Comp. 62(206):779-781, 1994.
+        Simsekli, Sagun, Gürbüzbalaban, ICML 2019 (heavy-tailed gradient noise).
+
+    Example:
+        >>> import sdeopt as so
+        >>> noise = so.noise.StudentT(nu=1.5, scale=0.5)
+        >>> float(noise.standard_cdf(torch.tensor([0.0])))
+        0.5
+    """
+
+    def __init__(self, *, nu: float, scale: float | Sequence[float] = 1.0) -> None:
+        super().__init__(scale)
+        self.nu = check_positive("nu", nu)
+        #: Var T < ∞ iff nu > 2.
+        self.finite_variance = self.nu > 2.0
+
+    @property
+    def variance(self) -> float:
+        """Var T = nu/(nu-2) for nu > 2, else inf."""
+        return self.nu / (self.nu - 2.0) if self.nu > 2.0 else math.inf
+
+    def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
+        nu = self.nu
+        angle = rng.uniform(*shape).mul_(2.0 * math.pi)  # (B, *shape)
+        e_over_nu = torch.log1p(rng.uniform(*shape).neg_()).mul_(-1.0 / nu)  # (B, *shape), E/nu
+        if nu >= 1.0:
+            # 2E/nu <= 2 * 37 (the largest E from a float64 uniform): expm1 cannot overflow.
+            radius = e_over_nu.mul_(2.0).expm1_().mul_(nu).sqrt_()
+        else:
+            radius = torch.expm1(e_over_nu * -2.0).neg_().sqrt_().mul_(e_over_nu.exp_()).mul_(math.sqrt(nu))
+        return angle.cos_().mul_(radius)
+
+    def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
+        """(1 + y²/nu)^{-(nu+1)/2} / (sqrt(nu) B(nu/2, 1/2))."""
+        log_norm = -0.5 * math.log(self.nu) - log_beta_half(0.5 * self.nu)
+        return torch.exp(log_norm - 0.5 * (self.nu + 1.0) * torch.log1p(y * y / self.nu))
+
+    def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
+        return student_t_cdf(y, self.nu)
+
+    def config(self) -> dict:
+        return {"type": "StudentT", "nu": self.nu, "scale": _jsonable(self.scale)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Symmetric alpha-stable
+# ---------------------------------------------------------------------------------------------
+
+class SymmetricStable(ScaledSymmetricNoise):
+    r"""Symmetric α-stable gradient noise: ``Z_i = σ_i S``, S i.i.d. ``SαS`` coordinates.
+
+    S follows the standard law S(α, β=0, γ=1, δ=0) (Nolan's parametrizations 0 and 1 agree
+    for β = 0), with characteristic function ``E exp(iuS) = exp(-|u|^α)``; σ S then has
+    ``exp(-σ^α |u|^α)``. Hence α = 2 gives ``σ S ~ N(0, 2σ²)`` (not N(0, σ²)), and α = 1
+    gives the Cauchy law of scale σ. Only α = 2 has a finite variance (``Var S = 2``);
+    E|S| < ∞ iff α > 1. This is ``scipy.stats.levy_stable(alpha, 0, scale=σ)``.
+
+    Sampler (Chambers-Mallows-Stuck, β = 0): V = π(U - 1/2) uniform on (-π/2, π/2),
+    W ~ Exp(1) independent,
+
+        S = sin(αV) / cos(V)^{1/α} · (cos((1-α)V) / W)^{(1-α)/α},
+
+    which is tan(V) for α = 1; α = 2 is drawn directly as √2 z, z ~ N(0, 1). U is shifted by
+    half a grid step of the uniform generator so that V never equals ±π/2 exactly (where
+    cos V would round to a negative number in float32 and give NaN).
+
+    Args:
+        alpha: stability index α in (0, 2].
+        scale: σ >= 0, shared, or a length-N sequence (one per worker).
+
+    Shapes: ``sample`` (B, N, d).
+
+    References:
+        Chambers, Mallows, Stuck, "A method for simulating stable random variables",
+        JASA 71(354):340-344, 1976; Weron, Statist. Probab. Lett. 28:165-171, 1996, eq. (3.2).
+        Nolan, *Univariate Stable Distributions* (2020), Def. 1.7 and Thm 3.3.
+        Simsekli, Sagun, Gürbüzbalaban, "A tail-index analysis of stochastic gradient noise
+        in deep neural networks", ICML 2019.
+
+    Example:
+        >>> import sdeopt as so
+        >>> noise = so.noise.SymmetricStable(alpha=1.5, scale=0.1)
+        >>> noise.finite_variance
+        False
+    """
+
+    def __init__(self, *, alpha: float, scale: float | Sequence[float] = 1.0) -> None:
+        super().__init__(scale)
+        self.alpha = check_in_range("alpha", alpha, 0.0, 2.0, closed="right")
+        #: Var S < ∞ iff α = 2.
+        self.finite_variance = self.alpha == 2.0
+
+    @property
+    def variance(self) -> float:
+        """Var S = 2 for α = 2, else inf."""
+        return 2.0 if self.alpha == 2.0 else math.inf
+
+    def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
+        alpha = self.alpha
+        if alpha == 2.0:
+            return rng.normal(*shape).mul_(math.sqrt(2.0))  # (B, *shape)
+        # Uniform draws lie on a grid of step eps/2 (24 or 53 bits); half a step keeps
+        # U in (0, 1) and symmetric about 1/2.
+        half_step = torch.finfo(rng.dtype).eps / 4.0
+        v = rng.uniform(*shape).add_(half_step - 0.5).mul_(math.pi)  # (B, *shape), V
+        if alpha == 1.0:
+            return torch.tan(v)
+        w = rng.exponential(*shape)  # (B, *shape), W
+        out = torch.cos(v * (1.0 - alpha)).div_(w).pow_((1.0 - alpha) / alpha)
+        out.div_(torch.cos(v).pow_(1.0 / alpha))
+        return out.mul_(v.mul_(alpha).sin_())
+
+    def config(self) -> dict:
+        return {"type": "SymmetricStable", "alpha": self.alpha, "scale": _jsonable(self.scale)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Affine variance
+# ---------------------------------------------------------------------------------------------
+
+class AffineVariance(Noise):
+    r"""Gaussian noise whose variance grows with the gradient: the affine-variance model.
+
+    ``Z_i ~ N(0, v_i(x) I_d)`` with ``v_i(x) = σ0_i² + σ1_i² ||∇f_i(x)||²``, independent
+    across workers, runs and steps, where ∇f_i(x) is worker i's exact gradient.
+    Exact shortcut for the average: ``(1/N) Σ_i Z_i ~ N(0, (1/N²) Σ_i v_i(x) I_d)``, one
+    (B, d) draw.
+
+    Args:
+        sigma0: σ0 >= 0 (additive part), shared or a length-N sequence.
+        sigma1: σ1 >= 0 (multiplicative part), shared or a length-N sequence.
+
+    Shapes: grads (B, N, d) or (B, 1, d); ``sample`` (B, N, d); ``variance_at`` (B, N or 1);
+    ``sample_worker_mean`` (B, d).
+
+    References:
+        Compagnoni et al., arXiv 2506.00181 v2 (affine-variance noise for DCSGD).
+        Faw et al., "The power of adaptivity in SGD: self-tuning step sizes with unbounded
+        gradients and affine variance", COLT 2022.
+
+    Example:
+        >>> import sdeopt as so
+        >>> noise = so.noise.AffineVariance(sigma0=0.1, sigma1=0.5)
+        >>> noise.variance_at(torch.ones(2, 1, 4), n_workers=3)
+        tensor([[1.0100],
+                [1.0100]])
+    """
+
+    finite_variance = True
+
+    def __init__(self, *, sigma0: float | Sequence[float] = 0.0,
+                 sigma1: float | Sequence[float] = 0.0) -> None:
+        self.sigma0 = check_scales("sigma0", sigma0)
+        self.sigma1 = check_scales("sigma1", sigma1)
+        if (isinstance(self.sigma0, tuple) and isinstance(self.sigma1, tuple)
+                and len(self.sigma0) != len(self.sigma1)):
+            raise ValueError(f"Invalid sigma1: {list(self.sigma1)!r} (has {len(self.sigma1)} "
+                             f"per-worker entries but sigma0 has {len(self.sigma0)})")
+
+    def check_workers(self, n_workers: int) -> None:
+        for name, value in (("sigma0", self.sigma0), ("sigma1", self.sigma1)):
+            if isinstance(value, tuple) and len(value) != n_workers:
+                raise ValueError(f"Invalid {name}: {list(value)!r} (has {len(value)} "
+                                 f"per-worker entries but n_workers={n_workers})")
+
+    def variance_at(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        """Per-coordinate variance v_i = σ0_i² + σ1_i² ||∇f_i||², (B, N or 1).
+
+        The second dim is 1 only when grads is (B, 1, d) and both scales are shared.
+        """
+        self.check_workers(n_workers)
+        _check_grads(grads, n_workers)
+        s0 = _as_tensor(self.sigma0, grads.device, grads.dtype)  # (N or 1,)
+        s1 = _as_tensor(self.sigma1, grads.device, grads.dtype)  # (N or 1,)
+        sq_norm = grads.square().sum(dim=-1)  # (B, N or 1)
+        return s0.square() + s1.square() * sq_norm  # (B, N or 1)
+
+    def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        std = self.variance_at(grads, n_workers).sqrt().unsqueeze(-1)  # (B, N or 1, 1)
+        return rng.normal(n_workers, grads.shape[-1]).mul_(std)  # (B, N, d)
+
+    def sample_worker_mean(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        """(1/N) Σ_i Z_i drawn as one Gaussian of variance (1/N²) Σ_i v_i(x), (B, d)."""
+        var = self.variance_at(grads, n_workers)  # (B, N or 1)
+        std = var.expand(-1, n_workers).sum(dim=1).sqrt().div_(n_workers)  # (B,)
+        return rng.normal(grads.shape[-1]).mul_(std.unsqueeze(-1))  # (B, d)
+
+    def config(self) -> dict:
+        return {"type": "AffineVariance", "sigma0": _jsonable(self.sigma0),
+                "sigma1": _jsonable(self.sigma1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Minibatch
+# ---------------------------------------------------------------------------------------------
+
+class Minibatch(Noise):
+    r"""Real minibatch gradients of a finite-sum problem (not an additive law).
+
+    Worker i returns ``g_i = (1/b) Σ_{s ∈ batch_i} ∇f_s(x)``, with a batch of b distinct
+    samples drawn uniformly from its shard, independently per run, worker and step; the
+    problem does the work (``minibatch_worker_grads(x, batch_size, n_workers, rng)``, e.g.
+    ``sdeopt.problems.FiniteSumProblem``). The noise ``g_i - ∇f_i(x)`` depends on the data,
+    so this law is used only through ``oracle``/``oracle_mean``; ``sample`` raises. Its
+    covariance (finite-population correction) is ``problem.minibatch_covariance``.
+
+    Args:
+        batch_size: b, an integer >= 1 (and <= the smallest shard, checked by the problem).
+
+    Shapes: ``oracle`` (B, N, d); ``oracle_mean`` (B, d).
+
+    References:
+        Cochran, *Sampling Techniques*, 3rd ed. (1977), Thm 2.2.
+
+    Example:
+        >>> import sdeopt as so
+        >>> so.noise.Minibatch(batch_size=32)
+        Minibatch(batch_size=32)
+    """
+
+    finite_variance = True
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+
+    def check_problem(self, problem: Problem) -> None:
+        # Duck-typed, so that any finite-sum problem exposing the method is accepted.
+        if not callable(getattr(problem, "minibatch_worker_grads", None)):
+            raise ValueError(f"Invalid problem: {type(problem).__name__} (Minibatch noise needs a "
+                             "finite-sum problem with a minibatch_worker_grads method, "
+                             "e.g. sdeopt.problems.FiniteSumProblem)")
+        sizes = getattr(problem, "shard_sizes", None)
+        if isinstance(sizes, torch.Tensor) and sizes.numel() and self.batch_size > int(sizes.min()):
+            raise ValueError(f"Invalid batch_size: {self.batch_size!r} (must be <= the smallest "
+                             f"shard size {int(sizes.min())} of the problem)")
+
+    def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        raise ValueError("Invalid use of Minibatch noise: it is not additive (g_i - ∇f_i depends "
+                         "on the data), so it has no sample(); draw gradients with oracle() or "
+                         "oracle_mean()")
+
+    def oracle(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+        """Minibatch worker gradients, (B, N, d)."""
+        self.check_problem(problem)
+        return problem.minibatch_worker_grads(x, self.batch_size, n_workers, rng)  # (B, N, d)
+
+    def oracle_mean(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+        """(1/N) Σ_i g_i, (B, d)."""
+        return self.oracle(problem, x, n_workers, rng).mean(dim=1)
+
+    def config(self) -> dict:
+        return {"type": "Minibatch", "batch_size": self.batch_size}

@@ -1,0 +1,171 @@
+"""The gradient-noise interface: worker i returns g_i = ∇f_i(x) + Z_i (``Noise``), and the
+symmetric scale families every law of ``additive`` belongs to."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from sdeopt._validation import check_scales
+from sdeopt.problems import Problem
+from sdeopt.random import RandomSource
+
+
+class Noise(ABC):
+    """Base class of additive gradient-noise laws.
+
+    A law with per-worker scales (a length-N sequence) fixes the number of workers it can
+    serve; ``check_workers`` enforces it.
+    """
+
+    #: True when Z has finite variance (a Brownian SDE exists).
+    finite_variance: bool = True
+
+    @abstractmethod
+    def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        """Draw Z_i for all runs and workers.
+
+        Args:
+            rng: source of randomness (B runs).
+            grads: exact worker gradients, (B, N, d) or (B, 1, d); state-dependent laws use them.
+            n_workers: N.
+        Returns:
+            (B, N, d) noise.
+        """
+
+    def sample_worker_mean(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        """(1/N) sum_i Z_i, exact in law, (B, d). Laws with a shortcut (Gaussian) override this."""
+        return self.sample(rng, grads, n_workers).mean(dim=1)
+
+    def oracle(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+        """Stochastic worker gradients g_i = ∇f_i(x) + Z_i, (B, N, d)."""
+        grads = problem.worker_grads(x)
+        return grads + self.sample(rng, grads, n_workers)
+
+    def oracle_mean(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+        """(1/N) Σ_i g_i, exact in law, (B, d); uses ``sample_worker_mean`` shortcuts."""
+        grads = problem.worker_grads(x)  # (B, N or 1, d)
+        mean = grads[:, 0] if grads.shape[1] == 1 else grads.mean(dim=1)  # (B, d)
+        return mean + self.sample_worker_mean(rng, grads, n_workers)
+
+    def check_workers(self, n_workers: int) -> None:
+        """Raise ``ValueError`` if per-worker scales do not match ``n_workers``."""
+
+    def check_problem(self, problem: Problem) -> None:
+        """Raise ``ValueError`` if this law cannot serve ``problem``."""
+
+    def config(self) -> dict:
+        """A JSON-able description (for dataset attrs)."""
+        return {"type": type(self).__name__}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({params})"
+
+
+class ScaledSymmetricNoise(Noise):
+    """Z_i = σ_i T with T i.i.d. per coordinate, symmetric about 0, of a fixed standard law.
+
+    Args:
+        scale: σ, one number >= 0 shared by all workers, or a length-N sequence (per worker).
+    """
+
+    def __init__(self, scale: float | Sequence[float] = 1.0) -> None:
+        self.scale = check_scales("scale", scale)
+
+    @abstractmethod
+    def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
+        """Draws of the standard law T, shape (B, *shape)."""
+
+    def scales(self, n_workers: int, device=None, dtype=None) -> torch.Tensor:
+        """σ_i as a (N,) tensor (per-worker) or a (1,) tensor (shared)."""
+        self.check_workers(n_workers)
+        values = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        return torch.tensor(values, device=device, dtype=dtype)
+
+    def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        t = self.sample_standard(rng, n_workers, grads.shape[-1])  # (B, N, d)
+        return t * self.scales(n_workers, t.device, t.dtype).unsqueeze(-1)
+
+    def check_workers(self, n_workers: int) -> None:
+        if isinstance(self.scale, tuple) and len(self.scale) != n_workers:
+            raise ValueError(f"Invalid scale: {list(self.scale)!r} (has {len(self.scale)} "
+                             f"per-worker entries but n_workers={n_workers})")
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__, "scale": _jsonable(self.scale)}
+
+
+class SymmetricCDFNoise(ScaledSymmetricNoise):
+    """A scaled symmetric law whose standard CDF F is available on any device."""
+
+    @abstractmethod
+    def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
+        """The density F'(y) of the standard law, elementwise."""
+
+    @abstractmethod
+    def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
+        """F(y) = P(T <= y), elementwise, same shape, dtype and device as y."""
+
+    def sign_probabilities(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """P(sign(∇f_i + σ_i T) = +1) and P(... = -1), each shaped like grads (B, N or 1, d).
+
+        One CDF evaluation: the smaller probability is the tail F(-|y|), computed directly
+        (not as 1 - F(|y|)) so that it stays accurate far out; σ_i = 0 gives the
+        deterministic sign (with sign(0) = 0).
+        """
+        values = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        if min(values) > 0:
+            # where(y > 0, 1 - tail, tail) as arithmetic (torch.where measured ~20x slower on
+            # the CPU); the smaller probability stays the tail itself, exactly.
+            tail, up = self.sign_tails(grads, n_workers)
+            gap = 1.0 - 2.0 * tail
+            return torch.addcmul(tail, up, gap), torch.addcmul(tail, 1.0 - up, gap)
+        s = self.scales(n_workers, grads.device, grads.dtype).unsqueeze(-1)  # (N or 1, 1)
+        positive = s > 0
+        y = grads / torch.where(positive, s, torch.ones_like(s))
+        tail = self.standard_cdf(-y.abs())
+        up = y > 0
+        p_plus = torch.where(positive, torch.where(up, 1.0 - tail, tail), (grads > 0).to(grads.dtype))
+        p_minus = torch.where(positive, torch.where(up, tail, 1.0 - tail), (grads < 0).to(grads.dtype))
+        return p_plus, p_minus
+
+    def sign_tails(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For scales σ_i > 0: the minority sign's probability tail = F(-|∇f_i|/σ_i) <= 1/2,
+        computed directly (never as 1 - F), and up = [∇f_i > 0] as 0/1 floats (the majority
+        sign is + where up = 1; at ∇f_i = 0 both are 1/2). tail is (B, N, d) for per-worker
+        scales (or grads of shape (B, N, d)), else shaped like grads; up is shaped like grads.
+
+        Comparisons write floats through ``out=``: a bool result cast to float measured ~7x
+        slower on the CPU.
+        """
+        if isinstance(self.scale, tuple):
+            s = self.scales(n_workers, grads.device, grads.dtype).unsqueeze(-1)  # (N, 1)
+            tail = self.standard_cdf(grads.abs().neg_() / s)  # (B, N, d)
+        else:  # a Python scalar: in place, no broadcast (measured 0.3 ms/step cheaper at 10^5 values)
+            tail = self.standard_cdf(grads.abs().div_(-self.scale))
+        return tail, torch.gt(grads, 0.0, out=torch.empty_like(grads))  # up: shaped like grads
+
+    def sign_mean(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        """m_i = E sign(∇f_i + σ_i T) = 2 F(∇f_i/σ_i) - 1 (docs/models.md), shaped like grads."""
+        p_plus, p_minus = self.sign_probabilities(grads, n_workers)
+        return p_plus - p_minus
+
+
+def _jsonable(value):
+    """Per-worker scales are stored as tuples; JSON (and dataset attrs) want lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _as_tensor(value: float | tuple[float, ...], device, dtype) -> torch.Tensor:
+    """A scale as a (N,) tensor (per-worker) or a (1,) tensor (shared)."""
+    values = value if isinstance(value, tuple) else (value,)
+    return torch.tensor(values, device=device, dtype=dtype)  # (N or 1,)
+
+
+def _check_grads(grads: torch.Tensor, n_workers: int) -> None:
+    if grads.dim() != 3 or grads.shape[1] not in (1, n_workers):
+        raise ValueError(f"Invalid grads: shape {tuple(grads.shape)} (must be (B, N, d) or "
+                         f"(B, 1, d) with N = n_workers = {n_workers})")

@@ -1,0 +1,228 @@
+"""Markov gradient noise (Beznosikov et al., NeurIPS 2023): the chains behind ``MarkovSGD``."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from sdeopt._validation import check_in_range, check_nonnegative
+from sdeopt.noise.unit import random_signs
+from sdeopt.random import RandomSource
+
+# ---------------------------------------------------------------------------------------------
+# Markov noise (Beznosikov et al., NeurIPS 2023)
+# ---------------------------------------------------------------------------------------------
+
+class MarkovNoise(ABC):
+    r"""Additive Markov noise g = ∇f(x) + s h(Z_k), one chain per run and coordinate, never restarted.
+
+    Each coordinate carries an independent copy of the chain (Z_k), started from its stationary
+    law π; h is centred under π. Per coordinate:
+
+    - ``stationary_variance`` Var_π h(Z_0);
+    - ``autocorrelation(j)`` Corr_π(h(Z_0), h(Z_j));
+    - ``asymptotic_variance`` σ_eff² = Σ_{j ∈ Z} Cov_π(h(Z_0), h(Z_j)) (the SDE's Σ_eff / s²);
+    - ``mixing_time`` τ, the least t with Dobrushin's coefficient Δ(Q^t) <= 1/4.
+
+    Args:
+        scale: s >= 0.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = check_nonnegative("scale", scale)
+
+    @abstractmethod
+    def init(self, rng: RandomSource, dim: int) -> torch.Tensor:
+        """Stationary draws of the chain state, (B, d)."""
+
+    @abstractmethod
+    def advance(self, z: torch.Tensor, rng: RandomSource) -> torch.Tensor:
+        """One transition of every chain, (B, d) -> (B, d)."""
+
+    @abstractmethod
+    def value(self, z: torch.Tensor) -> torch.Tensor:
+        """h(z), centred under π, (B, d) floats."""
+
+    @property
+    @abstractmethod
+    def stationary_variance(self) -> float:
+        """Var_π h."""
+
+    @property
+    @abstractmethod
+    def asymptotic_variance(self) -> float:
+        """σ_eff² = Σ_{j ∈ Z} Cov_π(h(Z_0), h(Z_j))."""
+
+    @property
+    @abstractmethod
+    def mixing_time(self) -> float:
+        """τ: Δ(Q^τ) <= 1/4 (inf for a chain that does not mix)."""
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__, **{k: (v.tolist() if isinstance(v, torch.Tensor) else v)
+                                                for k, v in vars(self).items() if not k.startswith("_")}}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+def _geometric_mixing_time(rho: float) -> float:
+    """Least t >= 1 with |rho|^t <= 1/4."""
+    if abs(rho) <= 0.25:
+        return 1.0
+    if abs(rho) >= 1.0:
+        return math.inf
+    return float(math.ceil(math.log(0.25) / math.log(abs(rho))))
+
+
+class TwoStateMarkov(MarkovNoise):
+    """Symmetric two-state chain on {-1, +1} flipping with probability p (autocorrelation 1 - 2p).
+
+    h(z) = z; π uniform; Corr(h(Z_0), h(Z_j)) = rho^j; σ_eff² = (1 + rho)/(1 - rho);
+    Δ(Q^t) = |rho|^t. p = 0 never mixes (σ_eff² infinite); p = 1 alternates deterministically.
+
+    Args:
+        p: flip probability in [0, 1]. scale: s.
+    """
+
+    def __init__(self, p: float, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.p = check_in_range("p", p, 0.0, 1.0)
+
+    @property
+    def rho(self) -> float:
+        return 1.0 - 2.0 * self.p
+
+    def init(self, rng, dim):
+        return random_signs(rng, dim)  # (B, d)
+
+    def advance(self, z, rng):
+        u = rng.uniform(z.shape[-1])  # (B, d)
+        flip = torch.lt(u, self.p, out=u)  # 1 where the state flips (written as floats: see random_signs)
+        return flip.mul_(-2.0).add_(1.0).mul_(z)
+
+    def value(self, z):
+        return z
+
+    def autocorrelation(self, lag: int) -> float:
+        return self.rho ** abs(lag)
+
+    stationary_variance = property(lambda self: 1.0)
+    asymptotic_variance = property(lambda self: math.inf if self.p == 0.0 else (1 + self.rho) / (1 - self.rho))
+    mixing_time = property(lambda self: _geometric_mixing_time(self.rho))
+
+
+class GaussianAR1(MarkovNoise):
+    """Gaussian AR(1): Z_{k+1} = rho Z_k + sqrt(1 - rho²) w_k, π = N(0, 1), h(z) = z.
+
+    Corr = rho^j and σ_eff² = (1 + rho)/(1 - rho). On R, Dobrushin's coefficient of the
+    Gaussian kernel is 1 (two far-apart starts stay distinguishable for a while), so ``mixing_time``
+    reports the contraction time of the chain in Wasserstein distance, |rho|^τ <= 1/4, which
+    plays the same role in the theory's step-size condition.
+
+    Args:
+        rho: in (-1, 1). scale: s.
+    """
+
+    def __init__(self, rho: float, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.rho = check_in_range("rho", rho, -1.0, 1.0, closed="neither")
+
+    def init(self, rng, dim):
+        return rng.normal(dim)  # (B, d)
+
+    def advance(self, z, rng):
+        return self.rho * z + math.sqrt(1.0 - self.rho**2) * rng.normal(z.shape[-1])
+
+    def value(self, z):
+        return z
+
+    def autocorrelation(self, lag: int) -> float:
+        return self.rho ** abs(lag)
+
+    stationary_variance = property(lambda self: 1.0)
+    asymptotic_variance = property(lambda self: (1 + self.rho) / (1 - self.rho))
+    mixing_time = property(lambda self: _geometric_mixing_time(self.rho))
+
+
+class FiniteMarkov(MarkovNoise):
+    """A finite chain with transition matrix P and values h(i) (centred under π automatically).
+
+    π solves πP = π (unique: the chain must have one recurrent class); σ_eff² = 2⟨h̄, F h̄⟩_π -
+    ⟨h̄, h̄⟩_π with the fundamental matrix F = (I - P + 1πᵀ)^{-1} (Kemeny & Snell);
+    τ from Δ(P^t) = max_{i,j} ½ ||P^t(i, ·) - P^t(j, ·)||_1, stepping t = 1, 2, ...
+    (inf when it does not reach 1/4 within 10^4 steps, e.g. a periodic chain).
+
+    Args:
+        matrix: (S, S) row-stochastic. values: (S,) h before centring (default 0, 1, ..., S-1).
+        scale: s.
+    """
+
+    def __init__(self, matrix, values=None, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        p = torch.as_tensor(matrix, dtype=torch.float64)
+        if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] < 1:
+            raise ValueError(f"Invalid matrix: shape {tuple(p.shape)} (must be square, S x S)")
+        if not torch.isfinite(p).all() or (p < 0).any():
+            raise ValueError(f"Invalid matrix: {p.tolist()!r} (entries must be finite and >= 0)")
+        row_sums = p.sum(1)
+        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-10, rtol=0):
+            raise ValueError(f"Invalid matrix: row sums {row_sums.tolist()!r} (a transition matrix is "
+                             "row-stochastic: every row must sum to 1)")
+        n = p.shape[0]
+        h = torch.arange(n, dtype=torch.float64) if values is None else torch.as_tensor(values, dtype=torch.float64)
+        if h.shape != (n,) or not torch.isfinite(h).all():
+            raise ValueError(f"Invalid values: {values!r} (must be {n} finite numbers)")
+        a = torch.cat([(p.T - torch.eye(n, dtype=torch.float64)), torch.ones(1, n, dtype=torch.float64)])
+        if torch.linalg.matrix_rank(a) < n:
+            raise ValueError("Invalid matrix: the stationary law is not unique (more than one recurrent class)")
+        rhs = torch.zeros(n + 1, dtype=torch.float64)
+        rhs[-1] = 1.0
+        pi = torch.linalg.lstsq(a, rhs.unsqueeze(-1)).solution.squeeze(-1).clamp(min=0.0)
+        self.matrix, self.pi = p, pi / pi.sum()
+        self.values = h - (self.pi * h).sum()
+        self._cum = torch.cumsum(p, dim=1)  # (S, S) for inverse-CDF transitions
+        self._cum_pi = torch.cumsum(self.pi, dim=0)  # (S,)
+
+    def _invert(self, cum: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Index of the first cumulative weight exceeding u; cum (..., S), u (...)."""
+        return (u.unsqueeze(-1) >= cum[..., :-1]).sum(-1)
+
+    def init(self, rng, dim):
+        cum = self._cum_pi.to(device=rng.device, dtype=rng.dtype)
+        return self._invert(cum, rng.uniform(dim))  # (B, d) int64
+
+    def advance(self, z, rng):
+        cum = self._cum.to(device=z.device, dtype=rng.dtype)[z]  # (B, d, S)
+        return self._invert(cum, rng.uniform(z.shape[-1]))
+
+    def value(self, z):
+        return self.values.to(z.device)[z]
+
+    @property
+    def stationary_variance(self) -> float:
+        return float((self.pi * self.values**2).sum())
+
+    def autocorrelation(self, lag: int) -> float:
+        pj = torch.linalg.matrix_power(self.matrix, abs(lag))
+        cov = float((self.pi * self.values * (pj @ self.values)).sum())
+        return cov / self.stationary_variance
+
+    @property
+    def asymptotic_variance(self) -> float:
+        n = self.matrix.shape[0]
+        fundamental = torch.linalg.inv(torch.eye(n, dtype=torch.float64) - self.matrix + self.pi.unsqueeze(0))
+        hv = self.values
+        return float(2 * (self.pi * hv * (fundamental @ hv)).sum() - (self.pi * hv * hv).sum())
+
+    @property
+    def mixing_time(self) -> float:
+        q = torch.eye(self.matrix.shape[0], dtype=torch.float64)
+        for t in range(1, 10_001):
+            q = q @ self.matrix
+            if 0.5 * (q.unsqueeze(0) - q.unsqueeze(1)).abs().sum(-1).max() <= 0.25:
+                return float(t)
+        return math.inf
