@@ -1,0 +1,178 @@
+"""Separable objectives f(x) = Σ φ(x_j): quartic, quadratic + quartic, cosh and exp sums."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from sdeopt._validation import check_int
+from sdeopt.problems.base import (
+    Problem,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Separable objectives f(x) = Σ_j φ(x_j)
+# ---------------------------------------------------------------------------------------------
+
+class SeparableProblem(Problem):
+    r"""``f(x) = Σ_j φ(x_j)`` for a scalar function φ: ``∇f = φ'(x)``, ``∇²f = diag(φ''(x))``.
+
+    Every operation is elementwise, so row b of a batch equals run b alone. Subclasses define
+    ``_phi``, ``_dphi`` and ``_d2phi`` (elementwise on tensors). Homogeneous.
+
+    Args:
+        dim: d >= 1.
+    """
+
+    separable = True
+    #: True when φ has its minimum 0 at 0, so that f has minimiser 0 and minimum 0.
+    minimum_at_zero = False
+
+    def __init__(self, dim: int) -> None:
+        self.dim = check_int("dim", dim, minimum=1)
+        if self.minimum_at_zero:
+            self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
+            self.min_value = 0.0
+
+    @staticmethod
+    @abstractmethod
+    def _phi(x: torch.Tensor) -> torch.Tensor: ...
+
+    @staticmethod
+    @abstractmethod
+    def _dphi(x: torch.Tensor) -> torch.Tensor: ...
+
+    @staticmethod
+    @abstractmethod
+    def _d2phi(x: torch.Tensor) -> torch.Tensor: ...
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        return self._phi(x).sum(dim=-1)  # (B,)
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return self._dphi(x)  # (B, d)
+
+    def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self._d2phi(x) * v  # (B, d)
+
+
+class Quartic(SeparableProblem):
+    r"""``f(x) = ¼ Σ_j x_j⁴``: ``∇f = x³``, ``∇²f = diag(3 x²)``; minimiser 0, minimum 0.
+
+    Not L-smooth (the curvature grows without bound), but (L0, L1)-smooth per coordinate:
+    ``3x² <= L0 + L1 |x|³`` holds e.g. with ``L0 = L1 = 3``; ``x⁴`` itself is (4, 3)-smooth.
+    Its minimiser is degenerate (zero curvature), so convergence is sublinear.
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Zhang, He, Sra, Jadbabaie, "Why gradient clipping accelerates training", ICLR 2020
+        (the (L0, L1)-smoothness condition ``||∇²f|| <= L0 + L1 ||∇f||``).
+    """
+
+    minimum_at_zero = True
+
+    @staticmethod
+    def _phi(x):
+        x2 = x * x
+        return 0.25 * x2 * x2
+
+    @staticmethod
+    def _dphi(x):
+        return x * x * x
+
+    @staticmethod
+    def _d2phi(x):
+        return 3.0 * x * x
+
+
+class QuadraticQuartic(SeparableProblem):
+    r"""``f(x) = Σ_j (x_j²/2 + x_j⁴/4)``: ``∇f = x + x³``, ``∇²f = diag(1 + 3x²)``; min 0 at 0.
+
+    A quadratic bowl with quartic walls: strongly convex (μ = 1) with a non-degenerate minimiser,
+    like ``Quadratic``, but not L-smooth, like ``Quartic``; (4, 3)-smooth per coordinate, since
+    ``1 + 3x² <= 4 + 3|x|³ <= 4 + 3|x + x³|``. The smallest smooth objective on which the SDE
+    models' drift corrections are not linear in x (weak-order studies).
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Li, Tai, E, "Stochastic modified equations and dynamics of stochastic gradient
+        algorithms I", JMLR 2019 (weak-order studies of SGD on smooth objectives).
+    """
+
+    minimum_at_zero = True
+
+    @staticmethod
+    def _phi(x):
+        x2 = x * x
+        return 0.5 * x2 + 0.25 * x2 * x2
+
+    @staticmethod
+    def _dphi(x):
+        return x + x * x * x
+
+    @staticmethod
+    def _d2phi(x):
+        return 1.0 + 3.0 * x * x
+
+
+class CoshSum(SeparableProblem):
+    r"""``f(x) = Σ_j cosh(x_j) - d``: ``∇f = sinh(x)``, ``∇²f = diag(cosh(x))``; min 0 at 0.
+
+    (1, 1)-smooth: ``cosh(t) <= 1 + |sinh(t)|``. Strongly convex (μ = 1), not L-smooth.
+    The value is computed as ``Σ_j 2 sinh²(x_j / 2)``, equal to ``cosh(x_j) - 1`` but free of
+    the cancellation of ``cosh(x) - 1`` near the minimiser.
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Zhang, He, Sra, Jadbabaie, ICLR 2020 (the (L0, L1)-smoothness condition).
+    """
+
+    minimum_at_zero = True
+
+    @staticmethod
+    def _phi(x):
+        s = torch.sinh(0.5 * x)
+        return 2.0 * s * s
+
+    @staticmethod
+    def _dphi(x):
+        return torch.sinh(x)
+
+    @staticmethod
+    def _d2phi(x):
+        return torch.cosh(x)
+
+
+class ExpSum(SeparableProblem):
+    r"""``f(x) = Σ_j exp(x_j)``: ``∇f = exp(x)``, ``∇²f = diag(exp(x))``.
+
+    (0, 1)-smooth: ``||∇²f(x)||₂ = max_j e^{x_j} <= ||∇f(x)||₂``. Convex and bounded below
+    with infimum 0, which is not attained (no minimiser: ``minimizer`` and ``min_value`` are
+    None). A (0, L1)-smooth function with a minimiser would be constant (Grönwall), so this is
+    the typical member of the class.
+
+    Args:
+        dim: d >= 1.
+
+    References:
+        Zhang, He, Sra, Jadbabaie, ICLR 2020.
+    """
+
+    @staticmethod
+    def _phi(x):
+        return torch.exp(x)
+
+    @staticmethod
+    def _dphi(x):
+        return torch.exp(x)
+
+    @staticmethod
+    def _d2phi(x):
+        return torch.exp(x)
