@@ -84,7 +84,8 @@ class RandomSource:
         self.dtype = dtype
         self._on_cpu = self.device.type == "cpu"
         self._calls = 0
-        # One part per block touched: (generator, first row in the block, rows, output slice).
+        # One part per block touched: (generator, its start state on the CPU, first row in the
+        # block, rows, output slice).
         self._parts = []
         run, stop = self.first_run, self.first_run + self.n_runs
         while run < stop:
