@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sdeopt.io import COMPLETE, open_stream, zarr_encoding
 
@@ -56,6 +57,14 @@ def output_bytes(n_rec: int, n_runs: int, values_per_record: int, itemsize: int,
     """Bytes of one model's results kept in memory: (S, B) per observable, (S, B, d) iterates,
     (K, B, d) increments, and the (B,) divergence flags and steps."""
     return n_runs * ((n_rec * values_per_record + increments) * itemsize + 9)
+
+
+def comparison_bytes(n_steps: int, record_every: int, n_runs: int, n_models: int, values_per_record: int,
+                     dtype: torch.dtype) -> int:
+    """Bytes a comparison keeps in memory: the results of the discrete run and each of ``n_models``
+    SDE models, twice (the copy that joins them into one dataset)."""
+    n_rec = n_steps // record_every + 1 + (n_steps % record_every != 0)
+    return 2 * (1 + n_models) * output_bytes(n_rec, n_runs, values_per_record, torch.finfo(dtype).bits // 8)
 
 
 class ZarrSink:

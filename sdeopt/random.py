@@ -84,6 +84,7 @@ class RandomSource:
         self.dtype = dtype
         self._on_cpu = self.device.type == "cpu"
         self._calls = 0
+        self._mt = torch.Generator() if self._on_cpu else None  # float32 normals: its state is set per draw
         # One part per block touched: (generator, its start state on the CPU, first row in the
         # block, rows, output slice).
         self._parts = []
@@ -137,7 +138,7 @@ class RandomSource:
             gen.bit_generator.state = start
             gen.bit_generator.advance(jump)
             if vectorised:
-                _torch_normal(gen, out[sl], lo)
+                _torch_normal(gen, self._mt, out[sl], lo)
                 continue
             if lo:
                 _numpy_sample(gen, kind, np.empty((lo, *shape), dtype=out.dtype), high)  # discarded rows
@@ -175,7 +176,7 @@ _MT_TEMPLATE: np.ndarray | None = None
 _MT_WORDS = slice(24, 24 + 624 * 8)  # the 624 state words (uint64 each) of torch's CPU generator state
 
 
-def _torch_normal(gen: np.random.Generator, out: np.ndarray, lo: int) -> None:
+def _torch_normal(gen: np.random.Generator, mt: torch.Generator, out: np.ndarray, lo: int) -> None:
     """Float32 normals into ``out`` (rows lo.. of a block) from torch's vectorised sampler, ~4x
     numpy's in float32: torch's mt19937 gets all 624 state words from ``gen`` (a full 19937-bit
     state, where ``manual_seed`` would take 32 bits), and fills whole 16-value groups, which it
@@ -188,7 +189,6 @@ def _torch_normal(gen: np.random.Generator, out: np.ndarray, lo: int) -> None:
             raise RuntimeError(f"torch's CPU generator state has {_MT_TEMPLATE.size} bytes, not 5056")
     state = _MT_TEMPLATE.copy()
     state[_MT_WORDS] = gen.bit_generator.random_raw(312).view(np.uint32).astype(np.uint64).view(np.uint8)
-    mt = torch.Generator()
     mt.set_state(torch.from_numpy(state))
     per_row = out[0].size if out.ndim > 1 else 1
     size = (lo + out.shape[0]) * per_row

@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
-from sdeopt._stream import ZarrSink, check_output_memory, output_bytes
+from sdeopt._stream import ZarrSink, check_output_memory, comparison_bytes
 from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.discrete import Method, simulate
-from sdeopt.discrete.base import n_records
 from sdeopt.dynamics import sde_of, solve
 from sdeopt.problems import Problem
 from sdeopt.random import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
@@ -84,10 +83,10 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
              "sdeopt_version": __version__, "torch_version": torch.__version__,
              "xarray_version": xr.__version__}
     if out is None:
-        n_rec = n_records(check_int("n_steps", n_steps), check_int("record_every", record_every, minimum=1))
-        per_model = output_bytes(n_rec, check_int("n_runs", n_runs, minimum=1),
-                                 len(record) + record_x * problem.dim, torch.finfo(run_dtype).bits // 8)
-        check_output_memory(2 * (1 + len(models)) * per_model, n_runs)  # each model, then joined
+        check_output_memory(comparison_bytes(check_int("n_steps", n_steps),
+                                             check_int("record_every", record_every, minimum=1),
+                                             check_int("n_runs", n_runs, minimum=1), len(models),
+                                             len(record) + record_x * problem.dim, run_dtype), n_runs)
         sink = None
     else:
         sink = ZarrSink(out, models=["discrete", *models], attrs=attrs)

@@ -37,11 +37,11 @@ import tomllib
 import torch
 
 from sdeopt import compressors, noise, problems, schedules
-from sdeopt._stream import memory_shortfall, output_bytes
+from sdeopt._stream import comparison_bytes, memory_shortfall
 from sdeopt._validation import check_device, check_int, check_positive
 from sdeopt.analysis.compare import compare
 from sdeopt.discrete import METHODS
-from sdeopt.discrete.base import OBSERVABLES, n_records
+from sdeopt.discrete.base import OBSERVABLES
 from sdeopt.dynamics import MODELS, sde_of
 from sdeopt.random import check_seed
 
@@ -263,11 +263,20 @@ def _dry_run(spec: dict, where: str) -> None:
     what only running finds (a method that cannot be coupled, an observable the problem lacks)
     is refused here, before any run of the config has written anything."""
     try:
-        compare(spec["method"], spec["problem"], spec["x0"], min(spec["n_steps"], 1), 1, seed=spec["seed"],
-                models=spec["models"], coupled=spec["coupled"], record=spec["record"], record_x=spec["record_x"],
-                blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"])
+        compare_spec(dict(spec, n_steps=min(spec["n_steps"], 1), n_runs=1))
     except ValueError as exc:
         raise ValueError(f"Invalid config value in {where}: {exc}") from None
+
+
+def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = None):
+    """``compare()`` for a built run (``build``), at ``substeps`` solver steps per optimizer step
+    (default: the run's); with ``out``, streamed into out/<run>_substeps<s>.zarr."""
+    substeps = spec["substeps"] if substeps is None else substeps
+    return compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
+                   models=spec["models"], substeps=substeps, coupled=spec["coupled"],
+                   record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
+                   blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"],
+                   out=None if out is None else out / f"{slug(spec['name'])}_substeps{substeps}.zarr")
 
 
 def _check_memory(spec: dict, where: str) -> None:
@@ -275,10 +284,9 @@ def _check_memory(spec: dict, where: str) -> None:
     time: each model's results and the copy that joins them)."""
     weak = spec["study"] == "weak_order"
     n_steps = max(round(spec["horizon"] / lr) for lr in spec["lrs"]) if weak else spec["n_steps"]
-    n_rec = n_records(n_steps, spec["record_every"])
-    per_model = output_bytes(n_rec, spec["n_runs"], len(spec["record"]) + spec["record_x"] * spec["problem"].dim,
-                             torch.finfo(spec["dtype"]).bits // 8)
-    why = memory_shortfall(2 * (1 + len(spec["models"])) * per_model)
+    why = memory_shortfall(comparison_bytes(n_steps, spec["record_every"], spec["n_runs"], len(spec["models"]),
+                                            len(spec["record"]) + spec["record_x"] * spec["problem"].dim,
+                                            spec["dtype"]))
     if why is not None:
         steps = f"{where}.horizon = {spec['horizon']!r}" if weak else f"{where}.n_steps = {n_steps!r}"
         raise ValueError(f"Invalid config value: {where}.n_runs = {spec['n_runs']!r} with {steps} ({why})")

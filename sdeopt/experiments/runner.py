@@ -16,7 +16,7 @@ from sdeopt.analysis.metrics import divergence, observable_values, order_fit, we
 from sdeopt.compressors import Identity, RandK
 from sdeopt.discrete import DCSGD
 from sdeopt.discrete.base import OBSERVABLES
-from sdeopt.experiments.config import build, slug
+from sdeopt.experiments.config import build, compare_spec, slug
 from sdeopt.noise import ScaledSymmetricNoise
 from sdeopt.problems import Quadratic
 from sdeopt.schedules import Constant
@@ -56,15 +56,8 @@ def _mean_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = None):
-    """``compare()`` for a built config run (``config.build``), at ``substeps`` solver steps per
-    optimizer step (default: the run's); with ``out``, streamed into out/<run>_substeps<s>.zarr."""
-    substeps = spec["substeps"] if substeps is None else substeps
-    ds = compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
-                 models=spec["models"], substeps=substeps, coupled=spec["coupled"],
-                 record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
-                 blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"],
-                 out=None if out is None else out / f"{slug(spec['name'])}_substeps{substeps}.zarr")
+def _compare(spec: dict, substeps: int, out: Path | None):
+    ds = compare_spec(spec, substeps, out)
     # A streamed study's summaries and figures read the observables into memory; the iterates,
     # the part that outgrows it, stay in the store.
     return ds if out is None else ds.drop_vars("x", errors="ignore").load()
@@ -88,13 +81,13 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     store per solver step) and returned without their iterates ``x``, which stay in the store.
     """
     out = out if spec.get("stream") else None
-    ds = compare_spec(spec, spec["substeps"], out)
+    ds = _compare(spec, spec["substeps"], out)
     closed = stationary_closed_form(spec["method"], spec["problem"])
     extrapolate = spec.get("richardson")
     if extrapolate is None:
         extrapolate = closed is not None
     extrapolate = bool(extrapolate and spec["models"] and "loss" in ds)
-    fine = compare_spec(spec, 2 * spec["substeps"], out) if extrapolate else None
+    fine = _compare(spec, 2 * spec["substeps"], out) if extrapolate else None
     coarse_s, fine_s = ds, fine  # the datasets the figures are computed from
     if spec.get("average_from") is not None and "loss" in ds:
         coarse_s = _time_average(ds, spec["average_from"])

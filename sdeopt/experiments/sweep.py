@@ -39,6 +39,7 @@ from sdeopt.experiments.config import (
     _check_keys,
     build,
     check_text,
+    compare_spec,
     read_toml,
 )
 from sdeopt.io import zarr_encoding
@@ -125,7 +126,6 @@ def cell_run(base: dict, dims: dict, index: tuple[int, ...]) -> tuple[dict, tupl
 def run_cell(run: dict):
     """Compute one cell (on a dask worker): the compare() Dataset with time as a variable."""
     from sdeopt._cpu import configure_torch
-    from sdeopt.experiments.runner import compare_spec
 
     configure_torch(threads=1)
     ds = compare_spec(build(run))
