@@ -59,12 +59,16 @@ def output_bytes(n_rec: int, n_runs: int, values_per_record: int, itemsize: int,
     return n_runs * ((n_rec * values_per_record + increments) * itemsize + 9)
 
 
+def n_records(n_steps: int, record_every: int) -> int:
+    """How many steps are recorded: 0, r, 2r, ... and always n_steps (``record_steps``, counted)."""
+    return n_steps // record_every + 1 + (n_steps % record_every != 0)
+
+
 def comparison_bytes(n_steps: int, record_every: int, n_runs: int, n_models: int, values_per_record: int,
                      dtype: torch.dtype) -> int:
     """Bytes a comparison keeps in memory: the results of the discrete run and each of ``n_models``
     SDE models, twice (the copy that joins them into one dataset)."""
-    n_rec = n_steps // record_every + 1 + (n_steps % record_every != 0)
-    return 2 * (1 + n_models) * output_bytes(n_rec, n_runs, values_per_record, torch.finfo(dtype).bits // 8)
+    return 2 * (1 + n_models) * output_bytes(n_records(n_steps, record_every), n_runs, values_per_record, torch.finfo(dtype).bits // 8)
 
 
 class ZarrSink:

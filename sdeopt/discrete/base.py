@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sdeopt._jsonable import REPRODUCIBLE, is_reproducible, jsonable
-from sdeopt._stream import ZarrSink, check_output_memory, output_bytes
+from sdeopt._stream import ZarrSink, check_output_memory, n_records, output_bytes
 from sdeopt._validation import check_device, check_dtype, check_int, check_positive
 from sdeopt.discrete.result import Trajectory
 from sdeopt.noise import Noise
@@ -357,11 +357,6 @@ def record_observables(problem: Problem, x: torch.Tensor, names, out: dict) -> N
         out["grad_norm"].copy_(torch.linalg.vector_norm(problem.grad(x), dim=-1))
     if "dist" in names:
         out["dist"].copy_(torch.linalg.vector_norm(x - problem.minimizer, dim=-1))
-
-
-def n_records(n_steps: int, record_every: int) -> int:
-    """len(record_steps(n_steps, record_every)), without building the list."""
-    return n_steps // record_every + 1 + (n_steps % record_every != 0)
 
 
 def record_steps(n_steps: int, record_every: int) -> list[int]:
