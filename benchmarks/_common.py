@@ -69,17 +69,26 @@ def cpu_model() -> str:
 
 def machine(device: str) -> dict:
     """Where and when a benchmark ran."""
-    info = {"device": str(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    info = {
+        "device": str(device),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     if str(device).startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 
 def describe(info: dict) -> str:
-    where = info.get("gpu") or f"{info['cpu']} ({info['cpu_count']} cores, {info['threads']} torch thread(s))"
+    where = (
+        info.get("gpu")
+        or f"{info['cpu']} ({info['cpu_count']} cores, {info['threads']} torch thread(s))"
+    )
     return f"{where}, torch {info['torch']}, {info['date']}, load average {info['load_average'][0]:.2f}"
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe, interleaved_best, machine, write  # noqa: E402
+from _common import RESULTS, describe, interleaved_best, machine, write
 
-import sdeopt as so  # noqa: E402
-from sdeopt.cli import summary_table  # noqa: E402
-from sdeopt.random import DEFAULT_BLOCK_SIZE, RandomSource  # noqa: E402
+import sdeopt as so
+from sdeopt.cli import summary_table
+from sdeopt.random import DEFAULT_BLOCK_SIZE, RandomSource
 
 KINDS = {"normal": "normal_", "uniform": "uniform_", "exponential": "exponential_"}
 
@@ -42,6 +42,7 @@ def torch_blocks(n_runs: int, dim: int, device: str, dtype: torch.dtype, kind: s
         for g, sl in gens:
             getattr(out[sl], fill)(generator=g)
         return out
+
     return draw
 
 
@@ -60,19 +61,45 @@ def main(argv=None) -> dict:
         for dtype in (torch.float64, torch.float32):
             for kind in KINDS:
                 rng = RandomSource(0, n_runs, device=args.device, dtype=dtype)
-                ours, ref = getattr(rng, kind), torch_blocks(n_runs, args.dim, args.device, dtype, kind)
-                best = interleaved_best({"sdeopt": lambda f=ours: [f(args.dim) for _ in range(args.draws)],
-                                         "torch": lambda f=ref: [f() for _ in range(args.draws)]},
-                                        args.repeats, args.device)
+                ours, ref = (
+                    getattr(rng, kind),
+                    torch_blocks(n_runs, args.dim, args.device, dtype, kind),
+                )
+                best = interleaved_best(
+                    {
+                        "sdeopt": lambda f=ours: [f(args.dim) for _ in range(args.draws)],
+                        "torch": lambda f=ref: [f() for _ in range(args.draws)],
+                    },
+                    args.repeats,
+                    args.device,
+                )
                 per = {k: v / args.draws for k, v in best.items()}
-                rows.append({"runs": n_runs, "dim": args.dim, "dtype": str(dtype).replace("torch.", ""),
-                             "kind": kind, "sdeopt_ms": 1e3 * per["sdeopt"], "torch_ms": 1e3 * per["torch"],
-                             "ratio": per["sdeopt"] / per["torch"]})
+                rows.append(
+                    {
+                        "runs": n_runs,
+                        "dim": args.dim,
+                        "dtype": str(dtype).replace("torch.", ""),
+                        "kind": kind,
+                        "sdeopt_ms": 1e3 * per["sdeopt"],
+                        "torch_ms": 1e3 * per["torch"],
+                        "ratio": per["sdeopt"] / per["torch"],
+                    }
+                )
     info = machine(args.device)
     print(f"RandomSource vs torch generators per block, on {describe(info)}")
-    print(summary_table(rows, [("runs", "runs", ""), ("dtype", "dtype", ""), ("kind", "draw", ""),
-                               ("sdeopt_ms", "sdeopt ms", ".3f"), ("torch_ms", "torch ms", ".3f"),
-                               ("ratio", "ratio", ".2f")]))
+    print(
+        summary_table(
+            rows,
+            [
+                ("runs", "runs", ""),
+                ("dtype", "dtype", ""),
+                ("kind", "draw", ""),
+                ("sdeopt_ms", "sdeopt ms", ".3f"),
+                ("torch_ms", "torch ms", ".3f"),
+                ("ratio", "ratio", ".2f"),
+            ],
+        )
+    )
     result = {"benchmark": "rng", **info, "rows": rows}
     write(result, args.out)
     return result

@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe, interleaved_best, loglog_slope, machine, sync, timed, write  # noqa: E402
+from _common import RESULTS, describe, interleaved_best, loglog_slope, machine, sync, timed, write
 
-import sdeopt as so  # noqa: E402
-from sdeopt.cli import summary_table  # noqa: E402
+import sdeopt as so
+from sdeopt.cli import summary_table
 
 MiB = 2**20
 
@@ -53,17 +53,32 @@ def make(spec: dict):
     if spec["method"] == "DSGD":
         method = so.discrete.DSGD(lr=0.01, n_workers=n, noise=noise)
     elif spec["method"] == "DCSGD+RandK":
-        method = so.discrete.DCSGD(lr=0.01, n_workers=n, noise=noise, compressor=so.compressors.RandK(k=2))
+        method = so.discrete.DCSGD(
+            lr=0.01, n_workers=n, noise=noise, compressor=so.compressors.RandK(k=2)
+        )
     elif spec["method"] == "DSignSGD+t":
-        method = so.discrete.DSignSGD(lr=0.01, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=1.0))
-    elif spec["method"] == "DSignSGD+t per worker":  # per-worker scales: every worker's noise is drawn
-        method = so.discrete.DSignSGD(lr=0.01, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=[1.0] * n))
+        method = so.discrete.DSignSGD(
+            lr=0.01, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=1.0)
+        )
+    elif (
+        spec["method"] == "DSignSGD+t per worker"
+    ):  # per-worker scales: every worker's noise is drawn
+        method = so.discrete.DSignSGD(
+            lr=0.01, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=[1.0] * n)
+        )
     else:
         raise ValueError(f"Invalid method: {spec['method']!r}")
     prob = so.problems.Quadratic(diag=torch.linspace(1.0, 10.0, d).tolist())
-    kwargs = dict(n_steps=spec["steps"], n_runs=spec["runs"], seed=0, device=spec["device"],
-                  dtype=torch.float32, record_every=spec["steps"], record=("loss",),
-                  max_memory=spec["budget_mib"] * MiB)
+    kwargs = dict(
+        n_steps=spec["steps"],
+        n_runs=spec["runs"],
+        seed=0,
+        device=spec["device"],
+        dtype=torch.float32,
+        record_every=spec["steps"],
+        record=("loss",),
+        max_memory=spec["budget_mib"] * MiB,
+    )
     return method, prob, torch.ones(d), kwargs
 
 
@@ -83,7 +98,9 @@ def child(spec: dict) -> dict:
     """Run one row in this (fresh) process; its time and peak memory above the set-up."""
     so.configure_torch()
     method, prob, x0, kwargs = make(spec)
-    so.discrete.simulate(method, prob, x0, **dict(kwargs, n_runs=64, n_steps=2, record_every=2))  # warm-up
+    so.discrete.simulate(
+        method, prob, x0, **dict(kwargs, n_runs=64, n_steps=2, record_every=2)
+    )  # warm-up
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident set
     base = _status_kib("VmRSS")
@@ -102,14 +119,20 @@ def peak_memory(spec: dict, repeats: int) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        seconds, traj = timed(lambda: so.discrete.simulate(method, prob, x0, **kwargs), spec["device"])
+        seconds, traj = timed(
+            lambda: so.discrete.simulate(method, prob, x0, **kwargs), spec["device"]
+        )
         del traj
         extra = torch.cuda.max_memory_allocated() - base
         return {"seconds": seconds, "extra_bytes": extra, "max_extra_bytes": extra}
     peaks = []
     for _ in range(repeats):
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                              text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"child failed for {spec}: {proc.stderr.strip()[-2000:]}")
         peaks.append(json.loads(proc.stdout.strip().splitlines()[-1])["extra_bytes"])
@@ -118,8 +141,15 @@ def peak_memory(spec: dict, repeats: int) -> dict:
 
 def sweeps(quick: bool, steps: int, device: str) -> dict:
     """sweep name -> (variable, [row specs])."""
-    base = {"method": "DSGD", "runs": 10_000, "dim": 10, "workers": 8, "steps": steps, "budget_mib": 1024,
-            "device": device}
+    base = {
+        "method": "DSGD",
+        "runs": 10_000,
+        "dim": 10,
+        "workers": 8,
+        "steps": steps,
+        "budget_mib": 1024,
+        "device": device,
+    }
     runs = [10**3, 10**4, 10**5] + ([] if quick else [10**6])
     dims = [10, 100] + ([] if quick else [1000])
     workers = [1, 4, 16] + ([] if quick else [64])
@@ -128,13 +158,26 @@ def sweeps(quick: bool, steps: int, device: str) -> dict:
     return {
         "runs": ("runs", [dict(base, runs=v) for v in runs]),
         "dim": ("dim", [dict(base, dim=v) for v in dims]),
-        "workers, DCSGD+RandK": ("workers", [dict(base, method="DCSGD+RandK", workers=v) for v in workers]),
-        "workers, DSignSGD+t": ("workers", [dict(base, method="DSignSGD+t", workers=v) for v in workers]),
+        "workers, DCSGD+RandK": (
+            "workers",
+            [dict(base, method="DCSGD+RandK", workers=v) for v in workers],
+        ),
+        "workers, DSignSGD+t": (
+            "workers",
+            [dict(base, method="DSignSGD+t", workers=v) for v in workers],
+        ),
         "budget, DSGD": ("budget_mib", [dict(base, runs=many, budget_mib=v) for v in budgets]),
-        "budget, DCSGD+RandK": ("budget_mib", [dict(base, method="DCSGD+RandK", runs=many // 10, budget_mib=v)
-                                               for v in budgets]),
-        "budget, DSignSGD+t per worker": ("budget_mib", [dict(base, method="DSignSGD+t per worker", runs=many // 20,
-                                                              budget_mib=v) for v in budgets]),
+        "budget, DCSGD+RandK": (
+            "budget_mib",
+            [dict(base, method="DCSGD+RandK", runs=many // 10, budget_mib=v) for v in budgets],
+        ),
+        "budget, DSignSGD+t per worker": (
+            "budget_mib",
+            [
+                dict(base, method="DSignSGD+t per worker", runs=many // 20, budget_mib=v)
+                for v in budgets
+            ],
+        ),
         "steps": ("steps", [dict(base, runs=many // 10, steps=v) for v in (steps, 10 * steps)]),
     }
 
@@ -148,9 +191,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="smaller sweeps (seconds), for a smoke test")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sweeps (seconds), for a smoke test"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per row (best of)")
-    parser.add_argument("--memory-repeats", type=int, default=3, help="child processes per row (CPU)")
+    parser.add_argument(
+        "--memory-repeats", type=int, default=3, help="child processes per row (CPU)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
     args = parser.parse_args(argv)
@@ -164,42 +211,87 @@ def main(argv=None) -> dict:
         calls = {}
         for spec in specs:
             method, prob, x0, kwargs = make(spec)
-            calls[spec[variable]] = (lambda m=method, p=prob, x=x0, kw=kwargs: so.discrete.simulate(m, p, x, **kw))
+            calls[spec[variable]] = lambda m=method, p=prob, x=x0, kw=kwargs: so.discrete.simulate(
+                m, p, x, **kw
+            )
         best = interleaved_best(calls, args.repeats, args.device, warmup=False)
         sweep_rows = []
         for spec in specs:
             mem = peak_memory(spec, args.memory_repeats)
             bound = spec["budget_mib"] * MiB + output_bytes(spec)
-            row = {"sweep": name, "variable": variable, "value": spec[variable], "method": spec["method"],
-                   "runs": spec["runs"], "dim": spec["dim"], "workers": spec["workers"], "steps": spec["steps"],
-                   "budget_mib": spec["budget_mib"], "seconds": best[spec[variable]], "work": work(spec),
-                   "ns_per_unit": 1e9 * best[spec[variable]] / work(spec),
-                   "extra_mib": mem["extra_bytes"] / MiB, "max_extra_mib": mem["max_extra_bytes"] / MiB,
-                   "bound_mib": bound / MiB, "within_bound": mem["max_extra_bytes"] <= bound}
+            row = {
+                "sweep": name,
+                "variable": variable,
+                "value": spec[variable],
+                "method": spec["method"],
+                "runs": spec["runs"],
+                "dim": spec["dim"],
+                "workers": spec["workers"],
+                "steps": spec["steps"],
+                "budget_mib": spec["budget_mib"],
+                "seconds": best[spec[variable]],
+                "work": work(spec),
+                "ns_per_unit": 1e9 * best[spec[variable]] / work(spec),
+                "extra_mib": mem["extra_bytes"] / MiB,
+                "max_extra_mib": mem["max_extra_bytes"] / MiB,
+                "bound_mib": bound / MiB,
+                "within_bound": mem["max_extra_bytes"] <= bound,
+            }
             sweep_rows.append(row)
-            print(f"  {name} = {spec[variable]}: {row['seconds']:.2f} s, {row['ns_per_unit']:.2f} ns/unit, "
-                  f"peak +{row['extra_mib']:.0f} MiB (max +{row['max_extra_mib']:.0f}, "
-                  f"bound {row['bound_mib']:.0f})", flush=True)
+            print(
+                f"  {name} = {spec[variable]}: {row['seconds']:.2f} s, {row['ns_per_unit']:.2f} ns/unit, "
+                f"peak +{row['extra_mib']:.0f} MiB (max +{row['max_extra_mib']:.0f}, "
+                f"bound {row['bound_mib']:.0f})",
+                flush=True,
+            )
         rows += sweep_rows
-        entry = {"sweep": name, "time_slope": loglog_slope([r["work"] for r in sweep_rows],
-                                                    [r["seconds"] for r in sweep_rows])
-                 if variable not in ("budget_mib",) else math.nan,
-                 "all_within_bound": all(r["within_bound"] for r in sweep_rows),
-                 "max_extra_over_bound": max(r["max_extra_mib"] / r["bound_mib"] for r in sweep_rows)}
+        entry = {
+            "sweep": name,
+            "time_slope": loglog_slope(
+                [r["work"] for r in sweep_rows], [r["seconds"] for r in sweep_rows]
+            )
+            if variable not in ("budget_mib",)
+            else math.nan,
+            "all_within_bound": all(r["within_bound"] for r in sweep_rows),
+            "max_extra_over_bound": max(r["max_extra_mib"] / r["bound_mib"] for r in sweep_rows),
+        }
         if variable == "steps":
-            entry["memory_growth_with_steps"] = sweep_rows[-1]["extra_mib"] / max(sweep_rows[0]["extra_mib"], 1e-9)
+            entry["memory_growth_with_steps"] = sweep_rows[-1]["extra_mib"] / max(
+                sweep_rows[0]["extra_mib"], 1e-9
+            )
         summary.append(entry)
     info = machine(args.device)
     result = {"benchmark": "scaling", "dtype": "float32", **info, "rows": rows, "summary": summary}
     print(f"\nscaling on {describe(info)}")
-    print(summary_table(rows, [("sweep", "sweep", ""), ("value", "value", ""), ("runs", "runs", "d"),
-                               ("dim", "d", "d"), ("workers", "N", "d"), ("steps", "steps", "d"),
-                               ("seconds", "s", ".2f"), ("ns_per_unit", "ns / unit of work", ".2f"),
-                               ("extra_mib", "peak extra MiB (median)", ".1f"), ("max_extra_mib", "(max)", ".1f"),
-                               ("bound_mib", "budget+output MiB", ".0f")]))
-    print(summary_table(summary, [("sweep", "sweep", ""), ("time_slope", "slope of log time vs log work", ".2f"),
-                                  ("all_within_bound", "memory within bound", ""),
-                                  ("max_extra_over_bound", "max peak / bound", ".2f")]))
+    print(
+        summary_table(
+            rows,
+            [
+                ("sweep", "sweep", ""),
+                ("value", "value", ""),
+                ("runs", "runs", "d"),
+                ("dim", "d", "d"),
+                ("workers", "N", "d"),
+                ("steps", "steps", "d"),
+                ("seconds", "s", ".2f"),
+                ("ns_per_unit", "ns / unit of work", ".2f"),
+                ("extra_mib", "peak extra MiB (median)", ".1f"),
+                ("max_extra_mib", "(max)", ".1f"),
+                ("bound_mib", "budget+output MiB", ".0f"),
+            ],
+        )
+    )
+    print(
+        summary_table(
+            summary,
+            [
+                ("sweep", "sweep", ""),
+                ("time_slope", "slope of log time vs log work", ".2f"),
+                ("all_within_bound", "memory within bound", ""),
+                ("max_extra_over_bound", "max peak / bound", ".2f"),
+            ],
+        )
+    )
     write(result, args.out)
     return result
 

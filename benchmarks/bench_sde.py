@@ -42,13 +42,13 @@ import torchsde
 from torchsde import BaseBrownian
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe, machine, sync, write  # noqa: E402
-from _common import timed as timed_on  # noqa: E402
+from _common import RESULTS, describe, machine, sync, write
+from _common import timed as timed_on
 
-import sdeopt as so  # noqa: E402
-from sdeopt.cli import summary_table  # noqa: E402
-from sdeopt.dynamics.sde import TorchsdeAdapter  # noqa: E402
-from sdeopt.random import RandomSource  # noqa: E402
+import sdeopt as so
+from sdeopt.cli import summary_table
+from sdeopt.dynamics.sde import TorchsdeAdapter
+from sdeopt.random import RandomSource
 
 #: Where every row runs (--device); the bare loops and Brownian motions allocate there.
 DEVICE = torch.device("cpu")
@@ -70,7 +70,9 @@ class CountingAdapter(TorchsdeAdapter):
         return super().g(t, y)
 
 
-def exact_mean_loss(diag: torch.Tensor, x0: torch.Tensor, g: float, lr: float, n_steps: int) -> dict:
+def exact_mean_loss(
+    diag: torch.Tensor, x0: torch.Tensor, g: float, lr: float, n_steps: int
+) -> dict:
     """E f(X_T) for the Euler chain with step lr, and for the SDE itself (OU, diagonal H)."""
     h, a = diag.double(), x0.double()
     t = n_steps * lr
@@ -158,7 +160,9 @@ def brownian_options(b, d, t_end, lr, n_steps):
     size, f32 = (b, d), torch.float32
 
     def interval(**kw):
-        return lambda: torchsde.BrownianInterval(t0=0.0, t1=t_end, size=size, dtype=f32, device=DEVICE, **kw)
+        return lambda: torchsde.BrownianInterval(
+            t0=0.0, t1=t_end, size=size, dtype=f32, device=DEVICE, **kw
+        )
 
     return {
         "BrownianInterval()": interval(),
@@ -167,11 +171,15 @@ def brownian_options(b, d, t_end, lr, n_steps):
         "BrownianInterval(dt=lr, cache_size=None)": interval(dt=lr, cache_size=None),
         "BrownianInterval(dt=lr, pool_size=4)": interval(dt=lr, pool_size=4),
         "BrownianInterval(tol=lr/10)": interval(tol=lr / 10),
-        "BrownianTree(t1=T)": lambda: torchsde.BrownianTree(t0=0.0, w0=torch.zeros(size, dtype=f32, device=DEVICE),
-                                                           t1=t_end),
-        "BrownianPath()": lambda: torchsde.BrownianPath(t0=0.0, w0=torch.zeros(size, dtype=f32,
-                                                                                   device=DEVICE)),
-        "GridBrownian (pre-drawn)": lambda: so.dynamics.GridBrownian(0.0, lr, native_increments(b, d, n_steps, lr)),
+        "BrownianTree(t1=T)": lambda: torchsde.BrownianTree(
+            t0=0.0, w0=torch.zeros(size, dtype=f32, device=DEVICE), t1=t_end
+        ),
+        "BrownianPath()": lambda: torchsde.BrownianPath(
+            t0=0.0, w0=torch.zeros(size, dtype=f32, device=DEVICE)
+        ),
+        "GridBrownian (pre-drawn)": lambda: so.dynamics.GridBrownian(
+            0.0, lr, native_increments(b, d, n_steps, lr)
+        ),
         HAND_WRITTEN[0]: lambda: FreshBrownian(size),
     }
 
@@ -190,10 +198,15 @@ def profile_per_step(fns: dict, n_steps: int, top: int = 12) -> dict:
         ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
         table = [(e.key, e.count / n_steps, e.self_cpu_time_total / n_steps) for e in ops]
         total = sum(t for _, _, t in table)
-        out[name] = {"wall_us_per_step_profiled": 1e6 * wall / n_steps, "ops_us_per_step": total,
-                     "ops": table[:top]}
-        print(f"\n{name}: {1e6 * wall / n_steps:.0f} µs/step under the profiler, of which torch ops "
-              f"{total:.0f} µs (self CPU); per step:")
+        out[name] = {
+            "wall_us_per_step_profiled": 1e6 * wall / n_steps,
+            "ops_us_per_step": total,
+            "ops": table[:top],
+        }
+        print(
+            f"\n{name}: {1e6 * wall / n_steps:.0f} µs/step under the profiler, of which torch ops "
+            f"{total:.0f} µs (self CPU); per step:"
+        )
         for op, calls, us in table[:top]:
             print(f"  {us:7.1f} µs  {calls:5.2f} calls  {op}")
     return out
@@ -204,15 +217,31 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="interleaved rounds for native and the bare loops (best of)")
-    parser.add_argument("--torchsde-repeats", type=int, default=1,
-                        help="timed calls of each torchsde Euler option (best of)")
-    parser.add_argument("--skip-default", action="store_true",
-                        help="skip the slow torchsde default call (row 2: minutes at the default size)")
-    parser.add_argument("--skip-torchsde", action="store_true", help="time native and the bare loops only")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print torch.profiler op costs per step of native and the bare loop")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="interleaved rounds for native and the bare loops (best of)",
+    )
+    parser.add_argument(
+        "--torchsde-repeats",
+        type=int,
+        default=1,
+        help="timed calls of each torchsde Euler option (best of)",
+    )
+    parser.add_argument(
+        "--skip-default",
+        action="store_true",
+        help="skip the slow torchsde default call (row 2: minutes at the default size)",
+    )
+    parser.add_argument(
+        "--skip-torchsde", action="store_true", help="time native and the bare loops only"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler op costs per step of native and the bare loop",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "sde.json")
     args = parser.parse_args(argv)
@@ -244,20 +273,37 @@ def main(argv=None) -> dict:
     rows, options = [], []
 
     def row(case, seconds, mean_loss, **extra):
-        rows.append({"case": case, "seconds": seconds, "us_per_step": 1e6 * seconds / k,
-                     "mean_loss": mean_loss, "vs_euler_exact": mean_loss / exact["euler_chain"] - 1.0,
-                     **extra})
+        rows.append(
+            {
+                "case": case,
+                "seconds": seconds,
+                "us_per_step": 1e6 * seconds / k,
+                "mean_loss": mean_loss,
+                "vs_euler_exact": mean_loss / exact["euler_chain"] - 1.0,
+                **extra,
+            }
+        )
         return rows[-1]
 
     # (1) native and (5) the bare loops: interleaved rounds, best of each (the machine is shared).
     def native(n_steps=k):
-        return so.dynamics.solve(sde, x0, n_steps=n_steps, n_runs=b, record_every=n_steps, record=("loss",),
-                                 dtype=torch.float32, device=dev)
+        return so.dynamics.solve(
+            sde,
+            x0,
+            n_steps=n_steps,
+            n_runs=b,
+            record_every=n_steps,
+            record=("loss",),
+            dtype=torch.float32,
+            device=dev,
+        )
 
-    fast = {"native": native,
-            "bare": lambda: bare_loop(diag, x0, g, lr, k, b),
-            "bare_fused": lambda: bare_loop_fused(diag, x0, g, lr, k, b),
-            "rng": lambda: rng_only(b, d, k)}
+    fast = {
+        "native": native,
+        "bare": lambda: bare_loop(diag, x0, g, lr, k, b),
+        "bare_fused": lambda: bare_loop_fused(diag, x0, g, lr, k, b),
+        "rng": lambda: rng_only(b, d, k),
+    }
     best, last = {}, {}
     for fn in fast.values():  # warm-up
         fn()
@@ -274,19 +320,32 @@ def main(argv=None) -> dict:
         torchsde.sdeint(sde_dev.torchsde(), y0[:16], ts32[:3])
         adapter = CountingAdapter(sde_dev)
         seconds, ys = timed_on(lambda: torchsde.sdeint(adapter, y0, ts32), dev)
-        row("(2) torchsde default (srk, dt=1e-3, f32 ts)", seconds, float(floss(ys[-1]).mean()),
-            f_calls=adapter.f_calls, g_calls=adapter.g_calls)
+        row(
+            "(2) torchsde default (srk, dt=1e-3, f32 ts)",
+            seconds,
+            float(floss(ys[-1]).mean()),
+            f_calls=adapter.f_calls,
+            g_calls=adapter.g_calls,
+        )
 
     # (3) and (4): Euler at dt = lr on float64 times, with each Brownian option. An option is
     # valid when its final mean loss is within 10 Monte Carlo standard deviations of the exact
     # Euler value (BrownianPath fixes t1 = t0 + 1 and returns zero increments beyond it).
     ts = torch.linspace(0.0, t_end, k + 1, dtype=torch.float64, device=DEVICE)
-    for name, make_bm in ({} if args.skip_torchsde else brownian_options(b, d, t_end, lr, k)).items():
+    for name, make_bm in (
+        {} if args.skip_torchsde else brownian_options(b, d, t_end, lr, k)
+    ).items():
         adapter = CountingAdapter(sde_dev)
         entry = {"option": name}
         try:
-            torchsde.sdeint(adapter, y0[:16], ts[:6], method="euler", dt=lr,
-                            bm=torchsde.BrownianInterval(0.0, t_end, size=(16, d), device=DEVICE))  # warm-up
+            torchsde.sdeint(
+                adapter,
+                y0[:16],
+                ts[:6],
+                method="euler",
+                dt=lr,
+                bm=torchsde.BrownianInterval(0.0, t_end, size=(16, d), device=DEVICE),
+            )  # warm-up
             seconds = build = math.inf
             for _ in range(args.torchsde_repeats):
                 adapter.f_calls = adapter.g_calls = 0
@@ -300,76 +359,152 @@ def main(argv=None) -> dict:
                 if time.perf_counter() - start < seconds:
                     seconds, build = time.perf_counter() - start, built - start
                 del bm
-        except Exception as err:  # noqa: BLE001 (a failing option is reported, not fatal)
+        except Exception as err:
             entry["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
             options.append(entry)
             print(f"  {name}: {entry['error']}")
             continue
         loss = floss(ys[-1])
-        entry.update(seconds=seconds, build_s=build, us_per_step=1e6 * seconds / k,
-                     mean_loss=float(loss.mean()), f_calls=adapter.f_calls)
+        entry.update(
+            seconds=seconds,
+            build_s=build,
+            us_per_step=1e6 * seconds / k,
+            mean_loss=float(loss.mean()),
+            f_calls=adapter.f_calls,
+        )
         entry["valid"] = abs(entry["mean_loss"] / exact["euler_chain"] - 1.0) < 10 * mc_std
         if "pre-drawn" in name:  # the same increments as native: path-by-path equality
-            entry["max_rel_diff_vs_native"] = float(((loss - native_loss).abs() / native_loss).max())
+            entry["max_rel_diff_vs_native"] = float(
+                ((loss - native_loss).abs() / native_loss).max()
+            )
         options.append(entry)
-        print(f"  {name}: {seconds:.2f} s (building the Brownian motion {build:.2f} s), "
-              f"mean loss {entry['mean_loss']:.5f}{'' if entry['valid'] else ' INVALID'}")
+        print(
+            f"  {name}: {seconds:.2f} s (building the Brownian motion {build:.2f} s), "
+            f"mean loss {entry['mean_loss']:.5f}{'' if entry['valid'] else ' INVALID'}"
+        )
 
-    ratios = {"native_vs_bare": best["native"] / best["bare"],
-              "native_vs_bare_fused": best["native"] / best["bare_fused"],
-              "native_vs_rng_only": best["native"] / best["rng"]}
+    ratios = {
+        "native_vs_bare": best["native"] / best["bare"],
+        "native_vs_bare_fused": best["native"] / best["bare_fused"],
+        "native_vs_rng_only": best["native"] / best["rng"],
+    }
     fastest = None
     if not args.skip_torchsde:
         ok = [o for o in options if o.get("valid")]
         default_bi = next(o for o in options if o["option"] == "BrownianInterval()")
-        row("(3) torchsde euler, dt=lr, BrownianInterval()", default_bi["seconds"], default_bi["mean_loss"],
-            f_calls=default_bi["f_calls"])
-        fastest = min((o for o in ok if o["option"] not in HAND_WRITTEN), key=lambda o: o["seconds"])
-        row(f"(4) fastest torchsde: euler + {fastest['option']}", fastest["seconds"], fastest["mean_loss"],
-            f_calls=fastest["f_calls"])
-        ratios.update({"fastest_torchsde_vs_native": fastest["seconds"] / best["native"],
-                       "torchsde_euler_default_bm_vs_native": default_bi["seconds"] / best["native"]})
+        row(
+            "(3) torchsde euler, dt=lr, BrownianInterval()",
+            default_bi["seconds"],
+            default_bi["mean_loss"],
+            f_calls=default_bi["f_calls"],
+        )
+        fastest = min(
+            (o for o in ok if o["option"] not in HAND_WRITTEN), key=lambda o: o["seconds"]
+        )
+        row(
+            f"(4) fastest torchsde: euler + {fastest['option']}",
+            fastest["seconds"],
+            fastest["mean_loss"],
+            f_calls=fastest["f_calls"],
+        )
+        ratios.update(
+            {
+                "fastest_torchsde_vs_native": fastest["seconds"] / best["native"],
+                "torchsde_euler_default_bm_vs_native": default_bi["seconds"] / best["native"],
+            }
+        )
         hand = [o for o in ok if o["option"] in HAND_WRITTEN]
         if hand:
             floor = min(hand, key=lambda o: o["seconds"])
-            row(f"    torchsde euler + {floor['option'].split(' (')[0]} (hand-written)", floor["seconds"],
-                floor["mean_loss"], f_calls=floor["f_calls"])
+            row(
+                f"    torchsde euler + {floor['option'].split(' (')[0]} (hand-written)",
+                floor["seconds"],
+                floor["mean_loss"],
+                f_calls=floor["f_calls"],
+            )
             ratios["torchsde_hand_written_bm_vs_native"] = floor["seconds"] / best["native"]
         if not args.skip_default:
             ratios["torchsde_default_vs_native"] = rows[1]["seconds"] / best["native"]
     row("(5) bare torch loop", best["bare"], float(floss(last["bare"]).mean()))
-    row("    bare loop, fused in place", best["bare_fused"], float(floss(last["bare_fused"]).mean()))
+    row(
+        "    bare loop, fused in place", best["bare_fused"], float(floss(last["bare_fused"]).mean())
+    )
     row("    random numbers only", best["rng"], math.nan)
-    aims = {"torchsde_default_vs_native >= 10": ("torchsde_default_vs_native", lambda r: r >= 10),
-            "fastest_torchsde_vs_native >= 3": ("fastest_torchsde_vs_native", lambda r: r >= 3),
-            "native_vs_bare <= 1.5": ("native_vs_bare", lambda r: r <= 1.5)}
-    aims = {aim: (test(ratios[key]) if key in ratios else None) for aim, (key, test) in aims.items()}
+    aims = {
+        "torchsde_default_vs_native >= 10": ("torchsde_default_vs_native", lambda r: r >= 10),
+        "fastest_torchsde_vs_native >= 3": ("fastest_torchsde_vs_native", lambda r: r >= 3),
+        "native_vs_bare <= 1.5": ("native_vs_bare", lambda r: r <= 1.5),
+    }
+    aims = {
+        aim: (test(ratios[key]) if key in ratios else None) for aim, (key, test) in aims.items()
+    }
     profiles = None
     if args.profile:
         profiles = profile_per_step({"native": fast["native"], "bare": fast["bare"]}, k)
     info = machine(dev)
-    result = {"benchmark": "sde", "runs": b, "steps": k, "dim": d, "lr": lr, "T": t_end, "g": g,
-              "dtype": "float32", **info, "torchsde": torchsde.__version__, "exact_mean_loss": exact, "rows": rows,
-              "torchsde_options": options,
-              "fastest_torchsde_option": fastest and fastest["option"], "ratios": ratios, "aims_met": aims,
-              "profile": profiles}
+    result = {
+        "benchmark": "sde",
+        "runs": b,
+        "steps": k,
+        "dim": d,
+        "lr": lr,
+        "T": t_end,
+        "g": g,
+        "dtype": "float32",
+        **info,
+        "torchsde": torchsde.__version__,
+        "exact_mean_loss": exact,
+        "rows": rows,
+        "torchsde_options": options,
+        "fastest_torchsde_option": fastest and fastest["option"],
+        "ratios": ratios,
+        "aims_met": aims,
+        "profile": profiles,
+    }
     print(f"\n{b} paths x {k} steps, d={d}, T={t_end:g}, float32, on {describe(info)}")
-    print(summary_table(rows, [("case", "case", ""), ("seconds", "s", ".2f"), ("us_per_step", "µs/step", ".0f"),
-                               ("f_calls", "f calls", "d"), ("mean_loss", "final mean loss", ".5f"),
-                               ("vs_euler_exact", "vs exact Euler", "+.1%")]))
-    print(f"exact E f(X_T): Euler chain {exact['euler_chain']:.5f}, SDE {exact['sde']:.5f} "
-          f"(Monte Carlo std of a mean over {b} paths ~{mc_std:.1%})")
+    print(
+        summary_table(
+            rows,
+            [
+                ("case", "case", ""),
+                ("seconds", "s", ".2f"),
+                ("us_per_step", "µs/step", ".0f"),
+                ("f_calls", "f calls", "d"),
+                ("mean_loss", "final mean loss", ".5f"),
+                ("vs_euler_exact", "vs exact Euler", "+.1%"),
+            ],
+        )
+    )
+    print(
+        f"exact E f(X_T): Euler chain {exact['euler_chain']:.5f}, SDE {exact['sde']:.5f} "
+        f"(Monte Carlo std of a mean over {b} paths ~{mc_std:.1%})"
+    )
     if options:
-        print("\ntorchsde Brownian options (euler, dt=lr; seconds include building the Brownian motion):")
-        print(summary_table(options, [("option", "option", ""), ("seconds", "s", ".2f"),
-                                      ("build_s", "of which build s", ".2f"),
-                                      ("us_per_step", "µs/step", ".0f"), ("mean_loss", "final mean loss", ".5f"),
-                                      ("valid", "valid", ""),
-                                      ("max_rel_diff_vs_native", "max rel diff vs native, per path", ".1e"),
-                                      ("error", "error", "")]))
+        print(
+            "\ntorchsde Brownian options (euler, dt=lr; seconds include building the Brownian motion):"
+        )
+        print(
+            summary_table(
+                options,
+                [
+                    ("option", "option", ""),
+                    ("seconds", "s", ".2f"),
+                    ("build_s", "of which build s", ".2f"),
+                    ("us_per_step", "µs/step", ".0f"),
+                    ("mean_loss", "final mean loss", ".5f"),
+                    ("valid", "valid", ""),
+                    ("max_rel_diff_vs_native", "max rel diff vs native, per path", ".1e"),
+                    ("error", "error", ""),
+                ],
+            )
+        )
     print("\nratios: " + ", ".join(f"{key} {value:.2f}" for key, value in ratios.items()))
-    print("aims met: " + ", ".join(f"{key}: {'not measured' if value is None else value}"
-                                   for key, value in aims.items()))
+    print(
+        "aims met: "
+        + ", ".join(
+            f"{key}: {'not measured' if value is None else value}" for key, value in aims.items()
+        )
+    )
     write(result, args.out)
     return result
 

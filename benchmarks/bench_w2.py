@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, describe, loglog_slope, machine, timed, write  # noqa: E402
+from _common import RESULTS, describe, loglog_slope, machine, timed, write
 
-from sdeopt.analysis import wasserstein2  # noqa: E402
-from sdeopt.cli import summary_table  # noqa: E402
+from sdeopt.analysis import wasserstein2
+from sdeopt.cli import summary_table
 
 
 def laws(d: int):
@@ -60,9 +61,17 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     sizes = [100, 300, 1000] if args.quick else [100, 300, 1000, 3000, 10_000, 30_000]
     exact_max = 300 if args.quick else 2000
-    cases = [(1, "sorted", sizes), (1, "gaussian", sizes),
-             (10, "gaussian", sizes), (10, "sliced", sizes),
-             (10, "exact", [n for n in sizes if n <= exact_max] + ([] if exact_max in sizes else [exact_max]))]
+    cases = [
+        (1, "sorted", sizes),
+        (1, "gaussian", sizes),
+        (10, "gaussian", sizes),
+        (10, "sliced", sizes),
+        (
+            10,
+            "exact",
+            [n for n in sizes if n <= exact_max] + ([] if exact_max in sizes else [exact_max]),
+        ),
+    ]
     rows, summary = [], []
     for d, method, ns in cases:
         target = exact_sliced(d) if method == "sliced" else exact_w2(d)
@@ -71,28 +80,71 @@ def main(argv=None) -> dict:
             values, floors, best = [], [], math.inf
             for rep in range(args.reps):
                 a, b = samples(d, n, np.random.default_rng(1000 * rep + n))
-                seconds, w = timed(lambda: wasserstein2(a, b, method=method, seed=rep))
+                seconds, w = timed(partial(wasserstein2, a, b, method=method, seed=rep))
                 best = min(best, seconds)
                 values.append(w.value)
                 floors.append(w.floor)
-            mean, sd = float(np.mean(values)), float(np.std(values, ddof=1)) if args.reps > 1 else math.nan
-            rows.append({"d": d, "method": method, "n": n, "target": target, "mean": mean, "sd": sd,
-                         "rel_error": mean / target - 1.0, "rel_sd": sd / target, "floor": float(np.mean(floors)),
-                         "seconds": best})
+            mean, sd = (
+                float(np.mean(values)),
+                float(np.std(values, ddof=1)) if args.reps > 1 else math.nan,
+            )
+            rows.append(
+                {
+                    "d": d,
+                    "method": method,
+                    "n": n,
+                    "target": target,
+                    "mean": mean,
+                    "sd": sd,
+                    "rel_error": mean / target - 1.0,
+                    "rel_sd": sd / target,
+                    "floor": float(np.mean(floors)),
+                    "seconds": best,
+                }
+            )
             times.append(best)
-            print(f"  d={d} {method} n={n}: {mean:.4f} ± {sd:.4f} (target {target:.4f}), {best:.3f} s", flush=True)
-        summary.append({"d": d, "method": method, "cost_exponent": loglog_slope(ns, times),
-                        "rel_error_at_largest_n": rows[-1]["rel_error"]})
+            print(
+                f"  d={d} {method} n={n}: {mean:.4f} ± {sd:.4f} (target {target:.4f}), {best:.3f} s",
+                flush=True,
+            )
+        summary.append(
+            {
+                "d": d,
+                "method": method,
+                "cost_exponent": loglog_slope(ns, times),
+                "rel_error_at_largest_n": rows[-1]["rel_error"],
+            }
+        )
     info = machine("cpu")
     result = {"benchmark": "w2", "reps": args.reps, **info, "rows": rows, "summary": summary}
     print(f"\nW2 estimators on {describe(info)}; {args.reps} repetitions per size")
-    print(summary_table(rows, [("d", "d", "d"), ("method", "method", ""), ("n", "n", "d"),
-                               ("target", "target", ".4f"), ("mean", "mean estimate", ".4f"),
-                               ("sd", "sd", ".4f"), ("rel_error", "rel. error", "+.1%"),
-                               ("floor", "same-law floor", ".4f"), ("seconds", "s per call", ".4f")]))
-    print(summary_table(summary, [("d", "d", "d"), ("method", "method", ""),
-                                  ("cost_exponent", "time ~ n^", ".2f"),
-                                  ("rel_error_at_largest_n", "rel. error at largest n", "+.1%")]))
+    print(
+        summary_table(
+            rows,
+            [
+                ("d", "d", "d"),
+                ("method", "method", ""),
+                ("n", "n", "d"),
+                ("target", "target", ".4f"),
+                ("mean", "mean estimate", ".4f"),
+                ("sd", "sd", ".4f"),
+                ("rel_error", "rel. error", "+.1%"),
+                ("floor", "same-law floor", ".4f"),
+                ("seconds", "s per call", ".4f"),
+            ],
+        )
+    )
+    print(
+        summary_table(
+            summary,
+            [
+                ("d", "d", "d"),
+                ("method", "method", ""),
+                ("cost_exponent", "time ~ n^", ".2f"),
+                ("rel_error_at_largest_n", "rel. error at largest n", "+.1%"),
+            ],
+        )
+    )
     write(result, args.out)
     return result
 

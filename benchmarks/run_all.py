@@ -17,15 +17,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_discrete  # noqa: E402
-import bench_headline  # noqa: E402
-import bench_rng  # noqa: E402
-import bench_scaling  # noqa: E402
-import bench_sde  # noqa: E402
-import bench_w2  # noqa: E402
-from _common import RESULTS, describe, machine, write  # noqa: E402
+import bench_discrete
+import bench_headline
+import bench_rng
+import bench_scaling
+import bench_sde
+import bench_w2
+from _common import RESULTS, describe, machine, write
 
-from sdeopt.cli import summary_table  # noqa: E402
+from sdeopt.cli import summary_table
 
 
 def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
@@ -34,13 +34,31 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
     dev = ["--device", device]
     if quick:
         return {
-            "discrete": (bench_discrete, [*dev, "--runs", "2000", "--steps", "20", "--repeats", "1"]),
+            "discrete": (
+                bench_discrete,
+                [*dev, "--runs", "2000", "--steps", "20", "--repeats", "1"],
+            ),
             "sde": (bench_sde, [*dev, "--runs", "500", "--steps", "20", "--repeats", "1"]),
-            "scaling": (bench_scaling, [*dev, "--quick", "--steps", "5", "--repeats", "1", "--memory-repeats", "1"]),
+            "scaling": (
+                bench_scaling,
+                [*dev, "--quick", "--steps", "5", "--repeats", "1", "--memory-repeats", "1"],
+            ),
             "w2": (bench_w2, ["--quick", "--reps", "2"]),
             "rng": (bench_rng, [*dev, "--runs", "8192", "1000", "--draws", "2", "--repeats", "1"]),
-            "headline": (bench_headline, [*dev, "--runs", str(headline_runs or 2000), "--dim", "20",
-                                          "--steps", "20", "--floor-steps", "5"]),
+            "headline": (
+                bench_headline,
+                [
+                    *dev,
+                    "--runs",
+                    str(headline_runs or 2000),
+                    "--dim",
+                    "20",
+                    "--steps",
+                    "20",
+                    "--floor-steps",
+                    "5",
+                ],
+            ),
         }
     big = ["--runs", "1000000"] if on_gpu else []
     return {
@@ -49,7 +67,10 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         "scaling": (bench_scaling, dev),
         "w2": (bench_w2, []),
         "rng": (bench_rng, dev),
-        "headline": (bench_headline, [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4)), "--fuse"]),
+        "headline": (
+            bench_headline,
+            [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4)), "--fuse"],
+        ),
     }
 
 
@@ -57,33 +78,57 @@ def headline_rows(results: dict) -> list[dict]:
     """The ratios worth a line each."""
     rows = []
     for r in results.get("discrete", {}).get("rows", []):
-        rows.append({"benchmark": "discrete", "case": r["case"],
-                     "figure": f"{r['speedup_vs_naive']:.1f}x faster than naive; "
-                               f"{r['ratio_to_bare_rng']:.2f}x its bare RNG"})
+        rows.append(
+            {
+                "benchmark": "discrete",
+                "case": r["case"],
+                "figure": f"{r['speedup_vs_naive']:.1f}x faster than naive; "
+                f"{r['ratio_to_bare_rng']:.2f}x its bare RNG",
+            }
+        )
     sde = results.get("sde", {}).get("ratios", {})
     for key, value in sde.items():
         rows.append({"benchmark": "sde", "case": key, "figure": f"{value:.2f}"})
     for s in results.get("scaling", {}).get("summary", []):
-        figure = f"time ~ work^{s['time_slope']:.2f}; " if s["time_slope"] == s["time_slope"] else ""
+        figure = (
+            f"time ~ work^{s['time_slope']:.2f}; " if s["time_slope"] == s["time_slope"] else ""
+        )
         figure += f"peak memory / (budget + output) <= {s['max_extra_over_bound']:.2f}"
         if "memory_growth_with_steps" in s:
             figure += f"; x{s['memory_growth_with_steps']:.2f} memory for 10x the steps"
         rows.append({"benchmark": "scaling", "case": s["sweep"], "figure": figure})
     for s in results.get("w2", {}).get("summary", []):
-        rows.append({"benchmark": "w2", "case": f"{s['method']}, d={s['d']}",
-                     "figure": f"time ~ n^{s['cost_exponent']:.2f}; "
-                               f"relative error {s['rel_error_at_largest_n']:+.1%} at the largest n"})
+        rows.append(
+            {
+                "benchmark": "w2",
+                "case": f"{s['method']}, d={s['d']}",
+                "figure": f"time ~ n^{s['cost_exponent']:.2f}; "
+                f"relative error {s['rel_error_at_largest_n']:+.1%} at the largest n",
+            }
+        )
     for r in results.get("rng", {}).get("rows", []):
-        rows.append({"benchmark": "rng", "case": f"{r['kind']} {r['dtype']}, {r['runs']} runs x {r['dim']}",
-                     "figure": f"{r['ratio']:.2f}x torch's generator per block"})
+        rows.append(
+            {
+                "benchmark": "rng",
+                "case": f"{r['kind']} {r['dtype']}, {r['runs']} runs x {r['dim']}",
+                "figure": f"{r['ratio']:.2f}x torch's generator per block",
+            }
+        )
     h = results.get("headline")
     if h:
-        rows.append({"benchmark": "headline", "case": f"DSignSGD t(1.5), {h['runs']} runs, d={h['dim']}, "
-                                                      f"{h['steps']} steps",
-                     "figure": f"{h['seconds']:.2f} s; x{h['x_rng_floor']:.1f} the RNG floor; "
-                               f"{h['state_passes_per_step']:.0f} state passes per step"
-                               + (f"; fused {h['fused']['seconds']:.2f} s" if h.get("fused", {}) and
-                                  "seconds" in h["fused"] else "")})
+        rows.append(
+            {
+                "benchmark": "headline",
+                "case": f"DSignSGD t(1.5), {h['runs']} runs, d={h['dim']}, {h['steps']} steps",
+                "figure": f"{h['seconds']:.2f} s; x{h['x_rng_floor']:.1f} the RNG floor; "
+                f"{h['state_passes_per_step']:.0f} state passes per step"
+                + (
+                    f"; fused {h['fused']['seconds']:.2f} s"
+                    if h.get("fused", {}) and "seconds" in h["fused"]
+                    else ""
+                ),
+            }
+        )
     return rows
 
 
@@ -91,8 +136,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="+", choices=("discrete", "sde", "scaling", "w2", "rng", "headline"),
-                        help="run these benchmarks only (suite.json keeps the others' last results)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=("discrete", "sde", "scaling", "w2", "rng", "headline"),
+        help="run these benchmarks only (suite.json keeps the others' last results)",
+    )
     parser.add_argument("--headline-runs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON files")
     args = parser.parse_args(argv)
@@ -103,12 +152,19 @@ def main(argv=None) -> dict:
     for name, (module, bench_argv) in plan(args.device, args.quick, args.headline_runs).items():
         if args.only and name not in args.only:
             continue
-        print(f"\n=== {name}: python benchmarks/{Path(module.__file__).name} {' '.join(bench_argv)}", flush=True)
+        print(
+            f"\n=== {name}: python benchmarks/{Path(module.__file__).name} {' '.join(bench_argv)}",
+            flush=True,
+        )
         results[name] = module.main([*bench_argv, "--out", str(args.out / f"{name}.json")])
     info = machine(args.device)
     rows = headline_rows(results)
     print(f"\n=== summary, on {describe(info)}")
-    print(summary_table(rows, [("benchmark", "benchmark", ""), ("case", "case", ""), ("figure", "figure", "")]))
+    print(
+        summary_table(
+            rows, [("benchmark", "benchmark", ""), ("case", "case", ""), ("figure", "figure", "")]
+        )
+    )
     suite = {"benchmark": "suite", "quick": args.quick, **info, "summary": rows, "results": results}
     write(suite, args.out / "suite.json")
     return suite

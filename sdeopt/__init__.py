@@ -1,6 +1,6 @@
 """sdeopt: batched distributed stochastic optimizers and their SDE approximations."""
 
-from sdeopt import (  # noqa: E402
+from sdeopt import (
     analysis,
     compressors,
     discrete,
@@ -13,9 +13,23 @@ from sdeopt import (  # noqa: E402
     schedules,
     special,
 )
-from sdeopt._cpu import configure_torch  # noqa: E402
-from sdeopt._version import __version__  # noqa: E402
-from sdeopt.random import RandomSource  # noqa: E402
+from sdeopt._cpu import configure_torch
+from sdeopt._version import __version__
+from sdeopt.random import RandomSource
 
-__all__ = ["RandomSource", "__version__", "analysis", "compressors", "configure_torch", "discrete", "dynamics",
-           "experiments", "io", "noise", "problems", "random", "schedules", "special"]
+__all__ = [
+    "RandomSource",
+    "__version__",
+    "analysis",
+    "compressors",
+    "configure_torch",
+    "discrete",
+    "dynamics",
+    "experiments",
+    "io",
+    "noise",
+    "problems",
+    "random",
+    "schedules",
+    "special",
+]

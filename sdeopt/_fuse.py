@@ -13,7 +13,7 @@ draw changes only if a uniform falls within an ulp of a CDF value). Each distinc
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -82,7 +82,9 @@ def jsonable(value):
 def is_reproducible(record) -> bool:
     """False when any part of a ``jsonable`` record is marked ``"reproducible": False``."""
     if isinstance(record, Mapping):
-        return record.get(REPRODUCIBLE, True) is not False and all(is_reproducible(v) for v in record.values())
+        return record.get(REPRODUCIBLE, True) is not False and all(
+            is_reproducible(v) for v in record.values()
+        )
     if isinstance(record, list):
         return all(is_reproducible(v) for v in record)
     return True
@@ -100,8 +102,12 @@ def _array_config(value):
     if a.size <= MAX_NUMEL:
         return a.tolist()
     a = np.ascontiguousarray(a, dtype=np.float64)
-    return {"shape": list(a.shape), "min": float(a.min()), "max": float(a.max()),
-            "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+    return {
+        "shape": list(a.shape),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+    }
 
 
 def _object_config(value) -> dict:

@@ -41,9 +41,11 @@ def memory_shortfall(n_bytes: float) -> str | None:
     available = available_memory()
     if available is None or n_bytes <= available:
         return None
-    return (f"the recorded results need {n_bytes / 2**30:.1f} GiB and {available / 2**30:.1f} GiB of memory is "
-            "available: record less (a larger record_every, fewer observables, record_x=False), simulate fewer "
-            "runs or steps, or stream the results to disk with out='study.zarr' (stream = true in a config)")
+    return (
+        f"the recorded results need {n_bytes / 2**30:.1f} GiB and {available / 2**30:.1f} GiB of memory is "
+        "available: record less (a larger record_every, fewer observables, record_x=False), simulate fewer "
+        "runs or steps, or stream the results to disk with out='study.zarr' (stream = true in a config)"
+    )
 
 
 def check_output_memory(n_bytes: float, n_runs: int) -> None:
@@ -53,7 +55,9 @@ def check_output_memory(n_bytes: float, n_runs: int) -> None:
         raise ValueError(f"Invalid n_runs: {n_runs} ({why})")
 
 
-def output_bytes(n_rec: int, n_runs: int, values_per_record: int, itemsize: int, increments: int = 0) -> int:
+def output_bytes(
+    n_rec: int, n_runs: int, values_per_record: int, itemsize: int, increments: int = 0
+) -> int:
     """Bytes of one model's results kept in memory: (S, B) per observable, (S, B, d) iterates,
     (K, B, d) increments, and the (B,) divergence flags and steps."""
     return n_runs * ((n_rec * values_per_record + increments) * itemsize + 9)
@@ -64,11 +68,26 @@ def n_records(n_steps: int, record_every: int) -> int:
     return n_steps // record_every + 1 + (n_steps % record_every != 0)
 
 
-def comparison_bytes(n_steps: int, record_every: int, n_runs: int, n_models: int, values_per_record: int,
-                     dtype: torch.dtype) -> int:
+def comparison_bytes(
+    n_steps: int,
+    record_every: int,
+    n_runs: int,
+    n_models: int,
+    values_per_record: int,
+    dtype: torch.dtype,
+) -> int:
     """Bytes a comparison keeps in memory: the results of the discrete run and each of ``n_models``
     SDE models, twice (the copy that joins them into one dataset)."""
-    return 2 * (1 + n_models) * output_bytes(n_records(n_steps, record_every), n_runs, values_per_record, torch.finfo(dtype).bits // 8)
+    return (
+        2
+        * (1 + n_models)
+        * output_bytes(
+            n_records(n_steps, record_every),
+            n_runs,
+            values_per_record,
+            torch.finfo(dtype).bits // 8,
+        )
+    )
 
 
 class ZarrSink:
@@ -88,9 +107,13 @@ class ZarrSink:
         if self.path.suffix != ".zarr":
             raise ValueError(f"Invalid out: {str(path)!r} (a zarr store path ending in .zarr)")
         if self.path.exists():
-            raise ValueError(f"Invalid out: {str(path)!r} exists (a new store is written; nothing is overwritten)")
+            raise ValueError(
+                f"Invalid out: {str(path)!r} exists (a new store is written; nothing is overwritten)"
+            )
         if not self.path.parent.is_dir():
-            raise ValueError(f"Invalid out: {str(path)!r} (its folder {str(self.path.parent)!r} does not exist)")
+            raise ValueError(
+                f"Invalid out: {str(path)!r} (its folder {str(self.path.parent)!r} does not exist)"
+            )
         self.models = models
         self.attrs = attrs
         self._created = False
@@ -126,15 +149,31 @@ class ZarrSink:
         for name, var in ds.data_vars.items():
             fill = False if var.dtype == bool else (-1 if var.dtype.kind == "i" else np.nan)
             shape = tuple(sizes[d] for d in var.dims)
-            data[name] = (var.dims, da.full(shape, fill, dtype=var.dtype,
-                                            chunks=tuple(chunks.get(d, sizes[d]) for d in var.dims)), var.attrs)
-        coords = {name: c for name, c in ds.coords.items() if "run" not in c.dims and "model" not in c.dims}
-        coords.update(model=np.array(models, dtype=object), run=np.arange(n_runs))  # variable-length strings
+            data[name] = (
+                var.dims,
+                da.full(
+                    shape,
+                    fill,
+                    dtype=var.dtype,
+                    chunks=tuple(chunks.get(d, sizes[d]) for d in var.dims),
+                ),
+                var.attrs,
+            )
+        coords = {
+            name: c
+            for name, c in ds.coords.items()
+            if "run" not in c.dims and "model" not in c.dims
+        }
+        coords.update(
+            model=np.array(models, dtype=object), run=np.arange(n_runs)
+        )  # variable-length strings
         attrs = dict(self.attrs if self.attrs is not None else ds.attrs, **{COMPLETE: 0})
         template = xr.Dataset(data, coords=coords, attrs=attrs)
         tmp = self.path.with_name(f".{self.path.name}.creating-{os.getpid()}")
         try:
-            template.to_zarr(tmp, mode="w-", compute=False, consolidated=False, encoding=zarr_encoding(template))
+            template.to_zarr(
+                tmp, mode="w-", compute=False, consolidated=False, encoding=zarr_encoding(template)
+            )
             os.rename(tmp, self.path)  # atomic: a kill during creation leaves no store at path
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

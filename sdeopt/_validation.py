@@ -25,7 +25,9 @@ def check_nonnegative(name: str, value: float) -> float:
     return v
 
 
-def check_in_range(name: str, value: float, low: float, high: float, *, closed: str = "both") -> float:
+def check_in_range(
+    name: str, value: float, low: float, high: float, *, closed: str = "both"
+) -> float:
     """Check ``low <= value <= high``; ``closed`` is "both", "left", "right" or "neither"."""
     v = _as_float(name, value)
     lo_ok = v >= low if closed in ("both", "left") else v > low
@@ -39,8 +41,9 @@ def check_in_range(name: str, value: float, low: float, high: float, *, closed: 
 
 def check_int(name: str, value: int, *, minimum: int = 0) -> int:
     """Return ``value`` if it is an integer >= ``minimum`` (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-        hasattr(value, "__index__") and not isinstance(value, float)
+    if isinstance(value, bool) or (
+        not isinstance(value, (int,))
+        and not (hasattr(value, "__index__") and not isinstance(value, float))
     ):
         raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= {minimum})")
     v = int(value)
@@ -55,7 +58,9 @@ def check_scales(name: str, value: float | Sequence[float]) -> float | tuple[flo
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         if len(value) == 0:
-            raise ValueError(f"Invalid {name}: {value!r} (a per-worker scale list must not be empty)")
+            raise ValueError(
+                f"Invalid {name}: {value!r} (a per-worker scale list must not be empty)"
+            )
         return tuple(check_nonnegative(f"{name}[{i}]", v) for i, v in enumerate(value))
     return check_nonnegative(name, value)
 
@@ -84,7 +89,9 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _as_float(name: str, value) -> float:
     """A Python float from a number, a numpy scalar or a 0-d tensor; never from a bool or a string."""
-    if isinstance(value, (bool, str, bytes)) or (isinstance(value, torch.Tensor) and value.ndim != 0):
+    if isinstance(value, (bool, str, bytes)) or (
+        isinstance(value, torch.Tensor) and value.ndim != 0
+    ):
         raise ValueError(f"Invalid {name}: {value!r} (must be a number)")
     try:
         return float(value)

@@ -11,29 +11,65 @@ from pathlib import Path
 from sdeopt._cpu import configure_torch
 
 DEMO_CONFIG = {
-    "claim": ("Heavy tails. DSignSGD's SDE models exist even for Student-t noise with nu = 1.5 (infinite variance); "
-              "'weak err' is the gap between their final mean loss and the method's, with its Monte Carlo se "
-              "(Euler-Maruyama, 4 substeps, solver bias not removed). For DCSGD with RandK (nu = 5) the first-order "
-              "SDE's stationary loss lies about 30 % below the chain's closed form, while the curvature-corrected "
-              "SDE's (Compagnoni et al., arXiv 2506.00181 v2), with the solver's O(h) bias extrapolated away "
-              "(2E(h/2)-E(h); the bias of the 4-substep figure beside it), matches it within its Monte Carlo error."),
-    "defaults": {"problem": {"type": "Quadratic", "diag": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]},
-                 "x0_fill": 2.0, "n_steps": 400, "n_runs": 4000, "seed": 0, "record_every": 10,
-                 "models": ["first_order", "curvature"], "substeps": 4, "record": ["loss", "grad_norm"],
-                 "record_x": True, "dtype": "float32"},
-    "runs": [{"name": "DSignSGD nu=1.5", "method": {"type": "DSignSGD", "lr": 0.02, "n_workers": 8},
-              "noise": {"type": "StudentT", "nu": 1.5, "scale": 1.0}, "models": ["first_order", "second_order"]},
-             {"name": "DCSGD-RandK nu=5", "method": {"type": "DCSGD", "lr": 0.1, "n_workers": 2},
-              "noise": {"type": "StudentT", "nu": 5.0, "scale": 1.0}, "compressor": {"type": "RandK", "k": 4}}],
+    "claim": (
+        "Heavy tails. DSignSGD's SDE models exist even for Student-t noise with nu = 1.5 (infinite variance); "
+        "'weak err' is the gap between their final mean loss and the method's, with its Monte Carlo se "
+        "(Euler-Maruyama, 4 substeps, solver bias not removed). For DCSGD with RandK (nu = 5) the first-order "
+        "SDE's stationary loss lies about 30 % below the chain's closed form, while the curvature-corrected "
+        "SDE's (Compagnoni et al., arXiv 2506.00181 v2), with the solver's O(h) bias extrapolated away "
+        "(2E(h/2)-E(h); the bias of the 4-substep figure beside it), matches it within its Monte Carlo error."
+    ),
+    "defaults": {
+        "problem": {"type": "Quadratic", "diag": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]},
+        "x0_fill": 2.0,
+        "n_steps": 400,
+        "n_runs": 4000,
+        "seed": 0,
+        "record_every": 10,
+        "models": ["first_order", "curvature"],
+        "substeps": 4,
+        "record": ["loss", "grad_norm"],
+        "record_x": True,
+        "dtype": "float32",
+    },
+    "runs": [
+        {
+            "name": "DSignSGD nu=1.5",
+            "method": {"type": "DSignSGD", "lr": 0.02, "n_workers": 8},
+            "noise": {"type": "StudentT", "nu": 1.5, "scale": 1.0},
+            "models": ["first_order", "second_order"],
+        },
+        {
+            "name": "DCSGD-RandK nu=5",
+            "method": {"type": "DCSGD", "lr": 0.1, "n_workers": 2},
+            "noise": {"type": "StudentT", "nu": 5.0, "scale": 1.0},
+            "compressor": {"type": "RandK", "k": 4},
+        },
+    ],
 }
 
-COLUMNS = [("run", "run", ""), ("model", "model", ""), ("alive", "alive", "d"), ("diverged", "diverged", ".1%"),
-           ("median_loss", "median f", ".3e"), ("mean_loss", "mean f", ".3e"), ("mean_se", "± se", ".1e"),
-           ("extrap_loss", "2E(h/2)-E(h)", ".3e"), ("extrap_se", "± se", ".1e"),
-           ("solver_bias", "solver bias", ".1e"), ("bias_se", "± se", ".1e"),
-           ("closed_form", "closed form", ".3e"), ("weak_error", "weak err", ".2e"), ("weak_se", "± se", ".1e"),
-           ("slope", "slope over lrs", ".2f"), ("slope_se", "MC se", ".3f"), ("ci", "95% CI (MC+fit)", ""),
-           ("reliable", "MC ok", ""), ("errors", "weak error ± se by lr", ""), ("seconds", "seconds", ".1f")]
+COLUMNS = [
+    ("run", "run", ""),
+    ("model", "model", ""),
+    ("alive", "alive", "d"),
+    ("diverged", "diverged", ".1%"),
+    ("median_loss", "median f", ".3e"),
+    ("mean_loss", "mean f", ".3e"),
+    ("mean_se", "± se", ".1e"),
+    ("extrap_loss", "2E(h/2)-E(h)", ".3e"),
+    ("extrap_se", "± se", ".1e"),
+    ("solver_bias", "solver bias", ".1e"),
+    ("bias_se", "± se", ".1e"),
+    ("closed_form", "closed form", ".3e"),
+    ("weak_error", "weak err", ".2e"),
+    ("weak_se", "± se", ".1e"),
+    ("slope", "slope over lrs", ".2f"),
+    ("slope_se", "MC se", ".3f"),
+    ("ci", "95% CI (MC+fit)", ""),
+    ("reliable", "MC ok", ""),
+    ("errors", "weak error ± se by lr", ""),
+    ("seconds", "seconds", ".1f"),
+]
 
 
 def summary_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -46,7 +82,11 @@ def summary_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
         value = row[key]
         if isinstance(value, float) and math.isnan(value):
             return "n/a"
-        return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+        return (
+            format(value, spec)
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else str(value)
+        )
 
     cells = [[h for _, h, _ in columns]] + [[cell(r, k, s) for k, _, s in columns] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
@@ -59,11 +99,15 @@ def _prepare_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"Invalid --out: {str(out)!r} is a file")
     if out.exists() and any(out.iterdir()) and not force:
-        raise ValueError(f"Invalid --out: {str(out)!r} is not empty (nothing is overwritten without --force)")
+        raise ValueError(
+            f"Invalid --out: {str(out)!r} is not empty (nothing is overwritten without --force)"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the path, no permission, a read-only disk: one line
-        raise ValueError(f"Invalid --out: {str(out)!r} cannot be created ({exc.strerror or exc})") from None
+        raise ValueError(
+            f"Invalid --out: {str(out)!r} cannot be created ({exc.strerror or exc})"
+        ) from None
 
 
 class ProgressBar:
@@ -82,9 +126,13 @@ class ProgressBar:
     def line(self, done: int, label: str = "") -> str:
         filled = round(self.width * done / self.total)
         elapsed = time.perf_counter() - self.start
-        left = f", ~{elapsed / done * (self.total - done):.0f} s left" if 0 < done < self.total else ""
-        return (f"[{'#' * filled}{'-' * (self.width - filled)}] {done}/{self.total} {self.unit}  "
-                f"{elapsed:.0f} s{left}  {label}").rstrip()
+        left = (
+            f", ~{elapsed / done * (self.total - done):.0f} s left" if 0 < done < self.total else ""
+        )
+        return (
+            f"[{'#' * filled}{'-' * (self.width - filled)}] {done}/{self.total} {self.unit}  "
+            f"{elapsed:.0f} s{left}  {label}"
+        ).rstrip()
 
     def update(self, done: int, label: str = "") -> None:
         text = self.line(done, label)
@@ -105,7 +153,9 @@ def _run(config: dict, out: Path) -> int:
     if config.get("claim"):
         print(f"Claim: {config['claim']}")
     print(summary_table(rows, COLUMNS))
-    print(f"{len(config['runs'])} run(s) in {time.perf_counter() - start:.1f} s; wrote netCDF and PNG files to {out}")
+    print(
+        f"{len(config['runs'])} run(s) in {time.perf_counter() - start:.1f} s; wrote netCDF and PNG files to {out}"
+    )
     return 0
 
 
@@ -140,18 +190,30 @@ def cmd_sweep(args) -> int:
             bars.append(ProgressBar(total, "cells"))
         bars[0].update(done, label)
 
-    summary = run_sweep(sweep, args.out, scheduler=args.scheduler, n_workers=args.workers, progress=progress)
+    summary = run_sweep(
+        sweep, args.out, scheduler=args.scheduler, n_workers=args.workers, progress=progress
+    )
     if sweep["config"].get("claim"):
         print(f"Claim: {sweep['config']['claim']}")
-    print(summary_table([summary], [("cells", "cells", "d"), ("done", "computed", "d"),
-                                    ("resumed", "already done", "d"), ("failed", "failed", "d"),
-                                    ("seconds", "seconds", ".1f")]))
+    print(
+        summary_table(
+            [summary],
+            [
+                ("cells", "cells", "d"),
+                ("done", "computed", "d"),
+                ("resumed", "already done", "d"),
+                ("failed", "failed", "d"),
+                ("seconds", "seconds", ".1f"),
+            ],
+        )
+    )
     print(f"store: {args.out}")
     return 1 if summary["failed"] else 0
 
 
 def cmd_plot(args) -> int:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -161,7 +223,9 @@ def cmd_plot(args) -> int:
     path = Path(args.dataset)
     if not path.exists():
         raise ValueError(f"Invalid DATASET: {str(path)!r} does not exist")
-    ds = io.load(path)  # a file that is unreadable, damaged or not written by sdeopt: ValueError naming it
+    ds = io.load(
+        path
+    )  # a file that is unreadable, damaged or not written by sdeopt: ValueError naming it
     out = args.out or path.parent
     if out.exists() and not out.is_dir():
         raise ValueError(f"Invalid --out: {str(out)!r} is a file (a folder for the figures)")
@@ -169,21 +233,33 @@ def cmd_plot(args) -> int:
     figures = []
     if {"error", "se"} <= set(ds.data_vars) and "lr" in ds.dims:
         figures.append(("weak_error", lambda ax: plots.plot_weak_error(ds, ax=ax)))
-    elif {"diverged", "blowup_step"} <= set(ds.data_vars) and {"model", "step", "run"} <= set(ds.dims):
-        var = "loss" if "loss" in ds else next(v for v in ds.data_vars if ds[v].dims == ("model", "step", "run"))
+    elif {"diverged", "blowup_step"} <= set(ds.data_vars) and {"model", "step", "run"} <= set(
+        ds.dims
+    ):
+        var = (
+            "loss"
+            if "loss" in ds
+            else next(v for v in ds.data_vars if ds[v].dims == ("model", "step", "run"))
+        )
         figures.append(("trajectories", lambda ax: plots.plot_trajectories(ds, var, ax=ax)))
         figures.append(("divergence", lambda ax: plots.plot_divergence(ds, ax=ax)))
         if "x" in ds:
             figures.append(("marginal", lambda ax: plots.plot_marginals(ds, var="x", ax=ax)))
-            figures.append(("tail", lambda ax: plots.plot_marginals(ds, var="x", kind="ccdf", ax=ax)))
+            figures.append(
+                ("tail", lambda ax: plots.plot_marginals(ds, var="x", kind="ccdf", ax=ax))
+            )
     else:
-        raise ValueError(f"Invalid DATASET: {str(path)!r} was not written by sdeopt (no trajectories or weak "
-                         "errors in the expected layout)")
+        raise ValueError(
+            f"Invalid DATASET: {str(path)!r} was not written by sdeopt (no trajectories or weak "
+            "errors in the expected layout)"
+        )
     written = []
     for name, draw in figures:
         target = out / f"{path.stem}_{name}.png"
         if target.exists() and not args.force:
-            raise ValueError(f"Invalid --out: {str(target)!r} exists (nothing is overwritten without --force)")
+            raise ValueError(
+                f"Invalid --out: {str(target)!r} exists (nothing is overwritten without --force)"
+            )
         fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
         draw(ax)
         fig.savefig(target, dpi=110)
@@ -194,24 +270,38 @@ def cmd_plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sdeopt", description="Distributed optimizers and their SDEs.")
+    parser = argparse.ArgumentParser(
+        prog="sdeopt", description="Distributed optimizers and their SDEs."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="DSignSGD and DCSGD vs their SDE models under heavy-tailed noise")
-    demo.add_argument("--out", type=Path, default=None, help="output folder (default: a new sdeopt-demo-<time>)")
+    demo = sub.add_parser(
+        "demo", help="DSignSGD and DCSGD vs their SDE models under heavy-tailed noise"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: a new sdeopt-demo-<time>)"
+    )
     demo.add_argument("--runs", type=int, default=None, help="runs per method (default 4000)")
     demo.add_argument("--force", action="store_true", help="write into a non-empty folder")
     run = sub.add_parser("run", help="run an experiment configuration (TOML)")
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     run.add_argument("--force", action="store_true", help="write into a non-empty folder")
-    sweep = sub.add_parser("sweep", help="a parameter grid on dask.distributed into a resumable zarr store")
+    sweep = sub.add_parser(
+        "sweep", help="a parameter grid on dask.distributed into a resumable zarr store"
+    )
     sweep.add_argument("config", type=Path)
-    sweep.add_argument("--out", type=Path, required=True, help="the zarr store (created, or resumed)")
-    sweep.add_argument("--scheduler", default=None, help="address of a dask scheduler (default: a local cluster)")
+    sweep.add_argument(
+        "--out", type=Path, required=True, help="the zarr store (created, or resumed)"
+    )
+    sweep.add_argument(
+        "--scheduler", default=None, help="address of a dask scheduler (default: a local cluster)"
+    )
     sweep.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
     plot = sub.add_parser("plot", help="figures from a dataset written by sdeopt")
     plot.add_argument("dataset", type=Path)
-    plot.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: beside the dataset)")
+    plot.add_argument(
+        "--out", type=Path, default=None, help="folder for the PNGs (default: beside the dataset)"
+    )
     plot.add_argument("--force", action="store_true", help="overwrite existing PNGs")
     args = parser.parse_args(argv)
     configure_torch()

@@ -62,8 +62,14 @@ def digest(ds) -> str:
     coords = set(ds.coords)
     for name in sorted(ds.variables, key=str):
         var = ds.variables[name]
-        _field(h, b"var", str(name).encode(), b"coord" if name in coords else b"data",
-               ",".join(map(str, var.dims)).encode(), struct.pack(f"<{var.ndim}q", *var.shape))
+        _field(
+            h,
+            b"var",
+            str(name).encode(),
+            b"coord" if name in coords else b"data",
+            ",".join(map(str, var.dims)).encode(),
+            struct.pack(f"<{var.ndim}q", *var.shape),
+        )
         _array(h, np.asarray(var.values))
         _attrs(h, var.attrs)
     _field(h, b"global")
@@ -88,7 +94,9 @@ def save(ds, path: str | Path) -> None:
     ds = ds.copy(deep=False)
     ds.attrs = {**ds.attrs, DIGEST_ATTR: digest(ds)}
     # HDF5 cannot chunk a scalar dataspace, so 0-d variables go unfiltered (the digest covers them).
-    encoding = {name: ({"fletcher32": True} if var.ndim else {}) for name, var in ds.variables.items()}
+    encoding = {
+        name: ({"fletcher32": True} if var.ndim else {}) for name, var in ds.variables.items()
+    }
     tmp = path.with_name(f".{path.name}.writing-{os.getpid()}")
     try:
         ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
@@ -99,8 +107,10 @@ def save(ds, path: str | Path) -> None:
         try:
             _load(tmp, shown=path)
         except ValueError as exc:  # e.g. bytes attributes, or strings holding NUL characters
-            raise ValueError(f"{exc} when read back after writing: this dataset cannot be stored losslessly in "
-                             "netCDF") from None
+            raise ValueError(
+                f"{exc} when read back after writing: this dataset cannot be stored losslessly in "
+                "netCDF"
+            ) from None
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -140,21 +150,32 @@ def _load(path: Path, shown):
             head = f.read(8)
             f.seek(max(size - TRAILER_SIZE, 0))
             trailer = f.read()
-            sealed = (size >= TRAILER_SIZE + 8 and trailer.startswith(TRAILER_PREFIX) and trailer.endswith(b"\n"))
-            matches = sealed and _file_checksum(f, size - TRAILER_SIZE) == trailer[len(TRAILER_PREFIX):-1].decode(
-                "ascii", "replace")
+            sealed = (
+                size >= TRAILER_SIZE + 8
+                and trailer.startswith(TRAILER_PREFIX)
+                and trailer.endswith(b"\n")
+            )
+            matches = sealed and _file_checksum(f, size - TRAILER_SIZE) == trailer[
+                len(TRAILER_PREFIX) : -1
+            ].decode("ascii", "replace")
     except OSError as exc:  # a folder, no permission: not a file to read
         raise ValueError(f"{where} is not a readable netCDF dataset ({_one_line(exc)})") from exc
     if not head.startswith(MAGIC):
-        raise ValueError(f"{where} is not a readable netCDF dataset (it does not start as a netCDF or HDF5 file)")
+        raise ValueError(
+            f"{where} is not a readable netCDF dataset (it does not start as a netCDF or HDF5 file)"
+        )
     if not sealed:
-        raise ValueError(f"{where} was not written by sdeopt (it does not end in the checksum sdeopt.io.save "
-                         "writes), or was modified since")
+        raise ValueError(
+            f"{where} was not written by sdeopt (it does not end in the checksum sdeopt.io.save "
+            "writes), or was modified since"
+        )
     if not matches:
         raise ValueError(f"{where} is corrupted (its bytes do not match the checksum at its end)")
     try:
         ds = xr.load_dataset(path, engine="netcdf4")
-    except Exception as exc:  # HDF5, netCDF or decoding errors: all mean a file that cannot be trusted
+    except (
+        Exception
+    ) as exc:  # HDF5, netCDF or decoding errors: all mean a file that cannot be trusted
         raise ValueError(f"{where} is not a readable netCDF dataset ({_one_line(exc)})") from exc
     stored = ds.attrs.pop(DIGEST_ATTR, None)
     if stored is None:
@@ -189,7 +210,9 @@ def zarr_encoding(ds, *, zarr_format: int = 3) -> dict:
     if zarr_format == 2:
         from numcodecs import CRC32C, Zstd
 
-        return {name: {"compressors": (Zstd(level=0),), "filters": (CRC32C(),)} for name in ds.variables}
+        return {
+            name: {"compressors": (Zstd(level=0),), "filters": (CRC32C(),)} for name in ds.variables
+        }
     raise ValueError(f"Invalid zarr_format: {zarr_format!r} (2 or 3)")
 
 
@@ -209,7 +232,9 @@ def load_zarr(path: str | Path, **kwargs):
     try:
         return xr.open_zarr(path, **kwargs).load()
     except Exception as exc:  # checksum mismatch, undecodable chunk, unreadable metadata
-        raise ValueError(f"Invalid dataset: {str(path)!r} is not a readable zarr store ({_one_line(exc)})") from exc
+        raise ValueError(
+            f"Invalid dataset: {str(path)!r} is not a readable zarr store ({_one_line(exc)})"
+        ) from exc
 
 
 def _file_checksum(f, size: int) -> str:
@@ -237,7 +262,9 @@ def _array(h, a: np.ndarray) -> None:
     if a.dtype.kind in "UO":
         items = a.ravel().tolist()
         if not all(isinstance(s, str) for s in items):
-            raise TypeError(f"object array holds {type(next(s for s in items if not isinstance(s, str))).__name__}")
+            raise TypeError(
+                f"object array holds {type(next(s for s in items if not isinstance(s, str))).__name__}"
+            )
         _field(h, b"str", *(s.encode("utf-8", "surrogatepass") for s in items))
     elif a.dtype.kind == "S":
         _field(h, b"bytes", *a.ravel().tolist())
@@ -278,8 +305,12 @@ def open_stream(path: str | Path):
     try:
         ds = xr.open_zarr(path, consolidated=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"Invalid out: {str(path)!r} is not a readable zarr store ({_one_line(exc)})") from None
+        raise ValueError(
+            f"Invalid out: {str(path)!r} is not a readable zarr store ({_one_line(exc)})"
+        ) from None
     if ds.attrs.get(COMPLETE) != 1:
-        raise ValueError(f"Invalid out: {str(path)!r} is incomplete (the run that wrote it was interrupted, "
-                         "or it was not written by sdeopt's out=)")
+        raise ValueError(
+            f"Invalid out: {str(path)!r} is incomplete (the run that wrote it was interrupted, "
+            "or it was not written by sdeopt's out=)"
+        )
     return ds

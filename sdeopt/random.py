@@ -36,8 +36,12 @@ SEED_LIMIT = 2**128
 
 def check_seed(name: str, value) -> int:
     """A seed: an integer in [0, 2**128) (numpy and 0-d torch integers accepted)."""
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() \
-            and value.dtype != torch.bool:
+    if (
+        isinstance(value, torch.Tensor)
+        and value.ndim == 0
+        and not value.is_floating_point()
+        and value.dtype != torch.bool
+    ):
         value = int(value)
     seed = check_int(name, value, minimum=0)
     if seed >= SEED_LIMIT:
@@ -58,7 +62,9 @@ def block_sequence(seed: int, block: int) -> np.random.SeedSequence:
 
 def derived_seed(seed: int, index: int) -> int:
     """A 63-bit seed for the index-th independent stream derived from ``seed`` (no aliasing)."""
-    words = np.random.SeedSequence(int(seed), spawn_key=(1 << 32, int(index))).generate_state(2, np.uint32)
+    words = np.random.SeedSequence(int(seed), spawn_key=(1 << 32, int(index))).generate_state(
+        2, np.uint32
+    )
     return (int(words[0]) << 31) ^ int(words[1])
 
 
@@ -73,9 +79,16 @@ class RandomSource:
         device, dtype: where and in which precision tensors are drawn.
     """
 
-    def __init__(self, seed: int, n_runs: int, *, first_run: int = 0,
-                 block_size: int = DEFAULT_BLOCK_SIZE, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self,
+        seed: int,
+        n_runs: int,
+        *,
+        first_run: int = 0,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
         self.seed = check_seed("seed", seed)
         self.n_runs = check_int("n_runs", n_runs, minimum=1)
         self.block_size = check_int("block_size", block_size, minimum=1)
@@ -84,7 +97,9 @@ class RandomSource:
         self.dtype = dtype
         self._on_cpu = self.device.type == "cpu"
         self._calls = 0
-        self._mt = torch.Generator() if self._on_cpu else None  # float32 normals: its state is set per draw
+        self._mt = (
+            torch.Generator() if self._on_cpu else None
+        )  # float32 normals: its state is set per draw
         # One part per block touched: (generator, its start state on the CPU, first row in the
         # block, rows, output slice).
         self._parts = []
@@ -134,20 +149,25 @@ class RandomSource:
         # overlap (a call draws far fewer than 2**64 words).
         jump = self._calls << 64
         vectorised = kind == "normal" and out.dtype == np.float32
-        for gen, start, lo, rows, sl in self._parts:
+        for gen, start, lo, _rows, sl in self._parts:
             gen.bit_generator.state = start
             gen.bit_generator.advance(jump)
             if vectorised:
                 _torch_normal(gen, self._mt, out[sl], lo)
                 continue
             if lo:
-                _numpy_sample(gen, kind, np.empty((lo, *shape), dtype=out.dtype), high)  # discarded rows
+                _numpy_sample(
+                    gen, kind, np.empty((lo, *shape), dtype=out.dtype), high
+                )  # discarded rows
             _numpy_sample(gen, kind, out[sl], high)
 
     def _fill_torch(self, out: torch.Tensor, shape, kind, high) -> None:
         for gen, _, lo, rows, sl in self._parts:
-            whole = out[sl] if rows == self.block_size else \
-                torch.empty((self.block_size, *shape), device=self.device, dtype=out.dtype)
+            whole = (
+                out[sl]
+                if rows == self.block_size
+                else torch.empty((self.block_size, *shape), device=self.device, dtype=out.dtype)
+            )
             if kind == "normal":
                 whole.normal_(generator=gen)
             elif kind == "uniform":
@@ -157,7 +177,7 @@ class RandomSource:
             else:
                 whole.random_(0, high, generator=gen)
             if rows != self.block_size:
-                out[sl] = whole[lo:lo + rows]
+                out[sl] = whole[lo : lo + rows]
 
 
 def _numpy_sample(gen: np.random.Generator, kind: str, out: np.ndarray, high) -> None:
@@ -173,7 +193,9 @@ def _numpy_sample(gen: np.random.Generator, kind: str, out: np.ndarray, high) ->
 
 
 _MT_TEMPLATE: np.ndarray | None = None
-_MT_WORDS = slice(24, 24 + 624 * 8)  # the 624 state words (uint64 each) of torch's CPU generator state
+_MT_WORDS = slice(
+    24, 24 + 624 * 8
+)  # the 624 state words (uint64 each) of torch's CPU generator state
 
 
 def _torch_normal(gen: np.random.Generator, mt: torch.Generator, out: np.ndarray, lo: int) -> None:
@@ -186,9 +208,13 @@ def _torch_normal(gen: np.random.Generator, mt: torch.Generator, out: np.ndarray
     if _MT_TEMPLATE is None:
         _MT_TEMPLATE = torch.Generator().get_state().numpy().copy()
         if _MT_TEMPLATE.size != 5056:
-            raise RuntimeError(f"torch's CPU generator state has {_MT_TEMPLATE.size} bytes, not 5056")
+            raise RuntimeError(
+                f"torch's CPU generator state has {_MT_TEMPLATE.size} bytes, not 5056"
+            )
     state = _MT_TEMPLATE.copy()
-    state[_MT_WORDS] = gen.bit_generator.random_raw(312).view(np.uint32).astype(np.uint64).view(np.uint8)
+    state[_MT_WORDS] = (
+        gen.bit_generator.random_raw(312).view(np.uint32).astype(np.uint64).view(np.uint8)
+    )
     mt.set_state(torch.from_numpy(state))
     per_row = out[0].size if out.ndim > 1 else 1
     size = (lo + out.shape[0]) * per_row
@@ -198,4 +224,4 @@ def _torch_normal(gen: np.random.Generator, mt: torch.Generator, out: np.ndarray
         target.normal_(generator=mt)
     else:
         values = torch.empty(padded, dtype=torch.float32).normal_(generator=mt)
-        target.view(-1).copy_(values[lo * per_row:size])
+        target.view(-1).copy_(values[lo * per_row : size])

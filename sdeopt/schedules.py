@@ -55,7 +55,9 @@ class Schedule(ABC):
         """eta_k for an int k >= 0 (a float) or an integer tensor (a float64 tensor, same shape)."""
         if isinstance(k, torch.Tensor):
             if k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool:
-                raise ValueError(f"Invalid k: tensor of dtype {k.dtype} (must be an integer tensor)")
+                raise ValueError(
+                    f"Invalid k: tensor of dtype {k.dtype} (must be an integer tensor)"
+                )
             if k.numel() and bool((k < 0).any()):
                 raise ValueError(f"Invalid k: tensor with minimum {int(k.min())} (must be >= 0)")
             return self._factor(k.to(torch.int64))
@@ -139,7 +141,9 @@ class Cosine(Schedule):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_steps", check_int("n_steps", self.n_steps, minimum=1))
-        object.__setattr__(self, "min_factor", check_in_range("min_factor", self.min_factor, 0.0, 1.0))
+        object.__setattr__(
+            self, "min_factor", check_in_range("min_factor", self.min_factor, 0.0, 1.0)
+        )
 
     def _factor(self, k: torch.Tensor) -> torch.Tensor:
         phase = (math.pi / self.n_steps) * k.clamp(max=self.n_steps).to(torch.float64)
@@ -162,7 +166,9 @@ class StepDecay(Schedule):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "every", check_int("every", self.every, minimum=1))
-        object.__setattr__(self, "factor", check_in_range("factor", self.factor, 0.0, 1.0, closed="right"))
+        object.__setattr__(
+            self, "factor", check_in_range("factor", self.factor, 0.0, 1.0, closed="right")
+        )
 
     def _factor(self, k: torch.Tensor) -> torch.Tensor:
         exponent = torch.div(k, self.every, rounding_mode="floor").to(torch.float64)
@@ -185,23 +191,36 @@ def from_config(config: Mapping) -> Schedule:
             message names the key and the value).
     """
     if not isinstance(config, Mapping):
-        raise ValueError(f"Invalid schedule config: {config!r} (must be a mapping with a 'type' key)")
+        raise ValueError(
+            f"Invalid schedule config: {config!r} (must be a mapping with a 'type' key)"
+        )
     if "type" not in config:
-        raise ValueError(f"Invalid schedule config: {dict(config)!r} (missing key 'type'; "
-                         f"one of {sorted(REGISTRY)})")
+        raise ValueError(
+            f"Invalid schedule config: {dict(config)!r} (missing key 'type'; "
+            f"one of {sorted(REGISTRY)})"
+        )
     name = config["type"]
     if not isinstance(name, str) or name not in REGISTRY:
-        raise ValueError(f"Invalid type: {name!r} (unknown schedule; use one of {sorted(REGISTRY)})")
+        raise ValueError(
+            f"Invalid type: {name!r} (unknown schedule; use one of {sorted(REGISTRY)})"
+        )
     cls = REGISTRY[name]
     params = {key: value for key, value in config.items() if key != "type"}
     allowed = {f.name for f in dataclasses.fields(cls)}
     for key in params:
         if key not in allowed:
-            raise ValueError(f"Invalid {key}: {params[key]!r} (not a parameter of schedule "
-                             f"{name!r}; expected {sorted(allowed)})")
+            raise ValueError(
+                f"Invalid {key}: {params[key]!r} (not a parameter of schedule "
+                f"{name!r}; expected {sorted(allowed)})"
+            )
     try:
         return cls(**params)
     except TypeError as exc:  # a required hyperparameter is missing
-        missing = sorted(f.name for f in dataclasses.fields(cls)
-                         if f.name not in params and f.default is dataclasses.MISSING)
-        raise ValueError(f"Invalid schedule config for {name!r}: missing {missing} ({exc})") from None
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in params and f.default is dataclasses.MISSING
+        )
+        raise ValueError(
+            f"Invalid schedule config for {name!r}: missing {missing} ({exc})"
+        ) from None

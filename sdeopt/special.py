@@ -20,8 +20,17 @@ from sdeopt import _fuse
 # saturates as nu grows (about 50 pairs reach 1e-15 for every nu >= 1e3), so every nu > 0 is
 # served at a bounded cost.
 _T_CDF_PAIRS = {
-    torch.float64: ((2.0, 14), (5.0, 16), (12.0, 20), (30.0, 25), (100.0, 34), (200.0, 40),
-                    (500.0, 46), (1000.0, 49), (math.inf, 54)),
+    torch.float64: (
+        (2.0, 14),
+        (5.0, 16),
+        (12.0, 20),
+        (30.0, 25),
+        (100.0, 34),
+        (200.0, 40),
+        (500.0, 46),
+        (1000.0, 49),
+        (math.inf, 54),
+    ),
     torch.float32: ((1.0, 7), (5.0, 8), (12.0, 10), (30.0, 12), (100.0, 14), (math.inf, 16)),
 }
 
@@ -33,8 +42,11 @@ def log_beta_half(a: float) -> float:
     # lgamma(a) - lgamma(a + 1/2) from the difference of the two Stirling series, with the
     # (a + 1/2) log(a + 1/2) term expanded by log1p; the next Stirling term is < 1e-15 here.
     h = a + 0.5
-    series = ((1 / (12 * a) - 1 / (12 * h)) - (1 / (360 * a**3) - 1 / (360 * h**3))
-              + (1 / (1260 * a**5) - 1 / (1260 * h**5)))
+    series = (
+        (1 / (12 * a) - 1 / (12 * h))
+        - (1 / (360 * a**3) - 1 / (360 * h**3))
+        + (1 / (1260 * a**5) - 1 / (1260 * h**5))
+    )
     return math.lgamma(0.5) - 0.5 * math.log(a) - a * math.log1p(0.5 / a) + 0.5 + series
 
 
@@ -133,7 +145,9 @@ def student_t_cdf(t: torch.Tensor, nu: float) -> torch.Tensor:
     x0 = x * s0  # even terms, I_x side
     x1 = omx * s1  # even and odd terms, I_{1-x} side
     y0 = omx * s0  # odd terms, I_x side, written with 1-x
-    pairs = _beta_cf_pairs.__wrapped__ if _fuse.compiling() else _beta_cf_pairs  # dynamo warns on lru_cache
+    pairs = (
+        _beta_cf_pairs.__wrapped__ if _fuse.compiling() else _beta_cf_pairs
+    )  # dynamo warns on lru_cache
     coef_a = pairs(a, b, n_pairs)
     coef_b = pairs(b, a, n_pairs)
     f = torch.ones_like(t)

@@ -5,12 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdeopt import configure_torch  # noqa: E402
+from sdeopt import configure_torch
 
 configure_torch(threads=1)
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -35,4 +43,5 @@ def device(request) -> str:
 def rng_for(n_runs: int, seed: int = 0, device="cpu", dtype=torch.float64, block_size=4096):
     """A RandomSource for tests."""
     from sdeopt.random import RandomSource
+
     return RandomSource(seed, n_runs, device=device, dtype=dtype, block_size=block_size)

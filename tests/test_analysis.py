@@ -12,31 +12,56 @@ import torch
 import xarray as xr
 
 import sdeopt as so
-from sdeopt.analysis import (W2, bures_w2, compare, divergence, hill_tail_index, order_fit, wasserstein2,
-                             weak_error)
+from sdeopt.analysis import (
+    W2,
+    bures_w2,
+    compare,
+    divergence,
+    hill_tail_index,
+    order_fit,
+    wasserstein2,
+    weak_error,
+)
 
 
 @pytest.fixture(scope="module")
 def ds():
     opt = so.discrete.DSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=1.0))
-    return compare(opt, so.problems.Quadratic(diag=[1.0, 4.0]), [1.0, 1.0], n_steps=40, n_runs=3000,
-                   models=["first_order", "curvature"], record_every=10, record_x=True, seed=3,
-                   dtype=torch.float64)
+    return compare(
+        opt,
+        so.problems.Quadratic(diag=[1.0, 4.0]),
+        [1.0, 1.0],
+        n_steps=40,
+        n_runs=3000,
+        models=["first_order", "curvature"],
+        record_every=10,
+        record_x=True,
+        seed=3,
+        dtype=torch.float64,
+    )
 
 
 def test_compare_schema_and_attrs(ds):
     assert list(ds["model"].values) == ["discrete", "first_order", "curvature"]
-    assert ds["loss"].dims == ("model", "step", "run") and ds["x"].dims == ("model", "step", "run", "coord")
+    assert ds["loss"].dims == ("model", "step", "run") and ds["x"].dims == (
+        "model",
+        "step",
+        "run",
+        "coord",
+    )
     assert list(ds["step"].values) == [0, 10, 20, 30, 40]
     np.testing.assert_allclose(ds["time"].values, ds["step"].values * 0.05)
     cfg = json.loads(ds.attrs["config"])
     assert cfg["models"] == ["first_order", "curvature"] and cfg["method"]["type"] == "DSGD"
     assert cfg["problem"]["type"] == "Quadratic" and cfg["seed"] == 3
-    assert ds.attrs["torch_version"] == torch.__version__ and ds.attrs["sdeopt_version"] == so.__version__
+    assert (
+        ds.attrs["torch_version"] == torch.__version__
+        and ds.attrs["sdeopt_version"] == so.__version__
+    )
     # Independent streams: the models are not copies of one another.
-    assert not np.array_equal(ds["x"].sel(model="discrete")[-1], ds["x"].sel(model="first_order")[-1])
-
-
+    assert not np.array_equal(
+        ds["x"].sel(model="discrete")[-1], ds["x"].sel(model="first_order")[-1]
+    )
 
 
 class _UserProblem(so.problems.Problem):
@@ -87,12 +112,17 @@ def _study(values, diverged=(), coupled=0):
     """A one-step Dataset with the ``compare`` schema: ``values`` maps model -> (run,) "loss" values,
     ``diverged`` lists (model, run) pairs."""
     models = list(values)
-    loss = np.stack([np.asarray(values[m], dtype=float) for m in models])[:, None, :]  # (model, step, run)
+    loss = np.stack([np.asarray(values[m], dtype=float) for m in models])[
+        :, None, :
+    ]  # (model, step, run)
     div = np.zeros((len(models), loss.shape[2]), dtype=bool)  # (model, run)
     for model, run in diverged:
         div[models.index(model), run] = True
-    return xr.Dataset({"loss": (("model", "step", "run"), loss), "diverged": (("model", "run"), div)},
-                      coords={"model": models, "step": [0]}, attrs={"coupled": coupled})
+    return xr.Dataset(
+        {"loss": (("model", "step", "run"), loss), "diverged": (("model", "run"), div)},
+        coords={"model": models, "step": [0]},
+        attrs={"coupled": coupled},
+    )
 
 
 def test_weak_error_is_the_difference_of_means_with_its_se(ds):
@@ -100,8 +130,13 @@ def test_weak_error_is_the_difference_of_means_with_its_se(ds):
     # (mean 5, sample variance 20/3).
     tiny = {"discrete": [1.0, 2.0, 3.0, 5.0], "sde": [2.0, 4.0, 6.0, 8.0]}
     err = weak_error(_study(tiny)).sel(model="sde").isel(step=0)
-    assert float(err["signed"]) == pytest.approx(9 / 4) and float(err["error"]) == pytest.approx(9 / 4)
-    assert float(err["se"]) == pytest.approx(math.sqrt((20 / 3 + 35 / 12) / 4)) and int(err["n_used"]) == 4
+    assert float(err["signed"]) == pytest.approx(9 / 4) and float(err["error"]) == pytest.approx(
+        9 / 4
+    )
+    assert (
+        float(err["se"]) == pytest.approx(math.sqrt((20 / 3 + 35 / 12) / 4))
+        and int(err["n_used"]) == 4
+    )
     # Paired: differences 1, 2, 3, 3 (mean 9/4, sample variance 11/12).
     paired = weak_error(_study(tiny, coupled=1)).sel(model="sde").isel(step=0)
     assert float(paired["signed"]) == pytest.approx(9 / 4)
@@ -116,7 +151,9 @@ def test_weak_error_is_the_difference_of_means_with_its_se(ds):
     # sample variances (relative sd <= 1/sqrt(2 (n - 1))), and the error must be 0.3 within 4 se.
     n = 4000
     rng = np.random.default_rng(7)
-    known = weak_error(_study({"discrete": rng.normal(0.0, 1.0, n), "sde": rng.normal(0.3, 2.0, n)}))
+    known = weak_error(
+        _study({"discrete": rng.normal(0.0, 1.0, n), "sde": rng.normal(0.3, 2.0, n)})
+    )
     known = known.sel(model="sde").isel(step=0)
     se_true = math.sqrt(5.0 / n)
     assert float(known["se"]) == pytest.approx(se_true, rel=4 / math.sqrt(2 * (n - 1)))
@@ -132,37 +169,67 @@ def test_weak_error_is_the_difference_of_means_with_its_se(ds):
 
 def test_coupled_weak_error_is_paired_and_far_more_precise():
     opt = so.discrete.DSGD(lr=0.05, n_workers=1, noise=so.noise.Gaussian(scale=1.0))
-    kw = dict(n_steps=40, n_runs=3000, models=["first_order"], record_every=40, substeps=4, seed=1,
-              dtype=torch.float64)
+    kw = dict(
+        n_steps=40,
+        n_runs=3000,
+        models=["first_order"],
+        record_every=40,
+        substeps=4,
+        seed=1,
+        dtype=torch.float64,
+    )
     prob = so.problems.Quadratic(diag=[2.0])
     paired = weak_error(compare(opt, prob, [1.0], coupled=True, **kw), "loss")
     indep = weak_error(compare(opt, prob, [1.0], **kw), "loss")
     assert paired.attrs["paired"] == 1 and indep.attrs["paired"] == 0
-    assert float(paired["se"].isel(step=-1, model=0)) < float(indep["se"].isel(step=-1, model=0)) / 5
+    assert (
+        float(paired["se"].isel(step=-1, model=0)) < float(indep["se"].isel(step=-1, model=0)) / 5
+    )
 
 
 def test_weak_error_leaves_out_diverged_runs_without_nan():
-    opt = so.discrete.DSGD(lr=0.1, n_workers=1, noise=so.noise.StudentT(nu=3.0, scale=3.0), shortcuts=False)
-    d = compare(opt, so.problems.Quadratic(diag=[1.0]), [0.0], n_steps=50, n_runs=400, models=["first_order"],
-                blowup_threshold=2.5, dtype=torch.float64)
+    opt = so.discrete.DSGD(
+        lr=0.1, n_workers=1, noise=so.noise.StudentT(nu=3.0, scale=3.0), shortcuts=False
+    )
+    d = compare(
+        opt,
+        so.problems.Quadratic(diag=[1.0]),
+        [0.0],
+        n_steps=50,
+        n_runs=400,
+        models=["first_order"],
+        blowup_threshold=2.5,
+        dtype=torch.float64,
+    )
     div = divergence(d)
     assert 0 < float(div["fraction"].sel(model="discrete")) < 1
     err = weak_error(d, "loss")
     assert np.isfinite(err["error"]).all() and np.isfinite(err["se"]).all()
     assert int(err["n_used"].isel(step=-1, model=0)) < 400
-    assert div["fraction_by_step"].sel(model="discrete").values[-1] == float(div["fraction"].sel(model="discrete"))
+    assert div["fraction_by_step"].sel(model="discrete").values[-1] == float(
+        div["fraction"].sel(model="discrete")
+    )
     assert np.all(np.diff(div["fraction_by_step"].sel(model="discrete").values) >= 0)
 
 
 def _blowup_study(blowup):
     """Two models, steps 0, 1, 2, three runs with losses run + step, and the given blow-up steps."""
-    loss = np.array([[[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]],
-                     [[0.5, 1.5, 2.5], [1.5, 2.5, 3.5], [2.5, 3.5, 4.5]]])  # (model, step, run)
+    loss = np.array(
+        [
+            [[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]],
+            [[0.5, 1.5, 2.5], [1.5, 2.5, 3.5], [2.5, 3.5, 4.5]],
+        ]
+    )  # (model, step, run)
     blowup = np.array(blowup)  # (model, run)
-    return xr.Dataset({"loss": (("model", "step", "run"), loss),
-                       "diverged": (("model", "run"), blowup >= 0),
-                       "blowup_step": (("model", "run"), blowup)},
-                      coords={"model": ["discrete", "sde"], "step": [0, 1, 2]}, attrs={"coupled": 0})
+    return xr.Dataset(
+        {
+            "loss": (("model", "step", "run"), loss),
+            "diverged": (("model", "run"), blowup >= 0),
+            "blowup_step": (("model", "run"), blowup),
+        },
+        coords={"model": ["discrete", "sde"], "step": [0, 1, 2]},
+        attrs={"coupled": 0},
+    )
 
 
 def test_weak_error_uses_the_runs_alive_at_each_step():
@@ -175,7 +242,9 @@ def test_weak_error_uses_the_runs_alive_at_each_step():
     gone = weak_error(_blowup_study([[1, 2, 2], [-1, -1, -1]]), "loss").sel(model="sde")
     np.testing.assert_array_equal(gone["n_used"].values, [3, 2, 0])
     assert np.isfinite(gone["signed"].values[:2]).all() and np.isnan(gone["error"].values[2])
-    paired = weak_error(_blowup_study([[-1, -1, 2], [1, -1, -1]]), "loss", paired=True).sel(model="sde")
+    paired = weak_error(_blowup_study([[-1, -1, 2], [1, -1, -1]]), "loss", paired=True).sel(
+        model="sde"
+    )
     np.testing.assert_array_equal(paired["n_used"].values, [3, 2, 1])  # alive in both models
     np.testing.assert_allclose(paired["signed"].values, [0.5, 0.5, 0.5])
 
@@ -217,7 +286,9 @@ def test_bures_matches_the_gaussian_estimator():
 def test_exact_and_sliced_w2_with_floors():
     rng = np.random.default_rng(3)
     a = rng.standard_normal((300, 3))
-    b = a + np.array([0.5, 0.0, 0.0])  # a translate: exact assignment pairs each point with its copy
+    b = a + np.array(
+        [0.5, 0.0, 0.0]
+    )  # a translate: exact assignment pairs each point with its copy
     w = wasserstein2(a, b)
     assert w.method == "exact" and w.value == pytest.approx(0.5, rel=1e-9)
     big_a = rng.standard_normal((20_000, 10))
@@ -263,7 +334,9 @@ def test_auto_w2_estimates_w2_on_both_sides_of_the_exact_size():
     s = wasserstein2(a, a + shift, method="sliced")
     assert s.distance == "sliced_w2" and s.method == "sliced"
     assert abs(s.value**2 - 1 / d) < 4 * math.sqrt((3 / (d * (d + 2)) - 1 / d**2) / 200)
-    assert not _consistent_with_w2(wasserstein2(a, rng.standard_normal((n, d)) + shift, method="sliced"), 1.0, shift)
+    assert not _consistent_with_w2(
+        wasserstein2(a, rng.standard_normal((n, d)) + shift, method="sliced"), 1.0, shift
+    )
 
 
 def test_w2_between_samples_of_unequal_sizes_is_w2():
@@ -274,6 +347,7 @@ def test_w2_between_samples_of_unequal_sizes_is_w2():
     # 1-D, against scipy: repeating a 3 times and b 2 times gives equal-size samples of the same
     # laws, whose W2 is an optimal assignment.
     from scipy.optimize import linear_sum_assignment
+
     rng = np.random.default_rng(12)
     a, b = rng.standard_normal(12), rng.exponential(1.0, 18)
     ra, rb = np.repeat(a, 3), np.repeat(b, 2)
@@ -285,7 +359,9 @@ def test_w2_between_samples_of_unequal_sizes_is_w2():
     a, b = rng.standard_normal((300, 3)), rng.standard_normal((450, 3)) + shift
     for method in ("auto", "exact"):
         w = wasserstein2(a, b, method=method)
-        assert w.method == "exact" and w.distance == "w2" and w.n_used == (300, 300) and w.subsampled
+        assert (
+            w.method == "exact" and w.distance == "w2" and w.n_used == (300, 300) and w.subsampled
+        )
         assert _consistent_with_w2(w, 1.0, shift), w
     # Same seed, same subsample; the result keeps its old fields, and names the sliced distance.
     assert wasserstein2(a, b, seed=3) == wasserstein2(a, b, seed=3)
@@ -299,19 +375,39 @@ def test_hill_estimator_recovers_a_pareto_index():
     assert abs(t.alpha - 1.5) < 4 * t.se
 
 
-@pytest.mark.parametrize("call,name", [
-    (lambda d: weak_error(d, "energy"), "observable"),
-    (lambda d: weak_error(d, "loss", reference="exact"), "reference"),
-    (lambda d: wasserstein2(np.zeros(10), np.zeros(10), method="emd"), "method"),
-    (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 3))), "b"),
-    (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 2)), method="sorted"), "sorted"),
-    (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 2)), exact_max=1), "exact_max"),
-    (lambda d: hill_tail_index(np.ones(5)), "samples"),
-    (lambda d: compare(so.discrete.DSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.Quadratic(diag=[1.0]),
-                       [0.0], 2, 2, models=["curvature", "curvature"]), "models"),
-    (lambda d: compare(so.discrete.DSGD(lr=0.1, noise=so.noise.StudentT(nu=1.5)), so.problems.Quadratic(diag=[1.0]),
-                       [0.0], 2, 2), "infinite variance"),
-])
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda d: weak_error(d, "energy"), "observable"),
+        (lambda d: weak_error(d, "loss", reference="exact"), "reference"),
+        (lambda d: wasserstein2(np.zeros(10), np.zeros(10), method="emd"), "method"),
+        (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 3))), "b"),
+        (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 2)), method="sorted"), "sorted"),
+        (lambda d: wasserstein2(np.zeros((10, 2)), np.zeros((10, 2)), exact_max=1), "exact_max"),
+        (lambda d: hill_tail_index(np.ones(5)), "samples"),
+        (
+            lambda d: compare(
+                so.discrete.DSGD(lr=0.1, noise=so.noise.Gaussian()),
+                so.problems.Quadratic(diag=[1.0]),
+                [0.0],
+                2,
+                2,
+                models=["curvature", "curvature"],
+            ),
+            "models",
+        ),
+        (
+            lambda d: compare(
+                so.discrete.DSGD(lr=0.1, noise=so.noise.StudentT(nu=1.5)),
+                so.problems.Quadratic(diag=[1.0]),
+                [0.0],
+                2,
+                2,
+            ),
+            "infinite variance",
+        ),
+    ],
+)
 def test_bad_input(ds, call, name):
     with pytest.raises(ValueError, match=name):
         call(ds)
@@ -321,8 +417,15 @@ def test_richardson_weak_error_is_exact_per_run_and_its_se_is_not_inflated():
     from sdeopt.experiments.runner import richardson_weak_error
 
     opt = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(scale=1.0))
-    kw = dict(n_steps=10, n_runs=4000, models=["first_order"], record_every=10, seed=5,
-              record=("loss", "grad_norm"), dtype=torch.float64)
+    kw = dict(
+        n_steps=10,
+        n_runs=4000,
+        models=["first_order"],
+        record_every=10,
+        seed=5,
+        record=("loss", "grad_norm"),
+        dtype=torch.float64,
+    )
     prob = so.problems.Quadratic(diag=[1.0, 3.0])
     coarse = compare(opt, prob, [1.0, -1.0], substeps=1, **kw)
     fine = compare(opt, prob, [1.0, -1.0], substeps=2, **kw)
@@ -332,13 +435,25 @@ def test_richardson_weak_error_is_exact_per_run_and_its_se_is_not_inflated():
     # SDE 1, 2, 3, 4 at h/2 and 1, 1, 1, 1 at h, so 2 g(X^{h/2}) - g(X^h) = 1, 3, 5, 7 (mean 4,
     # sample variance 20/3).
     disc, sde_fine, sde_coarse = [1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 1.0]
-    tiny = richardson_weak_error(_study({"discrete": disc, "sde": sde_coarse}),
-                                 _study({"discrete": disc, "sde": sde_fine})).sel(model="sde").isel(step=0)
+    tiny = (
+        richardson_weak_error(
+            _study({"discrete": disc, "sde": sde_coarse}),
+            _study({"discrete": disc, "sde": sde_fine}),
+        )
+        .sel(model="sde")
+        .isel(step=0)
+    )
     assert float(tiny["signed"]) == pytest.approx(4 - 11 / 4)
     assert float(tiny["se"]) == pytest.approx(math.sqrt((20 / 3 + 35 / 12) / 4))
     # The SDE's first run diverged at h only: it is left out (3, 5, 7: mean 5, sample variance 4).
-    tiny = richardson_weak_error(_study({"discrete": disc, "sde": sde_coarse}, diverged=[("sde", 0)]),
-                                 _study({"discrete": disc, "sde": sde_fine})).sel(model="sde").isel(step=0)
+    tiny = (
+        richardson_weak_error(
+            _study({"discrete": disc, "sde": sde_coarse}, diverged=[("sde", 0)]),
+            _study({"discrete": disc, "sde": sde_fine}),
+        )
+        .sel(model="sde")
+        .isel(step=0)
+    )
     assert float(tiny["signed"]) == pytest.approx(5 - 11 / 4) and int(tiny["n_used"]) == 3
     assert float(tiny["se"]) == pytest.approx(math.sqrt(4 / 3 + 35 / 12 / 4))
 
@@ -350,14 +465,24 @@ def test_richardson_weak_error_is_exact_per_run_and_its_se_is_not_inflated():
     n = 4000
     rng = np.random.default_rng(8)
     z, w, disc = rng.standard_normal(n), rng.standard_normal(n), 0.5 + rng.standard_normal(n)
-    known = richardson_weak_error(_study({"discrete": disc, "sde": 1.1 + z + 0.3 * w}),
-                                  _study({"discrete": disc, "sde": 1.0 + z})).sel(model="sde").isel(step=0)
+    known = (
+        richardson_weak_error(
+            _study({"discrete": disc, "sde": 1.1 + z + 0.3 * w}),
+            _study({"discrete": disc, "sde": 1.0 + z}),
+        )
+        .sel(model="sde")
+        .isel(step=0)
+    )
     se_true = math.sqrt(2.09 / n)
     assert float(known["se"]) == pytest.approx(se_true, rel=4 / math.sqrt(2 * (n - 1)))
     assert abs(float(known["signed"]) - 0.4) < 4 * se_true
     # The old formula sqrt(4 se_fine² + se_coarse²) counted the discrete variance five times.
-    old = math.sqrt(4 * float(weak_error(fine, "grad_norm")["se"].isel(step=-1)[0]) ** 2
-                    + float(weak_error(coarse, "grad_norm")["se"].isel(step=-1)[0]) ** 2)
+    old = math.sqrt(
+        4 * float(weak_error(fine, "grad_norm")["se"].isel(step=-1)[0]) ** 2
+        + float(weak_error(coarse, "grad_norm")["se"].isel(step=-1)[0]) ** 2
+    )
     assert float(err["se"]) < 0.8 * old
     with pytest.raises(ValueError, match="coarse"):
-        richardson_weak_error(compare(opt, prob, [1.0, -1.0], substeps=1, **{**kw, "seed": 6}), fine, "loss")
+        richardson_weak_error(
+            compare(opt, prob, [1.0, -1.0], substeps=1, **{**kw, "seed": 6}), fine, "loss"
+        )

@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -37,8 +42,15 @@ def test_every_benchmark_writes_json_and_the_summary_prints(suite):
 def test_discrete_rows_cover_every_method_with_both_ratios(suite):
     rows = json.loads((suite[0] / "discrete.json").read_text())["rows"]
     cases = " | ".join(r["case"] for r in rows)
-    for method in ("DSGD", "DCSGD + RandK", "DSignSGD + Gaussian", "DSignSGD + StudentT", "ItoChain",
-                   "MarkovSGD two-state", "MLMC"):
+    for method in (
+        "DSGD",
+        "DCSGD + RandK",
+        "DSignSGD + Gaussian",
+        "DSignSGD + StudentT",
+        "ItoChain",
+        "MarkovSGD two-state",
+        "MLMC",
+    ):
         assert method in cases
     assert all(positive(r["speedup_vs_naive"]) and positive(r["ratio_to_bare_rng"]) for r in rows)
 
@@ -72,6 +84,10 @@ def test_w2_rows_carry_targets_and_errors(suite):
 
 def test_rng_rows_compare_both_precisions_and_every_draw(suite):
     rows = json.loads((suite[0] / "rng.json").read_text())["rows"]
-    assert {(r["dtype"], r["kind"]) for r in rows} == {(t, k) for t in ("float32", "float64")
-                                                      for k in ("normal", "uniform", "exponential")}
-    assert all(positive(r["ratio"]) and math.isclose(r["ratio"], r["sdeopt_ms"] / r["torch_ms"]) for r in rows)
+    assert {(r["dtype"], r["kind"]) for r in rows} == {
+        (t, k) for t in ("float32", "float64") for k in ("normal", "uniform", "exponential")
+    }
+    assert all(
+        positive(r["ratio"]) and math.isclose(r["ratio"], r["sdeopt_ms"] / r["torch_ms"])
+        for r in rows
+    )

@@ -20,6 +20,7 @@ TWO_STATE_AS_MATRIX = [[0.8, 0.2], [0.2, 0.8]]
 
 # --- Markov noise processes ------------------------------------------------------------------
 
+
 def _chain_path(chain, n_runs=50_000, n_steps=64, seed=0):
     rng = RandomSource(seed, n_runs)
     z = chain.init(rng, 1)
@@ -51,17 +52,26 @@ def _autocovariances(kernel, rho, n_lags=200):
     return np.array([pi @ (hc * (np.linalg.matrix_power(p, j) @ hc)) for j in range(n_lags + 1)])
 
 
-@pytest.mark.parametrize("chain,rho,kernel", [
-    (so.noise.TwoStateMarkov(p=0.2), 0.6, ([[0.8, 0.2], [0.2, 0.8]], [-1.0, 1.0])),
-    (so.noise.GaussianAR1(rho=-0.5), -0.5, None),
-    (so.noise.FiniteMarkov(TWO_STATE_AS_MATRIX, values=[-1.0, 1.0]), 0.6, (TWO_STATE_AS_MATRIX, [-1.0, 1.0])),
-])
+@pytest.mark.parametrize(
+    "chain,rho,kernel",
+    [
+        (so.noise.TwoStateMarkov(p=0.2), 0.6, ([[0.8, 0.2], [0.2, 0.8]], [-1.0, 1.0])),
+        (so.noise.GaussianAR1(rho=-0.5), -0.5, None),
+        (
+            so.noise.FiniteMarkov(TWO_STATE_AS_MATRIX, values=[-1.0, 1.0]),
+            0.6,
+            (TWO_STATE_AS_MATRIX, [-1.0, 1.0]),
+        ),
+    ],
+)
 def test_markov_chains_have_their_stationary_law_and_autocorrelation(chain, rho, kernel):
     h = _chain_path(chain)
     n = h.shape[1]
     z = 5.0
     assert abs(h.mean().item()) < z * math.sqrt(chain.stationary_variance / n / 8)
-    assert abs(h[10].var().item() - chain.stationary_variance) < z * chain.stationary_variance * math.sqrt(2 / n)
+    assert abs(
+        h[10].var().item() - chain.stationary_variance
+    ) < z * chain.stationary_variance * math.sqrt(2 / n)
     for lag in (1, 2, 3):
         prod = h[20] * h[20 + lag]
         assert abs(prod.mean().item() - rho**lag) < z * prod.std().item() / math.sqrt(n)
@@ -87,23 +97,34 @@ def test_mixing_times():
 
 
 def test_finite_chain_asymptotic_variance_by_simulation():
-    chain = so.noise.FiniteMarkov([[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.3, 0.0, 0.7]], values=[0.0, 2.0, -1.0])
+    chain = so.noise.FiniteMarkov(
+        [[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.3, 0.0, 0.7]], values=[0.0, 2.0, -1.0]
+    )
     h = _chain_path(chain, n_runs=20_000, n_steps=400)
     sums = h.sum(0) / math.sqrt(h.shape[0])
     # Finite-T bias is O(τ/T); the Monte Carlo error about 1%.
     assert sums.var().item() == pytest.approx(chain.asymptotic_variance, rel=0.06)
 
 
-@pytest.mark.parametrize("law,skew", [(so.noise.StandardNormal(), 0.0), (so.noise.Rademacher(), 0.0),
-                                      (so.noise.CenteredExponential(), 2.0), (so.noise.ScaledUniform(), 0.0),
-                                      (so.noise.StandardizedStudentT(nu=5.0), 0.0)])
+@pytest.mark.parametrize(
+    "law,skew",
+    [
+        (so.noise.StandardNormal(), 0.0),
+        (so.noise.Rademacher(), 0.0),
+        (so.noise.CenteredExponential(), 2.0),
+        (so.noise.ScaledUniform(), 0.0),
+        (so.noise.StandardizedStudentT(nu=5.0), 0.0),
+    ],
+)
 def test_unit_laws_are_centred_with_identity_covariance(law, skew):
     n = 400_000
     e = law.sample(RandomSource(1, n), 2)
     z = 5.0
     assert torch.all(e.mean(0).abs() < z * e.std(0) / math.sqrt(n))
     c = torch.cov(e.T)
-    assert torch.allclose(c, torch.eye(2), atol=z * math.sqrt(2 / n) * 3)  # t_5 has a heavy 4th moment
+    assert torch.allclose(
+        c, torch.eye(2), atol=z * math.sqrt(2 / n) * 3
+    )  # t_5 has a heavy 4th moment
     assert law.skewness == skew
     if skew:
         assert (e**3).mean().item() == pytest.approx(skew, rel=0.05)
@@ -111,19 +132,25 @@ def test_unit_laws_are_centred_with_identity_covariance(law, skew):
 
 # --- MLMC identities (Beznosikov et al. 2023) ----------------------------------------------------
 
+
 @pytest.mark.parametrize("batch,max_batch", [(1, 8), (2, 12), (3, 1)])
 def test_mlmc_mean_and_cost_identities(batch, max_batch):
     """From chains all started at +1 (E h(Z_t) = rho^t), E ĝ = E g^m and E calls = B(m + 2^-m)."""
     p, n = 0.15, 400_000
     rho = 1 - 2 * p
-    opt = MarkovSGD(lr=1.0, noise=so.noise.TwoStateMarkov(p=p), estimator="mlmc", batch=batch,
-                    max_batch=max_batch)
+    opt = MarkovSGD(
+        lr=1.0,
+        noise=so.noise.TwoStateMarkov(p=p),
+        estimator="mlmc",
+        batch=batch,
+        max_batch=max_batch,
+    )
     prob = so.problems.Quadratic(diag=[1.0])
     x = torch.zeros(n, 1)
     state = MarkovState(x=x, z=torch.ones(n, 1), oracle_calls=torch.zeros(n))
     new = opt.step(prob, state, 0, 1.0, RandomSource(7, n))
     g_hat = (x - new.x)[:, 0]  # ĝ - ∇f(0) = ĝ
-    m = int(math.floor(math.log2(max_batch)))
+    m = math.floor(math.log2(max_batch))
     length = batch * 2**m
     expected = sum(rho**t for t in range(length)) / length  # E g^m
     assert abs(g_hat.mean().item() - expected) < 5 * g_hat.std().item() / math.sqrt(n)
@@ -139,7 +166,9 @@ def test_mlmc_mean_and_cost_identities(batch, max_batch):
         law[c] = law.get(c, 0.0) + 2.0**-j
     mean_calls = sum(c * p for c, p in law.items())
     assert opt.expected_calls() == pytest.approx(mean_calls, rel=1e-12)
-    z_calls = stats.norm.isf(1e-6 / (2 * (len(law) + 1)))  # Bonferroni: every frequency and the mean
+    z_calls = stats.norm.isf(
+        1e-6 / (2 * (len(law) + 1))
+    )  # Bonferroni: every frequency and the mean
     assert abs(calls.mean().item() - mean_calls) <= z_calls * calls.std().item() / math.sqrt(n)
     for c, p in law.items():
         freq = (calls == c).double().mean().item()
@@ -150,7 +179,9 @@ def test_mlmc_mean_and_cost_identities(batch, max_batch):
 def test_mlmc_chain_is_never_restarted():
     opt = MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.0), estimator="mlmc", max_batch=4)
     # p = 0: the chain never moves, so ĝ = h(z_0) exactly and z keeps its value.
-    state = MarkovState(x=torch.zeros(3, 2), z=torch.tensor([[1.0, -1.0]] * 3), oracle_calls=torch.zeros(3))
+    state = MarkovState(
+        x=torch.zeros(3, 2), z=torch.tensor([[1.0, -1.0]] * 3), oracle_calls=torch.zeros(3)
+    )
     new = opt.step(so.problems.Quadratic(diag=[1.0, 1.0]), state, 0, 0.1, RandomSource(0, 3))
     assert torch.equal(new.z, state.z)
     torch.testing.assert_close(new.x, -0.1 * state.z)
@@ -158,13 +189,18 @@ def test_mlmc_chain_is_never_restarted():
 
 # --- Markov SGD stationary variance (docs/models.md) ----------------------------------------------------
 
-@pytest.mark.parametrize("chain", [so.noise.TwoStateMarkov(p=0.2, scale=1.0), so.noise.GaussianAR1(rho=0.6)])
+
+@pytest.mark.parametrize(
+    "chain", [so.noise.TwoStateMarkov(p=0.2, scale=1.0), so.noise.GaussianAR1(rho=0.6)]
+)
 def test_markov_sgd_stationary_variance_and_the_iid_sde_failure(chain):
     a, lr, n_runs, n_steps = 1.0, 0.02, 20_000, 600
     rho = 0.6
     prob = so.problems.Quadratic(diag=[a])
     opt = MarkovSGD(lr=lr, noise=chain)
-    traj = simulate(opt, prob, [0.0], n_steps=n_steps, n_runs=n_runs, record_every=n_steps, record_x=True)
+    traj = simulate(
+        opt, prob, [0.0], n_steps=n_steps, n_runs=n_runs, record_every=n_steps, record_x=True
+    )
     var = traj.x[-1, :, 0].var().item()
     c = 1 - lr * a
     exact = lr**2 * (1 + c * rho) / ((1 - c**2) * (1 - c * rho))
@@ -172,14 +208,19 @@ def test_markov_sgd_stationary_variance_and_the_iid_sde_failure(chain):
     assert abs(var - exact) < 5 * se, (var, exact)
     # The SDE with Σ_eff: close (model error O(lr τ a)); the i.i.d. SDE: off by (1+rho)/(1-rho).
     sde = sde_of(opt, prob, "first_order")
-    path = solve(sde, [0.0], n_steps=n_steps, n_runs=n_runs, substeps=4, record_every=n_steps, record_x=True)
+    path = solve(
+        sde, [0.0], n_steps=n_steps, n_runs=n_runs, substeps=4, record_every=n_steps, record_x=True
+    )
     assert path.x[-1, :, 0].var().item() == pytest.approx(exact, rel=0.08)
     iid = sde_of(so.discrete.DSGD(lr=lr, noise=so.noise.Gaussian(scale=1.0)), prob, "curvature")
-    iid_path = solve(iid, [0.0], n_steps=n_steps, n_runs=n_runs, substeps=4, record_every=n_steps, record_x=True)
+    iid_path = solve(
+        iid, [0.0], n_steps=n_steps, n_runs=n_runs, substeps=4, record_every=n_steps, record_x=True
+    )
     assert iid_path.x[-1, :, 0].var().item() < exact / 3
 
 
 # --- Itô chains against their SDE (Ustimenko & Beznosikov 2024) -----------------------------------
+
 
 def _ou_w2(eps, lrs, n_runs=400_000, a=1.0, x0=2.0, t_end=1.0, quantile=False):
     """W2 at time T between the chain's law (samples) and the exact OU law of the SDE."""
@@ -189,8 +230,16 @@ def _ou_w2(eps, lrs, n_runs=400_000, a=1.0, x0=2.0, t_end=1.0, quantile=False):
     for lr in lrs:
         chain = ItoChain(lr=lr, gamma=0.0, diffusion=1.0, eps=eps)
         k = round(t_end / lr)
-        x = simulate(chain, so.problems.Quadratic(diag=[a]), [x0], n_steps=k, n_runs=n_runs,
-                     record_every=k, record_x=True, record=()).x[-1, :, 0]
+        x = simulate(
+            chain,
+            so.problems.Quadratic(diag=[a]),
+            [x0],
+            n_steps=k,
+            n_runs=n_runs,
+            record_every=k,
+            record_x=True,
+            record=(),
+        ).x[-1, :, 0]
         if quantile:  # exact 1-D W2 between the empirical law and the Gaussian, by sorting
             q = stats.norm.ppf((np.arange(n_runs) + 0.5) / n_runs, m_sde, s_sde)
             out.append(math.sqrt(np.mean((np.sort(x.numpy()) - q) ** 2)))
@@ -220,12 +269,17 @@ def test_ito_chain_w2_to_its_sde_has_slope_one_and_skewness_slows_it():
 def test_ito_chain_sde_is_its_euler_scheme(schedule):
     """With Gaussian ε and one substep, the chain is the Euler scheme of its SDE: same path,
     with or without a step-size schedule (the SDE follows eta_t in drift and diffusion)."""
-    chain = ItoChain(lr=0.1, gamma=1.0, diffusion=lambda x: 0.5 + 0.1 * x.abs(), drift=lambda x: -x**3,
-                     schedule=schedule)
+    chain = ItoChain(
+        lr=0.1,
+        gamma=1.0,
+        diffusion=lambda x: 0.5 + 0.1 * x.abs(),
+        drift=lambda x: -(x**3),
+        schedule=schedule,
+    )
     prob = so.problems.Quadratic(diag=[1.0, 1.0])
     sde = sde_of(chain, prob)
     x = torch.tensor([[0.5, -1.0]])
-    torch.testing.assert_close(sde.drift_at(x, 1.0), -x**3)
+    torch.testing.assert_close(sde.drift_at(x, 1.0), -(x**3))
     torch.testing.assert_close(sde.diffusion_at(x, 1.0).g, (0.5 + 0.1 * x.abs()) * 0.1**0.5)
     kw = dict(n_steps=20, n_runs=30, record_x=True, seed=3)
     a = simulate(chain, prob, [0.5, -1.0], **kw)
@@ -244,8 +298,15 @@ def test_coupling_an_ito_chain_is_refused():
 def test_sgld_stationary_law_has_its_o_lr_bias():
     a, lr, n = 2.0, 0.1, 100_000
     chain = ItoChain.sgld(lr=lr)
-    traj = simulate(chain, so.problems.Quadratic(diag=[a]), [0.0], n_steps=200, n_runs=n,
-                    record_every=200, record_x=True)
+    traj = simulate(
+        chain,
+        so.problems.Quadratic(diag=[a]),
+        [0.0],
+        n_steps=200,
+        n_runs=n,
+        record_every=200,
+        record_x=True,
+    )
     var = traj.x[-1, :, 0].var().item()
     exact_chain = (1 / a) / (1 - a * lr / 2)  # 2 lr / (1 - (1 - a lr)²)
     assert abs(var - exact_chain) < 5 * exact_chain * math.sqrt(2 / n)
@@ -255,12 +316,14 @@ def test_sgld_stationary_law_has_its_o_lr_bias():
 
 # --- configs of user callables ------------------------------------------------------------------
 
+
 def _cubic_drift(x):
-    return -x**3
+    return -(x**3)
 
 
 def _assert_round_trip(ds, path):
     import xarray as xr
+
     ds.to_netcdf(path)
     back = xr.load_dataset(path)
     xr.testing.assert_identical(ds, back)
@@ -271,22 +334,35 @@ def test_ito_chain_callables_are_recorded_by_name_in_every_dataset(tmp_path):
     name and marked not reproducible, in simulate's, solve's and compare's datasets, which all
     survive netCDF."""
     import json
-    chain = ItoChain(lr=0.1, gamma=1.0, drift=_cubic_drift, diffusion=lambda x: 0.5 + 0.1 * x.abs(),
-                     diffusion_error=(0.1, 0.5))
+
+    chain = ItoChain(
+        lr=0.1,
+        gamma=1.0,
+        drift=_cubic_drift,
+        diffusion=lambda x: 0.5 + 0.1 * x.abs(),
+        diffusion_error=(0.1, 0.5),
+    )
     prob = so.problems.Quadratic(diag=[1.0, 2.0])
     kw = dict(n_steps=4, n_runs=8, record_x=True)
-    datasets = {"simulate": simulate(chain, prob, [0.5, -1.0], **kw).to_dataset(),
-                "solve": solve(sde_of(chain, prob), [0.5, -1.0], **kw).to_dataset(),
-                "compare": so.analysis.compare(chain, prob, [0.5, -1.0], **kw)}
+    datasets = {
+        "simulate": simulate(chain, prob, [0.5, -1.0], **kw).to_dataset(),
+        "solve": solve(sde_of(chain, prob), [0.5, -1.0], **kw).to_dataset(),
+        "compare": so.analysis.compare(chain, prob, [0.5, -1.0], **kw),
+    }
     lambda_name = f"{__name__}.test_ito_chain_callables_are_recorded_by_name_in_every_dataset.<locals>.<lambda>"
     for name, ds in datasets.items():
         cfg = json.loads(ds.attrs["config"])
-        cfg = cfg["sde"]["method"] if name == "solve" else cfg["method"]  # solve's "method" is its scheme
+        cfg = (
+            cfg["sde"]["method"] if name == "solve" else cfg["method"]
+        )  # solve's "method" is its scheme
         assert cfg["drift"] == {"callable": f"{__name__}._cubic_drift", "reproducible": False}, name
         assert cfg["diffusion"] == {"callable": lambda_name, "reproducible": False}, name
         assert cfg["reproducible"] is False and cfg["diffusion_error"] == [0.1, 0.5], name
         _assert_round_trip(ds, tmp_path / f"{name}.nc")
-    assert datasets["simulate"].attrs["reproducible"] == 0 and datasets["solve"].attrs["reproducible"] == 0
+    assert (
+        datasets["simulate"].attrs["reproducible"] == 0
+        and datasets["solve"].attrs["reproducible"] == 0
+    )
     # the discrete run itself is untouched by the recording: the chain's own update, by hand
     traj = simulate(chain, prob, [0.5, -1.0], n_steps=1, n_runs=1, record_x=True, seed=5)
     eps = so.noise.StandardNormal().sample(RandomSource(5, 1), 2)
@@ -297,6 +373,7 @@ def test_ito_chain_callables_are_recorded_by_name_in_every_dataset(tmp_path):
 
 def test_ito_chain_callable_errors_are_recorded_and_library_chains_are_reproducible(tmp_path):
     import json
+
     chain = ItoChain(lr=0.1, drift_error=lambda x: 0.01 * x, diffusion_error=_cubic_drift)
     cfg = chain.config()
     assert cfg["drift_error"]["callable"].endswith("<lambda>") and cfg["reproducible"] is False
@@ -305,11 +382,18 @@ def test_ito_chain_callable_errors_are_recorded_and_library_chains_are_reproduci
     _assert_round_trip(ds, tmp_path / "errors.nc")
     # A chain made of library parts only (what a TOML config builds) carries no flag and
     # rebuilds from its config.
-    sgld = ItoChain.sgld(lr=0.1, eps=so.noise.Rademacher(), schedule=so.schedules.PolyDecay(power=0.5))
+    sgld = ItoChain.sgld(
+        lr=0.1, eps=so.noise.Rademacher(), schedule=so.schedules.PolyDecay(power=0.5)
+    )
     cfg = json.loads(json.dumps(sgld.config()))
     assert "reproducible" not in cfg and cfg == sgld.config()
-    rebuilt = ItoChain(lr=cfg["lr"], gamma=cfg["gamma"], diffusion=cfg["diffusion"],
-                       eps=so.noise.Rademacher(), schedule=so.schedules.from_config(cfg["schedule"]))
+    rebuilt = ItoChain(
+        lr=cfg["lr"],
+        gamma=cfg["gamma"],
+        diffusion=cfg["diffusion"],
+        eps=so.noise.Rademacher(),
+        schedule=so.schedules.from_config(cfg["schedule"]),
+    )
     assert rebuilt.config() == cfg
     ds = simulate(sgld, so.problems.Quadratic(diag=[1.0]), [0.5], n_steps=3, n_runs=4).to_dataset()
     assert ds.attrs["reproducible"] == 1
@@ -317,32 +401,52 @@ def test_ito_chain_callable_errors_are_recorded_and_library_chains_are_reproduci
 
 # --- bad input ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make,name", [
-    (lambda: so.noise.TwoStateMarkov(p=1.5), "p"),
-    (lambda: so.noise.TwoStateMarkov(p=-0.1), "p"),
-    (lambda: so.noise.GaussianAR1(rho=1.0), "rho"),
-    (lambda: so.noise.FiniteMarkov([[0.5, 0.6], [0.5, 0.5]]), "matrix"),
-    (lambda: so.noise.FiniteMarkov([[1.2, -0.2], [0.5, 0.5]]), "matrix"),
-    (lambda: so.noise.FiniteMarkov([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), "matrix"),
-    (lambda: so.noise.FiniteMarkov([[1.0, 0.0], [0.0, 1.0]]), "matrix"),
-    (lambda: so.noise.FiniteMarkov([[0.5, 0.5], [0.5, 0.5]], values=[1.0]), "values"),
-    (lambda: so.noise.StandardizedStudentT(nu=2.0), "nu"),
-    (lambda: so.noise.StandardizedStudentT(nu=1.5), "nu"),
-    (lambda: ItoChain(lr=0.1, gamma=1.5), "gamma"),
-    (lambda: ItoChain(lr=0.1, gamma=-0.1), "gamma"),
-    (lambda: ItoChain(lr=0.1, eps=so.noise.Gaussian()), "eps"),
-    (lambda: ItoChain(lr=0.1, diffusion=-1.0), "diffusion"),
-    (lambda: ItoChain(lr=0.1, drift_error=(0.1,)), "drift_error"),
-    (lambda: ItoChain(lr=0.0), "lr"),
-    (lambda: MarkovSGD(lr=0.1, noise=so.noise.Gaussian()), "noise"),
-    (lambda: MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1), estimator="mc"), "estimator"),
-    (lambda: MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1), batch=0), "batch"),
-    (lambda: sde_of(MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1), estimator="mlmc"),
-                    so.problems.Quadratic(diag=[1.0])), "estimator"),
-    (lambda: sde_of(MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.0)), so.problems.Quadratic(diag=[1.0])),
-     "noise"),
-    (lambda: sde_of(ItoChain.sgld(lr=0.1), so.problems.Quadratic(diag=[1.0]), "curvature"), "model"),
-])
+
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda: so.noise.TwoStateMarkov(p=1.5), "p"),
+        (lambda: so.noise.TwoStateMarkov(p=-0.1), "p"),
+        (lambda: so.noise.GaussianAR1(rho=1.0), "rho"),
+        (lambda: so.noise.FiniteMarkov([[0.5, 0.6], [0.5, 0.5]]), "matrix"),
+        (lambda: so.noise.FiniteMarkov([[1.2, -0.2], [0.5, 0.5]]), "matrix"),
+        (lambda: so.noise.FiniteMarkov([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), "matrix"),
+        (lambda: so.noise.FiniteMarkov([[1.0, 0.0], [0.0, 1.0]]), "matrix"),
+        (lambda: so.noise.FiniteMarkov([[0.5, 0.5], [0.5, 0.5]], values=[1.0]), "values"),
+        (lambda: so.noise.StandardizedStudentT(nu=2.0), "nu"),
+        (lambda: so.noise.StandardizedStudentT(nu=1.5), "nu"),
+        (lambda: ItoChain(lr=0.1, gamma=1.5), "gamma"),
+        (lambda: ItoChain(lr=0.1, gamma=-0.1), "gamma"),
+        (lambda: ItoChain(lr=0.1, eps=so.noise.Gaussian()), "eps"),
+        (lambda: ItoChain(lr=0.1, diffusion=-1.0), "diffusion"),
+        (lambda: ItoChain(lr=0.1, drift_error=(0.1,)), "drift_error"),
+        (lambda: ItoChain(lr=0.0), "lr"),
+        (lambda: MarkovSGD(lr=0.1, noise=so.noise.Gaussian()), "noise"),
+        (
+            lambda: MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1), estimator="mc"),
+            "estimator",
+        ),
+        (lambda: MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1), batch=0), "batch"),
+        (
+            lambda: sde_of(
+                MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1), estimator="mlmc"),
+                so.problems.Quadratic(diag=[1.0]),
+            ),
+            "estimator",
+        ),
+        (
+            lambda: sde_of(
+                MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.0)),
+                so.problems.Quadratic(diag=[1.0]),
+            ),
+            "noise",
+        ),
+        (
+            lambda: sde_of(ItoChain.sgld(lr=0.1), so.problems.Quadratic(diag=[1.0]), "curvature"),
+            "model",
+        ),
+    ],
+)
 def test_bad_input(make, name):
     with pytest.raises(ValueError, match=name):
         make()

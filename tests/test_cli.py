@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sdeopt.experiments.config import validate
 from sdeopt.cli import main
+from sdeopt.experiments.config import validate
 
 TINY = """
 claim = "a tiny test"
@@ -52,7 +52,10 @@ def test_demo_writes_dataset_figures_and_table(tmp_path, capsys):
     # DSignSGD beside its first- and second-order models (it has no curvature model), DCSGD beside its
     # first-order and curvature models.
     models = {tuple(xr.load_dataset(p)["model"].values) for p in out.glob("*.nc")}
-    assert models == {("discrete", "first_order", "second_order"), ("discrete", "first_order", "curvature")}
+    assert models == {
+        ("discrete", "first_order", "second_order"),
+        ("discrete", "first_order", "curvature"),
+    }
     # Never overwritten without --force.
     assert main(["demo", "--out", str(out), "--runs", "64"]) == 2
     assert "--force" in capsys.readouterr().err
@@ -74,54 +77,141 @@ def test_run_a_config(tmp_path, capsys):
     assert np.isfinite(err["error"]).all()
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("[[runs]]\nname='a'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nspeed=3", "speed"),
-    ("bogus = 1\n[[runs]]\nname='a'", "bogus"),
-    ("[[runs]]\nmethod={type='Adam', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]", "Adam"),
-    ("[[runs]]\nmethod={type='DSGD', lr=-0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}", "lr"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0, 1.0]\n"
-     "noise={type='Gaussian'}", "x0"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='StudentT', nu=1.5, colour='red'}", "colour"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nn_steps='many'", "n_steps"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nschedule={type='exp'}", "schedule"),
-    ("[[runs]]\nmethod = {type = 'DSGD'", "TOML"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nmodels=['third_order']", "third_order"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nrecord=['energy']", "energy"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
-     "lrs=[0.1, 0.05, 0.3, 0.025]", "0.3"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
-     "lrs=[0.1, 0.05, 0.2, 0.025]\nobservable='energy'", "energy"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\ncoupled = 'false'", "coupled = 'false'"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord_x = 'no'", "record_x = 'no'"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrichardson = '0'", "richardson = '0'"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord_x = 1", "record_x = 1"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nmodels = 'first_order'", "models = 'first_order'"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord = 'loss'", "record = 'loss'"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nblowup_threshold = '1e6'", "blowup_threshold"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nname = 3", "name = 3"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1, shortcuts='false'}\nproblem={type='Quadratic', diag=[1.0]}\n"
-     "x0=[0.0]\nnoise={type='Gaussian'}", "method.shortcuts = 'false'"),
-    ("[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
-     "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
-     "lrs=[0.1, 0.05, true, 0.025]", "lrs"),
-    # A later run's error is found before the first run starts (nothing is written).
-    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nseed=-1", "seed"),
-    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nn_runs=0", "n_runs"),
-    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[nan]", "x0"),
-    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0_fill=inf", "x0_fill"),
-    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nrecord_every=0", "record_every"),
-    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='StudentT', nu=1.5}\nx0=[0.0]\nmodels=['first_order']", "infinite variance"),
-    ("[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\ndevice='tpu'", "device"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (
+            "[[runs]]\nname='a'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nspeed=3",
+            "speed",
+        ),
+        ("bogus = 1\n[[runs]]\nname='a'", "bogus"),
+        (
+            "[[runs]]\nmethod={type='Adam', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]",
+            "Adam",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=-0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}",
+            "lr",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0, 1.0]\n"
+            "noise={type='Gaussian'}",
+            "x0",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='StudentT', nu=1.5, colour='red'}",
+            "colour",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nn_steps='many'",
+            "n_steps",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nschedule={type='exp'}",
+            "schedule",
+        ),
+        ("[[runs]]\nmethod = {type = 'DSGD'", "TOML"),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nmodels=['third_order']",
+            "third_order",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nrecord=['energy']",
+            "energy",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
+            "lrs=[0.1, 0.05, 0.3, 0.025]",
+            "0.3",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
+            "lrs=[0.1, 0.05, 0.2, 0.025]\nobservable='energy'",
+            "energy",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\ncoupled = 'false'",
+            "coupled = 'false'",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord_x = 'no'",
+            "record_x = 'no'",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrichardson = '0'",
+            "richardson = '0'",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord_x = 1",
+            "record_x = 1",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nmodels = 'first_order'",
+            "models = 'first_order'",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nrecord = 'loss'",
+            "record = 'loss'",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nblowup_threshold = '1e6'",
+            "blowup_threshold",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nname = 3",
+            "name = 3",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1, shortcuts='false'}\nproblem={type='Quadratic', diag=[1.0]}\n"
+            "x0=[0.0]\nnoise={type='Gaussian'}",
+            "method.shortcuts = 'false'",
+        ),
+        (
+            "[[runs]]\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\n"
+            "noise={type='Gaussian'}\nmodels=['first_order']\nstudy='weak_order'\nhorizon=1.0\n"
+            "lrs=[0.1, 0.05, true, 0.025]",
+            "lrs",
+        ),
+        # A later run's error is found before the first run starts (nothing is written).
+        (
+            "[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nseed=-1",
+            "seed",
+        ),
+        (
+            "[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nn_runs=0",
+            "n_runs",
+        ),
+        (
+            "[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[nan]",
+            "x0",
+        ),
+        (
+            "[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0_fill=inf",
+            "x0_fill",
+        ),
+        (
+            "[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\nrecord_every=0",
+            "record_every",
+        ),
+        (
+            "[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='StudentT', nu=1.5}\nx0=[0.0]\nmodels=['first_order']",
+            "infinite variance",
+        ),
+        (
+            "[[runs]]\nname='good'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nx0=[0.0]\nnoise={type='Gaussian'}\nn_steps=5\nn_runs=8\n[[runs]]\nname='late'\nmethod={type='DSGD', lr=0.1}\nproblem={type='Quadratic', diag=[1.0]}\nnoise={type='Gaussian'}\nx0=[0.0]\ndevice='tpu'",
+            "device",
+        ),
+    ],
+)
 def test_bad_configs_get_clear_messages(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
@@ -135,8 +225,10 @@ def test_bad_configs_get_clear_messages(tmp_path, capsys, text, needle):
 def test_nothing_in_a_config_is_executed(tmp_path, capsys):
     marker = tmp_path / "pwned"
     cfg = tmp_path / "evil.toml"
-    cfg.write_text(f"[[runs]]\nmethod={{type=\"__import__('pathlib').Path('{marker}').touch()\", lr=0.1}}\n"
-                   "problem={type='Quadratic', diag=[1.0]}\nx0=[0.0]")
+    cfg.write_text(
+        f"[[runs]]\nmethod={{type=\"__import__('pathlib').Path('{marker}').touch()\", lr=0.1}}\n"
+        "problem={type='Quadratic', diag=[1.0]}\nx0=[0.0]"
+    )
     assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert not marker.exists()
 
@@ -168,8 +260,10 @@ def test_plot_figures_from_a_dataset_and_refusals(tmp_path, capsys):
 
 
 def test_presets_are_valid():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
+
     presets = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
     assert len(presets) >= 5
     for path in presets:
@@ -181,6 +275,7 @@ def test_progress_bar_writes_a_line_per_update_off_a_terminal():
     import io
 
     from sdeopt.cli import ProgressBar
+
     out = io.StringIO()
     bar = ProgressBar(4, "runs", stream=out, width=8)
     for done, label in ((0, "running a"), (2, "running c"), (4, "done")):
@@ -213,8 +308,15 @@ def test_paths_the_cli_cannot_use_are_one_line(tmp_path, capsys):
     assert main(["run", str(cfg), "--out", str(tmp_path / "out")]) == 0
     dataset = next((tmp_path / "out").glob("*.nc"))
     capsys.readouterr()
-    for argv in (["run", str(folder), "--out", str(tmp_path / "o")], ["sweep", str(folder), "--out", str(tmp_path / "s")],
-                 ["plot", str(dataset), "--out", str(blocker)]):
+    for argv in (
+        ["run", str(folder), "--out", str(tmp_path / "o")],
+        ["sweep", str(folder), "--out", str(tmp_path / "s")],
+        ["plot", str(dataset), "--out", str(blocker)],
+    ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert err.startswith("sdeopt: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert (
+            err.startswith("sdeopt: ")
+            and len(err.strip().splitlines()) == 1
+            and "Traceback" not in err
+        ), err

@@ -24,9 +24,17 @@ D = 6
 V = (1.3, -0.7, 0.0, 2.0, -3.1, 0.26)
 N_MC = 200_000
 
-UNBIASED = [Identity(), RandK(k=1), RandK(k=2), RandK(k=5), RandK(k=D), Natural(), QSGD(s=1),
-            QSGD(s=4)]
-ALL = UNBIASED + [TopK(k=1), TopK(k=3)]
+UNBIASED = [
+    Identity(),
+    RandK(k=1),
+    RandK(k=2),
+    RandK(k=5),
+    RandK(k=D),
+    Natural(),
+    QSGD(s=1),
+    QSGD(s=4),
+]
+ALL = [*UNBIASED, TopK(k=1), TopK(k=3)]
 #: the compressors whose output depends on the random stream (RandK with k = d is the identity)
 RANDOM = [c for c in ALL if not isinstance(c, (Identity, TopK)) and c != RandK(k=D)]
 
@@ -99,7 +107,9 @@ def test_error_matches_trace_and_omega(comp):
 def _many_vectors(generator, d=D) -> torch.Tensor:
     """(M, d) test vectors: Gaussian, heavy-tailed, sparse, one-hot and constant."""
     g = torch.randn(500, d, generator=generator)
-    heavy = torch.randn(500, d, generator=generator) / torch.rand(500, d, generator=generator).square()
+    heavy = (
+        torch.randn(500, d, generator=generator) / torch.rand(500, d, generator=generator).square()
+    )
     sparse = g * (torch.rand(500, d, generator=generator) < 0.3)
     onehot = torch.eye(d) * 3.7
     const = torch.full((3, d), -0.3)
@@ -130,7 +140,7 @@ def test_randk_omega_is_attained(k, generator):
 
 def test_natural_omega_is_attained():
     """|v| = (4/3) 2^a gives Var / v² = (2/3)(1/3)/(16/9) = 1/8 exactly."""
-    v = _vec(4 / 3, -8 / 3, 4 / 3 * 2.0 ** -20)
+    v = _vec(4 / 3, -8 / 3, 4 / 3 * 2.0**-20)
     torch.testing.assert_close(Natural().cov(v).diag, v.square() / 8)
     assert Natural().omega(10) == 0.125
 
@@ -208,7 +218,7 @@ def test_randk_subsets_are_uniform(k, floyd_max, monkeypatch):
     mask = RandK(k=k).keep_mask(rng_for(n, seed=11), (), d)  # (n, d)
     assert mask.shape == (n, d)
     codes = (mask.long() * (2 ** torch.arange(d))).sum(-1)
-    subsets = [sum(2 ** j for j in s) for s in itertools.combinations(range(d), k)]
+    subsets = [sum(2**j for j in s) for s in itertools.combinations(range(d), k)]
     counts = torch.stack([(codes == s).sum() for s in subsets]).double()
     assert counts.sum() == n
     assert stats.chisquare(counts.numpy()).pvalue > 1e-4
@@ -230,12 +240,12 @@ def test_randk_large_dimension_uses_topk_keys():
 
 def test_natural_rounds_to_neighbouring_powers_of_two(generator):
     exponents = torch.randint(-30, 30, (50, 4, 9), generator=generator)
-    v = torch.randn(50, 4, 9, generator=generator) * 10.0 ** exponents  # (B, N, d), wide range
+    v = torch.randn(50, 4, 9, generator=generator) * 10.0**exponents  # (B, N, d), wide range
     out = Natural().compress(v, rng_for(50))
     a = torch.floor(torch.log2(v.abs()))  # 2^a <= |v| < 2^{a+1}
     a = torch.where(2.0 ** (a + 1) <= v.abs(), a + 1, a)  # guard log2 rounding
-    a = torch.where(2.0 ** a > v.abs(), a - 1, a)
-    low = torch.sign(v) * 2.0 ** a
+    a = torch.where(2.0**a > v.abs(), a - 1, a)
+    low = torch.sign(v) * 2.0**a
     assert torch.all((out == low) | (out == 2 * low))
     exact = v == low  # powers of two are never moved
     assert torch.all(out[exact] == v[exact])
@@ -299,10 +309,11 @@ def test_shapes_dtype_device_and_seeds(comp, device):
 def test_row_of_batch_equals_run_alone(comp):
     """With block_size = 1, run b drawn alone reproduces row b of a batch (chunk invariance)."""
     from sdeopt.random import RandomSource
+
     v = torch.randn(6, 2, D, generator=torch.Generator().manual_seed(1))
     full = comp.compress(v, RandomSource(9, 6, block_size=1))
     for b in (0, 4):
-        alone = comp.compress(v[b:b + 1], RandomSource(9, 1, first_run=b, block_size=1))
+        alone = comp.compress(v[b : b + 1], RandomSource(9, 1, first_run=b, block_size=1))
         assert torch.equal(alone[0], full[b])
 
 
@@ -339,15 +350,18 @@ def test_frozen_and_keyword_only():
         RandK(2)
 
 
-@pytest.mark.parametrize("make, name", [
-    (lambda: RandK(k=0), "Invalid k: 0"),
-    (lambda: RandK(k=-1), "Invalid k: -1"),
-    (lambda: RandK(k=2.5), "Invalid k: 2.5"),
-    (lambda: RandK(k=True), "Invalid k: True"),
-    (lambda: TopK(k=0), "Invalid k: 0"),
-    (lambda: QSGD(s=0), "Invalid s: 0"),
-    (lambda: QSGD(s=1.5), "Invalid s: 1.5"),
-])
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: RandK(k=0), "Invalid k: 0"),
+        (lambda: RandK(k=-1), "Invalid k: -1"),
+        (lambda: RandK(k=2.5), "Invalid k: 2.5"),
+        (lambda: RandK(k=True), "Invalid k: True"),
+        (lambda: TopK(k=0), "Invalid k: 0"),
+        (lambda: QSGD(s=0), "Invalid s: 0"),
+        (lambda: QSGD(s=1.5), "Invalid s: 1.5"),
+    ],
+)
 def test_bad_hyperparameters(make, name):
     with pytest.raises(ValueError, match=name):
         make()

@@ -8,6 +8,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sdeopt.discrete import METHODS
 from sdeopt.experiments.config import (
     COMPRESSORS,
     NOISES,
@@ -17,25 +18,78 @@ from sdeopt.experiments.config import (
     build,
 )
 from sdeopt.experiments.runner import run_trajectories, run_weak_order
-from sdeopt.discrete import METHODS
 
-TYPES = sorted({*PROBLEMS, *NOISES, *COMPRESSORS, *UNIT_LAWS, *METHODS, "Constant", "PolyDecay", "StepDecay"})
-PARAMS = ["type", "lr", "scale", "nu", "diag", "n_workers", "k", "power", "dim", "sigma0", "sigma1", "alpha",
-          "levels", "batch_size", "dataset", "normalize", "shortcuts", "rho", "p", "every", "factor"]
+TYPES = sorted(
+    {*PROBLEMS, *NOISES, *COMPRESSORS, *UNIT_LAWS, *METHODS, "Constant", "PolyDecay", "StepDecay"}
+)
+PARAMS = [
+    "type",
+    "lr",
+    "scale",
+    "nu",
+    "diag",
+    "n_workers",
+    "k",
+    "power",
+    "dim",
+    "sigma0",
+    "sigma1",
+    "alpha",
+    "levels",
+    "batch_size",
+    "dataset",
+    "normalize",
+    "shortcuts",
+    "rho",
+    "p",
+    "every",
+    "factor",
+]
 
-scalars = st.one_of(st.booleans(), st.integers(-3, 6), st.integers(-2**70, 2**70),
-                    st.floats(allow_nan=True, allow_infinity=True), st.floats(0.01, 3.0),
-                    st.text(max_size=6), st.sampled_from(["first_order", "float32", "cpu", "cuda", "loss", "x2"]))
-lists = st.lists(st.one_of(st.integers(-2, 4), st.floats(0.05, 3.0), st.sampled_from(
-    ["first_order", "second_order", "curvature", "loss", "grad_norm", "dist", "nonsense"])), max_size=4)
-tables = st.dictionaries(st.sampled_from(PARAMS), st.one_of(
-    st.sampled_from(TYPES), st.integers(-2, 6), st.floats(0.0, 3.0), st.floats(allow_nan=True),
-    st.booleans(), st.text(max_size=4), st.lists(st.floats(0.1, 3.0), min_size=1, max_size=3)), max_size=4)
+scalars = st.one_of(
+    st.booleans(),
+    st.integers(-3, 6),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(0.01, 3.0),
+    st.text(max_size=6),
+    st.sampled_from(["first_order", "float32", "cpu", "cuda", "loss", "x2"]),
+)
+lists = st.lists(
+    st.one_of(
+        st.integers(-2, 4),
+        st.floats(0.05, 3.0),
+        st.sampled_from(
+            ["first_order", "second_order", "curvature", "loss", "grad_norm", "dist", "nonsense"]
+        ),
+    ),
+    max_size=4,
+)
+tables = st.dictionaries(
+    st.sampled_from(PARAMS),
+    st.one_of(
+        st.sampled_from(TYPES),
+        st.integers(-2, 6),
+        st.floats(0.0, 3.0),
+        st.floats(allow_nan=True),
+        st.booleans(),
+        st.text(max_size=4),
+        st.lists(st.floats(0.1, 3.0), min_size=1, max_size=3),
+    ),
+    max_size=4,
+)
 wild = st.one_of(scalars, lists, tables)
 
-BASE = {"name": "p", "problem": {"type": "Quadratic", "diag": [1.0, 2.0]}, "noise": {"type": "Gaussian"},
-        "method": {"type": "DSGD", "lr": 0.1, "n_workers": 2}, "x0": [1.0, -1.0], "n_steps": 4, "n_runs": 6,
-        "record_every": 2}
+BASE = {
+    "name": "p",
+    "problem": {"type": "Quadratic", "diag": [1.0, 2.0]},
+    "noise": {"type": "Gaussian"},
+    "method": {"type": "DSGD", "lr": 0.1, "n_workers": 2},
+    "x0": [1.0, -1.0],
+    "n_steps": 4,
+    "n_runs": 6,
+    "record_every": 2,
+}
 
 
 @st.composite
@@ -53,8 +107,9 @@ def configs(draw):
 
 
 def _names_a_key(message: str, run: dict) -> bool:
-    return message.startswith("Invalid") and any(re.search(rf"\b{re.escape(k)}\b", message)
-                                                 for k in (*RUN_KEYS, *run, *PARAMS))
+    return message.startswith("Invalid") and any(
+        re.search(rf"\b{re.escape(k)}\b", message) for k in (*RUN_KEYS, *run, *PARAMS)
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,8 +121,11 @@ def test_every_config_is_refused_naming_a_key_or_runs(run):
         assert _names_a_key(str(exc), run), str(exc)
         return
     # Built: it must run (small ones only; a valid long run is not refused, nor should it be).
-    steps = max((round(spec["horizon"] / lr) for lr in spec["lrs"]), default=0) if "lrs" in spec \
+    steps = (
+        max((round(spec["horizon"] / lr) for lr in spec["lrs"]), default=0)
+        if "lrs" in spec
         else spec["n_steps"]
+    )
     if steps * spec["n_runs"] * spec["problem"].dim * (1 + len(spec["models"])) > 5e4:
         return
     ds, rows = (run_weak_order if spec["study"] == "weak_order" else run_trajectories)(spec)[:2]

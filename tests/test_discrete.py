@@ -16,22 +16,49 @@ DIAG = [1.0, 2.0, 3.0, 4.0]
 
 # One table drives the generic contract tests.
 CASES = {
-    "dsgd-gauss": lambda: DSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])),
+    "dsgd-gauss": lambda: DSGD(
+        lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])
+    ),
     "dsgd-t3": lambda: DSGD(lr=0.05, n_workers=3, noise=so.noise.StudentT(nu=3.0, scale=0.7)),
-    "dcsgd-randk": lambda: DCSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=1.0),
-                                 compressor=so.compressors.RandK(k=2)),
-    "dcsgd-norm-clip": lambda: DCSGD(lr=0.05, n_workers=2, noise=so.noise.StudentT(nu=1.5),
-                                     compressor=so.compressors.Natural(), normalize=(1.0, 0.5), clip=3.0),
-    "dsign-gauss": lambda: DSignSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])),
+    "dcsgd-randk": lambda: DCSGD(
+        lr=0.05,
+        n_workers=4,
+        noise=so.noise.Gaussian(scale=1.0),
+        compressor=so.compressors.RandK(k=2),
+    ),
+    "dcsgd-norm-clip": lambda: DCSGD(
+        lr=0.05,
+        n_workers=2,
+        noise=so.noise.StudentT(nu=1.5),
+        compressor=so.compressors.Natural(),
+        normalize=(1.0, 0.5),
+        clip=3.0,
+    ),
+    "dsign-gauss": lambda: DSignSGD(
+        lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[0.5, 1.0, 1.5, 2.0])
+    ),
     "dsign-t": lambda: DSignSGD(lr=0.05, n_workers=8, noise=so.noise.StudentT(nu=1.5)),
-    "dsign-stable": lambda: DSignSGD(lr=0.05, n_workers=2, noise=so.noise.SymmetricStable(alpha=1.5)),
-    "ito-exp": lambda: so.discrete.ItoChain(lr=0.05, gamma=0.5, eps=so.noise.CenteredExponential(),
-                                            drift_error=(0.1, 1.0), diffusion_error=(0.2, 0.5)),
+    "dsign-stable": lambda: DSignSGD(
+        lr=0.05, n_workers=2, noise=so.noise.SymmetricStable(alpha=1.5)
+    ),
+    "ito-exp": lambda: so.discrete.ItoChain(
+        lr=0.05,
+        gamma=0.5,
+        eps=so.noise.CenteredExponential(),
+        drift_error=(0.1, 1.0),
+        diffusion_error=(0.2, 0.5),
+    ),
     "ito-sgld": lambda: so.discrete.ItoChain.sgld(lr=0.05, eps=so.noise.Rademacher()),
-    "markov-two": lambda: so.discrete.MarkovSGD(lr=0.05, noise=so.noise.TwoStateMarkov(p=0.3, scale=0.5)),
+    "markov-two": lambda: so.discrete.MarkovSGD(
+        lr=0.05, noise=so.noise.TwoStateMarkov(p=0.3, scale=0.5)
+    ),
     "markov-mlmc": lambda: so.discrete.MarkovSGD(
-        lr=0.05, noise=so.noise.FiniteMarkov([[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.3, 0.0, 0.7]]),
-        estimator="mlmc", batch=2, max_batch=8),
+        lr=0.05,
+        noise=so.noise.FiniteMarkov([[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.3, 0.0, 0.7]]),
+        estimator="mlmc",
+        batch=2,
+        max_batch=8,
+    ),
 }
 
 
@@ -50,8 +77,17 @@ def x0_batch(n_runs, generator):
 
 def test_shapes(method, generator, device):
     x0 = x0_batch(6, generator)
-    traj = simulate(method, problem(), x0, n_steps=7, n_runs=6, record_every=3, device=device,
-                    record=("loss", "grad_norm", "dist"), record_x=True)
+    traj = simulate(
+        method,
+        problem(),
+        x0,
+        n_steps=7,
+        n_runs=6,
+        record_every=3,
+        device=device,
+        record=("loss", "grad_norm", "dist"),
+        record_x=True,
+    )
     assert list(traj.steps) == [0, 3, 6, 7]
     assert traj.loss.shape == traj.grad_norm.shape == traj.dist.shape == (4, 6)
     assert traj.x.shape == (4, 6, 4)
@@ -112,7 +148,7 @@ def test_seeds_do_not_alias():
     later = simulate(opt, problem(), torch.ones(4), seed=0, first_run=4, **kw).x[-1]
     for i, x in enumerate(firsts):
         assert not torch.equal(x, later)
-        assert all(not torch.equal(x, y) for y in firsts[i + 1:])
+        assert all(not torch.equal(x, y) for y in firsts[i + 1 :])
 
 
 def test_large_seeds_are_stored_losslessly(tmp_path):
@@ -121,6 +157,7 @@ def test_large_seeds_are_stored_losslessly(tmp_path):
     ds = simulate(opt, problem(), torch.ones(4), n_steps=2, n_runs=3, seed=seed).to_dataset()
     ds.to_netcdf(tmp_path / "big.nc")
     import xarray as xr
+
     with xr.open_dataset(tmp_path / "big.nc") as back:
         assert int(back.attrs["seed"]) == seed
 
@@ -140,10 +177,15 @@ def test_zero_noise_identity_compressor_is_gradient_descent(generator):
     lr, n = 0.1, 6
     for opt, update in [
         (DSGD(lr=lr, n_workers=3, noise=so.noise.Gaussian(scale=0.0)), lambda g: g),
-        (DSGD(lr=lr, n_workers=3, noise=so.noise.Gaussian(scale=0.0), shortcuts=False), lambda g: g),
+        (
+            DSGD(lr=lr, n_workers=3, noise=so.noise.Gaussian(scale=0.0), shortcuts=False),
+            lambda g: g,
+        ),
         (DSignSGD(lr=lr, n_workers=3, noise=so.noise.StudentT(nu=1.0, scale=0.0)), torch.sign),
-        (DCSGD(lr=lr, n_workers=2, noise=so.noise.Gaussian(scale=0.0), normalize=(1.0, 2.0)),
-         lambda g: g / (1.0 + 2.0 * g.norm(dim=-1, keepdim=True))),
+        (
+            DCSGD(lr=lr, n_workers=2, noise=so.noise.Gaussian(scale=0.0), normalize=(1.0, 2.0)),
+            lambda g: g / (1.0 + 2.0 * g.norm(dim=-1, keepdim=True)),
+        ),
     ]:
         traj = simulate(opt, prob, x0, n_steps=n, n_runs=3, record_x=True)
         x = x0.clone()
@@ -158,10 +200,13 @@ def _one_step(opt, prob, x, seed):
     return opt.step(prob, so.discrete.State(x=x.clone()), 0, opt.lr * opt.schedule(0), rng).x
 
 
-@pytest.mark.parametrize("case", ["dsgd-t3", "dcsgd-randk", "dcsgd-norm-clip", "dsign-gauss", "dsign-t"])
+@pytest.mark.parametrize(
+    "case", ["dsgd-t3", "dcsgd-randk", "dcsgd-norm-clip", "dsign-gauss", "dsign-t"]
+)
 def test_vectorised_step_equals_naive_loop(case, generator):
     """Same random draws; the aggregation, clipping, normalisation and signs loop per run and worker."""
     import dataclasses
+
     opt = dataclasses.replace(CASES[case](), shortcuts=False)
     prob = problem()
     b, d = 7, len(DIAG)
@@ -178,7 +223,11 @@ def test_vectorised_step_equals_naive_loop(case, generator):
         for i in range(opt.n_workers):
             for j in range(d):
                 gij = float(g[r, i, j])
-                v[j] += (math.copysign(1.0, gij) if gij != 0 else 0.0) if isinstance(opt, DSignSGD) else gij
+                v[j] += (
+                    (math.copysign(1.0, gij) if gij != 0 else 0.0)
+                    if isinstance(opt, DSignSGD)
+                    else gij
+                )
         v = [vj / opt.n_workers for vj in v]
         norm = math.sqrt(sum(vj * vj for vj in v))
         if getattr(opt, "clip", None) is not None and norm > opt.clip:
@@ -194,6 +243,7 @@ def test_vectorised_step_equals_naive_loop(case, generator):
 
 # --- one-step laws (layer consistency of the shortcuts) ---------------------------
 
+
 def _direction_samples(opt, x, n_runs, seed=11):
     prob = problem()
     xs = x.expand(n_runs, -1).clone()
@@ -204,7 +254,9 @@ def _direction_samples(opt, x, n_runs, seed=11):
 @pytest.mark.parametrize("shortcuts", [True, False])
 def test_dsgd_one_step_mean_and_variance(shortcuts):
     scales = torch.tensor([0.5, 1.0, 1.5, 2.0])
-    opt = DSGD(lr=0.1, n_workers=4, noise=so.noise.Gaussian(scale=scales.tolist()), shortcuts=shortcuts)
+    opt = DSGD(
+        lr=0.1, n_workers=4, noise=so.noise.Gaussian(scale=scales.tolist()), shortcuts=shortcuts
+    )
     x = torch.tensor([[1.0, -0.5, 0.2, 0.0]])
     u = _direction_samples(opt, x, 100_000)
     mean = problem().grad(x)[0]
@@ -216,12 +268,17 @@ def test_dsgd_one_step_mean_and_variance(shortcuts):
     assert torch.all((u.var(0) - var).abs() < z * se_var)
 
 
-@pytest.mark.parametrize("noise,mean_fn", [
-    (so.noise.Gaussian(scale=[0.5, 2.0]), lambda y: torch.erf(y / math.sqrt(2))),
-    (so.noise.StudentT(nu=1.5, scale=[0.5, 2.0]),
-     lambda y: torch.as_tensor(2 * __import__("scipy").special.stdtr(1.5, y.numpy()) - 1)),
-    (so.noise.StudentT(nu=1.0, scale=[0.5, 2.0]), lambda y: 2 / math.pi * torch.atan(y)),
-])
+@pytest.mark.parametrize(
+    "noise,mean_fn",
+    [
+        (so.noise.Gaussian(scale=[0.5, 2.0]), lambda y: torch.erf(y / math.sqrt(2))),
+        (
+            so.noise.StudentT(nu=1.5, scale=[0.5, 2.0]),
+            lambda y: torch.as_tensor(2 * __import__("scipy").special.stdtr(1.5, y.numpy()) - 1),
+        ),
+        (so.noise.StudentT(nu=1.0, scale=[0.5, 2.0]), lambda y: 2 / math.pi * torch.atan(y)),
+    ],
+)
 @pytest.mark.parametrize("shortcuts", [True, False])
 def test_dsignsgd_one_step_mean_and_variance(noise, mean_fn, shortcuts):
     opt = DSignSGD(lr=0.1, n_workers=2, noise=noise, shortcuts=shortcuts)
@@ -239,9 +296,17 @@ def test_dsignsgd_one_step_mean_and_variance(noise, mean_fn, shortcuts):
 
 # --- stationary closed forms (docs/models.md) ------------------------------------------------------
 
+
 def _stationary_loss(opt, prob, n_runs=40_000, n_steps=300):
-    traj = simulate(opt, prob, torch.zeros(prob.dim), n_steps=n_steps, n_runs=n_runs, seed=0,
-                    record_every=n_steps)
+    traj = simulate(
+        opt,
+        prob,
+        torch.zeros(prob.dim),
+        n_steps=n_steps,
+        n_runs=n_runs,
+        seed=0,
+        record_every=n_steps,
+    )
     final = traj.loss[-1]
     return final.mean().item(), final.std().item() / math.sqrt(n_runs)
 
@@ -262,20 +327,35 @@ def test_dsgd_stationary_loss_closed_form():
 def test_dcsgd_randk_stationary_loss_closed_form():
     lam = torch.tensor([1.0, 2.0, 3.0, 5.0])
     d, k, lr, n, sigma = 4, 2, 0.1, 3, 1.0
-    opt = DCSGD(lr=lr, n_workers=n, noise=so.noise.Gaussian(scale=sigma), compressor=so.compressors.RandK(k=k))
+    opt = DCSGD(
+        lr=lr,
+        n_workers=n,
+        noise=so.noise.Gaussian(scale=sigma),
+        compressor=so.compressors.RandK(k=k),
+    )
     mean, se = _stationary_loss(opt, so.problems.Quadratic(diag=lam.tolist()))
     omega = d / k - 1
-    exact = (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * (1 + omega / n)))).sum().item()
+    exact = (
+        (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * (1 + omega / n)))).sum().item()
+    )
     assert abs(mean - exact) < 4 * se, (mean, exact, se)
 
 
 # --- divergence ----------------------------------------------------------------------------------
 
+
 def test_unstable_runs_are_frozen_and_reported():
     # GD on λx²/2 diverges iff lr λ > 2: every run blows up, and nothing becomes NaN.
     opt = DSGD(lr=0.3, n_workers=1, noise=so.noise.Gaussian(scale=0.1))
-    traj = simulate(opt, so.problems.Quadratic(diag=[10.0]), [1.0], n_steps=400, n_runs=50,
-                    blowup_threshold=1e6, record_x=True)
+    traj = simulate(
+        opt,
+        so.problems.Quadratic(diag=[10.0]),
+        [1.0],
+        n_steps=400,
+        n_runs=50,
+        blowup_threshold=1e6,
+        record_x=True,
+    )
     assert traj.diverged.all()
     assert torch.all(traj.blowup_step > 0) and torch.all(traj.blowup_step <= 400)
     assert torch.isfinite(traj.loss).all() and torch.isfinite(traj.x).all()
@@ -295,13 +375,24 @@ def test_heavy_tails_blow_up_some_runs_without_nan():
 
 # --- dataset schema -----------------------------------------------------------------------------
 
+
 def test_to_dataset_schema_and_netcdf_round_trip(tmp_path, generator):
     import json
 
     import xarray as xr
+
     opt = CASES["dcsgd-randk"]()
-    traj = simulate(opt, problem(), x0_batch(5, generator), n_steps=10, n_runs=5, record_every=5,
-                    record=("loss", "grad_norm"), record_x=True, seed=7)
+    traj = simulate(
+        opt,
+        problem(),
+        x0_batch(5, generator),
+        n_steps=10,
+        n_runs=5,
+        record_every=5,
+        record=("loss", "grad_norm"),
+        record_x=True,
+        seed=7,
+    )
     ds = traj.to_dataset()
     assert ds["loss"].dims == ("model", "step", "run")
     assert ds["x"].dims == ("model", "step", "run", "coord")
@@ -327,19 +418,23 @@ def test_lr_sum_follows_the_schedule():
 
 # --- bad input ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make,name", [
-    (lambda: DSGD(lr=0.0, noise=so.noise.Gaussian()), "lr"),
-    (lambda: DSGD(lr=-1.0, noise=so.noise.Gaussian()), "lr"),
-    (lambda: DSGD(lr=float("nan"), noise=so.noise.Gaussian()), "lr"),
-    (lambda: DSGD(lr=0.1, n_workers=0, noise=so.noise.Gaussian()), "n_workers"),
-    (lambda: DSGD(lr=0.1, n_workers=3, noise=so.noise.Gaussian(scale=[1.0, 2.0])), "scale"),
-    (lambda: DSGD(lr=0.1, noise="gaussian"), "noise"),
-    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor="randk"), "compressor"),
-    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), normalize=(0.0, 0.0)), "normalize"),
-    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), normalize=(-1.0, 1.0)), "normalize"),
-    (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), clip=0.0), "clip"),
-    (lambda: DSignSGD(lr=0.1, noise=so.noise.Gaussian(), schedule="cosine"), "schedule"),
-])
+
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda: DSGD(lr=0.0, noise=so.noise.Gaussian()), "lr"),
+        (lambda: DSGD(lr=-1.0, noise=so.noise.Gaussian()), "lr"),
+        (lambda: DSGD(lr=float("nan"), noise=so.noise.Gaussian()), "lr"),
+        (lambda: DSGD(lr=0.1, n_workers=0, noise=so.noise.Gaussian()), "n_workers"),
+        (lambda: DSGD(lr=0.1, n_workers=3, noise=so.noise.Gaussian(scale=[1.0, 2.0])), "scale"),
+        (lambda: DSGD(lr=0.1, noise="gaussian"), "noise"),
+        (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor="randk"), "compressor"),
+        (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), normalize=(0.0, 0.0)), "normalize"),
+        (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), normalize=(-1.0, 1.0)), "normalize"),
+        (lambda: DCSGD(lr=0.1, noise=so.noise.Gaussian(), clip=0.0), "clip"),
+        (lambda: DSignSGD(lr=0.1, noise=so.noise.Gaussian(), schedule="cosine"), "schedule"),
+    ],
+)
 def test_constructors_reject_bad_input(make, name):
     with pytest.raises(ValueError, match=name):
         make()
@@ -350,23 +445,26 @@ def test_methods_are_keyword_only():
         DSGD(0.1, 1, so.noise.Gaussian())
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(x0=[1.0, 2.0]), "x0"),
-    (dict(x0=torch.zeros(3, 4)), "x0"),
-    (dict(x0=[1.0, float("nan"), 0.0, 0.0]), "x0"),
-    (dict(x0=[1.0, float("inf"), 0.0, 0.0]), "x0"),
-    (dict(n_steps=-1), "n_steps"),
-    (dict(n_runs=0), "n_runs"),
-    (dict(device="tpu"), "device"),
-    (dict(record=("loss", "energy")), "record"),
-    (dict(record_every=0), "record_every"),
-    (dict(chunk_size=0), "chunk_size"),
-    (dict(first_run=-1), "first_run"),
-    (dict(seed=2**128), "seed"),
-    (dict(seed=1.0), "seed"),
-    (dict(dtype=torch.int32), "dtype"),
-    (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(x0=[1.0, 2.0]), "x0"),
+        (dict(x0=torch.zeros(3, 4)), "x0"),
+        (dict(x0=[1.0, float("nan"), 0.0, 0.0]), "x0"),
+        (dict(x0=[1.0, float("inf"), 0.0, 0.0]), "x0"),
+        (dict(n_steps=-1), "n_steps"),
+        (dict(n_runs=0), "n_runs"),
+        (dict(device="tpu"), "device"),
+        (dict(record=("loss", "energy")), "record"),
+        (dict(record_every=0), "record_every"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(first_run=-1), "first_run"),
+        (dict(seed=2**128), "seed"),
+        (dict(seed=1.0), "seed"),
+        (dict(dtype=torch.int32), "dtype"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_simulate_rejects_bad_input(kwargs, name):
     args = dict(x0=torch.zeros(4), n_steps=3, n_runs=5)
     args.update(kwargs)
@@ -379,7 +477,9 @@ def test_simulate_rejects_unknown_cuda_when_absent():
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
     with pytest.raises(ValueError, match="device"):
-        simulate(DSGD(lr=0.1, noise=so.noise.Gaussian()), problem(), torch.zeros(4), 2, 2, device="cuda")
+        simulate(
+            DSGD(lr=0.1, noise=so.noise.Gaussian()), problem(), torch.zeros(4), 2, 2, device="cuda"
+        )
 
 
 def test_simulate_rejects_k_larger_than_dim():
@@ -391,10 +491,13 @@ def test_simulate_rejects_k_larger_than_dim():
 def test_dist_needs_a_known_minimiser():
     prob = so.problems.FunctionProblem(lambda x: (x**2).sum(), dim=4)
     with pytest.raises(ValueError, match="dist"):
-        simulate(DSGD(lr=0.1, noise=so.noise.Gaussian()), prob, torch.zeros(4), 2, 2, record=("dist",))
+        simulate(
+            DSGD(lr=0.1, noise=so.noise.Gaussian()), prob, torch.zeros(4), 2, 2, record=("dist",)
+        )
 
 
 # --- the Binomial shortcut of DSignSGD -------------------------------------------------------
+
 
 @pytest.mark.parametrize("p", [0.0, 0.03, 0.3, 0.5, 0.77, 0.999, 1.0])
 @pytest.mark.parametrize("n", [1, 8, 64])
@@ -402,6 +505,7 @@ def test_binomial_inverse_cdf_matches_the_binomial_law(p, n):
     from scipy import stats
 
     from sdeopt.discrete.dsignsgd import binomial_inverse_cdf
+
     m = 40_000
     u = RandomSource(3, m).uniform()
     counts = binomial_inverse_cdf(torch.full((m,), p), n, u)
@@ -441,6 +545,7 @@ def test_dsignsgd_shared_scale_uses_the_binomial_law():
     opt = DSignSGD(lr=0.1, n_workers=n, noise=so.noise.StudentT(nu=1.5, scale=0.8))
     x = torch.tensor([[1.0, -0.5, 0.2, 0.0]])
     from scipy.special import stdtr
+
     g = problem().grad(x)[0]
     m = torch.as_tensor(2 * stdtr(1.5, (g / 0.8).numpy()) - 1)
     var = (1 - m**2) / n
@@ -452,6 +557,7 @@ def test_dsignsgd_shared_scale_uses_the_binomial_law():
 
 
 # --- opt-in fusion (torch.compile) --------------------------------------------------------------
+
 
 def test_fuse_must_be_a_bool():
     with pytest.raises(ValueError, match="fuse"):
@@ -476,7 +582,9 @@ def test_fused_dsignsgd_takes_the_same_random_stream():
     assert (eager.x - fused.x).abs().max() <= 4 * 2 * opt.lr / 8 + 1e-6
 
 
-@pytest.mark.parametrize("lr,n_workers", [(np.float32(0.1), np.int64(2)), (torch.tensor(0.1), 2), (0.1, np.int32(2))])
+@pytest.mark.parametrize(
+    "lr,n_workers", [(np.float32(0.1), np.int64(2)), (torch.tensor(0.1), 2), (0.1, np.int32(2))]
+)
 def test_numpy_and_torch_scalars_are_numbers(lr, n_workers, tmp_path):
     """They were kept as given and crashed the first step or the dataset's JSON config."""
     opt = DSGD(lr=lr, n_workers=n_workers, noise=so.noise.Gaussian())
@@ -498,4 +606,6 @@ def test_a_huge_blowup_threshold_does_not_overflow():
     assert not traj.diverged.any()
     sde = so.dynamics.sde_of(opt, prob)
     for backend in ("native", "torchsde"):
-        assert not so.dynamics.solve(sde, [1.0], 3, 4, blowup_threshold=1e200, backend=backend).diverged.any()
+        assert not so.dynamics.solve(
+            sde, [1.0], 3, 4, blowup_threshold=1e200, backend=backend
+        ).diverged.any()

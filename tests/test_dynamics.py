@@ -21,12 +21,22 @@ DIAG = [1.0, 2.0, 4.0]
 # Methods with a Brownian SDE, for the generic layer-consistency test.
 CASES = {
     "dsgd-gauss": lambda: DSGD(lr=0.1, n_workers=3, noise=so.noise.Gaussian(scale=[0.5, 1.0, 2.0])),
-    "dsgd-affine": lambda: DSGD(lr=0.1, n_workers=2, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)),
+    "dsgd-affine": lambda: DSGD(
+        lr=0.1, n_workers=2, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)
+    ),
     "dsgd-t5": lambda: DSGD(lr=0.1, n_workers=2, noise=so.noise.StudentT(nu=5.0, scale=0.7)),
-    "dcsgd-randk": lambda: DCSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(scale=0.6),
-                                 compressor=so.compressors.RandK(k=1)),
-    "dcsgd-randk-t": lambda: DCSGD(lr=0.1, n_workers=3, noise=so.noise.StudentT(nu=6.0, scale=[0.3, 0.6, 0.9]),
-                                   compressor=so.compressors.RandK(k=2)),
+    "dcsgd-randk": lambda: DCSGD(
+        lr=0.1,
+        n_workers=2,
+        noise=so.noise.Gaussian(scale=0.6),
+        compressor=so.compressors.RandK(k=1),
+    ),
+    "dcsgd-randk-t": lambda: DCSGD(
+        lr=0.1,
+        n_workers=3,
+        noise=so.noise.StudentT(nu=6.0, scale=[0.3, 0.6, 0.9]),
+        compressor=so.compressors.RandK(k=2),
+    ),
     "dsign-gauss": lambda: DSignSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
     "dsign-t": lambda: DSignSGD(lr=0.1, n_workers=8, noise=so.noise.StudentT(nu=1.5, scale=0.8)),
 }
@@ -60,9 +70,11 @@ def test_one_step_moments_match_drift_and_diffusion(case):
 def test_dsignsgd_drift_closed_forms():
     prob = so.problems.Quadratic(diag=[1.0])
     x = torch.linspace(-3, 3, 13).unsqueeze(-1)
-    for noise, m in [(so.noise.Gaussian(scale=0.5), lambda y: torch.erf(y / math.sqrt(2))),
-                     (so.noise.StudentT(nu=1.0, scale=0.5), lambda y: 2 / math.pi * torch.atan(y)),
-                     (so.noise.StudentT(nu=2.0, scale=0.5), lambda y: y / torch.sqrt(2 + y * y))]:
+    for noise, m in [
+        (so.noise.Gaussian(scale=0.5), lambda y: torch.erf(y / math.sqrt(2))),
+        (so.noise.StudentT(nu=1.0, scale=0.5), lambda y: 2 / math.pi * torch.atan(y)),
+        (so.noise.StudentT(nu=2.0, scale=0.5), lambda y: y / torch.sqrt(2 + y * y)),
+    ]:
         opt = DSignSGD(lr=0.1, n_workers=4, noise=noise)
         sde = sde_of(opt, prob)
         torch.testing.assert_close(sde.drift_at(x, 1.0), -m(x / 0.5), rtol=1e-12, atol=1e-12)
@@ -84,23 +96,38 @@ def test_diagonal_plus_rank_one_square_root(sign, generator):
 
 def test_randk_diffusion_is_exact_on_a_singular_covariance():
     # No noise: S = c (d diag(∇f)² - ∇f∇fᵀ)/N is singular (∇f is in its kernel).
-    opt = DCSGD(lr=0.1, n_workers=1, noise=so.noise.Gaussian(scale=0.0), compressor=so.compressors.RandK(k=1))
+    opt = DCSGD(
+        lr=0.1,
+        n_workers=1,
+        noise=so.noise.Gaussian(scale=0.0),
+        compressor=so.compressors.RandK(k=1),
+    )
     prob = quadratic()
     x = torch.tensor([[1.0, 2.0, -1.0]])
     g = prob.grad(x)
     c = (3 - 1) / (1 * 2)
     expected = c * (3 * torch.diag_embed(g * g) - g.unsqueeze(-1) * g.unsqueeze(-2)) * opt.lr
-    torch.testing.assert_close(sde_of(opt, prob).diffusion_at(x, 1.0).cov(), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        sde_of(opt, prob).diffusion_at(x, 1.0).cov(), expected, rtol=1e-10, atol=1e-12
+    )
 
 
 # --- stationary laws on quadratics (docs/models.md) ------------------------------------------------
+
 
 def _stationary_sde_loss(opt, prob, model, n_steps, substeps, n_runs=20_000):
     """Richardson-extrapolated stationary loss (Euler–Maruyama with m and 2m substeps: bias O(h²))."""
     means, ses = [], []
     for m, seed in ((substeps, 3), (2 * substeps, 4)):
-        path = solve(sde_of(opt, prob, model), torch.zeros(prob.dim), n_steps=n_steps, n_runs=n_runs,
-                     substeps=m, record_every=n_steps, seed=seed)
+        path = solve(
+            sde_of(opt, prob, model),
+            torch.zeros(prob.dim),
+            n_steps=n_steps,
+            n_runs=n_runs,
+            substeps=m,
+            record_every=n_steps,
+            seed=seed,
+        )
         means.append(path.loss[-1].mean().item())
         ses.append(path.loss[-1].std().item() / math.sqrt(n_runs))
     return 2 * means[1] - means[0], math.sqrt(4 * ses[1] ** 2 + ses[0] ** 2)
@@ -114,11 +141,15 @@ def test_curvature_model_has_the_exact_stationary_loss(compressed):
     opt = DCSGD(compressor=so.compressors.RandK(k=2), **kw) if compressed else DSGD(**kw)
     omega = 3 / 2 - 1 if compressed else 0.0
     prob = so.problems.Quadratic(diag=lam.tolist())
-    exact = (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * (1 + omega / n)))).sum().item()
+    exact = (
+        (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * (1 + omega / n)))).sum().item()
+    )
     first = (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * omega / n))).sum().item()
     # What Richardson leaves of the Euler–Maruyama bias: O((a h)²), a <= λ_max.
     em_bias = (lam.max().item() * lr / substeps) ** 2
-    mean, se = _stationary_sde_loss(opt, prob, "curvature", 40, substeps)  # T = 8: e^{-14} transient
+    mean, se = _stationary_sde_loss(
+        opt, prob, "curvature", 40, substeps
+    )  # T = 8: e^{-14} transient
     assert abs(mean - exact) < 4 * se + em_bias * exact, (mean, exact, se)
     mean1, se1 = _stationary_sde_loss(opt, prob, "first_order", 40, substeps)
     assert abs(mean1 - first) < 4 * se1 + em_bias * first, (mean1, first, se1)
@@ -126,6 +157,7 @@ def test_curvature_model_has_the_exact_stationary_loss(compressed):
 
 
 # --- solver orders ---------------------------------------------------------------------------------
+
 
 def _levels_error(scheme, sde, x0, t_end, n_levels, n_fine, n_paths, observable, seed=0):
     """Strong and weak errors of ``scheme`` at h = t_end / 2^j against the finest level, one Brownian path."""
@@ -161,13 +193,15 @@ def _slope(hs, errs):
 def test_euler_maruyama_orders():
     # Geometric Brownian motion (multiplicative noise): strong order 1/2.
     gbm = SDE.diagonal(lambda x: 0.5 * x, lambda x: 0.8 * x, dim=1)
-    hs, strong, _, _ = _levels_error(EulerMaruyama(), gbm, torch.ones(1), 1.0, 5, 2**11, 20_000,
-                                     lambda x: x[:, 0])
+    hs, strong, _, _ = _levels_error(
+        EulerMaruyama(), gbm, torch.ones(1), 1.0, 5, 2**11, 20_000, lambda x: x[:, 0]
+    )
     assert abs(_slope(hs, strong) - 0.5) < 0.2
     # Ornstein–Uhlenbeck (additive noise): weak order 1 on E X², strong order 1.
     ou = SDE.diagonal(lambda x: -2.0 * x, lambda x: torch.full_like(x, 0.7), dim=1)
-    hs, strong, weak, weak_se = _levels_error(EulerMaruyama(), ou, torch.ones(1), 1.0, 5, 2**11, 20_000,
-                                              lambda x: x[:, 0] ** 2)
+    hs, strong, weak, weak_se = _levels_error(
+        EulerMaruyama(), ou, torch.ones(1), 1.0, 5, 2**11, 20_000, lambda x: x[:, 0] ** 2
+    )
     assert abs(_slope(hs, weak) - 1.0) < 0.2
     assert weak_se[-1] < weak[-1] / 5  # Monte Carlo error well below the bias at the finest level
     assert abs(_slope(hs, strong) - 1.0) < 0.2
@@ -175,7 +209,9 @@ def test_euler_maruyama_orders():
 
 def test_milstein_strong_order_one():
     gbm = SDE.diagonal(lambda x: 0.5 * x, lambda x: 0.8 * x, dim=1)
-    hs, strong, _, _ = _levels_error(Milstein(), gbm, torch.ones(1), 1.0, 5, 2**11, 20_000, lambda x: x[:, 0])
+    hs, strong, _, _ = _levels_error(
+        Milstein(), gbm, torch.ones(1), 1.0, 5, 2**11, 20_000, lambda x: x[:, 0]
+    )
     assert abs(_slope(hs, strong) - 1.0) < 0.2
 
 
@@ -193,19 +229,40 @@ def test_milstein_strong_order_one_on_the_sign_sde():
 
 # SDEs whose diffusion declares itself commutative (g_j depends on x_j only), with ∂g_j/∂x_j.
 COMMUTATIVE = {
-    "dsgd-gauss": lambda: (DSGD(lr=0.3, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 1.5])), quadratic()),
-    "dsgd-affine-1d": lambda: (DSGD(lr=0.3, n_workers=2, noise=so.noise.AffineVariance(sigma0=[0.3, 0.5],
-                                                                                      sigma1=[0.8, 0.2])),
-                               HalfSquarePlusQuartic()),
-    "dsgd-affine-1d-shared": lambda: (DSGD(lr=0.3, n_workers=3, noise=so.noise.AffineVariance(sigma1=0.6)),
-                                      HalfSquarePlusQuartic()),
-    "dsgd-affine-additive": lambda: (DSGD(lr=0.3, noise=so.noise.AffineVariance(sigma0=0.7)), quadratic()),
-    "dsign-gauss": lambda: (DSignSGD(lr=0.3, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
-                            so.problems.CoshSum(dim=3)),
-    "dsign-t": lambda: (DSignSGD(lr=0.3, n_workers=3, noise=so.noise.StudentT(nu=1.5, scale=0.8)), quadratic()),
-    "dsign-t-1d-quartic": lambda: (DSignSGD(lr=0.3, noise=so.noise.StudentT(nu=3.0, scale=0.4)),
-                                   so.problems.Quartic(dim=1)),
-    "markov": lambda: (so.discrete.MarkovSGD(lr=0.3, noise=so.noise.GaussianAR1(rho=0.5)), quadratic()),
+    "dsgd-gauss": lambda: (
+        DSGD(lr=0.3, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 1.5])),
+        quadratic(),
+    ),
+    "dsgd-affine-1d": lambda: (
+        DSGD(
+            lr=0.3, n_workers=2, noise=so.noise.AffineVariance(sigma0=[0.3, 0.5], sigma1=[0.8, 0.2])
+        ),
+        HalfSquarePlusQuartic(),
+    ),
+    "dsgd-affine-1d-shared": lambda: (
+        DSGD(lr=0.3, n_workers=3, noise=so.noise.AffineVariance(sigma1=0.6)),
+        HalfSquarePlusQuartic(),
+    ),
+    "dsgd-affine-additive": lambda: (
+        DSGD(lr=0.3, noise=so.noise.AffineVariance(sigma0=0.7)),
+        quadratic(),
+    ),
+    "dsign-gauss": lambda: (
+        DSignSGD(lr=0.3, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
+        so.problems.CoshSum(dim=3),
+    ),
+    "dsign-t": lambda: (
+        DSignSGD(lr=0.3, n_workers=3, noise=so.noise.StudentT(nu=1.5, scale=0.8)),
+        quadratic(),
+    ),
+    "dsign-t-1d-quartic": lambda: (
+        DSignSGD(lr=0.3, noise=so.noise.StudentT(nu=3.0, scale=0.4)),
+        so.problems.Quartic(dim=1),
+    ),
+    "markov": lambda: (
+        so.discrete.MarkovSGD(lr=0.3, noise=so.noise.GaussianAR1(rho=0.5)),
+        quadratic(),
+    ),
     "ito-chain": lambda: (so.discrete.ItoChain(lr=0.3, gamma=0.5, diffusion=0.7), quadratic()),
 }
 
@@ -218,11 +275,23 @@ def test_diffusion_derivative_matches_finite_differences(case, generator):
     sde = sde_of(opt, prob, "first_order")
     x = torch.randn(6, prob.dim, generator=generator)
     eps = 1e-6
-    jac = torch.stack([(sde.diffusion_at(x + eps * e, 0.7).g.expand_as(x)
-                        - sde.diffusion_at(x - eps * e, 0.7).g.expand_as(x)) / (2 * eps)
-                       for e in torch.eye(prob.dim)], dim=-1)  # (B, d, d): ∂g_j/∂x_i
-    torch.testing.assert_close(sde.diffusion_derivative_fn(x, 0.7).expand_as(x),
-                               torch.diagonal(jac, dim1=-2, dim2=-1), rtol=1e-6, atol=1e-8)
+    jac = torch.stack(
+        [
+            (
+                sde.diffusion_at(x + eps * e, 0.7).g.expand_as(x)
+                - sde.diffusion_at(x - eps * e, 0.7).g.expand_as(x)
+            )
+            / (2 * eps)
+            for e in torch.eye(prob.dim)
+        ],
+        dim=-1,
+    )  # (B, d, d): ∂g_j/∂x_i
+    torch.testing.assert_close(
+        sde.diffusion_derivative_fn(x, 0.7).expand_as(x),
+        torch.diagonal(jac, dim1=-2, dim2=-1),
+        rtol=1e-6,
+        atol=1e-8,
+    )
     off = jac - torch.diag_embed(torch.diagonal(jac, dim1=-2, dim2=-1))
     assert off.abs().max() < 1e-8
 
@@ -230,32 +299,50 @@ def test_diffusion_derivative_matches_finite_differences(case, generator):
 def test_milstein_runs_where_the_noise_is_commutative():
     """DSignSGD's SDE used to raise NotImplementedError (autograd through ``out=`` comparisons)."""
     for opt, prob in (COMMUTATIVE["dsign-t"](), COMMUTATIVE["dsgd-affine-1d"]()):
-        path = solve(sde_of(opt, prob), torch.full((prob.dim,), 0.5), n_steps=5, n_runs=8, scheme="milstein")
+        path = solve(
+            sde_of(opt, prob), torch.full((prob.dim,), 0.5), n_steps=5, n_runs=8, scheme="milstein"
+        )
         assert torch.isfinite(path.loss).all()
 
 
-@pytest.mark.parametrize("opt,prob", [
-    (DSignSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.Quadratic(matrix=[[2.0, 0.5], [0.5, 1.0]])),
-    (DSignSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian()), so.problems.LogisticRegression(n_workers=2)),
-    (DSignSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.LogisticRegression()),
-    (DSGD(lr=0.1, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.5)), quadratic()),
-], ids=["dsign-dense-quadratic", "dsign-logistic-heterogeneous", "dsign-logistic", "affine-d3"])
+@pytest.mark.parametrize(
+    "opt,prob",
+    [
+        (
+            DSignSGD(lr=0.1, noise=so.noise.Gaussian()),
+            so.problems.Quadratic(matrix=[[2.0, 0.5], [0.5, 1.0]]),
+        ),
+        (
+            DSignSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian()),
+            so.problems.LogisticRegression(n_workers=2),
+        ),
+        (DSignSGD(lr=0.1, noise=so.noise.Gaussian()), so.problems.LogisticRegression()),
+        (DSGD(lr=0.1, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.5)), quadratic()),
+    ],
+    ids=["dsign-dense-quadratic", "dsign-logistic-heterogeneous", "dsign-logistic", "affine-d3"],
+)
 def test_milstein_is_refused_on_non_commutative_noise(opt, prob):
     sde = sde_of(opt, prob)
     x0 = torch.zeros(prob.dim)
-    with pytest.raises(ValueError, match="milstein.*commutative"):
+    with pytest.raises(ValueError, match=r"milstein.*commutative"):
         solve(sde, x0, n_steps=2, n_runs=2, scheme="milstein")
-    with pytest.raises(ValueError, match="milstein.*commutative"):
+    with pytest.raises(ValueError, match=r"milstein.*commutative"):
         solve(sde, x0, n_steps=2, n_runs=2, backend="torchsde", torchsde_method="milstein")
     solve(sde, x0, n_steps=2, n_runs=2)  # Euler–Maruyama is fine
 
 
 def test_milstein_on_a_hand_built_sde():
-    mixing = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x.sum(-1, keepdim=True).expand_as(x), dim=2)
+    mixing = SDE.diagonal(
+        lambda x: -x, lambda x: 0.5 + 0.1 * x.sum(-1, keepdim=True).expand_as(x), dim=2
+    )
     with pytest.raises(ValueError, match="commutative"):
         solve(mixing, [0.0, 0.0], n_steps=2, n_runs=2, scheme="milstein")
-    declared = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x, dim=2,
-                            diffusion_derivative=lambda x: torch.full_like(x, 0.1))
+    declared = SDE.diagonal(
+        lambda x: -x,
+        lambda x: 0.5 + 0.1 * x,
+        dim=2,
+        diffusion_derivative=lambda x: torch.full_like(x, 0.1),
+    )
     path = solve(declared, [0.0, 0.0], n_steps=2, n_runs=2, scheme="milstein", record_x=True)
     assert torch.isfinite(path.x).all()
 
@@ -271,13 +358,40 @@ def test_weak_order_of_dsgd_models(model, order):
     for lr in lrs:
         opt = DSGD(lr=lr, n_workers=1, noise=so.noise.Gaussian(scale=0.5))
         k = round(t_end / lr)
-        disc = simulate(opt, prob, [1.0], n_steps=k, n_runs=n_runs, record_every=k, record_x=True,
-                        keep_increments=True, seed=1)
+        disc = simulate(
+            opt,
+            prob,
+            [1.0],
+            n_steps=k,
+            n_runs=n_runs,
+            record_every=k,
+            record_x=True,
+            keep_increments=True,
+            seed=1,
+        )
         sde = sde_of(opt, prob, model)
-        coarse = solve(sde, [1.0], n_steps=k, n_runs=n_runs, substeps=m, coupled=disc, record_every=k,
-                       record_x=True, seed=2)
-        fine = solve(sde, [1.0], n_steps=k, n_runs=n_runs, substeps=2 * m, coupled=disc, record_every=k,
-                     record_x=True, seed=2)
+        coarse = solve(
+            sde,
+            [1.0],
+            n_steps=k,
+            n_runs=n_runs,
+            substeps=m,
+            coupled=disc,
+            record_every=k,
+            record_x=True,
+            seed=2,
+        )
+        fine = solve(
+            sde,
+            [1.0],
+            n_steps=k,
+            n_runs=n_runs,
+            substeps=2 * m,
+            coupled=disc,
+            record_every=k,
+            record_x=True,
+            seed=2,
+        )
         sde_x = 2 * fine.x[-1, :, 0] - coarse.x[-1, :, 0]
         diff = disc.x[-1, :, 0] - sde_x
         errs.append(diff.mean().abs().item())
@@ -288,6 +402,7 @@ def test_weak_order_of_dsgd_models(model, order):
 
 
 # --- backends and coupling ---------------------------------------------------------------------
+
 
 def test_native_and_torchsde_agree_in_law():
     opt = DSignSGD(lr=0.05, n_workers=4, noise=so.noise.StudentT(nu=1.5, scale=0.5))
@@ -304,12 +419,19 @@ def test_torchsde_backend_equals_native_on_the_same_brownian_path():
     import torchsde
 
     from sdeopt.dynamics import GridBrownian
+
     opt = DSGD(lr=0.1, n_workers=2, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.5))
     sde = sde_of(opt, quadratic(), "curvature")
     b, k = 7, 12
     dw = torch.randn(k, b, 3, generator=torch.Generator().manual_seed(0)) * math.sqrt(opt.lr)
-    ys = torchsde.sdeint(sde.torchsde(), torch.ones(b, 3), torch.tensor([0.0, k * opt.lr]),
-                         bm=GridBrownian(0.0, opt.lr, dw), dt=opt.lr, method="euler")
+    ys = torchsde.sdeint(
+        sde.torchsde(),
+        torch.ones(b, 3),
+        torch.tensor([0.0, k * opt.lr]),
+        bm=GridBrownian(0.0, opt.lr, dw),
+        dt=opt.lr,
+        method="euler",
+    )
     x = torch.ones(b, 3)
     for i in range(k):
         x = EulerMaruyama().step(sde, x, 1.0, opt.lr, dw[i])
@@ -318,15 +440,28 @@ def test_torchsde_backend_equals_native_on_the_same_brownian_path():
 
 @pytest.mark.parametrize("schedule", [so.schedules.Constant(), so.schedules.PolyDecay(power=0.5)])
 def test_coupling_reproduces_the_discrete_path(schedule, generator):
-    opt = DSGD(lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[1.0, 0.5, 2.0, 1.0]), schedule=schedule)
+    opt = DSGD(
+        lr=0.05, n_workers=4, noise=so.noise.Gaussian(scale=[1.0, 0.5, 2.0, 1.0]), schedule=schedule
+    )
     prob = quadratic()
     x0 = torch.randn(50, 3, generator=generator)
-    disc = simulate(opt, prob, x0, n_steps=30, n_runs=50, record_x=True, keep_increments=True, seed=4)
-    path = solve(sde_of(opt, prob, "first_order"), x0, n_steps=30, n_runs=50, record_x=True, coupled=disc)
+    disc = simulate(
+        opt, prob, x0, n_steps=30, n_runs=50, record_x=True, keep_increments=True, seed=4
+    )
+    path = solve(
+        sde_of(opt, prob, "first_order"), x0, n_steps=30, n_runs=50, record_x=True, coupled=disc
+    )
     torch.testing.assert_close(path.x, disc.x, rtol=1e-10, atol=1e-12)
     # More substeps: a different (continuous) path, close to the discrete one, run by run.
-    fine = solve(sde_of(opt, prob, "first_order"), x0, n_steps=30, n_runs=50, record_x=True,
-                 coupled=disc, substeps=8)
+    fine = solve(
+        sde_of(opt, prob, "first_order"),
+        x0,
+        n_steps=30,
+        n_runs=50,
+        record_x=True,
+        coupled=disc,
+        substeps=8,
+    )
     gap = (fine.x[-1] - disc.x[-1]).norm(dim=-1).mean()
     spread = (disc.x[-1] - disc.x[-1].mean(0)).norm(dim=-1).mean()
     assert 0 < gap < 0.3 * spread
@@ -337,13 +472,19 @@ def test_coupling_reproduces_the_discrete_path(schedule, generator):
 # method itself, so a coupled solve must reproduce the discrete path to rounding.
 COUPLED_CASES = {
     "gauss-shared": lambda: DSGD(lr=0.05, n_workers=3, noise=so.noise.Gaussian(scale=0.7)),
-    "gauss-per-worker": lambda: DSGD(lr=0.05, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
+    "gauss-per-worker": lambda: DSGD(
+        lr=0.05, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])
+    ),
     "affine-additive": lambda: DSGD(lr=0.05, noise=so.noise.AffineVariance(sigma0=2.0)),
-    "affine": lambda: DSGD(lr=0.05, n_workers=2, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)),
-    "affine-per-worker": lambda: DSGD(lr=0.05, n_workers=2,
-                                      noise=so.noise.AffineVariance(sigma0=[0.5, 1.0], sigma1=[0.3, 0.9])),
-    "dcsgd-identity-affine": lambda: DCSGD(lr=0.05, n_workers=2,
-                                           noise=so.noise.AffineVariance(sigma0=1.0, sigma1=0.5)),
+    "affine": lambda: DSGD(
+        lr=0.05, n_workers=2, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)
+    ),
+    "affine-per-worker": lambda: DSGD(
+        lr=0.05, n_workers=2, noise=so.noise.AffineVariance(sigma0=[0.5, 1.0], sigma1=[0.3, 0.9])
+    ),
+    "dcsgd-identity-affine": lambda: DCSGD(
+        lr=0.05, n_workers=2, noise=so.noise.AffineVariance(sigma0=1.0, sigma1=0.5)
+    ),
 }
 
 
@@ -353,11 +494,15 @@ def test_coupling_reproduces_the_discrete_path_for_every_coupling_law(case, gene
     std(x)·ξ and the coupled SDE applied std twice (E f 0.417 for a discrete 0.104)."""
     opt, prob = COUPLED_CASES[case](), so.problems.Quadratic(diag=[1.0, 3.0])
     x0 = torch.randn(40, 2, generator=generator)
-    disc = simulate(opt, prob, x0, n_steps=25, n_runs=40, record_x=True, keep_increments=True, seed=3)
+    disc = simulate(
+        opt, prob, x0, n_steps=25, n_runs=40, record_x=True, keep_increments=True, seed=3
+    )
     # The recorded increments are standard normal draws, whatever the law's state-dependent scale.
     xi = disc.increments.reshape(-1)
     assert abs(float(xi.mean())) < 4 / math.sqrt(xi.numel()) and abs(float(xi.var()) - 1) < 0.1
-    path = solve(sde_of(opt, prob, "first_order"), x0, n_steps=25, n_runs=40, record_x=True, coupled=disc)
+    path = solve(
+        sde_of(opt, prob, "first_order"), x0, n_steps=25, n_runs=40, record_x=True, coupled=disc
+    )
     torch.testing.assert_close(path.x, disc.x, rtol=1e-10, atol=1e-12)
 
 
@@ -385,6 +530,7 @@ def test_solve_is_chunk_invariant_and_seeded():
 
 # --- bad input ---------------------------------------------------------------------------------
 
+
 def test_infinite_variance_has_no_brownian_sde():
     opt = DSGD(lr=0.1, noise=so.noise.StudentT(nu=1.5))
     with pytest.raises(ValueError, match="infinite variance"):
@@ -393,30 +539,97 @@ def test_infinite_variance_has_no_brownian_sde():
     sde_of(DSignSGD(lr=0.1, noise=so.noise.StudentT(nu=0.5)), quadratic())
 
 
-@pytest.mark.parametrize("call,name", [
-    (lambda: sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic(), "third_order"), "model"),
-    (lambda: sde_of("dsgd", quadratic()), "method"),
-    (lambda: sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.TopK(k=1)),
-                    quadratic()), "compressor"),
-    (lambda: sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), clip=1.0), quadratic()), "method"),
-    (lambda: sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=5)),
-                    quadratic()), "k"),
-    (lambda: sde_of(DSignSGD(lr=0.1, noise=so.noise.SymmetricStable(alpha=1.5)), quadratic()), "noise"),
-    (lambda: solve(sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()), [0.0] * 3, 2, 2,
-                   substeps=0), "substeps"),
-    (lambda: solve(sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()), [0.0] * 3, 2, 2,
-                   backend="scipy"), "backend"),
-    (lambda: solve(sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=1)),
-                          quadratic()), [0.0] * 3, 2, 2, scheme="milstein"), "milstein"),
-    (lambda: solve("sde", [0.0] * 3, 2, 2), "sde"),
-    (lambda: sde_of(DSignSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic(), "curvature"),
-     "curvature.*no derivation"),
-    (lambda: sde_of(so.discrete.MarkovSGD(lr=0.1, noise=so.noise.GaussianAR1(rho=0.8)), quadratic(),
-                    "second_order"), "second_order.*correlated"),
-    (lambda: sde_of(so.discrete.MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1)), quadratic(),
-                    "curvature"), "curvature.*correlated"),
-    (lambda: solve(sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()), [0.0] * 2, 2, 2), "x0"),
-])
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (
+            lambda: sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic(), "third_order"),
+            "model",
+        ),
+        (lambda: sde_of("dsgd", quadratic()), "method"),
+        (
+            lambda: sde_of(
+                DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.TopK(k=1)),
+                quadratic(),
+            ),
+            "compressor",
+        ),
+        (lambda: sde_of(DCSGD(lr=0.1, noise=so.noise.Gaussian(), clip=1.0), quadratic()), "method"),
+        (
+            lambda: sde_of(
+                DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=5)),
+                quadratic(),
+            ),
+            "k",
+        ),
+        (
+            lambda: sde_of(
+                DSignSGD(lr=0.1, noise=so.noise.SymmetricStable(alpha=1.5)), quadratic()
+            ),
+            "noise",
+        ),
+        (
+            lambda: solve(
+                sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()),
+                [0.0] * 3,
+                2,
+                2,
+                substeps=0,
+            ),
+            "substeps",
+        ),
+        (
+            lambda: solve(
+                sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()),
+                [0.0] * 3,
+                2,
+                2,
+                backend="scipy",
+            ),
+            "backend",
+        ),
+        (
+            lambda: solve(
+                sde_of(
+                    DCSGD(lr=0.1, noise=so.noise.Gaussian(), compressor=so.compressors.RandK(k=1)),
+                    quadratic(),
+                ),
+                [0.0] * 3,
+                2,
+                2,
+                scheme="milstein",
+            ),
+            "milstein",
+        ),
+        (lambda: solve("sde", [0.0] * 3, 2, 2), "sde"),
+        (
+            lambda: sde_of(DSignSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic(), "curvature"),
+            "curvature.*no derivation",
+        ),
+        (
+            lambda: sde_of(
+                so.discrete.MarkovSGD(lr=0.1, noise=so.noise.GaussianAR1(rho=0.8)),
+                quadratic(),
+                "second_order",
+            ),
+            "second_order.*correlated",
+        ),
+        (
+            lambda: sde_of(
+                so.discrete.MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1)),
+                quadratic(),
+                "curvature",
+            ),
+            "curvature.*correlated",
+        ),
+        (
+            lambda: solve(
+                sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian()), quadratic()), [0.0] * 2, 2, 2
+            ),
+            "x0",
+        ),
+    ],
+)
 def test_bad_input(call, name):
     with pytest.raises(ValueError, match=name):
         call()

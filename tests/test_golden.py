@@ -22,5 +22,7 @@ def test_every_recorded_case_still_exists_and_every_case_is_recorded():
 
 @pytest.mark.parametrize("name", sorted(RECORDED))
 def test_same_numbers_as_recorded(name):
-    expected = torch.tensor([[float.fromhex(v) for v in row] for row in RECORDED[name]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[float.fromhex(v) for v in row] for row in RECORDED[name]], dtype=torch.float64
+    )
     torch.testing.assert_close(CASES[name](), expected, rtol=1e-13, atol=0.0)

@@ -74,12 +74,18 @@ def per_sample(fn, x):
 GRADIENT_METHODS = {
     "dsgd-gauss": lambda: DSGD(lr=LR, n_workers=3, noise=so.noise.Gaussian(scale=[0.5, 1.0, 2.0])),
     "dsgd-t5": lambda: DSGD(lr=LR, n_workers=2, noise=so.noise.StudentT(nu=5.0, scale=0.7)),
-    "dsgd-affine": lambda: DSGD(lr=LR, n_workers=2, noise=so.noise.AffineVariance(sigma0=[0.5, 0.2],
-                                                                                 sigma1=[0.8, 0.3])),
-    "dcsgd-randk": lambda: DCSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=0.6),
-                                 compressor=so.compressors.RandK(k=1)),
-    "dcsgd-randk-t": lambda: DCSGD(lr=LR, n_workers=3, noise=so.noise.StudentT(nu=6.0, scale=[0.3, 0.6, 0.9]),
-                                   compressor=so.compressors.RandK(k=2)),
+    "dsgd-affine": lambda: DSGD(
+        lr=LR, n_workers=2, noise=so.noise.AffineVariance(sigma0=[0.5, 0.2], sigma1=[0.8, 0.3])
+    ),
+    "dcsgd-randk": lambda: DCSGD(
+        lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=0.6), compressor=so.compressors.RandK(k=1)
+    ),
+    "dcsgd-randk-t": lambda: DCSGD(
+        lr=LR,
+        n_workers=3,
+        noise=so.noise.StudentT(nu=6.0, scale=[0.3, 0.6, 0.9]),
+        compressor=so.compressors.RandK(k=2),
+    ),
 }
 #: model -> s in the reference drift -eta ∇(f + s (lr eta/4) |∇f|²) (Li–Tai–E: +; Compagnoni et al.: -).
 GRADIENT_MODELS = {"first_order": 0.0, "second_order": 1.0, "curvature": -1.0}
@@ -137,16 +143,25 @@ def _step_covariance(opt, grads):
 
 HETEROGENEOUS = {
     "dsgd-gauss": lambda: DSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 1.5])),
-    "dcsgd-randk": lambda: DCSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=0.6),
-                                 compressor=so.compressors.RandK(k=2)),
-    "dcsgd-randk-t": lambda: DCSGD(lr=LR, n_workers=2, noise=so.noise.StudentT(nu=4.0, scale=[0.3, 0.9]),
-                                   compressor=so.compressors.RandK(k=1)),
+    "dcsgd-randk": lambda: DCSGD(
+        lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=0.6), compressor=so.compressors.RandK(k=2)
+    ),
+    "dcsgd-randk-t": lambda: DCSGD(
+        lr=LR,
+        n_workers=2,
+        noise=so.noise.StudentT(nu=4.0, scale=[0.3, 0.9]),
+        compressor=so.compressors.RandK(k=1),
+    ),
 }
 
 
 @pytest.mark.parametrize("model", sorted(GRADIENT_MODELS))
-@pytest.mark.parametrize("case", [("homogeneous", m) for m in sorted(GRADIENT_METHODS)]
-                         + [("heterogeneous", m) for m in sorted(HETEROGENEOUS)], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    [("homogeneous", m) for m in sorted(GRADIENT_METHODS)]
+    + [("heterogeneous", m) for m in sorted(HETEROGENEOUS)],
+    ids=str,
+)
 def test_gradient_method_diffusions_against_the_one_step_covariance(case, model, generator):
     """G Gᵀ lr = Cov(x_1 - x_0) = (lr eta)² Cov u, for every model (they share the diffusion)."""
     kind, name = case
@@ -166,7 +181,9 @@ def test_gradient_method_diffusions_against_the_one_step_covariance(case, model,
 SIGN_METHODS = {
     "gauss": lambda: DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 2.0])),
     "t1.5": lambda: DSignSGD(lr=LR, n_workers=3, noise=so.noise.StudentT(nu=1.5, scale=0.8)),
-    "t3-per-worker": lambda: DSignSGD(lr=LR, n_workers=2, noise=so.noise.StudentT(nu=3.0, scale=[0.4, 1.1])),
+    "t3-per-worker": lambda: DSignSGD(
+        lr=LR, n_workers=2, noise=so.noise.StudentT(nu=3.0, scale=[0.4, 1.1])
+    ),
 }
 
 
@@ -174,7 +191,11 @@ def _sign_mean(opt, grads):
     """ū = (1/N) Σ_i (2 F(∇f_i/σ_i) - 1) with F from scipy, (B, d) numpy; grads (B, N or 1, d)."""
     noise, n = opt.noise, opt.n_workers
     scale = np.array(noise.scale if isinstance(noise.scale, tuple) else (noise.scale,) * n)[:, None]
-    cdf = stats.norm.cdf if isinstance(noise, so.noise.Gaussian) else (lambda y: stats.t.cdf(y, noise.nu))
+    cdf = (
+        stats.norm.cdf
+        if isinstance(noise, so.noise.Gaussian)
+        else (lambda y: stats.t.cdf(y, noise.nu))
+    )
     g = np.broadcast_to(grads, (grads.shape[0], n, grads.shape[-1]))
     return (2 * cdf(g / scale) - 1).mean(1), (2 * cdf(g / scale) - 1)
 
@@ -194,36 +215,54 @@ def test_sign_drifts_against_scipy_and_finite_differences(method, objective, mod
     expected = -ETA * u
     if model == "second_order":
         h = 1e-6
-        jac = np.stack([(mean(x.numpy() + h * e) - mean(x.numpy() - h * e)) / (2 * h)
-                        for e in np.eye(prob.dim)], axis=-1)  # (B, d, d): ∂ū_j/∂x_l
+        jac = np.stack(
+            [
+                (mean(x.numpy() + h * e) - mean(x.numpy() - h * e)) / (2 * h)
+                for e in np.eye(prob.dim)
+            ],
+            axis=-1,
+        )  # (B, d, d): ∂ū_j/∂x_l
         expected = expected - (LR * ETA**2 / 2) * np.einsum("bjl,bl->bj", jac, u)
     drift = sde_of(opt, prob, model).drift_at(x, ETA)
     np.testing.assert_allclose(drift.numpy(), expected, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("case", [("homogeneous", m) for m in sorted(SIGN_METHODS)] + [("heterogeneous", "t2")],
-                         ids=str)
+@pytest.mark.parametrize(
+    "case", [("homogeneous", m) for m in sorted(SIGN_METHODS)] + [("heterogeneous", "t2")], ids=str
+)
 def test_sign_diffusion_against_the_one_step_covariance(case, generator):
     """Signs of different workers and coordinates are independent given x:
     Cov u = diag((1/N²) Σ_i (1 - m_i²)); heterogeneous workers have their own m_i (first order)."""
     kind, name = case
     if kind == "homogeneous":
-        opt, prob, models = SIGN_METHODS[name](), so.problems.Quadratic(matrix=DENSE), GRADIENT_MODELS
+        opt, prob, models = (
+            SIGN_METHODS[name](),
+            so.problems.Quadratic(matrix=DENSE),
+            GRADIENT_MODELS,
+        )
     else:
-        opt, prob = DSignSGD(lr=LR, n_workers=2, noise=so.noise.StudentT(nu=2.0, scale=[0.5, 1.5])), TwoCenters()
+        opt, prob = (
+            DSignSGD(lr=LR, n_workers=2, noise=so.noise.StudentT(nu=2.0, scale=[0.5, 1.5])),
+            TwoCenters(),
+        )
         models = ["first_order"]
     x = points(prob.dim, generator)
     mean, m = _sign_mean(opt, prob.worker_grads(x).numpy())  # (B, d), (B, N, d)
-    expected = np.apply_along_axis(np.diag, -1, (LR * ETA) ** 2 * (1 - m**2).sum(1) / opt.n_workers**2)
+    expected = np.apply_along_axis(
+        np.diag, -1, (LR * ETA) ** 2 * (1 - m**2).sum(1) / opt.n_workers**2
+    )
     for model in models:
         if model == "curvature":
             continue
         cov = sde_of(opt, prob, model).diffusion_at(x, ETA).cov() * LR
         np.testing.assert_allclose(cov.numpy(), expected, rtol=1e-9, atol=1e-14)
-    np.testing.assert_allclose(sde_of(opt, prob).drift_at(x, ETA).numpy(), -ETA * mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        sde_of(opt, prob).drift_at(x, ETA).numpy(), -ETA * mean, rtol=1e-9, atol=1e-12
+    )
 
 
 # --- SGD with Markov noise and Itô chains ------------------------------------------------------------
+
 
 def _asymptotic_variance(matrix, values):
     """σ² = Σ_{j ∈ Z} Cov_π(h(Z_0), h(Z_j)) by the fundamental matrix (I - P + 1πᵀ)^{-1}."""
@@ -237,11 +276,17 @@ def _asymptotic_variance(matrix, values):
 
 
 MARKOV = {
-    "two-state": (so.noise.TwoStateMarkov(p=0.2, scale=0.5), 0.5**2 * _asymptotic_variance([[0.8, 0.2], [0.2, 0.8]],
-                                                                                          [-1.0, 1.0])),
+    "two-state": (
+        so.noise.TwoStateMarkov(p=0.2, scale=0.5),
+        0.5**2 * _asymptotic_variance([[0.8, 0.2], [0.2, 0.8]], [-1.0, 1.0]),
+    ),
     "ar1": (so.noise.GaussianAR1(rho=0.6, scale=1.5), 1.5**2 * (1 + 0.6) / (1 - 0.6)),
-    "finite": (so.noise.FiniteMarkov([[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]], values=[-1.0, 0.5, 2.0]),
-               _asymptotic_variance([[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]], [-1.0, 0.5, 2.0])),
+    "finite": (
+        so.noise.FiniteMarkov(
+            [[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]], values=[-1.0, 0.5, 2.0]
+        ),
+        _asymptotic_variance([[0.5, 0.5, 0.0], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]], [-1.0, 0.5, 2.0]),
+    ),
 }
 
 
@@ -252,8 +297,12 @@ def test_markov_sgd_model_against_the_chain_clt(chain, generator):
     x = points(prob.dim, generator)
     sde = sde_of(MarkovSGD(lr=LR, noise=noise), prob)
     torch.testing.assert_close(sde.drift_at(x, ETA), -ETA * per_sample(torch.func.grad(f), x))
-    torch.testing.assert_close(sde.diffusion_at(x, ETA).cov() * LR,
-                               (LR * ETA) ** 2 * sigma2 * torch.eye(3).expand(5, 3, 3), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        sde.diffusion_at(x, ETA).cov() * LR,
+        (LR * ETA) ** 2 * sigma2 * torch.eye(3).expand(5, 3, 3),
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
@@ -262,22 +311,29 @@ def test_ito_chain_model_against_its_update(gamma, generator):
     drift, diffusion = (lambda y: -torch.sin(y)), (lambda y: 0.5 + y**2)
     prob = so.problems.Quadratic(diag=[1.0, 2.0])
     x = points(2, generator)
-    for chain, sigma in ((ItoChain(lr=LR, gamma=gamma, drift=drift, diffusion=diffusion), diffusion(x)),
-                         (ItoChain(lr=LR, gamma=gamma, diffusion=0.7), torch.full_like(x, 0.7))):
+    for chain, sigma in (
+        (ItoChain(lr=LR, gamma=gamma, drift=drift, diffusion=diffusion), diffusion(x)),
+        (ItoChain(lr=LR, gamma=gamma, diffusion=0.7), torch.full_like(x, 0.7)),
+    ):
         sde = sde_of(chain, prob)
         b = drift(x) if chain.drift is not None else -prob.grad(x)
         torch.testing.assert_close(sde.drift_at(x, ETA) * LR, ETA * LR * b)
-        torch.testing.assert_close(sde.diffusion_at(x, ETA).cov() * LR,
-                                   torch.diag_embed((ETA * LR) ** (1 + gamma) * sigma**2))
+        torch.testing.assert_close(
+            sde.diffusion_at(x, ETA).cov() * LR,
+            torch.diag_embed((ETA * LR) ** (1 + gamma) * sigma**2),
+        )
 
 
-@pytest.mark.parametrize("make,model", [
-    (lambda: DSignSGD(lr=LR, noise=so.noise.Gaussian()), "curvature"),
-    (lambda: MarkovSGD(lr=LR, noise=so.noise.GaussianAR1(rho=0.5)), "second_order"),
-    (lambda: MarkovSGD(lr=LR, noise=so.noise.GaussianAR1(rho=0.5)), "curvature"),
-    (lambda: ItoChain(lr=LR), "second_order"),
-    (lambda: ItoChain(lr=LR), "curvature"),
-])
+@pytest.mark.parametrize(
+    "make,model",
+    [
+        (lambda: DSignSGD(lr=LR, noise=so.noise.Gaussian()), "curvature"),
+        (lambda: MarkovSGD(lr=LR, noise=so.noise.GaussianAR1(rho=0.5)), "second_order"),
+        (lambda: MarkovSGD(lr=LR, noise=so.noise.GaussianAR1(rho=0.5)), "curvature"),
+        (lambda: ItoChain(lr=LR), "second_order"),
+        (lambda: ItoChain(lr=LR), "curvature"),
+    ],
+)
 def test_models_without_a_derivation_are_refused(make, model):
     with pytest.raises(ValueError, match=f"Invalid model: '{model}'"):
         sde_of(make(), so.problems.Quadratic(diag=[1.0, 2.0, 3.0]), model)
@@ -287,8 +343,14 @@ def test_models_without_a_derivation_are_refused(make, model):
 def test_sign_model_refuses_a_zero_noise_scale(scale):
     """σ = 0 makes the sign deterministic: m jumps at ∇f = 0 and the drift is not smooth."""
     with pytest.raises(ValueError, match="zero scale"):
-        sde_of(DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=scale)), so.problems.Quadratic(diag=[1.0]))
-    sde_of(DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[1.0, 2.0])), so.problems.Quadratic(diag=[1.0]))
+        sde_of(
+            DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=scale)),
+            so.problems.Quadratic(diag=[1.0]),
+        )
+    sde_of(
+        DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[1.0, 2.0])),
+        so.problems.Quadratic(diag=[1.0]),
+    )
 
 
 def test_a_method_without_a_model_is_refused():
@@ -302,15 +364,19 @@ def test_a_method_without_a_model_is_refused():
 
 def test_heterogeneous_sign_method_has_no_second_order_model():
     with pytest.raises(ValueError, match="second_order"):
-        sde_of(DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian()), TwoCenters(), "second_order")
+        sde_of(
+            DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian()), TwoCenters(), "second_order"
+        )
 
 
 # --- what a model must keep: dtype, structure, edge cases, its record ---------------------------------
 
 DTYPE_CASES = {
     "dsgd-gauss": lambda: (GRADIENT_METHODS["dsgd-gauss"](), so.problems.CoshSum(dim=3)),
-    "dsgd-affine-1d": lambda: (DSGD(lr=LR, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)),
-                               HalfSquarePlusQuartic()),
+    "dsgd-affine-1d": lambda: (
+        DSGD(lr=LR, noise=so.noise.AffineVariance(sigma0=0.5, sigma1=0.8)),
+        HalfSquarePlusQuartic(),
+    ),
     "dcsgd-randk": lambda: (GRADIENT_METHODS["dcsgd-randk"](), so.problems.CoshSum(dim=3)),
     "dcsgd-randk-heterogeneous": lambda: (HETEROGENEOUS["dcsgd-randk"](), TwoCenters()),
     "dsign-t": lambda: (SIGN_METHODS["t3-per-worker"](), so.problems.CoshSum(dim=3)),
@@ -337,7 +403,9 @@ def test_models_compute_in_the_dtype_of_x(case, generator):
 @pytest.mark.parametrize("d,k", [(1, 1), (2, 1), (2, 2), (4, 3)])
 def test_randk_diffusion_in_small_dimensions(d, k, generator):
     """k = d keeps everything (no compression noise); d = 2 is the smallest case with c != 0."""
-    opt = DCSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=0.6), compressor=so.compressors.RandK(k=k))
+    opt = DCSGD(
+        lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=0.6), compressor=so.compressors.RandK(k=k)
+    )
     prob = so.problems.Quadratic(diag=list(np.linspace(1.0, 2.0, d)))
     x = points(d, generator)
     expected = (LR * ETA) ** 2 * _step_covariance(opt, prob.worker_grads(x).expand(-1, 2, -1))
@@ -355,7 +423,9 @@ def test_sign_model_where_the_signs_are_certain():
     x = torch.tensor([[60.0, -80.0], [0.3, 70.0]])
     assert torch.equal(sde.diffusion_at(x, ETA).g[0], torch.zeros(2))
     deriv = sde.diffusion_derivative_fn(x, ETA)
-    assert torch.isfinite(deriv).all() and torch.equal(deriv[0], torch.zeros(2)) and deriv[1, 1] == 0
+    assert (
+        torch.isfinite(deriv).all() and torch.equal(deriv[0], torch.zeros(2)) and deriv[1, 1] == 0
+    )
     torch.testing.assert_close(sde.drift_at(x, ETA)[0], torch.tensor([-ETA, ETA]))
 
 
@@ -367,14 +437,18 @@ def test_affine_derivative_where_the_noise_vanishes():
     deriv = sde.diffusion_derivative_fn(x, ETA)
     assert deriv[0, 0] == 0 and sde.diffusion_at(x, ETA).g[0, 0] == 0
     # g = eta sqrt(lr) sqrt(3 σ1² f'²)/3 = eta sqrt(lr) σ1 |f'| / sqrt(3), f' = x + x³, f'' = 1 + 3x²
-    torch.testing.assert_close(deriv[1, 0], torch.tensor(ETA * LR**0.5 * 0.6 / 3**0.5 * (1 + 3 * 0.25)))
+    torch.testing.assert_close(
+        deriv[1, 0], torch.tensor(ETA * LR**0.5 * 0.6 / 3**0.5 * (1 + 3 * 0.25))
+    )
 
 
 def test_heterogeneous_sign_drift_in_one_dimension(generator):
     opt = DSignSGD(lr=LR, n_workers=2, noise=so.noise.Gaussian(scale=[0.5, 1.0]))
     prob, x = TwoCenters([[1.0], [-2.0]]), points(1, generator)
     mean, _ = _sign_mean(opt, prob.worker_grads(x).numpy())
-    np.testing.assert_allclose(sde_of(opt, prob).drift_at(x, ETA).numpy(), -ETA * mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        sde_of(opt, prob).drift_at(x, ETA).numpy(), -ETA * mean, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_itô_chain_with_a_callable_diffusion_has_no_milstein_in_several_dimensions():
@@ -385,17 +459,26 @@ def test_itô_chain_with_a_callable_diffusion_has_no_milstein_in_several_dimensi
     assert sde.diffusion_derivative_fn is None
     with pytest.raises(ValueError, match="milstein"):
         so.dynamics.solve(sde, [0.5, 0.5], n_steps=2, n_runs=2, scheme="milstein")
-    one_d = so.dynamics.solve(sde_of(ItoChain(lr=LR, diffusion=lambda y: 0.5 + y**2), so.problems.Quadratic(diag=[1.0])),
-                              [0.5], n_steps=2, n_runs=2, scheme="milstein")
+    one_d = so.dynamics.solve(
+        sde_of(ItoChain(lr=LR, diffusion=lambda y: 0.5 + y**2), so.problems.Quadratic(diag=[1.0])),
+        [0.5],
+        n_steps=2,
+        n_runs=2,
+        scheme="milstein",
+    )
     assert torch.isfinite(one_d.loss).all()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: (GRADIENT_METHODS["dsgd-gauss"](), "curvature"),
-    lambda: (SIGN_METHODS["gauss"](), "second_order"),
-    lambda: (MarkovSGD(lr=LR, noise=MARKOV["ar1"][0]), "first_order"),
-    lambda: (ItoChain(lr=LR, gamma=0.5, diffusion=0.7), "first_order"),
-], ids=["dsgd", "dsign", "markov", "ito"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (GRADIENT_METHODS["dsgd-gauss"](), "curvature"),
+        lambda: (SIGN_METHODS["gauss"](), "second_order"),
+        lambda: (MarkovSGD(lr=LR, noise=MARKOV["ar1"][0]), "first_order"),
+        lambda: (ItoChain(lr=LR, gamma=0.5, diffusion=0.7), "first_order"),
+    ],
+    ids=["dsgd", "dsign", "markov", "ito"],
+)
 def test_models_record_what_they_are(make):
     """The SDE knows its model, its problem (observables are recorded) and its configuration."""
     opt, model = make()
@@ -404,12 +487,15 @@ def test_models_record_what_they_are(make):
     assert sde.model == model and sde.problem is prob and sde.lr == LR
     assert sde.config["model"] == model and sde.config["method"] == opt.config()
     if isinstance(opt, ItoChain):
-        assert sde.config["gamma"] == 0.5 and sde.config["diffusion_scale"] == pytest.approx(LR**0.25)
+        assert sde.config["gamma"] == 0.5 and sde.config["diffusion_scale"] == pytest.approx(
+            LR**0.25
+        )
     path = so.dynamics.solve(sde, [1.0, 1.0, 1.0], n_steps=2, n_runs=4)
     assert path.model == model and torch.isfinite(path.loss).all()
 
 
 # --- weak orders against deterministic references ----------------------------------------------------
+
 
 def sde_expectation(sde, g, x0, t_end, lo, hi, n_x=2001, n_t=400):
     """E g(X_T | X_0 = x0) of a 1-D SDE: u_t = b u_x + (G²/2) u_xx, u(0) = g, Crank–Nicolson on
@@ -458,7 +544,7 @@ def dsign_expectation(grad, lr, sigma, n_workers, g, x0, n_steps):
         for c in range(n + 1):  # c plus signs: x -> x - lr (2c - n)/n, n - 2c lattice sites
             mass, shift = p * stats.binom.pmf(c, n, up), n - 2 * c
             if shift >= 0:
-                new[shift:] += mass[:len(p) - shift]
+                new[shift:] += mass[: len(p) - shift]
             else:
                 new[:shift] += mass[-shift:]
         p = new
@@ -495,7 +581,9 @@ def test_weak_orders_of_the_sign_models():
     for lr in LRS:
         exact = dsign_expectation(lambda x: x, lr, 1.0, 2, square, 0.5, round(1 / lr))
         for model in errs:
-            sde = sde_of(DSignSGD(lr=lr, n_workers=2, noise=so.noise.Gaussian(scale=1.0)), prob, model)
+            sde = sde_of(
+                DSignSGD(lr=lr, n_workers=2, noise=so.noise.Gaussian(scale=1.0)), prob, model
+            )
             errs[model].append(abs(sde_expectation(sde, square, 0.5, 1.0, -2.5, 3.5) - exact))
     assert abs(_slope(LRS[1:], errs["first_order"][1:]) - 1) < 0.2, errs
     assert abs(_slope(LRS, errs["second_order"]) - 2) < 0.2, errs
@@ -513,4 +601,6 @@ def test_the_references_are_exact_where_closed_forms_exist():
     m2 = x0**2
     for _ in range(k):
         m2 = (1 - lr) ** 2 * m2 + (lr * sigma) ** 2
-    assert abs(dsgd_expectation(lambda x: x, lr, sigma, lambda x: x**2, x0, k, -3.0, 3.0) - m2) < 1e-9
+    assert (
+        abs(dsgd_expectation(lambda x: x, lr, sigma, lambda x: x**2, x0, k, -3.0, 3.0) - m2) < 1e-9
+    )

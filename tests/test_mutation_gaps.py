@@ -67,7 +67,9 @@ def test_diagonal_plus_rank_one_with_zero_diagonal_entries():
 def test_eta_is_the_schedule_factor_of_the_step_containing_t():
     schedule = so.schedules.PolyDecay(power=1.0)
     for lr in (0.5, 0.1, 0.3):
-        sde = SDE.diagonal(lambda x: -x, lambda x: torch.ones_like(x), dim=1, lr=lr, schedule=schedule)
+        sde = SDE.diagonal(
+            lambda x: -x, lambda x: torch.ones_like(x), dim=1, lr=lr, schedule=schedule
+        )
         for k in range(6):
             factor = float(schedule(k))
             assert sde.eta(k * lr) == factor  # a grid time belongs to the step it starts
@@ -77,31 +79,54 @@ def test_eta_is_the_schedule_factor_of_the_step_containing_t():
 
 def test_sde_validates_its_dimensions():
     drift, diffusion = (lambda x, eta: -x), (lambda x, eta: Diagonal(torch.ones_like(x)))
-    for kw, name in ((dict(dim=0, brownian_dim=1, noise_type="general"), "Invalid dim:"),
-                     (dict(dim=2, brownian_dim=0, noise_type="general"), "Invalid brownian_dim:"),
-                     (dict(dim=2, brownian_dim=3), "Invalid brownian_dim:"),
-                     (dict(dim=2, brownian_dim=2, lr=0.0), "Invalid lr:"),
-                     (dict(dim=2, brownian_dim=2, noise_type="scalar"), "Invalid noise_type:")):
+    for kw, name in (
+        (dict(dim=0, brownian_dim=1, noise_type="general"), "Invalid dim:"),
+        (dict(dim=2, brownian_dim=0, noise_type="general"), "Invalid brownian_dim:"),
+        (dict(dim=2, brownian_dim=3), "Invalid brownian_dim:"),
+        (dict(dim=2, brownian_dim=2, lr=0.0), "Invalid lr:"),
+        (dict(dim=2, brownian_dim=2, noise_type="scalar"), "Invalid noise_type:"),
+    ):
         with pytest.raises(ValueError, match=name):
             SDE(drift_fn=drift, diffusion_fn=diffusion, **dict(dict(noise_type="diagonal"), **kw))
-    SDE(dim=2, brownian_dim=3, drift_fn=drift, diffusion_fn=diffusion, noise_type="general")  # m != d: fine
+    SDE(
+        dim=2, brownian_dim=3, drift_fn=drift, diffusion_fn=diffusion, noise_type="general"
+    )  # m != d: fine
 
 
 def test_sde_diagonal_keeps_its_keyword_arguments():
     prob = so.problems.Quadratic(diag=[1.0])
     schedule = so.schedules.PolyDecay(power=0.5)
-    sde = SDE.diagonal(lambda x: -x, lambda x: torch.ones_like(x), dim=1, lr=0.25, schedule=schedule,
-                       model="ou", problem=prob, config={"name": "ou"})
-    assert (sde.lr, sde.schedule, sde.model, sde.problem, sde.config) == (0.25, schedule, "ou", prob,
-                                                                          {"name": "ou"})
+    sde = SDE.diagonal(
+        lambda x: -x,
+        lambda x: torch.ones_like(x),
+        dim=1,
+        lr=0.25,
+        schedule=schedule,
+        model="ou",
+        problem=prob,
+        config={"name": "ou"},
+    )
+    assert (sde.lr, sde.schedule, sde.model, sde.problem, sde.config) == (
+        0.25,
+        schedule,
+        "ou",
+        prob,
+        {"name": "ou"},
+    )
 
 
 def _scheduled_sde(lr=0.1):
     """dX = -eta a X dt + eta s (1 + X²/4) dW: both coefficients depend on x and on eta_t."""
     a, s = 1.5, 0.6
-    return SDE(dim=2, drift_fn=lambda x, eta: -eta * a * x,
-               diffusion_fn=lambda x, eta: Diagonal(eta * s * (1 + 0.25 * x * x)),
-               noise_type="diagonal", brownian_dim=2, lr=lr, schedule=so.schedules.PolyDecay(power=0.5))
+    return SDE(
+        dim=2,
+        drift_fn=lambda x, eta: -eta * a * x,
+        diffusion_fn=lambda x, eta: Diagonal(eta * s * (1 + 0.25 * x * x)),
+        noise_type="diagonal",
+        brownian_dim=2,
+        lr=lr,
+        schedule=so.schedules.PolyDecay(power=0.5),
+    )
 
 
 def test_torchsde_adapter_evaluates_the_sde_at_the_time_of_the_step():
@@ -113,10 +138,16 @@ def test_torchsde_adapter_evaluates_the_sde_at_the_time_of_the_step():
         eta = float(sde.schedule(k))
         torch.testing.assert_close(adapter.f(t, x), -eta * 1.5 * x)
         torch.testing.assert_close(adapter.g(t, x), eta * 0.6 * (1 + 0.25 * x * x))
-    general = SDE(dim=2, drift_fn=lambda x, eta: -x,
-                  diffusion_fn=lambda x, eta: Dense(x.unsqueeze(-1) * x.new_ones(3)),
-                  noise_type="general", brownian_dim=3)
-    torch.testing.assert_close(general.torchsde().g(torch.tensor(0.0), x), x.unsqueeze(-1).expand(2, 2, 3))
+    general = SDE(
+        dim=2,
+        drift_fn=lambda x, eta: -x,
+        diffusion_fn=lambda x, eta: Dense(x.unsqueeze(-1) * x.new_ones(3)),
+        noise_type="general",
+        brownian_dim=3,
+    )
+    torch.testing.assert_close(
+        general.torchsde().g(torch.tensor(0.0), x), x.unsqueeze(-1).expand(2, 2, 3)
+    )
 
 
 # --- GridBrownian ------------------------------------------------------------------------------------
@@ -152,14 +183,20 @@ def _euler_reference(sde, x0, n_steps, n_runs, substeps, seed, block_size):
     """Euler–Maruyama by hand on the increments the backend draws: RandomSource(seed, B) normals
     of shape (B, n_steps * substeps, m) times sqrt(h), at the schedule factor of each step."""
     h = sde.lr / substeps
-    dw = RandomSource(seed, n_runs, block_size=block_size).normal(n_steps * substeps, sde.brownian_dim)
+    dw = RandomSource(seed, n_runs, block_size=block_size).normal(
+        n_steps * substeps, sde.brownian_dim
+    )
     dw = dw * math.sqrt(h)
     x = x0.expand(n_runs, -1).clone() if x0.dim() == 1 else x0.clone()
     xs = [x]
     for k in range(n_steps):
         eta = float(sde.schedule(k))
         for i in range(substeps):
-            x = x + sde.drift_at(x, eta) * h + sde.diffusion_at(x, eta).apply(dw[:, k * substeps + i])
+            x = (
+                x
+                + sde.drift_at(x, eta) * h
+                + sde.diffusion_at(x, eta).apply(dw[:, k * substeps + i])
+            )
         xs.append(x)
     return torch.stack(xs)  # (n_steps + 1, B, d)
 
@@ -169,8 +206,15 @@ def test_torchsde_backend_is_euler_on_its_drawn_increments(generator):
     n_steps, n_runs, substeps, block = 6, 12, 2, 4
     x0 = torch.randn(n_runs, 2, generator=generator)
     ref = _euler_reference(sde, x0, n_steps, n_runs, substeps, seed=7, block_size=block)
-    kw = dict(n_steps=n_steps, n_runs=n_runs, substeps=substeps, seed=7, block_size=block, record_x=True,
-              backend="torchsde")
+    kw = dict(
+        n_steps=n_steps,
+        n_runs=n_runs,
+        substeps=substeps,
+        seed=7,
+        block_size=block,
+        record_x=True,
+        backend="torchsde",
+    )
     whole = solve(sde, x0, **kw)
     torch.testing.assert_close(whole.x, ref, rtol=1e-10, atol=1e-12)
     chunked = solve(sde, x0, chunk_size=4, **kw)  # per-run x0 and streams, chunk by chunk
@@ -178,21 +222,43 @@ def test_torchsde_backend_is_euler_on_its_drawn_increments(generator):
     sparse = solve(sde, x0, **dict(kw, record_every=3))
     torch.testing.assert_close(sparse.x, ref[::3], rtol=1e-10, atol=1e-12)
     assert sparse.steps.tolist() == [0, 3, 6] and sparse.steps.dtype == np.int64
-    lr_sum = np.concatenate([[0.0], np.cumsum([sde.lr * float(sde.schedule(k)) for k in range(n_steps)])])
+    lr_sum = np.concatenate(
+        [[0.0], np.cumsum([sde.lr * float(sde.schedule(k)) for k in range(n_steps)])]
+    )
     np.testing.assert_allclose(sparse.lr_sum, lr_sum[[0, 3, 6]], rtol=1e-12)
     assert not whole.diverged.any() and (whole.blowup_step == -1).all()
     assert whole.blowup_step.dtype == torch.int64 and whole.diverged.dtype == torch.bool
     assert solve(sde, x0, **dict(kw, record_x=False)).x is None
     assert (whole.model, whole.lr, whole.seed) == (sde.model, sde.lr, 7)
-    assert {k: whole.config[k] for k in ("n_steps", "n_runs", "block_size", "first_run", "blowup_threshold",
-                                         "backend", "substeps")} == {
-        "n_steps": n_steps, "n_runs": n_runs, "block_size": block, "first_run": 0, "blowup_threshold": 1e10,
-        "backend": "torchsde", "substeps": substeps}
+    assert {
+        k: whole.config[k]
+        for k in (
+            "n_steps",
+            "n_runs",
+            "block_size",
+            "first_run",
+            "blowup_threshold",
+            "backend",
+            "substeps",
+        )
+    } == {
+        "n_steps": n_steps,
+        "n_runs": n_runs,
+        "block_size": block,
+        "first_run": 0,
+        "blowup_threshold": 1e10,
+        "backend": "torchsde",
+        "substeps": substeps,
+    }
     assert whole.config["problem"] == {"type": "none", "dim": 2}
     # Two runs with their own x0, one chunk each (block_size 1).
     pair = solve(sde, x0[:2], **dict(kw, n_runs=2, block_size=1, chunk_size=1))
-    torch.testing.assert_close(pair.x, _euler_reference(sde, x0[:2], n_steps, 2, substeps, seed=7, block_size=1),
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        pair.x,
+        _euler_reference(sde, x0[:2], n_steps, 2, substeps, seed=7, block_size=1),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     # Runs first_run.. of a larger batch are that batch's rows.
     tail = solve(sde, x0[4:], **dict(kw, n_runs=8, first_run=4))
     torch.testing.assert_close(tail.x, ref[:, 4:], rtol=1e-10, atol=1e-12)
@@ -200,30 +266,66 @@ def test_torchsde_backend_is_euler_on_its_drawn_increments(generator):
 
 def test_torchsde_backend_records_in_the_requested_dtype():
     sde = _scheduled_sde()
-    path = solve(sde, [0.5, -0.5], n_steps=3, n_runs=4, record_x=True, backend="torchsde", dtype=torch.float32)
+    path = solve(
+        sde,
+        [0.5, -0.5],
+        n_steps=3,
+        n_runs=4,
+        record_x=True,
+        backend="torchsde",
+        dtype=torch.float32,
+    )
     assert path.x.dtype == torch.float32 and path.dtype == "float32" and path.device == "cpu"
-    prob_path = solve(sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian(0.5)), so.problems.Quadratic(diag=[1.0, 2.0])),
-                      [0.5, -0.5], n_steps=3, n_runs=4, backend="torchsde", dtype=torch.float32)
+    prob_path = solve(
+        sde_of(DSGD(lr=0.1, noise=so.noise.Gaussian(0.5)), so.problems.Quadratic(diag=[1.0, 2.0])),
+        [0.5, -0.5],
+        n_steps=3,
+        n_runs=4,
+        backend="torchsde",
+        dtype=torch.float32,
+    )
     assert prob_path.loss.dtype == torch.float32
 
 
 def _doubling_sde():
     """dX = X dt, no noise, lr = 1: Euler with one substep doubles x every step."""
-    return SDE(dim=1, drift_fn=lambda x, eta: x, diffusion_fn=lambda x, eta: Diagonal(torch.zeros_like(x)),
-               noise_type="diagonal", brownian_dim=1)
+    return SDE(
+        dim=1,
+        drift_fn=lambda x, eta: x,
+        diffusion_fn=lambda x, eta: Diagonal(torch.zeros_like(x)),
+        noise_type="diagonal",
+        brownian_dim=1,
+    )
 
 
 @pytest.mark.parametrize("backend", ["native", "torchsde"])
 def test_divergence_is_judged_at_records_and_frozen_at_the_last_good_one(backend):
     x0 = torch.tensor([[1.0], [-3.0], [0.0], [0.375], [0.5]])
-    path = solve(_doubling_sde(), x0, n_steps=8, n_runs=5, record_x=True, blowup_threshold=100.0,
-                 backend=backend)
+    path = solve(
+        _doubling_sde(),
+        x0,
+        n_steps=8,
+        n_runs=5,
+        record_x=True,
+        blowup_threshold=100.0,
+        backend=backend,
+    )
     # |x_k| = |x0| 2^k > 100 first at k = 7 (1 -> 128) and k = 6 (3 -> 192); 0 never; 0.375 -> 96 at
     # k = 8, never; 0.5 -> 128 at the last step, k = 8.
     assert path.diverged.tolist() == [True, True, False, False, True]
     assert path.blowup_step.tolist() == [7, 6, -1, -1, 8]
-    expected = torch.tensor([[min(2.0**k, 64.0), -3.0 * min(2.0**k, 32.0), 0.0, 0.375 * 2.0**k,
-                              min(0.5 * 2.0**k, 64.0)] for k in range(9)])
+    expected = torch.tensor(
+        [
+            [
+                min(2.0**k, 64.0),
+                -3.0 * min(2.0**k, 32.0),
+                0.0,
+                0.375 * 2.0**k,
+                min(0.5 * 2.0**k, 64.0),
+            ]
+            for k in range(9)
+        ]
+    )
     torch.testing.assert_close(path.x[..., 0], expected)
 
 
@@ -231,12 +333,18 @@ def test_divergence_is_judged_at_records_and_frozen_at_the_last_good_one(backend
 def test_the_threshold_bounds_the_norm(backend):
     """A run is over the threshold when |x| > threshold (not |x|² > 2 threshold, |x|² > threshold³).
     dx = x dt with h = 1 doubles x: |x| = 10, 100 (the threshold itself) and 50 become 20, 200, 100."""
-    doubling = SDE(dim=2, drift_fn=lambda x, eta: x, lr=1.0,
-                   diffusion_fn=lambda x, eta: Diagonal(torch.zeros_like(x)), noise_type="diagonal", brownian_dim=2)
+    doubling = SDE(
+        dim=2,
+        drift_fn=lambda x, eta: x,
+        lr=1.0,
+        diffusion_fn=lambda x, eta: Diagonal(torch.zeros_like(x)),
+        noise_type="diagonal",
+        brownian_dim=2,
+    )
     x0 = torch.tensor([[6.0, 8.0], [60.0, 80.0], [30.0, 40.0]])
     path = solve(doubling, x0, n_steps=1, n_runs=3, blowup_threshold=100.0, backend=backend)
     assert path.diverged.tolist() == [False, True, False]
-    with pytest.raises(ValueError, match="x0.*blowup_threshold"):  # a start beyond it is refused
+    with pytest.raises(ValueError, match=r"x0.*blowup_threshold"):  # a start beyond it is refused
         solve(doubling, 2 * x0, n_steps=1, n_runs=3, blowup_threshold=100.0, backend=backend)
 
 
@@ -248,14 +356,22 @@ def test_milstein_step_is_its_formula():
     x = torch.tensor([[0.3], [-1.2], [2.0]])
     dw = torch.tensor([[0.4], [-0.1], [0.25]])
     h, eta = 0.05, 0.7
-    b = lambda y, e: -e * torch.sin(y)  # noqa: E731
-    g = lambda y, e: e * (0.5 + y * y)  # noqa: E731
-    dg = lambda y, e: e * 2 * y  # noqa: E731
+    b = lambda y, e: -e * torch.sin(y)
+    g = lambda y, e: e * (0.5 + y * y)
+    dg = lambda y, e: e * 2 * y
     expected = x + b(x, eta) * h + g(x, eta) * dw + 0.5 * g(x, eta) * dg(x, eta) * (dw * dw - h)
     for derivative in (lambda y, e: dg(y, e), None):  # None: forward-mode autograd in one dimension
-        sde = SDE(dim=1, drift_fn=b, diffusion_fn=lambda y, e: Diagonal(g(y, e)), noise_type="diagonal",
-                  brownian_dim=1, diffusion_derivative_fn=derivative)
-        torch.testing.assert_close(Milstein().step(sde, x, eta, h, dw), expected, rtol=1e-12, atol=1e-12)
+        sde = SDE(
+            dim=1,
+            drift_fn=b,
+            diffusion_fn=lambda y, e: Diagonal(g(y, e)),
+            noise_type="diagonal",
+            brownian_dim=1,
+            diffusion_derivative_fn=derivative,
+        )
+        torch.testing.assert_close(
+            Milstein().step(sde, x, eta, h, dw), expected, rtol=1e-12, atol=1e-12
+        )
 
 
 # --- coupling -----------------------------------------------------------------------------------------
@@ -264,24 +380,41 @@ def test_milstein_step_is_its_formula():
 def _coupled_pair(lr=0.1, n_steps=5, n_runs=6):
     opt = DSGD(lr=lr, noise=so.noise.Gaussian(scale=0.5))
     prob = so.problems.Quadratic(diag=[1.0, 2.0])
-    disc = simulate(opt, prob, torch.ones(2), n_steps=n_steps, n_runs=n_runs, record_x=True,
-                    keep_increments=True, seed=2)
+    disc = simulate(
+        opt,
+        prob,
+        torch.ones(2),
+        n_steps=n_steps,
+        n_runs=n_runs,
+        record_x=True,
+        keep_increments=True,
+        seed=2,
+    )
     return opt, prob, disc
 
 
 def test_coupled_substeps_split_the_discrete_increment():
     """dX = c dt + s dW: any split of the step's increment ends at x0 + c t + s ΣΔW exactly, and
     the coupled increment over step k is -sqrt(lr) ξ_k."""
-    opt, prob, disc = _coupled_pair()
+    opt, _prob, disc = _coupled_pair()
     c, s = torch.tensor([0.3, -0.2]), 0.7
-    sde = SDE(dim=2, drift_fn=lambda x, eta: c.expand_as(x),
-              diffusion_fn=lambda x, eta: Diagonal(torch.full_like(x, s)), noise_type="diagonal", brownian_dim=2,
-              lr=opt.lr)
+    sde = SDE(
+        dim=2,
+        drift_fn=lambda x, eta: c.expand_as(x),
+        diffusion_fn=lambda x, eta: Diagonal(torch.full_like(x, s)),
+        noise_type="diagonal",
+        brownian_dim=2,
+        lr=opt.lr,
+    )
     total = -math.sqrt(opt.lr) * torch.cumsum(disc.increments[:5], 0)  # (K, B, d)
     for substeps in (1, 2, 3):
-        path = solve(sde, torch.ones(2), n_steps=5, n_runs=6, substeps=substeps, coupled=disc, record_x=True)
+        path = solve(
+            sde, torch.ones(2), n_steps=5, n_runs=6, substeps=substeps, coupled=disc, record_x=True
+        )
         steps = torch.arange(1, 6, dtype=torch.float64)[:, None, None]
-        torch.testing.assert_close(path.x[1:], 1.0 + c * opt.lr * steps + s * total, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            path.x[1:], 1.0 + c * opt.lr * steps + s * total, rtol=1e-10, atol=1e-12
+        )
 
 
 def test_coupling_refuses_mismatched_trajectories():
@@ -295,12 +428,21 @@ def test_coupling_refuses_mismatched_trajectories():
             solve(sde, torch.ones(2), coupled=disc, **kw)
     solve(sde, torch.ones(2), n_steps=4, n_runs=6, coupled=disc)  # fewer steps than recorded: fine
     with pytest.raises(ValueError, match="increments have shape"):
-        solve(sde_of(opt, so.problems.Quadratic(diag=[1.0, 2.0, 3.0])), torch.ones(3), n_steps=5, n_runs=6,
-              coupled=disc)
+        solve(
+            sde_of(opt, so.problems.Quadratic(diag=[1.0, 2.0, 3.0])),
+            torch.ones(3),
+            n_steps=5,
+            n_runs=6,
+            coupled=disc,
+        )
     with pytest.raises(ValueError, match="first_run"):
         solve(sde, torch.ones(2), n_steps=5, n_runs=6, coupled=disc, first_run=4096)
-    later = simulate(opt, prob, torch.ones(2), n_steps=5, n_runs=6, keep_increments=True, seed=2, first_run=4096)
-    solve(sde, torch.ones(2), n_steps=5, n_runs=6, coupled=later, first_run=4096)  # the same runs: fine
+    later = simulate(
+        opt, prob, torch.ones(2), n_steps=5, n_runs=6, keep_increments=True, seed=2, first_run=4096
+    )
+    solve(
+        sde, torch.ones(2), n_steps=5, n_runs=6, coupled=later, first_run=4096
+    )  # the same runs: fine
     with pytest.raises(ValueError, match="first_run"):
         solve(sde, torch.ones(2), n_steps=5, n_runs=6, coupled=later)
     near = DSGD(lr=0.1 * (1 + 1e-10), noise=so.noise.Gaussian(scale=0.5))
@@ -312,16 +454,27 @@ def test_coupling_refuses_mismatched_trajectories():
 
 
 def test_torchsde_strong_schemes_need_commutative_noise():
-    mixing = SDE.diagonal(lambda x: -x, lambda x: 0.5 + 0.1 * x.sum(-1, keepdim=True).expand_as(x), dim=2)
+    mixing = SDE.diagonal(
+        lambda x: -x, lambda x: 0.5 + 0.1 * x.sum(-1, keepdim=True).expand_as(x), dim=2
+    )
     for ts_method in ("milstein", "srk"):
         with pytest.raises(ValueError, match="commutative"):
-            solve(mixing, [0.0, 0.0], n_steps=2, n_runs=2, backend="torchsde", torchsde_method=ts_method)
+            solve(
+                mixing,
+                [0.0, 0.0],
+                n_steps=2,
+                n_runs=2,
+                backend="torchsde",
+                torchsde_method=ts_method,
+            )
 
 
 def test_a_hand_built_sde_with_a_problem_runs_in_float32():
     prob = so.problems.Quadratic(diag=[1.0, 2.0])
     sde = SDE.diagonal(lambda x: -x, lambda x: torch.full_like(x, 0.1), dim=2, problem=prob)
-    path = solve(sde, [1.0, -1.0], n_steps=3, n_runs=2, dtype=torch.float32)  # no rebuild: runs as given
+    path = solve(
+        sde, [1.0, -1.0], n_steps=3, n_runs=2, dtype=torch.float32
+    )  # no rebuild: runs as given
     assert path.loss.dtype == torch.float32 and torch.isfinite(path.loss).all()
 
 
@@ -330,14 +483,26 @@ def test_solve_defaults_and_config():
     sde = sde_of(opt, so.problems.Quadratic(diag=[1.0, 2.0]), "second_order")
     path = solve(sde, [1.0, -1.0], n_steps=4, n_runs=5)
     assert path.x is None and path.seed == 0
-    torch.testing.assert_close(path.loss, solve(sde, [1.0, -1.0], n_steps=4, n_runs=5, seed=0).loss, rtol=0, atol=0)
+    torch.testing.assert_close(
+        path.loss, solve(sde, [1.0, -1.0], n_steps=4, n_runs=5, seed=0).loss, rtol=0, atol=0
+    )
     assert {k: path.config[k] for k in ("model", "scheme", "backend", "substeps", "coupled")} == {
-        "model": "second_order", "scheme": "euler", "backend": "native", "substeps": 1, "coupled": False}
+        "model": "second_order",
+        "scheme": "euler",
+        "backend": "native",
+        "substeps": 1,
+        "coupled": False,
+    }
     assert path.model == "second_order"
 
 
-@pytest.mark.parametrize("opt,model", [(DSGD(lr=0.1, noise=so.noise.Gaussian(scale=0.5)), "second_order"),
-                                       (so.discrete.ItoChain(lr=0.1, gamma=0.5, diffusion=0.7), "first_order")])
+@pytest.mark.parametrize(
+    "opt,model",
+    [
+        (DSGD(lr=0.1, noise=so.noise.Gaussian(scale=0.5)), "second_order"),
+        (so.discrete.ItoChain(lr=0.1, gamma=0.5, diffusion=0.7), "first_order"),
+    ],
+)
 def test_solve_rebuilds_the_sde_on_the_problem_moved_to_its_dtype(opt, model):
     sde = sde_of(opt, so.problems.Quadratic(diag=[1.0, 2.0]), model)
     moved, rebuilt = [], []

@@ -12,8 +12,14 @@ import scipy.special
 import scipy.stats as st
 import torch
 
-from sdeopt.noise import (AffineVariance, Gaussian, Minibatch, StudentT, SymmetricStable,
-                          student_t_cdf)
+from sdeopt.noise import (
+    AffineVariance,
+    Gaussian,
+    Minibatch,
+    StudentT,
+    SymmetricStable,
+    student_t_cdf,
+)
 from sdeopt.problems import Problem
 from tests.conftest import rng_for
 
@@ -45,42 +51,49 @@ def _t_grid() -> np.ndarray:
 # bad input
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make,name", [
-    (lambda: StudentT(nu=0.0), "nu"),
-    (lambda: StudentT(nu=-1.0), "nu"),
-    (lambda: StudentT(nu=float("nan")), "nu"),
-    (lambda: StudentT(nu=float("inf")), "nu"),
-    (lambda: StudentT(nu="three"), "nu"),
-    (lambda: StudentT(nu=1.5, scale=-1.0), "scale"),
-    (lambda: StudentT(nu=1.5, scale=[1.0, float("nan")]), "scale"),
-    (lambda: SymmetricStable(alpha=0.0), "alpha"),
-    (lambda: SymmetricStable(alpha=2.5), "alpha"),
-    (lambda: SymmetricStable(alpha=-1.0), "alpha"),
-    (lambda: SymmetricStable(alpha=float("nan")), "alpha"),
-    (lambda: SymmetricStable(alpha=1.5, scale=-2.0), "scale"),
-    (lambda: Gaussian(-1.0), "scale"),
-    (lambda: Gaussian(scale=[1.0, -0.5]), "scale"),
-    (lambda: Gaussian(scale=[]), "scale"),
-    (lambda: AffineVariance(sigma0=-1.0), "sigma0"),
-    (lambda: AffineVariance(sigma1=[1.0, -1.0]), "sigma1"),
-    (lambda: AffineVariance(sigma0=[1.0, 2.0], sigma1=[1.0, 2.0, 3.0]), "sigma1"),
-    (lambda: Minibatch(0), "batch_size"),
-    (lambda: Minibatch(-3), "batch_size"),
-    (lambda: Minibatch(2.5), "batch_size"),
-    (lambda: Minibatch(True), "batch_size"),
-])
+
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda: StudentT(nu=0.0), "nu"),
+        (lambda: StudentT(nu=-1.0), "nu"),
+        (lambda: StudentT(nu=float("nan")), "nu"),
+        (lambda: StudentT(nu=float("inf")), "nu"),
+        (lambda: StudentT(nu="three"), "nu"),
+        (lambda: StudentT(nu=1.5, scale=-1.0), "scale"),
+        (lambda: StudentT(nu=1.5, scale=[1.0, float("nan")]), "scale"),
+        (lambda: SymmetricStable(alpha=0.0), "alpha"),
+        (lambda: SymmetricStable(alpha=2.5), "alpha"),
+        (lambda: SymmetricStable(alpha=-1.0), "alpha"),
+        (lambda: SymmetricStable(alpha=float("nan")), "alpha"),
+        (lambda: SymmetricStable(alpha=1.5, scale=-2.0), "scale"),
+        (lambda: Gaussian(-1.0), "scale"),
+        (lambda: Gaussian(scale=[1.0, -0.5]), "scale"),
+        (lambda: Gaussian(scale=[]), "scale"),
+        (lambda: AffineVariance(sigma0=-1.0), "sigma0"),
+        (lambda: AffineVariance(sigma1=[1.0, -1.0]), "sigma1"),
+        (lambda: AffineVariance(sigma0=[1.0, 2.0], sigma1=[1.0, 2.0, 3.0]), "sigma1"),
+        (lambda: Minibatch(0), "batch_size"),
+        (lambda: Minibatch(-3), "batch_size"),
+        (lambda: Minibatch(2.5), "batch_size"),
+        (lambda: Minibatch(True), "batch_size"),
+    ],
+)
 def test_bad_parameters_raise_value_error_naming_the_parameter(make, name):
     with pytest.raises(ValueError, match=name):
         make()
 
 
-@pytest.mark.parametrize("make,name", [
-    (lambda: Gaussian(scale=[1.0, 2.0]), "scale"),
-    (lambda: StudentT(nu=1.5, scale=[1.0, 2.0]), "scale"),
-    (lambda: SymmetricStable(alpha=1.5, scale=[1.0, 2.0]), "scale"),
-    (lambda: AffineVariance(sigma0=[1.0, 2.0]), "sigma0"),
-    (lambda: AffineVariance(sigma0=1.0, sigma1=[1.0, 2.0]), "sigma1"),
-])
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda: Gaussian(scale=[1.0, 2.0]), "scale"),
+        (lambda: StudentT(nu=1.5, scale=[1.0, 2.0]), "scale"),
+        (lambda: SymmetricStable(alpha=1.5, scale=[1.0, 2.0]), "scale"),
+        (lambda: AffineVariance(sigma0=[1.0, 2.0]), "sigma0"),
+        (lambda: AffineVariance(sigma0=1.0, sigma1=[1.0, 2.0]), "sigma1"),
+    ],
+)
 def test_per_worker_scales_must_match_n_workers(make, name):
     noise = make()
     noise.check_workers(2)
@@ -105,6 +118,7 @@ def test_affine_variance_rejects_grads_of_the_wrong_shape():
 # generic contracts: shapes, seeding, config
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("law", sorted(LAWS))
 @pytest.mark.parametrize("homogeneous", [True, False])
 def test_shapes_dtype_device(law, homogeneous, device):
@@ -112,7 +126,9 @@ def test_shapes_dtype_device(law, homogeneous, device):
     noise = LAWS[law](scale=[0.5, 1.0, 2.0])
     for dtype in (torch.float64, torch.float32):
         rng = rng_for(n_runs, device=device, dtype=dtype)
-        grads = torch.randn(n_runs, 1 if homogeneous else n_workers, dim, device=device, dtype=dtype)
+        grads = torch.randn(
+            n_runs, 1 if homogeneous else n_workers, dim, device=device, dtype=dtype
+        )
         z = noise.sample(rng, grads, n_workers)
         assert z.shape == (n_runs, n_workers, dim)
         assert z.dtype == dtype and z.device.type == torch.device(device).type
@@ -129,15 +145,23 @@ def test_same_seed_same_draws(law):
     c = noise.sample(rng_for(5, seed=8), grads, 3)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
-    assert torch.equal(noise.sample_worker_mean(rng_for(5, seed=7), grads, 3),
-                       noise.sample_worker_mean(rng_for(5, seed=7), grads, 3))
+    assert torch.equal(
+        noise.sample_worker_mean(rng_for(5, seed=7), grads, 3),
+        noise.sample_worker_mean(rng_for(5, seed=7), grads, 3),
+    )
 
 
-@pytest.mark.parametrize("noise", [
-    Gaussian(0.5), Gaussian(scale=[1.0, 2.0]), StudentT(nu=1.5, scale=[0.5, 1.0]),
-    SymmetricStable(alpha=1.2, scale=0.3), AffineVariance(sigma0=[0.1, 0.2], sigma1=0.5),
-    Minibatch(8),
-])
+@pytest.mark.parametrize(
+    "noise",
+    [
+        Gaussian(0.5),
+        Gaussian(scale=[1.0, 2.0]),
+        StudentT(nu=1.5, scale=[0.5, 1.0]),
+        SymmetricStable(alpha=1.2, scale=0.3),
+        AffineVariance(sigma0=[0.1, 0.2], sigma1=0.5),
+        Minibatch(8),
+    ],
+)
 def test_config_is_json_and_repr_is_readable(noise):
     cfg = noise.config()
     assert cfg["type"] == type(noise).__name__
@@ -162,6 +186,7 @@ def test_variance_and_finite_variance_flags():
 # ---------------------------------------------------------------------------------------------
 # laws: KS tests and moments
 # ---------------------------------------------------------------------------------------------
+
 
 def _standard_draws(noise, n, dtype=torch.float64, seed=0) -> np.ndarray:
     return noise.sample_standard(rng_for(1, seed=seed, dtype=dtype), n).double().numpy().ravel()
@@ -209,7 +234,7 @@ def test_stable_characteristic_function(alpha, dtype):
     assert np.isfinite(s).all()
     for u in (0.3, 1.0, 2.5):
         c = np.cos(u * s)
-        truth = math.exp(-abs(u) ** alpha)
+        truth = math.exp(-(abs(u) ** alpha))
         se = max(c.std(), 1e-3) / math.sqrt(n)
         assert abs(c.mean() - truth) < Z * se, (u, c.mean(), truth)
 
@@ -232,12 +257,16 @@ def test_gaussian_and_student_t_moments():
 # per-worker scales and worker-mean shortcuts
 # ---------------------------------------------------------------------------------------------
 
+
 def test_per_worker_scales_are_applied_per_worker():
     scales = [0.5, 1.0, 2.0, 0.0]
     n_runs, dim = 20_000, 5
     grads = torch.zeros(n_runs, 1, dim)
-    for noise, var in [(Gaussian(scale=scales), 1.0), (StudentT(nu=10.0, scale=scales), 1.25),
-                       (SymmetricStable(alpha=2.0, scale=scales), 2.0)]:
+    for noise, var in [
+        (Gaussian(scale=scales), 1.0),
+        (StudentT(nu=10.0, scale=scales), 1.25),
+        (SymmetricStable(alpha=2.0, scale=scales), 2.0),
+    ]:
         z = noise.sample(rng_for(n_runs, seed=3), grads, len(scales))  # (B, N, d)
         assert torch.all(z[:, 3] == 0)
         m2 = z[:, :3].square().mean(dim=(0, 2))  # (3,)
@@ -300,18 +329,23 @@ def test_affine_variance_law_and_shortcut():
     shared = AffineVariance(sigma0=0.3, sigma1=0.5)
     gh = torch.full((n_runs, 1, dim), 0.5)
     assert shared.variance_at(gh, 5).shape == (n_runs, 1)
-    torch.testing.assert_close(shared.variance_at(gh, 5), torch.full((n_runs, 1), 0.09 + 0.25 * 1.0))
+    torch.testing.assert_close(
+        shared.variance_at(gh, 5), torch.full((n_runs, 1), 0.09 + 0.25 * 1.0)
+    )
     fast = shared.sample_worker_mean(rng_for(n_runs, seed=3), gh, 5)
     truth = (0.09 + 0.25) / 5
     assert abs(float(fast.square().mean()) - truth) < Z * truth * math.sqrt(2.0 / (n_runs * dim))
     # sigma1 = 0 is Gaussian noise of scale sigma0.
-    torch.testing.assert_close(AffineVariance(sigma0=0.7).variance_at(grads, n_workers),
-                               torch.full((n_runs, n_workers), 0.49))
+    torch.testing.assert_close(
+        AffineVariance(sigma0=0.7).variance_at(grads, n_workers),
+        torch.full((n_runs, n_workers), 0.49),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Student-t CDF
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("nu", NU_CDF)
 def test_student_t_cdf_float64_matches_scipy(nu):
@@ -335,13 +369,16 @@ def test_student_t_cdf_float32_matches_scipy(nu):
 
 def test_student_t_cdf_closed_forms():
     t = torch.tensor(_t_grid())
-    torch.testing.assert_close(student_t_cdf(t, 1.0), 0.5 + torch.atan(t) / math.pi,
-                               atol=1e-14, rtol=0)
-    torch.testing.assert_close(student_t_cdf(t, 2.0), 0.5 + t / (2 * torch.sqrt(2 + t * t)),
-                               atol=1e-14, rtol=0)
+    torch.testing.assert_close(
+        student_t_cdf(t, 1.0), 0.5 + torch.atan(t) / math.pi, atol=1e-14, rtol=0
+    )
+    torch.testing.assert_close(
+        student_t_cdf(t, 2.0), 0.5 + t / (2 * torch.sqrt(2 + t * t)), atol=1e-14, rtol=0
+    )
     s = t / math.sqrt(3.0)  # nu = 3: F = 1/2 + (s/(1+s²) + arctan s)/π
-    torch.testing.assert_close(student_t_cdf(t, 3.0), 0.5 + (s / (1 + s * s) + torch.atan(s)) / math.pi,
-                               atol=1e-14, rtol=0)
+    torch.testing.assert_close(
+        student_t_cdf(t, 3.0), 0.5 + (s / (1 + s * s) + torch.atan(s)) / math.pi, atol=1e-14, rtol=0
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -370,8 +407,10 @@ def test_student_t_cdf_huge_arguments_small_nu():
     mpmath.mp.dps = 40
     t64 = [1e100, 1e160, 1e300, -1e308]
     nu = mpmath.mpf("0.05")
-    ref = [float(mpmath.betainc(nu / 2, 0.5, 0, nu / (nu + mpmath.mpf(t) ** 2), regularized=True) / 2)
-           for t in t64]
+    ref = [
+        float(mpmath.betainc(nu / 2, 0.5, 0, nu / (nu + mpmath.mpf(t) ** 2), regularized=True) / 2)
+        for t in t64
+    ]
     ref = np.where(np.array(t64) > 0, 1.0 - np.array(ref), np.array(ref))
     got = student_t_cdf(torch.tensor(t64, dtype=torch.float64), 0.05).numpy()
     assert np.abs(got - ref).max() < 1e-15
@@ -380,7 +419,9 @@ def test_student_t_cdf_huge_arguments_small_nu():
 
 def test_student_t_cdf_huge_nu_tends_to_normal():
     t = torch.linspace(-8, 8, 1601)
-    ref = torch.special.ndtr(t) - torch.exp(-t * t / 2) / math.sqrt(2 * math.pi) * (t**3 + t) / (4 * 1e12)
+    ref = torch.special.ndtr(t) - torch.exp(-t * t / 2) / math.sqrt(2 * math.pi) * (t**3 + t) / (
+        4 * 1e12
+    )
     torch.testing.assert_close(student_t_cdf(t, 1e12), ref, atol=1e-13, rtol=0)
 
 
@@ -403,14 +444,20 @@ def test_gaussian_cdf_matches_scipy():
 # sign means
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("noise", [
-    Gaussian(scale=[0.5, 2.0, 0.0]),
-    StudentT(nu=1.5, scale=[0.5, 2.0, 0.0]),
-    StudentT(nu=0.7, scale=[0.5, 2.0, 0.0]),
-])
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        Gaussian(scale=[0.5, 2.0, 0.0]),
+        StudentT(nu=1.5, scale=[0.5, 2.0, 0.0]),
+        StudentT(nu=0.7, scale=[0.5, 2.0, 0.0]),
+    ],
+)
 def test_sign_mean_matches_monte_carlo(noise):
     n_runs, n_workers = 20_000, 3
-    g = torch.tensor([[0.3, -1.0, 0.0, 2.0], [0.3, -1.0, 0.0, 2.0], [0.3, -1.0, 0.0, 2.0]])  # (N, d)
+    g = torch.tensor(
+        [[0.3, -1.0, 0.0, 2.0], [0.3, -1.0, 0.0, 2.0], [0.3, -1.0, 0.0, 2.0]]
+    )  # (N, d)
     m = noise.sign_mean(g.unsqueeze(0), n_workers)[0]  # (N, d)
     grads = g.expand(n_runs, n_workers, -1)  # (B, N, d)
     mc = torch.sign(grads + noise.sample(rng_for(n_runs, seed=11), grads, n_workers)).mean(dim=0)
@@ -422,6 +469,7 @@ def test_sign_mean_matches_monte_carlo(noise):
 # ---------------------------------------------------------------------------------------------
 # oracles and Minibatch
 # ---------------------------------------------------------------------------------------------
+
 
 class _Linear(Problem):
     """f_i(x) = <c_i, x>: constant worker gradients c_i."""
@@ -507,6 +555,7 @@ def test_minibatch_refuses_problems_without_minibatches_and_additive_use():
 # ---------------------------------------------------------------------------------------------
 # speed (slow: timings on a shared machine)
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -8,21 +8,26 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import xarray as xr
+from matplotlib.axes import Axes
 
-from sdeopt.analysis.plots import (plot_divergence, plot_marginals, plot_trajectories,  # noqa: E402
-                                   plot_weak_error)
+from sdeopt.analysis.plots import (
+    plot_divergence,
+    plot_marginals,
+    plot_trajectories,
+    plot_weak_error,
+)
 
 MODELS = ("discrete", "first_order")
 N_DIVERGED = {"discrete": 2, "first_order": 5}
 
 
-def example_dataset(n_runs: int = 200, n_steps: int = 50, seed: int = 0, dim: int = 2,
-                    lr: float = 0.1) -> xr.Dataset:
+def example_dataset(
+    n_runs: int = 200, n_steps: int = 50, seed: int = 0, dim: int = 2, lr: float = 0.1
+) -> xr.Dataset:
     """Two models of a noisy quadratic, with a few runs per model that blow up and freeze.
 
     Layout of ``Trajectory.to_dataset`` concatenated along ``model``: loss, grad_norm, dist
@@ -45,17 +50,24 @@ def example_dataset(n_runs: int = 200, n_steps: int = 50, seed: int = 0, dim: in
             x[m, k0:, b] = 1e9  # frozen at the last (huge) value, as simulate() does
         diverged[m, bad] = True
         blowup[m, bad] = start
-    loss = 0.5 * (x ** 2).sum(-1) + 0.01
-    grad_norm = np.sqrt((x ** 2).sum(-1))
-    coords = {"model": list(MODELS), "step": steps, "run": np.arange(n_runs), "coord": np.arange(dim),
-              "time": ("step", steps * lr, {"units": "optimizer steps x lr"}),
-              "lr_sum": ("step", steps * lr, {"long_name": "summed learning rate"})}
-    data = {"loss": (("model", "step", "run"), loss),
-            "grad_norm": (("model", "step", "run"), grad_norm),
-            "dist": (("model", "step", "run"), grad_norm),
-            "x": (("model", "step", "run", "coord"), x),
-            "diverged": (("model", "run"), diverged),
-            "blowup_step": (("model", "run"), blowup)}
+    loss = 0.5 * (x**2).sum(-1) + 0.01
+    grad_norm = np.sqrt((x**2).sum(-1))
+    coords = {
+        "model": list(MODELS),
+        "step": steps,
+        "run": np.arange(n_runs),
+        "coord": np.arange(dim),
+        "time": ("step", steps * lr, {"units": "optimizer steps x lr"}),
+        "lr_sum": ("step", steps * lr, {"long_name": "summed learning rate"}),
+    }
+    data = {
+        "loss": (("model", "step", "run"), loss),
+        "grad_norm": (("model", "step", "run"), grad_norm),
+        "dist": (("model", "step", "run"), grad_norm),
+        "x": (("model", "step", "run", "coord"), x),
+        "diverged": (("model", "run"), diverged),
+        "blowup_step": (("model", "run"), blowup),
+    }
     return xr.Dataset(data, coords=coords, attrs={"seed": seed, "lr": lr, "config": "{}"})
 
 
@@ -64,9 +76,11 @@ def example_weak_error(seed: int = 0) -> xr.Dataset:
     rng = np.random.default_rng(seed)
     lr = np.array([0.2, 0.1, 0.05, 0.025, 0.0125])
     se = np.full((2, lr.size), 2e-4)
-    error = np.abs(np.stack([0.5 * lr, 0.8 * lr ** 2]) + se * rng.standard_normal(se.shape))
-    return xr.Dataset({"error": (("model", "lr"), error), "se": (("model", "lr"), se)},
-                      coords={"model": ["first_order", "second_order"], "lr": lr})
+    error = np.abs(np.stack([0.5 * lr, 0.8 * lr**2]) + se * rng.standard_normal(se.shape))
+    return xr.Dataset(
+        {"error": (("model", "lr"), error), "se": (("model", "lr"), se)},
+        coords={"model": ["first_order", "second_order"], "lr": lr},
+    )
 
 
 @pytest.fixture
@@ -154,9 +168,17 @@ def test_trajectories_all_diverged_and_nan(ds):
     assert len(ax.collections) == 1  # no band for the empty model
 
 
-@pytest.mark.parametrize("kwargs, param", [({"var": "nope"}, "var"), ({"var": "diverged"}, "var"),
-                                           ({"var": "x"}, "var"), ({"stat": "max"}, "stat"),
-                                           ({"x": "wall"}, "x"), ({"quantiles": (0.9, 0.1)}, "quantiles")])
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"var": "nope"}, "var"),
+        ({"var": "diverged"}, "var"),
+        ({"var": "x"}, "var"),
+        ({"stat": "max"}, "stat"),
+        ({"x": "wall"}, "x"),
+        ({"quantiles": (0.9, 0.1)}, "quantiles"),
+    ],
+)
 def test_trajectories_bad_arguments(ds, kwargs, param):
     with pytest.raises(ValueError, match=f"Invalid {param}"):
         plot_trajectories(ds, **kwargs)
@@ -186,12 +208,18 @@ def test_weak_error_series_slopes_floor():
     for p in (1, 2):
         ref = lines[f"slope {p}"]
         assert ref.get_linestyle() == ":"
-        assert ref.get_xdata()[-1] == pytest.approx(0.2) and ref.get_ydata()[-1] == pytest.approx(anchor)
-        slope = np.diff(np.log(ref.get_ydata()[[0, -1]])) / np.diff(np.log(ref.get_xdata()[[0, -1]]))
+        assert ref.get_xdata()[-1] == pytest.approx(0.2) and ref.get_ydata()[-1] == pytest.approx(
+            anchor
+        )
+        slope = np.diff(np.log(ref.get_ydata()[[0, -1]])) / np.diff(
+            np.log(ref.get_xdata()[[0, -1]])
+        )
         assert slope[0] == pytest.approx(p)
     assert lines["MC floor"].get_ydata()[0] == pytest.approx(2e-4)
     bars = ax.containers[0]
-    np.testing.assert_allclose(bars.lines[0].get_ydata(), err["error"].sel(model="first_order").values)
+    np.testing.assert_allclose(
+        bars.lines[0].get_ydata(), err["error"].sel(model="first_order").values
+    )
 
 
 def test_weak_error_given_axes_floor_no_model_dim():
@@ -237,12 +265,16 @@ def test_marginals_hist(ds):
     assert ax.get_xlabel() == "x[1]" and ax.get_ylabel() == "probability density"
     assert "step k = 49" in ax.get_title()
     last = ds["x"].isel(step=-1, coord=1)
-    kept_max = max(last.sel(model=m).values[~ds["diverged"].sel(model=m).values].max()
-                   for m in ds["model"].values)
+    kept_max = max(
+        last.sel(model=m).values[~ds["diverged"].sel(model=m).values].max()
+        for m in ds["model"].values
+    )
     for patch in ax.patches:
         density, edges = patch.get_data().values, patch.get_data().edges
         assert len(density) == 60 and np.sum(density * np.diff(edges)) == pytest.approx(1.0)
-        assert edges[-1] == pytest.approx(kept_max)  # diverged runs (frozen at 1e9) never set the bins
+        assert edges[-1] == pytest.approx(
+            kept_max
+        )  # diverged runs (frozen at 1e9) never set the bins
 
 
 def test_marginals_ccdf_and_given_axes(ds):
@@ -268,9 +300,16 @@ def test_marginals_all_diverged(ds):
     assert len(ax.lines[1].get_xdata()) == 0
 
 
-@pytest.mark.parametrize("kwargs, param", [({"var": "nope"}, "var"), ({"kind": "kde"}, "kind"),
-                                           ({"step": 50}, "step"), ({"coord": 2}, "coord"),
-                                           ({"bins": 0}, "bins")])
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"var": "nope"}, "var"),
+        ({"kind": "kde"}, "kind"),
+        ({"step": 50}, "step"),
+        ({"coord": 2}, "coord"),
+        ({"bins": 0}, "bins"),
+    ],
+)
 def test_marginals_bad_arguments(ds, kwargs, param):
     with pytest.raises(ValueError, match=f"Invalid {param}"):
         plot_marginals(ds, **kwargs)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from scipy import stats
 
@@ -24,6 +24,7 @@ def _preset(name: str) -> dict:
 
 # --- the problem the weak-order claim names ---------------------------------------------------
 
+
 def test_quadratic_quartic_matches_autograd(generator):
     prob = problems.QuadraticQuartic(dim=3)
     x = torch.randn(5, 3, generator=generator) * 2  # (B, d)
@@ -34,7 +35,7 @@ def test_quadratic_quartic_matches_autograd(generator):
     torch.testing.assert_close(prob.grad(x), auto)
     for b in range(len(x)):
         hess = torch.autograd.functional.hessian(lambda y: prob.loss(y.unsqueeze(0))[0], x[b])
-        torch.testing.assert_close(prob.hvp(x[b:b + 1], v[b:b + 1])[0], hess @ v[b])
+        torch.testing.assert_close(prob.hvp(x[b : b + 1], v[b : b + 1])[0], hess @ v[b])
     assert prob.min_value == 0.0 and float(prob.loss(prob.minimizer.unsqueeze(0))[0]) == 0.0
     assert PROBLEMS["QuadraticQuartic"] is problems.QuadraticQuartic
 
@@ -65,11 +66,21 @@ def test_preset_claims_do_not_overclaim(path):
 
 # --- summary rows -----------------------------------------------------------------------------
 
+
 def test_summary_median_and_mean_leave_diverged_runs_out():
     # DCSGD + Rand-1 on the quartic from 1.2: about half the runs blow up within 40 steps
-    run = {"name": "q", "problem": {"type": "Quartic", "dim": 4}, "noise": {"type": "Gaussian", "scale": 1.0},
-           "x0_fill": 1.2, "n_steps": 40, "n_runs": 200, "record_every": 10, "blowup_threshold": 1e3,
-           "method": {"type": "DCSGD", "lr": 0.15, "n_workers": 1}, "compressor": {"type": "RandK", "k": 1}}
+    run = {
+        "name": "q",
+        "problem": {"type": "Quartic", "dim": 4},
+        "noise": {"type": "Gaussian", "scale": 1.0},
+        "x0_fill": 1.2,
+        "n_steps": 40,
+        "n_runs": 200,
+        "record_every": 10,
+        "blowup_threshold": 1e3,
+        "method": {"type": "DCSGD", "lr": 0.15, "n_workers": 1},
+        "compressor": {"type": "RandK", "k": 1},
+    }
     ds, rows, fine = run_trajectories(build(run))
     (row,) = rows
     diverged = ds["diverged"].sel(model="discrete").values
@@ -89,10 +100,20 @@ def test_richardson_stationary_figure_matches_the_closed_form_and_the_raw_one_do
     # stationary loss, ~ a h / 2 relative on a coordinate of drift rate a, is ~30 se here;
     # extrapolating over h and h/2 leaves ~ a² h² / 8, well below one se. 3 checks: z = 3.
     z = 3.0
-    run = {"name": "floor", "problem": {"type": "Quadratic", "diag": [1.0, 3.0]},
-           "noise": {"type": "Gaussian", "scale": 1.0}, "x0_fill": 0.0, "n_steps": 300, "n_runs": 3000,
-           "record_every": 5, "record": ["loss"], "average_from": 60, "substeps": 2,
-           "models": ["curvature"], "method": {"type": "DSGD", "lr": 0.2, "n_workers": 2}}
+    run = {
+        "name": "floor",
+        "problem": {"type": "Quadratic", "diag": [1.0, 3.0]},
+        "noise": {"type": "Gaussian", "scale": 1.0},
+        "x0_fill": 0.0,
+        "n_steps": 300,
+        "n_runs": 3000,
+        "record_every": 5,
+        "record": ["loss"],
+        "average_from": 60,
+        "substeps": 2,
+        "models": ["curvature"],
+        "method": {"type": "DSGD", "lr": 0.2, "n_workers": 2},
+    }
     spec = build(run)
     closed = stationary_closed_form(spec["method"], spec["problem"])
     ds, rows, fine = run_trajectories(spec)
@@ -108,8 +129,13 @@ def test_richardson_stationary_figure_matches_the_closed_form_and_the_raw_one_do
 
 
 def test_average_from_is_validated():
-    base = {"problem": {"type": "Quadratic", "diag": [1.0]}, "noise": {"type": "Gaussian"}, "x0": [0.0],
-            "n_steps": 10, "method": {"type": "DSGD", "lr": 0.1}}
+    base = {
+        "problem": {"type": "Quadratic", "diag": [1.0]},
+        "noise": {"type": "Gaussian"},
+        "x0": [0.0],
+        "n_steps": 10,
+        "method": {"type": "DSGD", "lr": 0.1},
+    }
     for bad in (11, -1, 2.5, True):
         with pytest.raises(ValueError, match="average_from"):
             validate({"runs": [{**base, "average_from": bad}]})
@@ -117,6 +143,7 @@ def test_average_from_is_validated():
 
 
 # --- finite-range slopes ----------------------------------------------------------------------
+
 
 def test_finite_range_slope_ci_carries_the_monte_carlo_error():
     lrs = np.array([0.2, 0.1, 0.05, 0.025])

@@ -9,12 +9,21 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from sdeopt.problems import (CoshSum, ExpSum, FiniteSumProblem, FunctionProblem,
-                             LogisticRegression, Quadratic, Quartic)
+from sdeopt.problems import (
+    CoshSum,
+    ExpSum,
+    FiniteSumProblem,
+    FunctionProblem,
+    LogisticRegression,
+    Quadratic,
+    Quartic,
+)
 from tests.conftest import rng_for
 
 # torch.func.jvp loads torch's own jit-scripted decompositions, which warn on torch >= 2.10
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+)
 
 
 def _spd(d: int, seed: int = 0) -> torch.Tensor:
@@ -59,6 +68,7 @@ def _points(prob, scale, generator, n_runs=5):
 # ---------------------------------------------------------------------------------------------
 # Generic contract over every problem
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_shapes_and_grad_matches_autograd(problems, name, generator):
@@ -111,12 +121,17 @@ def test_float32_and_to(problems, name, generator):
         if isinstance(t, torch.Tensor) and t.is_floating_point():
             assert t.dtype == torch.float32, k
     x32, v32 = x.float(), v.float()
-    for method, args64, args32 in [("loss", (x,), (x32,)), ("grad", (x,), (x32,)),
-                                   ("hvp", (x, v), (x32, v32)),
-                                   ("worker_grads", (x,), (x32,))]:
+    for method, args64, args32 in [
+        ("loss", (x,), (x32,)),
+        ("grad", (x,), (x32,)),
+        ("hvp", (x, v), (x32, v32)),
+        ("worker_grads", (x,), (x32,)),
+    ]:
         out32 = getattr(p32, method)(*args32)
         assert out32.dtype == torch.float32, method
-        torch.testing.assert_close(out32.double(), getattr(prob, method)(*args64), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(
+            out32.double(), getattr(prob, method)(*args64), rtol=1e-3, atol=1e-3
+        )
     # the original is untouched
     assert all(t.dtype != torch.float32 for t in vars(prob).values() if isinstance(t, torch.Tensor))
 
@@ -152,6 +167,7 @@ def test_cuda_device(device, generator):
 # Quadratic
 # ---------------------------------------------------------------------------------------------
 
+
 def test_quadratic_values():
     prob = Quadratic(diag=[1.0, 4.0], center=[1.0, -1.0])
     x = torch.tensor([[1.0, -1.0], [2.0, 0.0], [0.0, 1.0]])
@@ -176,16 +192,17 @@ def test_quadratic_dense_equals_diagonal_in_rotated_frame(generator):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_diagonal_rows_equal_single_runs_exactly(dtype, generator):
-    prob = Quadratic(diag=torch.rand(17, generator=generator) + 0.1,
-                     center=torch.randn(17, generator=generator)).to("cpu", dtype)
+    prob = Quadratic(
+        diag=torch.rand(17, generator=generator) + 0.1, center=torch.randn(17, generator=generator)
+    ).to("cpu", dtype)
     x = torch.randn(64, 17, generator=generator).to(dtype)
     v = torch.randn(64, 17, generator=generator).to(dtype)
     loss, grad, hvp = prob.loss(x), prob.grad(x), prob.hvp(x, v)
     for b in [0, 1, 31, 63]:
-        assert torch.equal(prob.loss(x[b:b + 1])[0], loss[b])
-        assert torch.equal(prob.grad(x[b:b + 1])[0], grad[b])
-        assert torch.equal(prob.hvp(x[b:b + 1], v[b:b + 1])[0], hvp[b])
-        assert torch.equal(prob.grad(x[:b + 1])[b], grad[b])  # any batch size
+        assert torch.equal(prob.loss(x[b : b + 1])[0], loss[b])
+        assert torch.equal(prob.grad(x[b : b + 1])[0], grad[b])
+        assert torch.equal(prob.hvp(x[b : b + 1], v[b : b + 1])[0], hvp[b])
+        assert torch.equal(prob.grad(x[: b + 1])[b], grad[b])  # any batch size
 
 
 def test_separable_values():
@@ -200,6 +217,7 @@ def test_separable_values():
 # ---------------------------------------------------------------------------------------------
 # LogisticRegression
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def logreg_label():
@@ -230,7 +248,9 @@ def test_logreg_matches_explicit_formula(generator):
     f_i = []
     for i in range(3):  # reference: a plain loop over workers
         rows = prob.sample_worker == i
-        f_i.append(torch.log1p(torch.exp(-y[rows] * (x @ a[rows].T))).mean(-1) + 0.005 * (x * x).sum(-1))
+        f_i.append(
+            torch.log1p(torch.exp(-y[rows] * (x @ a[rows].T))).mean(-1) + 0.005 * (x * x).sum(-1)
+        )
     torch.testing.assert_close(prob.loss(x), torch.stack(f_i, 1).mean(1))
 
 
@@ -245,21 +265,30 @@ def test_logreg_loss_is_mean_of_worker_losses(split, generator):
     # worker gradients are the gradients of the worker losses
     xr = x.clone().requires_grad_(True)
     fi = (prob.per_sample_losses(xr) @ onehot) / prob.shard_sizes
-    auto = torch.stack([torch.autograd.grad(fi[:, i].sum(), xr, retain_graph=True)[0]
-                        for i in range(5)], 1)  # reference loop over workers
+    auto = torch.stack(
+        [torch.autograd.grad(fi[:, i].sum(), xr, retain_graph=True)[0] for i in range(5)], 1
+    )  # reference loop over workers
     torch.testing.assert_close(prob.worker_grads(x), auto, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(prob.worker_grads(x).mean(1), prob.grad(x), rtol=1e-10, atol=1e-14)
 
 
 def test_logreg_splits_partition_the_data(logreg_dirichlet):
-    for prob in [LogisticRegression(7, split="iid"), LogisticRegression(7, split="label"), logreg_dirichlet]:
+    for prob in [
+        LogisticRegression(7, split="iid"),
+        LogisticRegression(7, split="label"),
+        logreg_dirichlet,
+    ]:
         sizes = torch.bincount(prob.sample_worker, minlength=prob.n_workers)
         assert torch.equal(sizes, prob.shard_sizes) and int(sizes.sum()) == prob.n_samples
         assert sizes.min() >= 1
         real = prob.shard_index[prob.shard_mask.bool()]
         assert torch.equal(torch.sort(real).values, torch.arange(prob.n_samples))
         assert torch.allclose(prob.sample_weights.sum(), torch.tensor(1.0))
-    assert LogisticRegression(7, split="iid").shard_sizes.max() - LogisticRegression(7).shard_sizes.min() <= 1
+    assert (
+        LogisticRegression(7, split="iid").shard_sizes.max()
+        - LogisticRegression(7).shard_sizes.min()
+        <= 1
+    )
 
 
 def test_logreg_split_seeded():
@@ -271,8 +300,9 @@ def test_logreg_split_seeded():
 def test_label_split_is_heterogeneous(logreg_label):
     iid = LogisticRegression(4, split="iid")
     # label shares per worker: sorted split gives pure-label workers
-    share = lambda p: torch.stack([(p.labels[p.sample_worker == i] > 0).double().mean()
-                                   for i in range(4)])
+    share = lambda p: torch.stack(
+        [(p.labels[p.sample_worker == i] > 0).double().mean() for i in range(4)]
+    )
     assert share(logreg_label).min() == 0.0 and share(logreg_label).max() == 1.0
     assert (share(iid) - share(iid).mean()).abs().max() < 0.1
     # at x = 0 the intercept component of ∇f_i is -mean(y_s)/2 over the shard: ±1/2 on the
@@ -310,14 +340,19 @@ def test_per_sample_grads_match_autograd(logreg_label, generator):
         (auto,) = torch.autograd.grad(logreg_label.per_sample_losses(xr)[:, s].sum(), xr)
         torch.testing.assert_close(g[:, s], auto)
     # the generic contraction of the base class agrees with the specialised one
-    w = torch.rand(2, 4, logreg_label.shard_index.shape[1], generator=generator) * logreg_label.shard_mask
-    torch.testing.assert_close(FiniteSumProblem._weighted_grads(logreg_label, x, w),
-                               logreg_label._weighted_grads(x, w))
+    w = (
+        torch.rand(2, 4, logreg_label.shard_index.shape[1], generator=generator)
+        * logreg_label.shard_mask
+    )
+    torch.testing.assert_close(
+        FiniteSumProblem._weighted_grads(logreg_label, x, w), logreg_label._weighted_grads(x, w)
+    )
     torch.testing.assert_close(FiniteSumProblem.grad(logreg_label, x), logreg_label.grad(x))
     torch.testing.assert_close(FiniteSumProblem.loss(logreg_label, x), logreg_label.loss(x))
 
 
 # -- minibatches ---------------------------------------------------------------------------------
+
 
 def test_minibatch_indices_distinct_and_in_shard(logreg_dirichlet):
     prob, b = logreg_dirichlet, 20
@@ -334,17 +369,23 @@ def test_minibatch_full_shard_is_exact_worker_grad(logreg_label, logreg_dirichle
     # label shards are 143, 142, 142, 142: a batch of 142 is the whole shard of workers 1-3
     assert logreg_label.shard_sizes.tolist() == [143, 142, 142, 142]
     g = logreg_label.minibatch_worker_grads(x, 142, 4, rng_for(3))
-    torch.testing.assert_close(g[:, 1:], logreg_label.worker_grads(x)[:, 1:], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        g[:, 1:], logreg_label.worker_grads(x)[:, 1:], rtol=1e-12, atol=1e-14
+    )
     same = LogisticRegression(1, split="iid")  # one worker holding everything
     g = same.minibatch_worker_grads(x, 569, 1, rng_for(3))
     torch.testing.assert_close(g, same.worker_grads(x), rtol=1e-12, atol=1e-14)
     # the smallest Dirichlet shard (85 samples) used whole
     g = logreg_dirichlet.minibatch_worker_grads(x, 85, 4, rng_for(3))
-    torch.testing.assert_close(g[:, 1], logreg_dirichlet.worker_grads(x)[:, 1], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        g[:, 1], logreg_dirichlet.worker_grads(x)[:, 1], rtol=1e-12, atol=1e-14
+    )
     homo = LogisticRegression()
     g = homo.minibatch_worker_grads(x, 569, 3, rng_for(3))
     assert g.shape == (3, 3, homo.dim)
-    torch.testing.assert_close(g, homo.grad(x).unsqueeze(1).expand(-1, 3, -1), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        g, homo.grad(x).unsqueeze(1).expand(-1, 3, -1), rtol=1e-12, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("name", ["label", "homogeneous"])
@@ -354,14 +395,14 @@ def test_minibatch_unbiased_and_covariance(logreg_label, name, generator):
     x = (0.3 * torch.randn(prob.dim, generator=generator)).expand(m, -1)  # (M, d), one point
     g = prob.minibatch_worker_grads(x, b, n_workers, rng_for(m, seed=11))  # (M, N, d)
     exact = prob.worker_grads(x[:1]).expand(1, n_workers, -1)[0]  # (N, d)
-    mean, se = g.mean(0), g.std(0) / m ** 0.5
+    mean, se = g.mean(0), g.std(0) / m**0.5
     assert (se > 0).all()
     assert ((mean - exact).abs() <= _z(exact.numel()) * se).all()
     # E ||g_i - ∇f_i||² = tr Cov(g_i), with the finite-population correction
     cov = prob.minibatch_covariance(x[:1], b)[0]  # (N or 1, d, d)
     sq = ((g - exact) ** 2).sum(-1)  # (M, N)
     tr = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).expand(n_workers)  # (N,)
-    assert ((sq.mean(0) - tr).abs() <= _z(n_workers) * sq.std(0) / m ** 0.5).all()
+    assert ((sq.mean(0) - tr).abs() <= _z(n_workers) * sq.std(0) / m**0.5).all()
 
 
 def test_minibatch_covariance_exact_cases(logreg_label, generator):
@@ -388,17 +429,22 @@ def test_minibatch_reproducible_and_dtype_independent(logreg_label, generator):
     assert torch.equal(a, prob.minibatch_indices(5, 4, rng_for(8, seed=3, dtype=torch.float32)))
     x = 0.3 * torch.randn(8, prob.dim, generator=generator)
     g64 = prob.minibatch_worker_grads(x, 5, 4, rng_for(8, seed=3))
-    g32 = prob.to("cpu", torch.float32).minibatch_worker_grads(x.float(), 5, 4, rng_for(8, seed=3, dtype=torch.float32))
+    g32 = prob.to("cpu", torch.float32).minibatch_worker_grads(
+        x.float(), 5, 4, rng_for(8, seed=3, dtype=torch.float32)
+    )
     assert g32.dtype == torch.float32
     torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-5)
     # the batch of run b does not depend on the other runs (one generator per run)
     one = prob.minibatch_indices(5, 4, rng_for(8, seed=3, block_size=1))
-    assert torch.equal(one[2:4], prob.minibatch_indices(5, 4, rng_for(8, seed=3, block_size=1))[2:4])
+    assert torch.equal(
+        one[2:4], prob.minibatch_indices(5, 4, rng_for(8, seed=3, block_size=1))[2:4]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # FunctionProblem
 # ---------------------------------------------------------------------------------------------
+
 
 def test_function_problem_matches_quadratic(generator):
     h = _spd(3, seed=4)
@@ -413,25 +459,35 @@ def test_function_problem_matches_quadratic(generator):
     assert FunctionProblem(fn, 3, min_value=0).min_value == 0.0
 
 
-@pytest.mark.parametrize("fn, name", [
-    (_rosenbrock, f"{__name__}._rosenbrock"),
-    (lambda x: (x * x).sum(), f"{__name__}.<lambda>"),
-])
+@pytest.mark.parametrize(
+    "fn, name",
+    [
+        (_rosenbrock, f"{__name__}._rosenbrock"),
+        (lambda x: (x * x).sum(), f"{__name__}.<lambda>"),
+    ],
+)
 def test_function_problem_is_recorded_by_name_in_every_dataset(fn, name, tmp_path):
     """f is code: configs name it and are marked not reproducible; simulate's and compare's
     datasets carry that and survive netCDF."""
     import xarray as xr
 
     import sdeopt as so
+
     prob = FunctionProblem(fn, 2)
     record = {"callable": name, "reproducible": False}
     assert prob.config()["fn"] == record and prob.config()["reproducible"] is False
     opt = so.discrete.DSGD(lr=0.01, noise=so.noise.Gaussian(scale=0.1))
-    datasets = {"simulate": so.discrete.simulate(opt, prob, [0.5, 0.5], n_steps=3, n_runs=4).to_dataset(),
-                "compare": so.analysis.compare(opt, prob, [0.5, 0.5], n_steps=3, n_runs=4)}
+    datasets = {
+        "simulate": so.discrete.simulate(opt, prob, [0.5, 0.5], n_steps=3, n_runs=4).to_dataset(),
+        "compare": so.analysis.compare(opt, prob, [0.5, 0.5], n_steps=3, n_runs=4),
+    }
     for key, ds in datasets.items():
         cfg = json.loads(ds.attrs["config"])["problem"]
-        assert cfg["fn"] == record and cfg["reproducible"] is False and cfg["type"] == "FunctionProblem", key
+        assert (
+            cfg["fn"] == record
+            and cfg["reproducible"] is False
+            and cfg["type"] == "FunctionProblem"
+        ), key
         ds.to_netcdf(tmp_path / f"{key}.nc")
         xr.testing.assert_identical(ds, xr.load_dataset(tmp_path / f"{key}.nc"))
     assert datasets["simulate"].attrs["reproducible"] == 0

@@ -22,7 +22,9 @@ def little_memory(monkeypatch):
     monkeypatch.setattr(stream, "available_memory", lambda: 2**13)
 
 
-def test_simulate_streams_the_same_dataset_it_returns_in_memory(tmp_path, little_memory, monkeypatch):
+def test_simulate_streams_the_same_dataset_it_returns_in_memory(
+    tmp_path, little_memory, monkeypatch
+):
     with pytest.raises(ValueError, match=r"n_runs: 100 .*GiB.*out="):
         so.discrete.simulate(OPT, PROB, [1.0, 1.0], **KW)
     streamed = so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=tmp_path / "s.zarr", **KW)
@@ -35,7 +37,9 @@ def test_simulate_streams_the_same_dataset_it_returns_in_memory(tmp_path, little
 
 
 def test_solve_and_compare_stream_every_model_into_one_store(tmp_path, little_memory, monkeypatch):
-    kw = dict(KW, models=["first_order", "curvature"], max_memory=2**13, block_size=8)  # chunks of 8
+    kw = dict(
+        KW, models=["first_order", "curvature"], max_memory=2**13, block_size=8
+    )  # chunks of 8
     kw.pop("chunk_size")
     with pytest.raises(ValueError, match="n_runs"):
         so.analysis.compare(OPT, PROB, [1.0, 1.0], **kw)
@@ -46,8 +50,9 @@ def test_solve_and_compare_stream_every_model_into_one_store(tmp_path, little_me
     memory = so.analysis.compare(OPT, PROB, [1.0, 1.0], **kw)
     assert streamed.attrs.pop(so.io.COMPLETE) == 1
     xr.testing.assert_identical(streamed, memory)
-    xr.testing.assert_equal(solved.drop_attrs(),
-                            so.dynamics.solve(sde, [1.0, 1.0], **KW).to_dataset().drop_attrs())
+    xr.testing.assert_equal(
+        solved.drop_attrs(), so.dynamics.solve(sde, [1.0, 1.0], **KW).to_dataset().drop_attrs()
+    )
 
 
 def test_an_interrupted_stream_leaves_a_store_that_is_refused(tmp_path, monkeypatch):
@@ -59,6 +64,7 @@ def test_an_interrupted_stream_leaves_a_store_that_is_refused(tmp_path, monkeypa
             raise KeyboardInterrupt
         calls.append(start)
         write(self, ds, start, n_runs)
+
     monkeypatch.setattr(stream.ZarrSink, "write", dying)
     with pytest.raises(KeyboardInterrupt):
         so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=tmp_path / "i.zarr", **KW)
@@ -66,17 +72,42 @@ def test_an_interrupted_stream_leaves_a_store_that_is_refused(tmp_path, monkeypa
         so.io.open_stream(tmp_path / "i.zarr")
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda p: so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=p / "s.nc", **KW), "out.*zarr"),
-    (lambda p: so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=p / "missing" / "s.zarr", **KW), "out.*folder"),
-    (lambda p: so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=p, **KW), "out"),
-    (lambda p: so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=p / "s.zarr", keep_increments=True, **KW),
-     "out.*coupling"),
-    (lambda p: so.analysis.compare(OPT, PROB, [1.0, 1.0], out=p / "c.zarr", coupled=True, n_steps=5, n_runs=8),
-     "out.*coupling"),
-    (lambda p: so.dynamics.solve(so.dynamics.sde_of(OPT, PROB), [1.0, 1.0], out=p / "t.zarr", backend="torchsde",
-                                 n_steps=5, n_runs=8), "out.*torchsde"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda p: so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=p / "s.nc", **KW), "out.*zarr"),
+        (
+            lambda p: so.discrete.simulate(
+                OPT, PROB, [1.0, 1.0], out=p / "missing" / "s.zarr", **KW
+            ),
+            "out.*folder",
+        ),
+        (lambda p: so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=p, **KW), "out"),
+        (
+            lambda p: so.discrete.simulate(
+                OPT, PROB, [1.0, 1.0], out=p / "s.zarr", keep_increments=True, **KW
+            ),
+            "out.*coupling",
+        ),
+        (
+            lambda p: so.analysis.compare(
+                OPT, PROB, [1.0, 1.0], out=p / "c.zarr", coupled=True, n_steps=5, n_runs=8
+            ),
+            "out.*coupling",
+        ),
+        (
+            lambda p: so.dynamics.solve(
+                so.dynamics.sde_of(OPT, PROB),
+                [1.0, 1.0],
+                out=p / "t.zarr",
+                backend="torchsde",
+                n_steps=5,
+                n_runs=8,
+            ),
+            "out.*torchsde",
+        ),
+    ],
+)
 def test_bad_out_is_refused_before_work(tmp_path, call, match):
     with pytest.raises(ValueError, match=match):
         call(tmp_path)
@@ -85,8 +116,15 @@ def test_bad_out_is_refused_before_work(tmp_path, call, match):
 
 def test_a_config_whose_results_cannot_fit_is_refused_before_any_run():
     """The issue's case: n_runs = 1000000000 ended in an allocator traceback."""
-    run = {"name": "a", "problem": {"type": "Quadratic", "diag": [1.0, 2.0]}, "noise": {"type": "Gaussian"},
-           "method": {"type": "DSGD", "lr": 0.1}, "x0": [1.0, 1.0], "n_runs": 10**9, "n_steps": 100}
+    run = {
+        "name": "a",
+        "problem": {"type": "Quadratic", "diag": [1.0, 2.0]},
+        "noise": {"type": "Gaussian"},
+        "method": {"type": "DSGD", "lr": 0.1},
+        "x0": [1.0, 1.0],
+        "n_runs": 10**9,
+        "n_steps": 100,
+    }
     with pytest.raises(ValueError, match=r"run.n_runs = 1000000000 .*GiB"):
         build(run)
 
@@ -94,17 +132,29 @@ def test_a_config_whose_results_cannot_fit_is_refused_before_any_run():
 def test_the_estimate_counts_every_value_kept():
     """(S, B) per observable and (S, B, d) iterates at the run's precision, plus 9 bytes a run
     for the divergence flag and step: the bytes of the arrays simulate returns."""
-    traj = so.discrete.simulate(OPT, PROB, [1.0, 1.0], n_steps=9, n_runs=50, record_every=3, record_x=True,
-                                dtype=torch.float32)
-    kept = sum(v.numel() * v.element_size()
-               for v in (*traj.observables.values(), traj.x, traj.diverged, traj.blowup_step))
+    traj = so.discrete.simulate(
+        OPT,
+        PROB,
+        [1.0, 1.0],
+        n_steps=9,
+        n_runs=50,
+        record_every=3,
+        record_x=True,
+        dtype=torch.float32,
+    )
+    kept = sum(
+        v.numel() * v.element_size()
+        for v in (*traj.observables.values(), traj.x, traj.diverged, traj.blowup_step)
+    )
     assert stream.output_bytes(4, 50, 2 + 2, 4) == kept
 
 
 def test_a_damaged_chunk_of_a_stream_is_an_error_on_read(tmp_path):
     store = tmp_path / "s.zarr"
     so.discrete.simulate(OPT, PROB, [1.0, 1.0], out=store, **KW)
-    chunks = sorted(p for p in (store / "x").rglob("*") if p.is_file() and not p.name.startswith((".", "zarr")))
+    chunks = sorted(
+        p for p in (store / "x").rglob("*") if p.is_file() and not p.name.startswith((".", "zarr"))
+    )
     assert len(chunks) == 7  # 100 runs in chunks of 16
     damaged = bytearray(chunks[2].read_bytes())
     damaged[len(damaged) // 2] ^= 1
@@ -133,24 +183,37 @@ name = "a"
 
 def test_a_toml_run_with_stream_writes_stores_equal_to_the_run_in_memory(tmp_path):
     from sdeopt.cli import main
+
     (tmp_path / "s.toml").write_text(TOML.format(extra="stream = true"))
     (tmp_path / "m.toml").write_text(TOML.format(extra=""))
     assert main(["run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "s")]) == 0
     assert main(["run", str(tmp_path / "m.toml"), "--out", str(tmp_path / "m")]) == 0
     # Quadratic + DSGD has a closed form: the SDE is solved again at h/2, a second store.
-    assert sorted(p.name for p in (tmp_path / "s").glob("*.zarr")) == ["a_substeps1.zarr", "a_substeps2.zarr"]
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.zarr")) == [
+        "a_substeps1.zarr",
+        "a_substeps2.zarr",
+    ]
     streamed = so.io.open_stream(tmp_path / "s" / "a_substeps1.zarr").load()
     memory = so.io.load(tmp_path / "m" / "a.nc")
     assert streamed.attrs["claim"] == "streamed" and "x" in streamed
     xr.testing.assert_equal(streamed.drop_attrs(), memory.drop_attrs())
 
 
-@pytest.mark.parametrize("extra,match", [('stream = "yes"', "stream"), ("stream = true\ncoupled = true", "stream"),
-                                         ('stream = true\nstudy = "weak_order"\nlrs = [0.1, 0.05, 0.025, 0.0125]\n'
-                                          'horizon = 1.0', "stream")])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        ('stream = "yes"', "stream"),
+        ("stream = true\ncoupled = true", "stream"),
+        (
+            'stream = true\nstudy = "weak_order"\nlrs = [0.1, 0.05, 0.025, 0.0125]\nhorizon = 1.0',
+            "stream",
+        ),
+    ],
+)
 def test_bad_stream_settings_are_refused(tmp_path, extra, match):
     import tomllib
 
     from sdeopt.experiments.config import validate
+
     with pytest.raises(ValueError, match=match):
         validate(tomllib.loads(TOML.format(extra=extra)))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from sdeopt.experiments.sweep import load_sweep, run_sweep
 from sdeopt.cli import main
+from sdeopt.experiments.sweep import load_sweep, run_sweep
 
 CONFIG = """
 claim = "tiny sweep"
@@ -54,6 +54,7 @@ def reference(tmp_path_factory):
 def test_cells_equal_direct_runs(reference):
     from sdeopt.experiments.config import build
     from sdeopt.experiments.sweep import run_cell
+
     cfg, ref = reference
     sweep = load_sweep(cfg)
     run, index = sweep["cells"][7]
@@ -64,12 +65,14 @@ def test_cells_equal_direct_runs(reference):
 
 
 def test_sigkilled_sweep_resumes_to_the_same_store(reference, tmp_path):
-    cfg, ref = reference
+    _cfg, ref = reference
     slow_cfg = tmp_path / "cfg.toml"
     slow_cfg.write_text(CONFIG.format(n_steps=20))
     store = tmp_path / "s.zarr"
     cmd = [sys.executable, "-m", "sdeopt.cli", "sweep", str(slow_cfg), "--out", str(store)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline:
@@ -95,8 +98,11 @@ def test_sigkilled_sweep_resumes_to_the_same_store(reference, tmp_path):
 
 def test_a_worker_killed_mid_sweep_does_not_fail_it(reference, tmp_path):
     from distributed import Client, LocalCluster
+
     cfg, ref = reference
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     client = Client(cluster)
     try:
         pids = list(client.run(os.getpid).values())
@@ -107,8 +113,12 @@ def test_a_worker_killed_mid_sweep_does_not_fail_it(reference, tmp_path):
                 os.kill(pids[0], signal.SIGKILL)
                 killer_done.append(label)
 
-        summary = run_sweep(load_sweep(cfg), tmp_path / "w.zarr", scheduler=cluster.scheduler_address,
-                            progress=progress)
+        summary = run_sweep(
+            load_sweep(cfg),
+            tmp_path / "w.zarr",
+            scheduler=cluster.scheduler_address,
+            progress=progress,
+        )
     finally:
         client.close()
         cluster.close()
@@ -123,7 +133,9 @@ def test_foreign_and_other_config_stores_are_refused_untouched(reference, tmp_pa
     before = sorted((p.relative_to(foreign), p.stat().st_mtime_ns) for p in foreign.rglob("*"))
     assert main(["sweep", str(cfg), "--out", str(foreign)]) == 2
     assert "not written by an sdeopt sweep" in capsys.readouterr().err
-    assert sorted((p.relative_to(foreign), p.stat().st_mtime_ns) for p in foreign.rglob("*")) == before
+    assert (
+        sorted((p.relative_to(foreign), p.stat().st_mtime_ns) for p in foreign.rglob("*")) == before
+    )
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("mine")
@@ -137,12 +149,15 @@ def test_foreign_and_other_config_stores_are_refused_untouched(reference, tmp_pa
     assert "another configuration" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text,needle", [
-    ('[defaults]\nn_runs = 4\n[sweep]\nn_steps = [1, 2]', "n_steps"),
-    ('[defaults]\nn_runs = 4\n[sweep]\n"method.lr" = []', "method.lr"),
-    ('[defaults]\nn_runs = 4\n[sweep]\nwarp = [1]', "warp"),
-    ('[defaults]\nn_runs = 4', "sweep"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[defaults]\nn_runs = 4\n[sweep]\nn_steps = [1, 2]", "n_steps"),
+        ('[defaults]\nn_runs = 4\n[sweep]\n"method.lr" = []', "method.lr"),
+        ("[defaults]\nn_runs = 4\n[sweep]\nwarp = [1]", "warp"),
+        ("[defaults]\nn_runs = 4", "sweep"),
+    ],
+)
 def test_bad_sweep_configs(tmp_path, capsys, text, needle):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
@@ -154,8 +169,10 @@ def test_bad_sweep_configs(tmp_path, capsys, text, needle):
 def test_a_sweep_over_strings_for_a_flag_is_refused(tmp_path):
     """'false' is a truthy string: the two cells would have been the same run labelled differently."""
     cfg = tmp_path / "flags.toml"
-    cfg.write_text(CONFIG.format(n_steps=5).split("[sweep]")[0] + '[sweep]\ncoupled = ["false", "true"]\n')
-    with pytest.raises(ValueError, match="coupled = 'false'.*TOML boolean"):
+    cfg.write_text(
+        CONFIG.format(n_steps=5).split("[sweep]")[0] + '[sweep]\ncoupled = ["false", "true"]\n'
+    )
+    with pytest.raises(ValueError, match=r"coupled = 'false'.*TOML boolean"):
         load_sweep(cfg)
 
 
@@ -171,6 +188,7 @@ def test_no_local_workers_is_refused_before_the_store_is_made(workers, tmp_path,
 
 def test_an_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
     import sdeopt.experiments.sweep as sweep_module
+
     monkeypatch.setattr(sweep_module, "CONNECT_TIMEOUT", "1s")
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG.format(n_steps=5))
@@ -185,6 +203,7 @@ def test_an_interrupted_store_creation_leaves_no_store(tmp_path, monkeypatch):
     """Creation used to write in place: a kill mid-way left a store without done flags that every
     resume refused (KeyError: 'cell_done')."""
     import sdeopt.experiments.sweep as sweep_module
+
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG.format(n_steps=5))
     sweep = load_sweep(cfg)
@@ -198,7 +217,9 @@ def test_an_interrupted_store_creation_leaves_no_store(tmp_path, monkeypatch):
 
         def to_zarr(self, path, encoding, **kwargs):
             loss = self.template[["loss"]]  # part of the metadata, then the kill
-            loss.to_zarr(path, encoding={k: v for k, v in encoding.items() if k in loss.variables}, **kwargs)
+            loss.to_zarr(
+                path, encoding={k: v for k, v in encoding.items() if k in loss.variables}, **kwargs
+            )
             raise KeyboardInterrupt
 
     monkeypatch.setattr(sweep_module, "_template", lambda s: Interrupted(real(s)))
@@ -211,13 +232,15 @@ def test_an_interrupted_store_creation_leaves_no_store(tmp_path, monkeypatch):
 
 def test_an_incomplete_store_is_refused_by_name(tmp_path, capsys):
     import sdeopt.experiments.sweep as sweep_module
+
     cfg = tmp_path / "cfg.toml"
     cfg.write_text(CONFIG.format(n_steps=5))
     store = tmp_path / "s.zarr"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sweep_module._template(load_sweep(cfg)).drop_vars("cell_done").to_zarr(store, compute=False,
-                                                                                 consolidated=False)
+        sweep_module._template(load_sweep(cfg)).drop_vars("cell_done").to_zarr(
+            store, compute=False, consolidated=False
+        )
     assert main(["sweep", str(cfg), "--out", str(store)]) == 2
     err = capsys.readouterr().err
     assert "incomplete" in err and "Traceback" not in err

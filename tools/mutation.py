@@ -50,10 +50,24 @@ DYNAMICS = "sdeopt/dynamics"
 MODEL_FILES = ("dcsgd.py", "dsignsgd.py", "markov_sgd.py", "ito_chain.py", "recipe.py", "sde.py")
 #: The integrators and the package entry point (sde_of), counted apart.
 SOLVER_FILES = ("solvers.py", "__init__.py")
-STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "segfault", "skipped",
-            "caught by type check", "check was interrupted by user", "not checked")
-THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "NUMEXPR_NUM_THREADS": "1"}
+STATUSES = (
+    "killed",
+    "survived",
+    "timeout",
+    "no tests",
+    "suspicious",
+    "segfault",
+    "skipped",
+    "caught by type check",
+    "check was interrupted by user",
+    "not checked",
+)
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,9 +82,14 @@ def _inner(argv: list[str]) -> int:
     cfg = config()
     # Keep the test selection's options, drop test files that do not exist (yet).
     cfg.pytest_add_cli_args_test_selection = [
-        a for a in cfg.pytest_add_cli_args_test_selection
-        if a.startswith("-") or Path(a.split("::")[0]).exists()
-        and a.split("::")[0] not in os.environ.get("MUTATION_WITHOUT", "").split(os.pathsep)]
+        a
+        for a in cfg.pytest_add_cli_args_test_selection
+        if a.startswith("-")
+        or (
+            Path(a.split("::")[0]).exists()
+            and a.split("::")[0] not in os.environ.get("MUTATION_WITHOUT", "").split(os.pathsep)
+        )
+    ]
     if argv[0] == "run":
         print("test selection:", " ".join(cfg.pytest_add_cli_args_test_selection), flush=True)
         _fast_tests_first()
@@ -113,7 +132,9 @@ def _inner_report(out: Path, cfg) -> int:
         m = SourceFileMutationData(path=path)
         m.load()
         mutants = {}
-        for name, code in sorted(m.exit_code_by_key.items(), key=lambda kv: _mutant_sort_key(kv[0])):
+        for name, code in sorted(
+            m.exit_code_by_key.items(), key=lambda kv: _mutant_sort_key(kv[0])
+        ):
             status = status_by_exit_code[code]
             entry = {"status": status}
             if status not in ("killed", "not checked"):
@@ -125,8 +146,11 @@ def _inner_report(out: Path, cfg) -> int:
                 entry["duration_s"] = round(float(m.durations_by_key[name]), 3)
             mutants[name] = entry
         files[str(path)] = mutants
-    out.write_text(json.dumps({"files": files,
-                               "test_selection": cfg.pytest_add_cli_args_test_selection}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"files": files, "test_selection": cfg.pytest_add_cli_args_test_selection}, indent=1
+        )
+    )
     return 0
 
 
@@ -140,7 +164,9 @@ def _mutant_sort_key(name: str):
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def _export(ref: str, workdir: Path, keep: bool) -> None:
@@ -155,8 +181,9 @@ def _export(ref: str, workdir: Path, keep: bool) -> None:
                 continue
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     workdir.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=REPO, check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=REPO, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-m", "-C", str(workdir)], input=archive, check=True)
 
 
@@ -178,8 +205,12 @@ def summarise(report: dict) -> dict:
         total["files"] = paths
         return total
 
-    return {"per_file": per_file, "model_files": group(MODEL_FILES), "solver_files": group(SOLVER_FILES),
-            "all": group(MODEL_FILES + SOLVER_FILES)}
+    return {
+        "per_file": per_file,
+        "model_files": group(MODEL_FILES),
+        "solver_files": group(SOLVER_FILES),
+        "all": group(MODEL_FILES + SOLVER_FILES),
+    }
 
 
 def print_table(summary: dict) -> None:
@@ -188,8 +219,11 @@ def print_table(summary: dict) -> None:
     for path, c in summary["per_file"].items():
         rate = (c["killed"] + c["timeout"]) / c["total"] if c["total"] else float("nan")
         print(f"{path:34s}" + "".join(f"{c[k]:>11d}" for k in cols) + f"{rate:>11.1%}")
-    for label, key in (("model files", "model_files"), ("solvers.py + __init__.py", "solver_files"),
-                       ("all of sdeopt/dynamics", "all")):
+    for label, key in (
+        ("model files", "model_files"),
+        ("solvers.py + __init__.py", "solver_files"),
+        ("all of sdeopt/dynamics", "all"),
+    ):
         g = summary[key]
         rate = "n/a" if g["kill_rate"] is None else f"{g['kill_rate']:.1%}"
         print(f"{label:34s}" + "".join(f"{g[k]:>11d}" for k in cols) + f"{rate:>11s}")
@@ -198,22 +232,47 @@ def print_table(summary: dict) -> None:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--inner":
         return _inner(sys.argv[2:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ref", help="test this committed tree (git archive into .mutation/tree) "
-                                  "instead of the working tree")
-    ap.add_argument("--max-children", type=int, default=2, help="parallel mutmut workers (default 2)")
-    ap.add_argument("--keep-cache", action="store_true",
-                    help="reuse mutants/ and its verdicts (default: start from scratch)")
-    ap.add_argument("--without", action="append", default=[], metavar="TEST_FILE",
-                    help="drop this test file from the selection (e.g. to measure what it adds)")
-    ap.add_argument("--workdir", help="where --ref exports its tree (default .mutation/tree); "
-                                      "another one keeps the results of several refs apart")
-    ap.add_argument("--report-only", action="store_true", help="summarise the last run, test nothing")
-    ap.add_argument("--output", default=str(REPO / "tools" / "mutation.json"),
-                    help="summary JSON (default tools/mutation.json)")
-    ap.add_argument("mutants", nargs="*", help="mutant names or globs to (re)test only these "
-                                               "(implies --keep-cache)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--ref",
+        help="test this committed tree (git archive into .mutation/tree) "
+        "instead of the working tree",
+    )
+    ap.add_argument(
+        "--max-children", type=int, default=2, help="parallel mutmut workers (default 2)"
+    )
+    ap.add_argument(
+        "--keep-cache",
+        action="store_true",
+        help="reuse mutants/ and its verdicts (default: start from scratch)",
+    )
+    ap.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="TEST_FILE",
+        help="drop this test file from the selection (e.g. to measure what it adds)",
+    )
+    ap.add_argument(
+        "--workdir",
+        help="where --ref exports its tree (default .mutation/tree); "
+        "another one keeps the results of several refs apart",
+    )
+    ap.add_argument(
+        "--report-only", action="store_true", help="summarise the last run, test nothing"
+    )
+    ap.add_argument(
+        "--output",
+        default=str(REPO / "tools" / "mutation.json"),
+        help="summary JSON (default tools/mutation.json)",
+    )
+    ap.add_argument(
+        "mutants",
+        nargs="*",
+        help="mutant names or globs to (re)test only these (implies --keep-cache)",
+    )
     args = ap.parse_args()
 
     if args.workdir and not args.ref:
@@ -221,8 +280,11 @@ def main() -> int:
     workdir = (REPO / (args.workdir or ".mutation/tree")).resolve() if args.ref else REPO
     source = {"ref": args.ref, "commit": _git("rev-parse", args.ref or "HEAD")}
     if not args.ref:
-        source["dirty_files"] = [line[3:] for line in _git("status", "--porcelain").splitlines()
-                                 if line[3:].startswith(("sdeopt/", "tests/", "pyproject.toml"))]
+        source["dirty_files"] = [
+            line[3:]
+            for line in _git("status", "--porcelain").splitlines()
+            if line[3:].startswith(("sdeopt/", "tests/", "pyproject.toml"))
+        ]
     keep = args.keep_cache or bool(args.mutants) or args.report_only
     env = dict(os.environ, **THREAD_ENV, MUTATION_WITHOUT=os.pathsep.join(args.without))
     inner = [sys.executable, str(Path(__file__).resolve()), "--inner"]
@@ -255,29 +317,36 @@ def main() -> int:
             if entry["status"] not in ("killed", "not checked"):
                 survivors[name] = dict(entry, file=path)
     model_paths = {f"{DYNAMICS}/{n}" for n in MODEL_FILES}
-    print(f"\n{sum(1 for s in survivors.values() if s['file'] in model_paths)} undetected mutants in "
-          f"the model files; `cd {workdir} && mutmut show <name>` shows one:")
+    print(
+        f"\n{sum(1 for s in survivors.values() if s['file'] in model_paths)} undetected mutants in "
+        f"the model files; `cd {workdir} && mutmut show <name>` shows one:"
+    )
     for name, s in survivors.items():
         if s["file"] in model_paths:
             print(f"  {s['status']:9s} {name}")
 
     import mutmut
     import torch
+
     out = {
         "issue": 11,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python tools/mutation.py" + (f" --ref {args.ref}" if args.ref else "")
-                   + (f" --workdir {args.workdir}" if args.workdir else "")
-                   + (f" --max-children {args.max_children}" if args.max_children != 2 else "")
-                   + "".join(f" --without {w}" for w in args.without)
-                   + "".join(f" '{m}'" for m in args.mutants),
+        "command": "python tools/mutation.py"
+        + (f" --ref {args.ref}" if args.ref else "")
+        + (f" --workdir {args.workdir}" if args.workdir else "")
+        + (f" --max-children {args.max_children}" if args.max_children != 2 else "")
+        + "".join(f" --without {w}" for w in args.without)
+        + "".join(f" '{m}'" for m in args.mutants),
         "source": source,
         "test_selection": report["test_selection"],
         "max_children": args.max_children,
         "cpu_count": os.cpu_count(),
         "wall_s": None if wall is None else round(wall, 1),
-        "versions": {"mutmut": getattr(mutmut, "__version__", "?"), "torch": torch.__version__,
-                     "python": sys.version.split()[0]},
+        "versions": {
+            "mutmut": getattr(mutmut, "__version__", "?"),
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+        },
         "kill_rate_definition": "(killed + timeout) / mutants",
         "model_files": summary["model_files"],
         "solver_files": summary["solver_files"],
@@ -285,9 +354,13 @@ def main() -> int:
         "per_file": summary["per_file"],
         "undetected": survivors,
     }
-    if wall is None and Path(args.output).exists():  # --report-only keeps the last run's time and command
+    if (
+        wall is None and Path(args.output).exists()
+    ):  # --report-only keeps the last run's time and command
         last = json.loads(Path(args.output).read_text())
-        out.update({k: last[k] for k in ("wall_s", "command", "date", "test_selection") if k in last})
+        out.update(
+            {k: last[k] for k in ("wall_s", "command", "date", "test_selection") if k in last}
+        )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(f"\nwrote {args.output}")

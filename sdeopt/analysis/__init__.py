@@ -2,23 +2,37 @@
 
 from sdeopt.analysis.compare import compare, model_seed
 from sdeopt.analysis.metrics import (
-                                     W2,
-                                     OrderFit,
-                                     TailIndex,
-                                     bures_w2,
-                                     divergence,
-                                     hill_tail_index,
-                                     order_fit,
-                                     wasserstein2,
-                                     weak_error,
+    W2,
+    OrderFit,
+    TailIndex,
+    bures_w2,
+    divergence,
+    hill_tail_index,
+    order_fit,
+    wasserstein2,
+    weak_error,
 )
 from sdeopt.analysis.plots import (
-                                     plot_divergence,
-                                     plot_marginals,
-                                     plot_trajectories,
-                                     plot_weak_error,
+    plot_divergence,
+    plot_marginals,
+    plot_trajectories,
+    plot_weak_error,
 )
 
-__all__ = ["W2", "OrderFit", "TailIndex", "bures_w2", "compare", "divergence", "hill_tail_index",
-           "model_seed", "order_fit", "plot_divergence", "plot_marginals", "plot_trajectories",
-           "plot_weak_error", "wasserstein2", "weak_error"]
+__all__ = [
+    "W2",
+    "OrderFit",
+    "TailIndex",
+    "bures_w2",
+    "compare",
+    "divergence",
+    "hill_tail_index",
+    "model_seed",
+    "order_fit",
+    "plot_divergence",
+    "plot_marginals",
+    "plot_trajectories",
+    "plot_weak_error",
+    "wasserstein2",
+    "weak_error",
+]

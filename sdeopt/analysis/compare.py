@@ -24,13 +24,28 @@ def model_seed(seed: int, index: int) -> int:
     return derived_seed(seed, index)
 
 
-def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, seed: int = 0,
-            models: tuple[str, ...] | list[str] = ("first_order",), substeps: int = 1,
-            coupled: bool = False, record_every: int = 1,
-            record: tuple[str, ...] | list[str] = ("loss", "grad_norm"), record_x: bool = False,
-            device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-            blowup_threshold: float = 1e10, max_memory: float = 2**30,
-            block_size: int = DEFAULT_BLOCK_SIZE, sde_method: str = "euler", out=None):
+def compare(
+    method: Method,
+    problem: Problem,
+    x0,
+    n_steps: int,
+    n_runs: int,
+    *,
+    seed: int = 0,
+    models: tuple[str, ...] | list[str] = ("first_order",),
+    substeps: int = 1,
+    coupled: bool = False,
+    record_every: int = 1,
+    record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
+    record_x: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    blowup_threshold: float = 1e10,
+    max_memory: float = 2**30,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    sde_method: str = "euler",
+    out=None,
+):
     """The discrete method and each SDE model in ``models``, side by side.
 
     Args:
@@ -66,35 +81,79 @@ def compare(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, 
     if len(models) != len(set(models)):
         raise ValueError(f"Invalid models: {models!r} (each model at most once)")
     sdes = [sde_of(method, problem, model) for model in models]  # validates before any work
-    common = dict(record_every=record_every, record=record, record_x=record_x, device=device, dtype=dtype,
-                  blowup_threshold=blowup_threshold, max_memory=max_memory, block_size=block_size)
-    config = {"method": method.config(), "problem": problem.config(), "models": models,
-              "n_steps": n_steps, "n_runs": n_runs, "seed": seed, "substeps": substeps,
-              "coupled": coupled, "record_every": record_every, "record": list(record),
-              "record_x": record_x, "blowup_threshold": blowup_threshold, "block_size": block_size,
-              "sde_method": sde_method,
-              "x0": torch.as_tensor(x0, dtype=torch.float64).tolist()}
+    common = dict(
+        record_every=record_every,
+        record=record,
+        record_x=record_x,
+        device=device,
+        dtype=dtype,
+        blowup_threshold=blowup_threshold,
+        max_memory=max_memory,
+        block_size=block_size,
+    )
+    config = {
+        "method": method.config(),
+        "problem": problem.config(),
+        "models": models,
+        "n_steps": n_steps,
+        "n_runs": n_runs,
+        "seed": seed,
+        "substeps": substeps,
+        "coupled": coupled,
+        "record_every": record_every,
+        "record": list(record),
+        "record_x": record_x,
+        "blowup_threshold": blowup_threshold,
+        "block_size": block_size,
+        "sde_method": sde_method,
+        "x0": torch.as_tensor(x0, dtype=torch.float64).tolist(),
+    }
     config = jsonable(config)  # user code (a FunctionProblem's f, a chain's drift) by its name
     run_dtype = check_dtype(torch.get_default_dtype() if dtype is None else dtype)
-    attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)),
-             "seed": seed_attr(seed), "coupled": int(coupled),
-             "lr": float(method.lr), "device": str(check_device(device)),
-             "dtype": str(run_dtype).replace("torch.", ""),
-             "sdeopt_version": __version__, "torch_version": torch.__version__,
-             "xarray_version": xr.__version__}
+    attrs = {
+        "config": to_json(config),
+        "reproducible": int(is_reproducible(config)),
+        "seed": seed_attr(seed),
+        "coupled": int(coupled),
+        "lr": float(method.lr),
+        "device": str(check_device(device)),
+        "dtype": str(run_dtype).replace("torch.", ""),
+        "sdeopt_version": __version__,
+        "torch_version": torch.__version__,
+        "xarray_version": xr.__version__,
+    }
     if out is None:
-        check_output_memory(comparison_bytes(check_int("n_steps", n_steps),
-                                             check_int("record_every", record_every, minimum=1),
-                                             check_int("n_runs", n_runs, minimum=1), len(models),
-                                             len(record) + record_x * problem.dim, run_dtype), n_runs)
+        check_output_memory(
+            comparison_bytes(
+                check_int("n_steps", n_steps),
+                check_int("record_every", record_every, minimum=1),
+                check_int("n_runs", n_runs, minimum=1),
+                len(models),
+                len(record) + record_x * problem.dim,
+                run_dtype,
+            ),
+            n_runs,
+        )
         sink = None
     else:
         sink = ZarrSink(out, models=["discrete", *models], attrs=attrs)
-    disc = simulate(method, problem, x0, n_steps, n_runs, seed=seed, keep_increments=coupled, out=sink, **common)
+    disc = simulate(
+        method, problem, x0, n_steps, n_runs, seed=seed, keep_increments=coupled, out=sink, **common
+    )
     datasets = [disc] if sink is not None else [disc.to_dataset()]
     for i, sde in enumerate(sdes, start=1):
-        path = solve(sde, x0, n_steps, n_runs, seed=model_seed(seed, i), substeps=substeps,
-                     scheme=sde_method, coupled=disc if coupled else None, out=sink, **common)
+        path = solve(
+            sde,
+            x0,
+            n_steps,
+            n_runs,
+            seed=model_seed(seed, i),
+            substeps=substeps,
+            scheme=sde_method,
+            coupled=disc if coupled else None,
+            out=sink,
+            **common,
+        )
         datasets.append(path if sink is not None else path.to_dataset())
     if sink is not None:
         return sink.finish()

@@ -5,5 +5,8 @@ import warnings
 
 from sdeopt.experiments.config import *  # noqa: F403
 
-warnings.warn("sdeopt.analysis.config moved to sdeopt.experiments.config; import it from there",
-              DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "sdeopt.analysis.config moved to sdeopt.experiments.config; import it from there",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -5,5 +5,8 @@ import warnings
 
 from sdeopt.experiments.runner import *  # noqa: F403
 
-warnings.warn("sdeopt.analysis.experiments moved to sdeopt.experiments.runner; import it from there",
-              DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "sdeopt.analysis.experiments moved to sdeopt.experiments.runner; import it from there",
+    DeprecationWarning,
+    stacklevel=2,
+)

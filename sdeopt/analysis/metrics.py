@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from scipy import stats
 from sdeopt._jsonable import qualified_name
 
 # --- weak error ------------------------------------------------------------------------------
+
 
 def observable_values(ds, observable):
     """(model, step, run) values of an observable: a variable name, "x2" (||x||²), or a callable on x."""
@@ -29,8 +30,10 @@ def observable_values(ds, observable):
         return (ds["x"] ** 2).sum("coord")
     if observable not in ds or ds[observable].dims != ("model", "step", "run"):
         names = [v for v in ds.data_vars if ds[v].dims == ("model", "step", "run")]
-        raise ValueError(f"Invalid observable: {observable!r} (recorded: {', '.join(names)}; or 'x2', "
-                         "or a callable on x)")
+        raise ValueError(
+            f"Invalid observable: {observable!r} (recorded: {', '.join(names)}; or 'x2', "
+            "or a callable on x)"
+        )
     return ds[observable]
 
 
@@ -47,7 +50,13 @@ def alive(ds):
     return (blowup < 0) | (ds["step"] < blowup)
 
 
-def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "discrete", paired: bool | None = None):
+def weak_error(
+    ds,
+    observable: str | Callable = "loss",
+    *,
+    reference: str = "discrete",
+    paired: bool | None = None,
+):
     """|E g(x_k) - E g(X_{k lr})| for every model against ``reference``, with its standard error.
 
     At each step, the runs alive at that step are used: a run that blows up at step b (its
@@ -91,19 +100,28 @@ def weak_error(ds, observable: str | Callable = "loss", *, reference: str = "dis
         else:
             a, b = v.where(v_ok), ref_values.where(ref_ok)
             signed = a.mean("run") - b.mean("run")
-            se = np.sqrt(a.var("run", ddof=1) / v_ok.sum("run") + b.var("run", ddof=1) / ref_ok.sum("run"))
+            se = np.sqrt(
+                a.var("run", ddof=1) / v_ok.sum("run") + b.var("run", ddof=1) / ref_ok.sum("run")
+            )
             n_used = np.minimum(v_ok.sum("run"), ref_ok.sum("run"))
-        out.append(xr.Dataset({"error": abs(signed), "signed": signed, "se": se, "n_used": n_used})
-                   .expand_dims(model=[model]))
+        out.append(
+            xr.Dataset(
+                {"error": abs(signed), "signed": signed, "se": se, "n_used": n_used}
+            ).expand_dims(model=[model])
+        )
     if not out:
         raise ValueError("Invalid ds: it holds no model besides the reference")
     result = xr.concat(out, dim="model")
-    result.attrs = {"observable": observable if isinstance(observable, str) else qualified_name(observable),
-                    "reference": reference, "paired": int(paired)}
+    result.attrs = {
+        "observable": observable if isinstance(observable, str) else qualified_name(observable),
+        "reference": reference,
+        "paired": int(paired),
+    }
     return result
 
 
 # --- order fits ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class OrderFit:
@@ -132,11 +150,15 @@ def order_fit(lrs, errors, ses=None, *, level: float = 0.95, mc_ratio: float = 3
     """
     lrs, errors = np.asarray(lrs, dtype=float), np.asarray(errors, dtype=float)
     if lrs.shape != errors.shape or lrs.ndim != 1 or len(lrs) < 4:
-        raise ValueError(f"Invalid lrs: {len(lrs)} step sizes (an order fit needs >= 4, one error each)")
+        raise ValueError(
+            f"Invalid lrs: {len(lrs)} step sizes (an order fit needs >= 4, one error each)"
+        )
     if len(set(lrs.tolist())) != len(lrs):
         raise ValueError(f"Invalid lrs: {lrs.tolist()!r} (the step sizes must be distinct)")
     if np.any(lrs <= 0) or np.any(~np.isfinite(errors)) or np.any(errors <= 0):
-        raise ValueError(f"Invalid errors: {errors.tolist()!r} (must be finite and > 0, with lrs > 0)")
+        raise ValueError(
+            f"Invalid errors: {errors.tolist()!r} (must be finite and > 0, with lrs > 0)"
+        )
     x, y = np.log(lrs), np.log(errors)
     fit = stats.linregress(x, y)
     t = stats.t.ppf(0.5 + level / 2, len(lrs) - 2)
@@ -146,12 +168,20 @@ def order_fit(lrs, errors, ses=None, *, level: float = 0.95, mc_ratio: float = 3
         finest = np.argmin(lrs)
         if ses[finest] * mc_ratio > errors[finest]:
             reliable = False
-            warnings.warn(f"order_fit: the Monte Carlo error at the smallest lr ({ses[finest]:.3g}) is not "
-                          f"well below the bias ({errors[finest]:.3g}); the slope is not trustworthy",
-                          RuntimeWarning, stacklevel=2)
-    return OrderFit(slope=float(fit.slope), intercept=float(fit.intercept),
-                    ci_low=float(fit.slope - t * fit.stderr), ci_high=float(fit.slope + t * fit.stderr),
-                    level=level, reliable=reliable)
+            warnings.warn(
+                f"order_fit: the Monte Carlo error at the smallest lr ({ses[finest]:.3g}) is not "
+                f"well below the bias ({errors[finest]:.3g}); the slope is not trustworthy",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return OrderFit(
+        slope=float(fit.slope),
+        intercept=float(fit.intercept),
+        ci_low=float(fit.slope - t * fit.stderr),
+        ci_high=float(fit.slope + t * fit.stderr),
+        level=level,
+        reliable=reliable,
+    )
 
 
 # --- Wasserstein-2 ----------------------------------------------------------------------------
@@ -226,7 +256,9 @@ def _w2_sorted(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
     return (width / (n * m)) @ diff**2
 
 
-def _w2_once(a: np.ndarray, b: np.ndarray, method: str, n_projections: int, rng: np.random.Generator) -> float:
+def _w2_once(
+    a: np.ndarray, b: np.ndarray, method: str, n_projections: int, rng: np.random.Generator
+) -> float:
     if method == "sorted":
         return math.sqrt(float(_w2_sorted(np.sort(a, axis=0), np.sort(b, axis=0))[0]))
     if method == "gaussian":
@@ -236,20 +268,26 @@ def _w2_once(a: np.ndarray, b: np.ndarray, method: str, n_projections: int, rng:
     if method == "exact":
         from scipy.optimize import linear_sum_assignment
         from scipy.spatial.distance import cdist
-        cost = cdist(a, b, "sqeuclidean")  # (n, n): equal sizes, so the assignment is a transport plan
+
+        cost = cdist(
+            a, b, "sqeuclidean"
+        )  # (n, n): equal sizes, so the assignment is a transport plan
         rows, cols = linear_sum_assignment(cost)
         return math.sqrt(cost[rows, cols].mean())
     # sliced: average of exact 1-D W2² over random directions θ (n_projections of them)
     dirs = rng.standard_normal((a.shape[1], n_projections))  # (d, P)
     dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-    return math.sqrt(float(np.mean(_w2_sorted(np.sort(a @ dirs, axis=0), np.sort(b @ dirs, axis=0)))))
+    return math.sqrt(
+        float(np.mean(_w2_sorted(np.sort(a @ dirs, axis=0), np.sort(b @ dirs, axis=0))))
+    )
 
 
 W2_METHODS = ("auto", "sorted", "gaussian", "exact", "sliced")
 
 
-def wasserstein2(a, b, *, method: str = "auto", n_projections: int = 200, seed: int = 0,
-                 exact_max: int = 2000) -> W2:
+def wasserstein2(
+    a, b, *, method: str = "auto", n_projections: int = 200, seed: int = 0, exact_max: int = 2000
+) -> W2:
     """W2 between the empirical laws of samples a (n, d) and b (m, d) (or 1-D arrays).
 
     Methods, and the distance each estimates (``W2.distance``):
@@ -311,8 +349,10 @@ def wasserstein2(a, b, *, method: str = "auto", n_projections: int = 200, seed: 
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"Invalid b: dimension {b.shape[1]} differs from a's {a.shape[1]}")
     if method == "sorted" and a.shape[1] > 1:
-        raise ValueError(f"Invalid method: 'sorted' is for 1-D samples; these have d = {a.shape[1]} "
-                         "(use 'exact', 'sliced' or 'gaussian')")
+        raise ValueError(
+            f"Invalid method: 'sorted' is for 1-D samples; these have d = {a.shape[1]} "
+            "(use 'exact', 'sliced' or 'gaussian')"
+        )
     rng = np.random.default_rng(seed)
     size = None
     if method == "auto":
@@ -332,8 +372,14 @@ def wasserstein2(a, b, *, method: str = "auto", n_projections: int = 200, seed: 
     value = _w2_once(a, b, method, n_projections, rng)
     perm = rng.permutation(len(a))
     half = len(a) // 2
-    floor = _w2_once(a[perm[:half]], a[perm[half:2 * half]], method, n_projections, rng)
-    return W2(value=value, floor=floor, method=method, n_used=(len(a), len(b)), subsampled=bool(subsampled))
+    floor = _w2_once(a[perm[:half]], a[perm[half : 2 * half]], method, n_projections, rng)
+    return W2(
+        value=value,
+        floor=floor,
+        method=method,
+        n_used=(len(a), len(b)),
+        subsampled=bool(subsampled),
+    )
 
 
 def _as_samples(name, s) -> np.ndarray:
@@ -350,6 +396,7 @@ def _as_samples(name, s) -> np.ndarray:
 
 # --- divergence and tails ---------------------------------------------------------------------
 
+
 def divergence(ds):
     """Per model: fraction and count of diverged runs, and the median blow-up step among them.
 
@@ -361,8 +408,14 @@ def divergence(ds):
     blow = ds["blowup_step"]
     by_step = ((blow >= 0) & (blow <= ds["step"])).mean("run")
     median_step = blow.where(div).median("run")
-    return xr.Dataset({"fraction": div.mean("run"), "count": div.sum("run"),
-                       "median_blowup_step": median_step, "fraction_by_step": by_step})
+    return xr.Dataset(
+        {
+            "fraction": div.mean("run"),
+            "count": div.sum("run"),
+            "median_blowup_step": median_step,
+            "fraction_by_step": by_step,
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -380,13 +433,18 @@ def hill_tail_index(samples, *, k: int | None = None) -> TailIndex:
     ``k`` defaults to ~ sqrt(n) (a common bias/variance compromise); se = alpha / sqrt(k).
     Non-finite values are dropped.
     """
-    x = np.abs(np.asarray(samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples,
-                          dtype=float).ravel())
+    x = np.abs(
+        np.asarray(
+            samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, dtype=float
+        ).ravel()
+    )
     x = x[np.isfinite(x) & (x > 0)]
     n = len(x)
     if n < 10:
-        raise ValueError(f"Invalid samples: {n} finite non-zero values (the Hill estimator needs >= 10)")
-    k = int(round(math.sqrt(n))) if k is None else int(k)
+        raise ValueError(
+            f"Invalid samples: {n} finite non-zero values (the Hill estimator needs >= 10)"
+        )
+    k = round(math.sqrt(n)) if k is None else int(k)
     if not 2 <= k < n:
         raise ValueError(f"Invalid k: {k!r} (must satisfy 2 <= k < n = {n})")
     top = np.sort(x)[::-1][: k + 1]

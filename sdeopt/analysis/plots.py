@@ -13,14 +13,19 @@ from collections.abc import Sequence
 import numpy as np
 
 #: The x axes ``plot_trajectories`` and ``plot_divergence`` accept: coordinate name -> label.
-X_AXES = {"time": "time t = k·η  [optimizer steps × lr]",
-          "step": "step k  [optimizer steps]",
-          "lr_sum": "summed learning rate Σ η_j  [optimizer steps × lr]"}
+X_AXES = {
+    "time": "time t = k·η  [optimizer steps × lr]",
+    "step": "step k  [optimizer steps]",
+    "lr_sum": "summed learning rate Σ η_j  [optimizer steps × lr]",
+}
 STATS = ("mean", "median")
 KINDS = ("hist", "ccdf")
 
-_VAR_LABELS = {"loss": "loss f(x)", "grad_norm": "gradient norm ‖∇f(x)‖",
-               "dist": "distance ‖x − x*‖"}
+_VAR_LABELS = {
+    "loss": "loss f(x)",
+    "grad_norm": "gradient norm ‖∇f(x)‖",
+    "dist": "distance ‖x − x*‖",
+}
 _MODEL_COLORS = {"first_order": "C0", "second_order": "C1", "curvature": "C2"}
 _OTHER_COLORS = ("C3", "C4", "C5", "C6", "C8", "C9")
 _RESERVED = ("diverged", "blowup_step")
@@ -70,14 +75,22 @@ def _label(model: str, kept: np.ndarray) -> str:
 def _check_dims(da, name: str, allowed: set[str]) -> None:
     extra = [d for d in da.dims if d not in allowed]
     if extra:
-        raise ValueError(f"Invalid {name}: {da.name!r} has extra dims {extra}; select one value of "
-                         f"each first, e.g. ds.isel({extra[0]}=0)")
+        raise ValueError(
+            f"Invalid {name}: {da.name!r} has extra dims {extra}; select one value of "
+            f"each first, e.g. ds.isel({extra[0]}=0)"
+        )
 
 
 def _check_var(ds, var, dims: tuple[str, ...]) -> None:
-    candidates = [str(v) for v in ds.data_vars if str(v) not in _RESERVED and set(ds[v].dims) >= set(dims)]
-    if not isinstance(var, str) or var not in ds.data_vars or var in _RESERVED or \
-            not set(ds[var].dims) >= set(dims):
+    candidates = [
+        str(v) for v in ds.data_vars if str(v) not in _RESERVED and set(ds[v].dims) >= set(dims)
+    ]
+    if (
+        not isinstance(var, str)
+        or var not in ds.data_vars
+        or var in _RESERVED
+        or not set(ds[var].dims) >= set(dims)
+    ):
         raise ValueError(f"Invalid var: {var!r}; this dataset offers {candidates}")
 
 
@@ -119,9 +132,16 @@ def _legend(ax) -> None:
 # 1. trajectories
 
 
-def plot_trajectories(ds, var: str = "loss", *, stat: str = "mean",
-                      quantiles: tuple[float, float] | None = (0.1, 0.9), x: str = "time",
-                      logy: bool = True, ax=None):
+def plot_trajectories(
+    ds,
+    var: str = "loss",
+    *,
+    stat: str = "mean",
+    quantiles: tuple[float, float] | None = (0.1, 0.9),
+    x: str = "time",
+    logy: bool = True,
+    ax=None,
+):
     """Mean (or median) over runs of ``var`` against time, with a shaded quantile band per model.
 
     Args:
@@ -145,13 +165,17 @@ def plot_trajectories(ds, var: str = "loss", *, stat: str = "mean",
         try:
             lo_q, hi_q = (float(q) for q in quantiles)
         except (TypeError, ValueError):
-            raise ValueError(f"Invalid quantiles: {quantiles!r}; expected (lo, hi) or None") from None
+            raise ValueError(
+                f"Invalid quantiles: {quantiles!r}; expected (lo, hi) or None"
+            ) from None
         if not 0.0 <= lo_q < hi_q <= 1.0:
             raise ValueError(f"Invalid quantiles: {quantiles!r}; need 0 <= lo < hi <= 1")
     ax = _new_axes(ax)
     for i, model in enumerate(_models(ds)):
         kept = _kept_runs(ds, model)
-        values = _finite(ds[var].sel(model=model).transpose("step", "run").values)[:, kept]  # (S, B')
+        values = _finite(ds[var].sel(model=model).transpose("step", "run").values)[
+            :, kept
+        ]  # (S, B')
         t = _x_values(ds, x, model)
         style = _style(model, i)
         center = np.full(t.shape, np.nan)
@@ -168,13 +192,21 @@ def plot_trajectories(ds, var: str = "loss", *, stat: str = "mean",
         if quantiles is not None:
             band = np.isfinite(lo) & np.isfinite(hi) & ((lo > 0) if logy else True)
             if band.any():
-                ax.fill_between(t[band], lo[band], hi[band], color=style["color"],
-                                alpha=0.12 if model == "discrete" else 0.18, linewidth=0)
+                ax.fill_between(
+                    t[band],
+                    lo[band],
+                    hi[band],
+                    color=style["color"],
+                    alpha=0.12 if model == "discrete" else 0.18,
+                    linewidth=0,
+                )
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(_var_label(ds, var))
-    band_text = f", {quantiles[0]:.0%}–{quantiles[1]:.0%} quantile band" if quantiles is not None else ""
+    band_text = (
+        f", {quantiles[0]:.0%}–{quantiles[1]:.0%} quantile band" if quantiles is not None else ""
+    )
     ax.set_title(f"{var}: {stat} over runs{band_text}")
     _legend(ax)
     return ax
@@ -184,8 +216,14 @@ def plot_trajectories(ds, var: str = "loss", *, stat: str = "mean",
 # 2. weak error
 
 
-def plot_weak_error(err, *, x: str = "lr", ax=None, reference_slopes: Sequence[float] = (1, 2),
-                    floor: float | None = None):
+def plot_weak_error(
+    err,
+    *,
+    x: str = "lr",
+    ax=None,
+    reference_slopes: Sequence[float] = (1, 2),
+    floor: float | None = None,
+):
     """Log-log weak error against the learning rate, with ±2 se bars, slopes and the MC floor.
 
     Args:
@@ -209,7 +247,9 @@ def plot_weak_error(err, *, x: str = "lr", ax=None, reference_slopes: Sequence[f
     try:
         slopes = [float(p) for p in reference_slopes]
     except (TypeError, ValueError):
-        raise ValueError(f"Invalid reference_slopes: {reference_slopes!r}; expected numbers") from None
+        raise ValueError(
+            f"Invalid reference_slopes: {reference_slopes!r}; expected numbers"
+        ) from None
     if floor is not None and not (np.isfinite(floor) and floor > 0):
         raise ValueError(f"Invalid floor: {floor!r}; must be positive and finite")
     lr = np.asarray(err[x].values, dtype=np.float64)
@@ -233,8 +273,16 @@ def plot_weak_error(err, *, x: str = "lr", ax=None, reference_slopes: Sequence[f
         bar = np.where(np.isfinite(se[ok]), 2 * se[ok], 0.0)
         # A bar reaching below 0 is clipped at the bottom of the log axis: error not resolved.
         style = _style(model or "", i)
-        ax.errorbar(lr[ok], e[ok], yerr=bar, marker="o", markersize=4, capsize=3,
-                    label=model or err["error"].attrs.get("long_name", "weak error"), **style)
+        ax.errorbar(
+            lr[ok],
+            e[ok],
+            yerr=bar,
+            marker="o",
+            markersize=4,
+            capsize=3,
+            label=model or err["error"].attrs.get("long_name", "weak error"),
+            **style,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     if anchors and slopes:
@@ -242,11 +290,19 @@ def plot_weak_error(err, *, x: str = "lr", ax=None, reference_slopes: Sequence[f
         anchor = max(anchors)
         grays = np.linspace(0.35, 0.65, len(slopes))
         for p, gray in zip(slopes, grays):
-            ax.plot(grid, anchor * (grid / lr[i_max]) ** p, linestyle=":", linewidth=1.4,
-                    color=str(gray), label=f"slope {p:g}")
+            ax.plot(
+                grid,
+                anchor * (grid / lr[i_max]) ** p,
+                linestyle=":",
+                linewidth=1.4,
+                color=str(gray),
+                label=f"slope {p:g}",
+            )
     level = floor if floor is not None else (max(floors) if floors else None)
     if level is not None:
-        ax.axhline(level, color="tab:red", linestyle="-.", linewidth=1.0, alpha=0.7, label="MC floor")
+        ax.axhline(
+            level, color="tab:red", linestyle="-.", linewidth=1.0, alpha=0.7, label="MC floor"
+        )
     if lr.size <= 8:  # label the step sizes themselves: minor log ticks crowd a short range
         from matplotlib.ticker import NullFormatter
 
@@ -254,13 +310,20 @@ def plot_weak_error(err, *, x: str = "lr", ax=None, reference_slopes: Sequence[f
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("learning rate η" if x == "lr" else x)
     observable = err.attrs.get("observable")
-    ax.set_ylabel("weak error |E g(x_k) − E g(X_t)|" + (f",  g = {observable}" if observable else ""))
+    ax.set_ylabel(
+        "weak error |E g(x_k) − E g(X_t)|" + (f",  g = {observable}" if observable else "")
+    )
     ax.set_title("Weak error vs step size (bars: ±2 se)")
     handles, labels = ax.get_legend_handles_labels()
     guides = [j for j, text in enumerate(labels) if text == "MC floor" or text.startswith("slope ")]
     order = [j for j in range(len(labels)) if j not in guides] + guides  # data first, guides after
     if order:
-        ax.legend([handles[j] for j in order], [labels[j] for j in order], fontsize="small", framealpha=0.85)
+        ax.legend(
+            [handles[j] for j in order],
+            [labels[j] for j in order],
+            fontsize="small",
+            framealpha=0.85,
+        )
     return ax
 
 
@@ -268,8 +331,16 @@ def plot_weak_error(err, *, x: str = "lr", ax=None, reference_slopes: Sequence[f
 # 3. marginals
 
 
-def plot_marginals(ds, *, var: str = "x", step: int = -1, coord: int = 0, kind: str = "hist",
-                   ax=None, bins: int = 60):
+def plot_marginals(
+    ds,
+    *,
+    var: str = "x",
+    step: int = -1,
+    coord: int = 0,
+    kind: str = "hist",
+    ax=None,
+    bins: int = 60,
+):
     """The law of ``var`` across runs at one recorded step, per model.
 
     Args:
@@ -291,15 +362,24 @@ def plot_marginals(ds, *, var: str = "x", step: int = -1, coord: int = 0, kind: 
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"Invalid bins: {bins!r}; must be a positive integer")
     n_steps = ds.sizes["step"]
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not -n_steps <= step < n_steps:
+    if (
+        isinstance(step, bool)
+        or not isinstance(step, (int, np.integer))
+        or not -n_steps <= step < n_steps
+    ):
         raise ValueError(f"Invalid step: {step!r}; must be an index in [-{n_steps}, {n_steps})")
     da = ds[var].isel(step=step)
     shown_coord = None
     if "coord" in da.dims:
         n_coord = da.sizes["coord"]
-        if isinstance(coord, bool) or not isinstance(coord, (int, np.integer)) or \
-                not -n_coord <= coord < n_coord:
-            raise ValueError(f"Invalid coord: {coord!r}; must be an index in [-{n_coord}, {n_coord})")
+        if (
+            isinstance(coord, bool)
+            or not isinstance(coord, (int, np.integer))
+            or not -n_coord <= coord < n_coord
+        ):
+            raise ValueError(
+                f"Invalid coord: {coord!r}; must be an index in [-{n_coord}, {n_coord})"
+            )
         da = da.isel(coord=coord)
         shown_coord = int(ds["coord"].values[coord]) if "coord" in ds.coords else coord
     _check_dims(da, "var", {"model", "run"})
@@ -361,19 +441,29 @@ def plot_divergence(ds, *, x: str = "time", ax=None):
         The Axes: one step-wise line per model, y in [0, 1].
     """
     if "blowup_step" not in ds.data_vars:
-        raise ValueError("Invalid ds: no 'blowup_step' variable (expected the schema of docs/schema.md)")
+        raise ValueError(
+            "Invalid ds: no 'blowup_step' variable (expected the schema of docs/schema.md)"
+        )
     _check_dims(ds["blowup_step"], "ds", {"model", "run"})
     _check_x(ds, x)
     ax = _new_axes(ax)
     k = np.asarray(ds["step"].values, dtype=np.int64)  # (S,)
     top = 0.0
     for i, model in enumerate(_models(ds)):
-        blowup = np.asarray(ds["blowup_step"].sel(model=model).transpose("run").values, dtype=np.int64)
+        blowup = np.asarray(
+            ds["blowup_step"].sel(model=model).transpose("run").values, dtype=np.int64
+        )
         hit = (blowup[None, :] != -1) & (blowup[None, :] <= k[:, None])  # (S, B)
         fraction = hit.mean(axis=1) if blowup.size else np.zeros(k.shape)
         top = max(top, float(fraction.max(initial=0.0)))
         label = f"{model} ({100 * fraction[-1]:.3g}% by the end)" if k.size else model
-        ax.plot(_x_values(ds, x, model), fraction, drawstyle="steps-post", label=label, **_style(model, i))
+        ax.plot(
+            _x_values(ds, x, model),
+            fraction,
+            drawstyle="steps-post",
+            label=label,
+            **_style(model, i),
+        )
     from matplotlib.ticker import PercentFormatter
 
     # Zoom on small fractions (the usual case) but never past 100%.

@@ -5,5 +5,8 @@ import warnings
 
 from sdeopt.experiments.sweep import *  # noqa: F403
 
-warnings.warn("sdeopt.analysis.sweep moved to sdeopt.experiments.sweep; import it from there",
-              DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "sdeopt.analysis.sweep moved to sdeopt.experiments.sweep; import it from there",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -9,9 +9,25 @@ from sdeopt.discrete.markov_sgd import MarkovSGD
 from sdeopt.discrete.result import Trajectory
 
 #: Every registered method, by name (drives the generic contract tests and configs).
-METHODS = {"DSGD": DSGD, "DCSGD": DCSGD, "DSignSGD": DSignSGD, "ItoChain": ItoChain,
-           "MarkovSGD": MarkovSGD}
+METHODS = {
+    "DSGD": DSGD,
+    "DCSGD": DCSGD,
+    "DSignSGD": DSignSGD,
+    "ItoChain": ItoChain,
+    "MarkovSGD": MarkovSGD,
+}
 
-__all__ = ["DCSGD", "DSGD", "DSignSGD", "DirectionMethod", "DistributedMethod", "ItoChain", "METHODS",
-           "MarkovSGD", "Method", "State",
-           "Trajectory", "simulate"]
+__all__ = [
+    "DCSGD",
+    "DSGD",
+    "METHODS",
+    "DSignSGD",
+    "DirectionMethod",
+    "DistributedMethod",
+    "ItoChain",
+    "MarkovSGD",
+    "Method",
+    "State",
+    "Trajectory",
+    "simulate",
+]

@@ -63,9 +63,13 @@ class Method(ABC):
         object.__setattr__(self, "lr", check_positive("lr", self.lr))
         for f in fields(self):  # a flag is a bool: the string "no" is truthy
             if isinstance(f.default, bool) and not isinstance(getattr(self, f.name), bool):
-                raise ValueError(f"Invalid {f.name}: {getattr(self, f.name)!r} (must be True or False)")
+                raise ValueError(
+                    f"Invalid {f.name}: {getattr(self, f.name)!r} (must be True or False)"
+                )
         if not isinstance(self.schedule, Schedule):
-            raise ValueError(f"Invalid schedule: {self.schedule!r} (must be an sdeopt.schedules schedule)")
+            raise ValueError(
+                f"Invalid schedule: {self.schedule!r} (must be an sdeopt.schedules schedule)"
+            )
 
     def check_problem(self, problem: Problem) -> None:
         """Raise ``ValueError`` if this method cannot run on ``problem``."""
@@ -136,13 +140,27 @@ class DirectionMethod(DistributedMethod):
         return State(x=torch.add(state.x, u, alpha=-lr_k))
 
 
-def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *, seed: int = 0,
-             device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-             record_every: int = 1, record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
-             record_x: bool = False, blowup_threshold: float = 1e10,
-             chunk_size: int | None = None, max_memory: float = 2**30,
-             block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0,
-             keep_increments: bool = False, out=None):
+def simulate(
+    method: Method,
+    problem: Problem,
+    x0,
+    n_steps: int,
+    n_runs: int,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    record_every: int = 1,
+    record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
+    record_x: bool = False,
+    blowup_threshold: float = 1e10,
+    chunk_size: int | None = None,
+    max_memory: float = 2**30,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    first_run: int = 0,
+    keep_increments: bool = False,
+    out=None,
+):
     """Run ``method`` on ``problem`` for ``n_runs`` independent runs of ``n_steps`` iterations.
 
     Args:
@@ -185,18 +203,53 @@ def simulate(method: Method, problem: Problem, x0, n_steps: int, n_runs: int, *,
     compressor = getattr(method, "compressor", None)
     if compressor is not None:
         compressor.check_dim(problem.dim)
-    return run_engine(method, problem, x0, n_steps, n_runs, model="discrete",
-                      config={"method": method.config()}, seed=seed, device=device, dtype=dtype,
-                      record_every=record_every, record=record, record_x=record_x,
-                      blowup_threshold=blowup_threshold, chunk_size=chunk_size,
-                      max_memory=max_memory, block_size=block_size, first_run=first_run,
-                      keep_increments=keep_increments, out=out)
+    return run_engine(
+        method,
+        problem,
+        x0,
+        n_steps,
+        n_runs,
+        model="discrete",
+        config={"method": method.config()},
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        record_every=record_every,
+        record=record,
+        record_x=record_x,
+        blowup_threshold=blowup_threshold,
+        chunk_size=chunk_size,
+        max_memory=max_memory,
+        block_size=block_size,
+        first_run=first_run,
+        keep_increments=keep_increments,
+        out=out,
+    )
 
 
-def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, model: str, config: dict,
-               seed: int, device, dtype, record_every: int, record, record_x: bool,
-               blowup_threshold: float, chunk_size: int | None, max_memory: float,
-               block_size: int, first_run: int, keep_increments: bool = False, out=None):
+def run_engine(
+    stepper,
+    problem: Problem,
+    x0,
+    n_steps: int,
+    n_runs: int,
+    *,
+    model: str,
+    config: dict,
+    seed: int,
+    device,
+    dtype,
+    record_every: int,
+    record,
+    record_x: bool,
+    blowup_threshold: float,
+    chunk_size: int | None,
+    max_memory: float,
+    block_size: int,
+    first_run: int,
+    keep_increments: bool = False,
+    out=None,
+):
     """The batched loop shared by ``simulate`` and ``sdeopt.dynamics.solve``.
 
     ``stepper`` has ``lr``, ``schedule``, ``n_workers`` (for the memory estimate),
@@ -205,43 +258,101 @@ def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, mode
     of one comparison.
     """
     extras = stepper.extra_observables
-    spec = validate_run(stepper.n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every,
-                     record, record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
-                     extras, keep_increments=keep_increments, streamed=out is not None)
+    spec = validate_run(
+        stepper.n_workers,
+        problem,
+        x0,
+        n_steps,
+        n_runs,
+        seed,
+        device,
+        dtype,
+        record_every,
+        record,
+        record_x,
+        blowup_threshold,
+        chunk_size,
+        max_memory,
+        block_size,
+        first_run,
+        extras,
+        keep_increments=keep_increments,
+        streamed=out is not None,
+    )
     dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
     sink = None if out is None else out if isinstance(out, ZarrSink) else ZarrSink(out)
     problem = problem.to(dev, dtype)
     d = problem.dim
     chunk = spec["chunk_size"]
-    lr_sum = np.concatenate([[0.0], np.cumsum(stepper.lr * stepper.schedule.factors(n_steps).numpy())])
-    config = dict(config, problem=problem.config(), n_steps=n_steps, n_runs=n_runs,
-                  block_size=block_size, first_run=first_run, blowup_threshold=blowup_threshold)
+    lr_sum = np.concatenate(
+        [[0.0], np.cumsum(stepper.lr * stepper.schedule.factors(n_steps).numpy())]
+    )
+    config = dict(
+        config,
+        problem=problem.config(),
+        n_steps=n_steps,
+        n_runs=n_runs,
+        block_size=block_size,
+        first_run=first_run,
+        blowup_threshold=blowup_threshold,
+    )
 
     def trajectory(observables, x, diverged, blowup_step, increments=None) -> Trajectory:
         return Trajectory(
-            model=model, steps=np.asarray(steps, dtype=np.int64), lr=stepper.lr,
-            lr_sum=lr_sum[np.asarray(steps)], observables=observables, x=x, diverged=diverged,
-            blowup_step=blowup_step, config=config, seed=seed, device=str(dev),
-            dtype=str(dtype).replace("torch.", ""), increments=increments)
+            model=model,
+            steps=np.asarray(steps, dtype=np.int64),
+            lr=stepper.lr,
+            lr_sum=lr_sum[np.asarray(steps)],
+            observables=observables,
+            x=x,
+            diverged=diverged,
+            blowup_step=blowup_step,
+            config=config,
+            seed=seed,
+            device=str(dev),
+            dtype=str(dtype).replace("torch.", ""),
+            increments=increments,
+        )
 
     # In memory, or one chunk at a time when streamed (then these hold the current chunk only).
     size = min(chunk, n_runs) if sink is not None else n_runs
     n_rec = len(steps)
     obs = {name: torch.empty((n_rec, size), dtype=dtype) for name in record}  # (S, B)
     xs = torch.empty((n_rec, size, d), dtype=dtype) if record_x else None  # (S, B, d)
-    increments = torch.empty((n_steps, size, d), dtype=dtype) if keep_increments else None  # (K, B, d)
+    increments = (
+        torch.empty((n_steps, size, d), dtype=dtype) if keep_increments else None
+    )  # (K, B, d)
     diverged = torch.zeros(size, dtype=torch.bool)
     blowup_step = torch.full((size,), -1, dtype=torch.int64)
     for start in range(0, n_runs, chunk):
         stop = min(start + chunk, n_runs)
-        rng = RandomSource(seed, stop - start, first_run=first_run + start, block_size=block_size,
-                           device=dev, dtype=dtype)
+        rng = RandomSource(
+            seed,
+            stop - start,
+            first_run=first_run + start,
+            block_size=block_size,
+            device=dev,
+            dtype=dtype,
+        )
         if keep_increments:
             rng = IncrementRecorder(rng)
-        x_chunk = x0[start:stop].to(device=dev, dtype=dtype) if x0.shape[0] > 1 else \
-            x0.to(device=dev, dtype=dtype).expand(stop - start, d).clone()
-        result = _run_chunk(stepper, problem, x_chunk, n_steps, steps, record, record_x,
-                            blowup_threshold, rng, slice(start, stop))
+        x_chunk = (
+            x0[start:stop].to(device=dev, dtype=dtype)
+            if x0.shape[0] > 1
+            else x0.to(device=dev, dtype=dtype).expand(stop - start, d).clone()
+        )
+        result = _run_chunk(
+            stepper,
+            problem,
+            x_chunk,
+            n_steps,
+            steps,
+            record,
+            record_x,
+            blowup_threshold,
+            rng,
+            slice(start, stop),
+        )
         at = slice(start, stop) if sink is None else slice(0, stop - start)
         for name in record:
             obs[name][:, at] = result["obs"][name].cpu()
@@ -252,8 +363,12 @@ def run_engine(stepper, problem: Problem, x0, n_steps: int, n_runs: int, *, mode
         diverged[at] = result["diverged"].cpu()
         blowup_step[at] = result["blowup_step"].cpu()
         if sink is not None:
-            part = trajectory({n: v[:, at] for n, v in obs.items()},
-                              None if xs is None else xs[:, at], diverged[at], blowup_step[at])
+            part = trajectory(
+                {n: v[:, at] for n, v in obs.items()},
+                None if xs is None else xs[:, at],
+                diverged[at],
+                blowup_step[at],
+            )
             sink.write(part.to_dataset(), start, n_runs)
     if sink is not None:
         return sink.finish() if not isinstance(out, ZarrSink) else None
@@ -282,20 +397,28 @@ class IncrementRecorder:
 
     def __getattr__(self, name):
         if name in ("uniform", "exponential", "integers"):
+
             def recorded(*args, **kwargs):
                 self.draws.append((name, None))
                 return getattr(self._rng, name)(*args, **kwargs)
+
             return recorded
         return getattr(self._rng, name)
 
     def take(self, dim: int) -> torch.Tensor:
         """The one (B, d) normal draw of the step just made; ValueError for anything else."""
         draws, self.draws = self.draws, []
-        if len(draws) != 1 or draws[0][0] != "normal" or tuple(draws[0][1].shape) != (self.n_runs, dim):
+        if (
+            len(draws) != 1
+            or draws[0][0] != "normal"
+            or tuple(draws[0][1].shape) != (self.n_runs, dim)
+        ):
             kinds = [f"{k}{tuple(t.shape) if t is not None else ''}" for k, t in draws]
-            raise ValueError(f"Invalid keep_increments: True (the method drew {kinds or 'nothing'} in one "
-                             "step; coupling needs exactly one standard normal (B, d) draw per step, as "
-                             "DSGD with Gaussian or AffineVariance noise and shortcuts=True makes)")
+            raise ValueError(
+                f"Invalid keep_increments: True (the method drew {kinds or 'nothing'} in one "
+                "step; coupling needs exactly one standard normal (B, d) draw per step, as "
+                "DSGD with Gaussian or AffineVariance noise and shortcuts=True makes)"
+            )
         return draws[0][1]
 
 
@@ -303,13 +426,19 @@ def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, 
     """The step loop for one chunk of runs, all on the simulation device."""
     b, d = x.shape
     n_rec = len(steps)
-    obs = {name: torch.empty((n_rec, b), device=x.device, dtype=x.dtype) for name in record}  # (S, B)
-    xs = torch.empty((n_rec, b, d), device=x.device, dtype=x.dtype) if record_x else None  # (S, B, d)
+    obs = {
+        name: torch.empty((n_rec, b), device=x.device, dtype=x.dtype) for name in record
+    }  # (S, B)
+    xs = (
+        torch.empty((n_rec, b, d), device=x.device, dtype=x.dtype) if record_x else None
+    )  # (S, B, d)
     diverged = torch.zeros(b, device=x.device, dtype=torch.bool)  # (B,)
     blowup_step = torch.full((b,), -1, device=x.device, dtype=torch.int64)  # (B,)
     state = method.init_state(x, rng, runs)
     keep = isinstance(rng, IncrementRecorder)
-    increments = torch.empty((n_steps, b, d), device=x.device, dtype=x.dtype) if keep else None  # (K, B, d)
+    increments = (
+        torch.empty((n_steps, b, d), device=x.device, dtype=x.dtype) if keep else None
+    )  # (K, B, d)
     ones = torch.ones(d, device=x.device, dtype=x.dtype)  # (d,)
     limit = min(threshold, math.sqrt(torch.finfo(x.dtype).max)) ** 2  # threshold² without overflow
     on_cpu = x.device.type == "cpu"
@@ -345,8 +474,13 @@ def _run_chunk(method, problem, x, n_steps, steps, record, record_x, threshold, 
             new.x = torch.where(diverged.unsqueeze(-1), state.x, new.x)
             any_diverged = on_cpu and bool(diverged.any())
         state = new
-    return {"obs": obs, "x": xs, "diverged": diverged, "blowup_step": blowup_step,
-            "increments": increments}
+    return {
+        "obs": obs,
+        "x": xs,
+        "diverged": diverged,
+        "blowup_step": blowup_step,
+        "increments": increments,
+    }
 
 
 def record_observables(problem: Problem, x: torch.Tensor, names, out: dict) -> None:
@@ -367,9 +501,28 @@ def record_steps(n_steps: int, record_every: int) -> list[int]:
     return steps
 
 
-def validate_run(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
-              record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run,
-              extras=(), *, keep_increments: bool = False, streamed: bool = False) -> dict:
+def validate_run(
+    n_workers,
+    problem,
+    x0,
+    n_steps,
+    n_runs,
+    seed,
+    device,
+    dtype,
+    record_every,
+    record,
+    record_x,
+    blowup_threshold,
+    chunk_size,
+    max_memory,
+    block_size,
+    first_run,
+    extras=(),
+    *,
+    keep_increments: bool = False,
+    streamed: bool = False,
+) -> dict:
     if not isinstance(problem, Problem):
         raise ValueError(f"Invalid problem: {problem!r} (must be an sdeopt.problems.Problem)")
     n_steps = check_int("n_steps", n_steps, minimum=0)
@@ -389,36 +542,77 @@ def validate_run(n_workers, problem, x0, n_steps, n_runs, seed, device, dtype, r
     record = tuple(record)
     for name in record:
         if name not in OBSERVABLES + tuple(extras):
-            raise ValueError(f"Invalid record: {name!r} (choose from {', '.join(OBSERVABLES + tuple(extras))})")
+            raise ValueError(
+                f"Invalid record: {name!r} (choose from {', '.join(OBSERVABLES + tuple(extras))})"
+            )
     if "dist" in record and problem.minimizer is None:
-        raise ValueError(f"Invalid record: 'dist' ({type(problem).__name__} has no known minimiser)")
+        raise ValueError(
+            f"Invalid record: 'dist' ({type(problem).__name__} has no known minimiser)"
+        )
     x0 = check_x0(x0, n_runs, problem.dim)
     if not torch.isfinite(x0.to(dtype)).all():
-        raise ValueError(f"Invalid x0: it overflows {str(dtype).replace('torch.', '')} (largest entry "
-                         f"{x0.abs().max().item():.3g})")
+        raise ValueError(
+            f"Invalid x0: it overflows {str(dtype).replace('torch.', '')} (largest entry "
+            f"{x0.abs().max().item():.3g})"
+        )
     norm = torch.linalg.vector_norm(x0, dim=-1).max().item()
     if not norm <= blowup_threshold:
-        raise ValueError(f"Invalid x0: its norm {norm:.3g} exceeds blowup_threshold={blowup_threshold!r} "
-                         "(every run would count as diverged at step 0)")
-    n_rec = n_records(n_steps, record_every)  # the list of steps is built after the check: n_steps may be 10**12
+        raise ValueError(
+            f"Invalid x0: its norm {norm:.3g} exceeds blowup_threshold={blowup_threshold!r} "
+            "(every run would count as diverged at step 0)"
+        )
+    n_rec = n_records(
+        n_steps, record_every
+    )  # the list of steps is built after the check: n_steps may be 10**12
     if chunk_size is None:
-        chunk_size = auto_chunk(n_workers, problem.dim, n_rec, len(record) + record_x * problem.dim,
-                                max_memory, block_size, n_runs, dtype)
+        chunk_size = auto_chunk(
+            n_workers,
+            problem.dim,
+            n_rec,
+            len(record) + record_x * problem.dim,
+            max_memory,
+            block_size,
+            n_runs,
+            dtype,
+        )
     else:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
-    check_output_memory(output_bytes(n_rec, min(chunk_size, n_runs) if streamed else n_runs,  # streamed: a chunk
-                                     len(record) + record_x * problem.dim, torch.finfo(dtype).bits // 8,
-                                     keep_increments * n_steps * problem.dim), n_runs)
+    check_output_memory(
+        output_bytes(
+            n_rec,
+            min(chunk_size, n_runs) if streamed else n_runs,  # streamed: a chunk
+            len(record) + record_x * problem.dim,
+            torch.finfo(dtype).bits // 8,
+            keep_increments * n_steps * problem.dim,
+        ),
+        n_runs,
+    )
     steps = record_steps(n_steps, record_every)
     if streamed and keep_increments:
-        raise ValueError("Invalid out: the noise increments kept for coupling (keep_increments, coupled) stay "
-                         "in memory; stream the runs without coupling, or keep them in memory without out=")
-    return {"device": dev, "dtype": dtype, "x0": x0, "steps": steps, "record": record,
-            "chunk_size": chunk_size}
+        raise ValueError(
+            "Invalid out: the noise increments kept for coupling (keep_increments, coupled) stay "
+            "in memory; stream the runs without coupling, or keep them in memory without out="
+        )
+    return {
+        "device": dev,
+        "dtype": dtype,
+        "x0": x0,
+        "steps": steps,
+        "record": record,
+        "chunk_size": chunk_size,
+    }
 
 
-def auto_chunk(n_workers: int, dim: int, n_rec: int, values_per_record: int, max_memory: float,
-               block_size: int, n_runs: int, dtype: torch.dtype) -> int:
+def auto_chunk(
+    n_workers: int,
+    dim: int,
+    n_rec: int,
+    values_per_record: int,
+    max_memory: float,
+    block_size: int,
+    n_runs: int,
+    dtype: torch.dtype,
+) -> int:
     """The largest multiple of block_size whose working set fits max_memory bytes."""
     itemsize = torch.finfo(dtype).bits // 8
     # Per run: the (N, d) temporaries of a step, plus what is recorded. benchmarks/bench_scaling.py
@@ -435,12 +629,16 @@ def check_x0(x0, n_runs: int, dim: int) -> torch.Tensor:
     try:
         x = torch.as_tensor(x0, dtype=torch.float64, device="cpu")
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"Invalid x0: {x0!r} (must be a vector of length {dim} or an array "
-                         f"of shape ({n_runs}, {dim}))") from None
+        raise ValueError(
+            f"Invalid x0: {x0!r} (must be a vector of length {dim} or an array "
+            f"of shape ({n_runs}, {dim}))"
+        ) from None
     if x.ndim == 1 and x.shape[0] == dim:
         x = x.unsqueeze(0)
     elif not (x.ndim == 2 and x.shape == (n_runs, dim)):
-        raise ValueError(f"Invalid x0: shape {tuple(x.shape)} (must be ({dim},) or ({n_runs}, {dim}))")
+        raise ValueError(
+            f"Invalid x0: shape {tuple(x.shape)} (must be ({dim},) or ({n_runs}, {dim}))"
+        )
     if not torch.isfinite(x).all():
         raise ValueError("Invalid x0: it has non-finite entries")
     return x

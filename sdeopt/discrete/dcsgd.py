@@ -60,10 +60,14 @@ class DCSGD(DirectionMethod):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.compressor, Compressor):
-            raise ValueError(f"Invalid compressor: {self.compressor!r} (must be an sdeopt.compressors operator)")
+            raise ValueError(
+                f"Invalid compressor: {self.compressor!r} (must be an sdeopt.compressors operator)"
+            )
         if self.normalize is not None:
             if not (isinstance(self.normalize, (tuple, list)) and len(self.normalize) == 2):
-                raise ValueError(f"Invalid normalize: {self.normalize!r} (must be a pair (a, b) or None)")
+                raise ValueError(
+                    f"Invalid normalize: {self.normalize!r} (must be a pair (a, b) or None)"
+                )
             a = check_nonnegative("normalize[0]", self.normalize[0])
             b = check_nonnegative("normalize[1]", self.normalize[1])
             if a + b == 0:

@@ -47,8 +47,14 @@ class DSignSGD(DirectionMethod):
 
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         n = self.n_workers
-        if (self.shortcuts and isinstance(self.noise, SymmetricCDFNoise) and not problem.heterogeneous
-                and not isinstance(self.noise.scale, tuple) and self.noise.scale > 0 and n <= 100):
+        if (
+            self.shortcuts
+            and isinstance(self.noise, SymmetricCDFNoise)
+            and not problem.heterogeneous
+            and not isinstance(self.noise.scale, tuple)
+            and self.noise.scale > 0
+            and n <= 100
+        ):
             return self._binomial_direction(problem.grad(x), rng)
         g = self.noise.oracle(problem, x, n, rng)  # (B, N, d)
         return torch.sign(g).mean(dim=1)
@@ -60,10 +66,14 @@ class DSignSGD(DirectionMethod):
 
         (B, d) -> (B, d).
         """
-        return _fuse.fused(_binomial_signs)(grad, rng.uniform(grad.shape[-1]), self.noise, self.n_workers)
+        return _fuse.fused(_binomial_signs)(
+            grad, rng.uniform(grad.shape[-1]), self.noise, self.n_workers
+        )
 
 
-def _binomial_signs(grad: torch.Tensor, u: torch.Tensor, noise: SymmetricCDFNoise, n: int) -> torch.Tensor:
+def _binomial_signs(
+    grad: torch.Tensor, u: torch.Tensor, noise: SymmetricCDFNoise, n: int
+) -> torch.Tensor:
     """The average of n signs whose minority count is Binomial(n, F(-|∇f|/σ)), from uniforms u."""
     tail, up = noise.sign_tails(grad, n)  # up = 1 where the majority sign is +
     return binomial_count(tail, up, n, u).mul_(2.0 / n).sub_(1.0)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -13,6 +13,9 @@ from sdeopt.discrete.base import Method, State
 from sdeopt.noise import StandardNormal, UnitLaw
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
+
+# The Langevin diffusion coefficient sqrt(2) (a module constant: a dataclass default is evaluated once).
+SQRT2 = math.sqrt(2.0)
 
 #: A drift or diffusion: a callable on x (B, d) -> (B, d), or None for "from the problem".
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -60,7 +63,7 @@ class ItoChain(Method):
 
     gamma: float = 0.0
     drift: Field | None = None
-    diffusion: Field | float = math.sqrt(2.0)
+    diffusion: Field | float = SQRT2
     eps: UnitLaw = field(default_factory=StandardNormal)
     drift_error: Field | tuple[float, float] | None = None
     diffusion_error: Field | tuple[float, float] | None = None
@@ -69,26 +72,36 @@ class ItoChain(Method):
         super().__post_init__()
         check_in_range("gamma", self.gamma, 0.0, 1.0)
         if self.drift is not None and not callable(self.drift):
-            raise ValueError(f"Invalid drift: {self.drift!r} (a callable on (B, d) tensors, or None for -∇f)")
+            raise ValueError(
+                f"Invalid drift: {self.drift!r} (a callable on (B, d) tensors, or None for -∇f)"
+            )
         if not callable(self.diffusion):
             check_nonnegative("diffusion", self.diffusion)
         if not isinstance(self.eps, UnitLaw):
-            raise ValueError(f"Invalid eps: {self.eps!r} (must be an isotropic unit law from sdeopt.noise, "
-                             "e.g. StandardNormal(), Rademacher(), CenteredExponential())")
+            raise ValueError(
+                f"Invalid eps: {self.eps!r} (must be an isotropic unit law from sdeopt.noise, "
+                "e.g. StandardNormal(), Rademacher(), CenteredExponential())"
+            )
         for name in ("drift_error", "diffusion_error"):
             value = getattr(self, name)
             if value is None or callable(value):
                 continue
             if not (isinstance(value, (tuple, list)) and len(value) == 2):
-                raise ValueError(f"Invalid {name}: {value!r} (a callable, a pair (c, alpha), or None)")
+                raise ValueError(
+                    f"Invalid {name}: {value!r} (a callable, a pair (c, alpha), or None)"
+                )
             check_nonnegative(f"{name}[0]", value[0])
             check_nonnegative(f"{name}[1]", value[1])
 
     @classmethod
     def sgld(cls, lr: float, *, temperature: float = 1.0, **kwargs) -> ItoChain:
         """Stochastic gradient Langevin dynamics targeting exp(-U/T): γ = 0, b = -∇U, σ = √(2T)."""
-        return cls(lr=lr, gamma=0.0, diffusion=math.sqrt(2.0 * check_positive("temperature", temperature)),
-                   **kwargs)
+        return cls(
+            lr=lr,
+            gamma=0.0,
+            diffusion=math.sqrt(2.0 * check_positive("temperature", temperature)),
+            **kwargs,
+        )
 
     @classmethod
     def sgd(cls, lr: float, *, sigma: float, **kwargs) -> ItoChain:

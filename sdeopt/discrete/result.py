@@ -57,8 +57,10 @@ class Trajectory:
         observables = self.__dict__.get("observables", {})
         if name in observables:
             return observables[name]
-        raise AttributeError(f"{type(self).__name__} has no attribute or recorded observable {name!r}"
-                             f" (recorded: {', '.join(observables) or 'none'})")
+        raise AttributeError(
+            f"{type(self).__name__} has no attribute or recorded observable {name!r}"
+            f" (recorded: {', '.join(observables) or 'none'})"
+        )
 
     def final(self, name: str = "loss") -> torch.Tensor:
         """The observable at the last recorded step, (B,)."""
@@ -75,18 +77,31 @@ class Trajectory:
 
         from sdeopt._version import __version__
 
-        coords = {"model": [self.model], "step": self.steps, "run": np.arange(self.n_runs),
-                  "time": ("step", self.time, {"units": "optimizer steps x lr"}),
-                  "lr_sum": ("step", self.lr_sum, {"long_name": "summed learning rate"})}
-        data = {name: (("model", "step", "run"), v.numpy()[None]) for name, v in self.observables.items()}
+        coords = {
+            "model": [self.model],
+            "step": self.steps,
+            "run": np.arange(self.n_runs),
+            "time": ("step", self.time, {"units": "optimizer steps x lr"}),
+            "lr_sum": ("step", self.lr_sum, {"long_name": "summed learning rate"}),
+        }
+        data = {
+            name: (("model", "step", "run"), v.numpy()[None])
+            for name, v in self.observables.items()
+        }
         if self.x is not None:
             coords["coord"] = np.arange(self.x.shape[-1])
             data["x"] = (("model", "step", "run", "coord"), self.x.numpy()[None])
         data["diverged"] = (("model", "run"), self.diverged.numpy()[None])
         data["blowup_step"] = (("model", "run"), self.blowup_step.numpy()[None])
         config = jsonable(self.config)
-        attrs = {"config": to_json(config), "reproducible": int(is_reproducible(config)),
-                 "seed": seed_attr(self.seed),
-                 "device": self.device, "dtype": self.dtype, "lr": self.lr,
-                 "sdeopt_version": __version__, "torch_version": torch.__version__}
+        attrs = {
+            "config": to_json(config),
+            "reproducible": int(is_reproducible(config)),
+            "seed": seed_attr(self.seed),
+            "device": self.device,
+            "dtype": self.dtype,
+            "lr": self.lr,
+            "sdeopt_version": __version__,
+            "torch_version": torch.__version__,
+        }
         return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -38,16 +38,35 @@ def sde_of(method: Method, problem: Problem, model: str = "first_order") -> SDE:
         return sde
     builder = next((MOMENTS[c] for c in type(method).__mro__ if c in MOMENTS), None)
     if builder is None:
-        raise ValueError(f"Invalid method: {type(method).__name__} has no SDE model "
-                         f"(models exist for {', '.join(c.__name__ for c in [*MOMENTS, *DIRECT])})")
+        raise ValueError(
+            f"Invalid method: {type(method).__name__} has no SDE model "
+            f"(models exist for {', '.join(c.__name__ for c in [*MOMENTS, *DIRECT])})"
+        )
     if model not in MODELS:
         raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(MODELS)})")
-    sde = sde_from_moments(builder(method, problem), model=model, lr=method.lr,
-                           schedule=method.schedule, problem=problem,
-                           config={"method": method.config(), "model": model})
+    sde = sde_from_moments(
+        builder(method, problem),
+        model=model,
+        lr=method.lr,
+        schedule=method.schedule,
+        problem=problem,
+        config={"method": method.config(), "model": model},
+    )
     sde.rebuild = lambda p: sde_of(method, p, model)
     return sde
 
 
-__all__ = ["MODELS", "MOMENTS", "SCHEMES", "SDE", "Dense", "Diagonal", "DiagonalPlusRankOne",
-           "Diffusion", "GridBrownian", "Moments", "sde_of", "solve"]
+__all__ = [
+    "MODELS",
+    "MOMENTS",
+    "SCHEMES",
+    "SDE",
+    "Dense",
+    "Diagonal",
+    "DiagonalPlusRankOne",
+    "Diffusion",
+    "GridBrownian",
+    "Moments",
+    "sde_of",
+    "solve",
+]

@@ -30,16 +30,22 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     """
     noise, n, d = method.noise, method.n_workers, problem.dim
     if not noise.finite_variance:
-        raise ValueError(f"Invalid noise: {noise!r} has infinite variance, so no Brownian SDE "
-                         "approximates this method (the central limit theorem behind the diffusion "
-                         "fails); a Lévy-driven SDE is the right model for heavy tails. Use "
-                         "DSignSGD, whose sign SDE exists for every nu > 0, or noise with nu > 2")
+        raise ValueError(
+            f"Invalid noise: {noise!r} has infinite variance, so no Brownian SDE "
+            "approximates this method (the central limit theorem behind the diffusion "
+            "fails); a Lévy-driven SDE is the right model for heavy tails. Use "
+            "DSignSGD, whose sign SDE exists for every nu > 0, or noise with nu > 2"
+        )
     if method.normalize is not None or method.clip is not None:
-        raise ValueError("Invalid method: normalised or clipped DCSGD has no closed-form SDE model here yet "
-                         "(E[v / (a + b||v||)] has no closed form)")
+        raise ValueError(
+            "Invalid method: normalised or clipped DCSGD has no closed-form SDE model here yet "
+            "(E[v / (a + b||v||)] has no closed form)"
+        )
     if not isinstance(method.compressor, (Identity, RandK)):
-        raise ValueError(f"Invalid compressor: {method.compressor!r} (the SDE needs E_Z Cov_C[C(∇f + Z)] "
-                         "in closed form: Identity and RandK provide it)")
+        raise ValueError(
+            f"Invalid compressor: {method.compressor!r} (the SDE needs E_Z Cov_C[C(∇f + Z)] "
+            "in closed form: Identity and RandK provide it)"
+        )
     variance = _worker_variance(noise, n)
     identity = isinstance(method.compressor, Identity)
     if identity and isinstance(noise, ScaledSymmetricNoise):
@@ -48,10 +54,18 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         std = (noise.variance * sum(s * s for s in scales)) ** 0.5 / n
 
         def constant(x: torch.Tensor, scale: float):
-            return Diagonal(torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x))
+            return Diagonal(
+                torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x)
+            )
 
-        return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=constant,
-                       noise_type="diagonal", brownian_dim=d, diffusion_derivative=zero_derivative)
+        return Moments(
+            mean=problem.grad,
+            mean_jvp=problem.hvp,
+            diffusion=constant,
+            noise_type="diagonal",
+            brownian_dim=d,
+            diffusion_derivative=zero_derivative,
+        )
 
     def diffusion(x: torch.Tensor, scale: float):
         grads = problem.worker_grads(x)  # (B, N or 1, d)
@@ -64,7 +78,9 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         c = (d - k) / (k * (d - 1)) if d > 1 else 0.0
         omega = d / k - 1.0
         workers_factor = n / grads.shape[1]  # Σ_i over shared gradients
-        diag = (c * d * (grads * grads).sum(1) * workers_factor + (1.0 + omega) * sum_v) / n**2  # (B, d)
+        diag = (
+            c * d * (grads * grads).sum(1) * workers_factor + (1.0 + omega) * sum_v
+        ) / n**2  # (B, d)
         if grads.shape[1] == 1:
             w = grads[:, 0] * (c / n) ** 0.5  # (B, d): (c/N) ∇f∇fᵀ = w wᵀ
             return DiagonalPlusRankOne(diag * scale**2, w * scale, -1.0)
@@ -72,9 +88,14 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         cov = torch.diag_embed(diag) - (c / n**2) * outer
         return Dense(sqrt_psd(cov) * scale)
 
-    return Moments(mean=problem.grad, mean_jvp=problem.hvp, diffusion=diffusion,
-                   noise_type="diagonal" if identity else "general", brownian_dim=d,
-                   diffusion_derivative=_affine_derivative(noise, n, problem) if identity else None)
+    return Moments(
+        mean=problem.grad,
+        mean_jvp=problem.hvp,
+        diffusion=diffusion,
+        noise_type="diagonal" if identity else "general",
+        brownian_dim=d,
+        diffusion_derivative=_affine_derivative(noise, n, problem) if identity else None,
+    )
 
 
 def _affine_derivative(noise: AffineVariance, n_workers: int, problem: Problem):
@@ -101,8 +122,11 @@ def _affine_derivative(noise: AffineVariance, n_workers: int, problem: Problem):
         root = torch.sqrt(v.sum(-1, keepdim=True) * (n_workers / v.shape[-1]))  # (B, 1)
         curvature = problem.hvp(x, torch.ones_like(x))  # (B, 1): f''
         num = (scale * slope / n_workers) * grads[:, 0] * curvature
-        return torch.where(root > 0, num / torch.where(root > 0, root, torch.ones_like(root)),
-                           torch.zeros_like(num))
+        return torch.where(
+            root > 0,
+            num / torch.where(root > 0, root, torch.ones_like(root)),
+            torch.zeros_like(num),
+        )
 
     return derivative
 
@@ -110,11 +134,15 @@ def _affine_derivative(noise: AffineVariance, n_workers: int, problem: Problem):
 def _worker_variance(noise, n_workers: int):
     """grads (B, N or 1, d) -> per-coordinate noise variance v_i, (B or 1, N or 1)."""
     if isinstance(noise, ScaledSymmetricNoise):
+
         def variance(grads):
             s = noise.scales(n_workers, grads.device, grads.dtype)  # (N or 1,)
             return (s * s * noise.variance).unsqueeze(0)
+
         return variance
     if isinstance(noise, AffineVariance):
         return lambda grads: noise.variance_at(grads, n_workers)
-    raise ValueError(f"Invalid noise: {noise!r} (no SDE model for this noise law yet: its covariance "
-                     "is not available in closed form here)")
+    raise ValueError(
+        f"Invalid noise: {noise!r} (no SDE model for this noise law yet: its covariance "
+        "is not available in closed form here)"
+    )

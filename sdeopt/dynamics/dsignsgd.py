@@ -37,11 +37,15 @@ def moments(method: DSignSGD, problem: Problem) -> Moments:
     """
     noise, n = method.noise, method.n_workers
     if not isinstance(noise, SymmetricCDFNoise):
-        raise ValueError(f"Invalid noise: {noise!r} (the DSignSGD SDE needs the noise CDF in closed "
-                         "form: Gaussian or StudentT)")
-    if isinstance(noise.scale, tuple) and min(noise.scale) == 0.0 or noise.scale == 0.0:
-        raise ValueError("Invalid noise: a zero scale makes the sign deterministic, so m is "
-                         "discontinuous and the SDE's drift is not smooth; use scales > 0")
+        raise ValueError(
+            f"Invalid noise: {noise!r} (the DSignSGD SDE needs the noise CDF in closed "
+            "form: Gaussian or StudentT)"
+        )
+    if (isinstance(noise.scale, tuple) and min(noise.scale) == 0.0) or noise.scale == 0.0:
+        raise ValueError(
+            "Invalid noise: a zero scale makes the sign deterministic, so m is "
+            "discontinuous and the SDE's drift is not smooth; use scales > 0"
+        )
 
     def sign_means(x):
         return noise.sign_mean(problem.worker_grads(x), n)  # (B, N or 1, d)
@@ -74,10 +78,17 @@ def moments(method: DSignSGD, problem: Problem) -> Moments:
         return torch.where(positive, dvar / (2.0 * torch.where(positive, root, 1.0)), 0.0) * scale
 
     homogeneous = not problem.heterogeneous
-    return Moments(mean=mean, mean_jvp=mean_jvp if homogeneous else None,
-                   diffusion=diffusion, noise_type="diagonal", brownian_dim=problem.dim,
-                   diffusion_derivative=diffusion_derivative if homogeneous and problem.separable else None,
-                   refused={"curvature": "DSignSGD has no curvature-corrected model: the +(eta/2)(∇ū)ū "
-                            "correction matches the stationary second moment of gradient steps on "
-                            "quadratics, where ū is linear in x; no derivation backs it for the sign "
-                            "direction (see docs/models.md); use 'first_order' or 'second_order'"})
+    return Moments(
+        mean=mean,
+        mean_jvp=mean_jvp if homogeneous else None,
+        diffusion=diffusion,
+        noise_type="diagonal",
+        brownian_dim=problem.dim,
+        diffusion_derivative=diffusion_derivative if homogeneous and problem.separable else None,
+        refused={
+            "curvature": "DSignSGD has no curvature-corrected model: the +(eta/2)(∇ū)ū "
+            "correction matches the stationary second moment of gradient steps on "
+            "quadratics, where ū is linear in x; no derivation backs it for the sign "
+            "direction (see docs/models.md); use 'first_order' or 'second_order'"
+        },
+    )

@@ -35,8 +35,21 @@ def sde(method: ItoChain, problem: Problem, model: str) -> SDE:
     # A constant σ is additive noise (Milstein is Euler); a callable σ may mix coordinates, so its
     # derivative is not known (Milstein then works in one dimension only, by autograd).
     derivative = None if callable(method.diffusion) else zero_derivative
-    return SDE(dim=problem.dim, drift_fn=drift, diffusion_fn=diffusion, noise_type="diagonal",
-               diffusion_derivative_fn=derivative,
-               brownian_dim=problem.dim, lr=method.lr, schedule=method.schedule, model=model, problem=problem,
-               config={"method": method.config(), "model": model, "gamma": method.gamma,
-                       "diffusion_scale": scale if math.isfinite(scale) else None})
+    return SDE(
+        dim=problem.dim,
+        drift_fn=drift,
+        diffusion_fn=diffusion,
+        noise_type="diagonal",
+        diffusion_derivative_fn=derivative,
+        brownian_dim=problem.dim,
+        lr=method.lr,
+        schedule=method.schedule,
+        model=model,
+        problem=problem,
+        config={
+            "method": method.config(),
+            "model": model,
+            "gamma": method.gamma,
+            "diffusion_scale": scale if math.isfinite(scale) else None,
+        },
+    )

@@ -21,19 +21,33 @@ def moments(method: MarkovSGD, problem: Problem) -> Moments:
     (docs/models.md). The i.i.d. model (S = s² Var_π h) misses the factor (1 + rho)/(1 - rho).
     """
     if method.estimator != "single":
-        raise ValueError(f"Invalid estimator: {method.estimator!r} (an SDE model exists here for the "
-                         "single-sample estimator only)")
+        raise ValueError(
+            f"Invalid estimator: {method.estimator!r} (an SDE model exists here for the "
+            "single-sample estimator only)"
+        )
     sigma2 = method.noise.asymptotic_variance
     if not math.isfinite(sigma2):
-        raise ValueError(f"Invalid noise: {method.noise!r} does not mix (infinite asymptotic variance)")
+        raise ValueError(
+            f"Invalid noise: {method.noise!r} does not mix (infinite asymptotic variance)"
+        )
     std = method.noise.scale * math.sqrt(sigma2)
 
     def diffusion(x: torch.Tensor, scale: float) -> Diagonal:
-        return Diagonal(torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x))
+        return Diagonal(
+            torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x)
+        )
 
-    why = ("SGD with Markovian noise has only a first-order model: its steps are correlated, so the "
-           "i.i.d. one-step moment matching behind the second-order and curvature corrections does "
-           "not apply (an O(eta) correction for a correlated chain is not derived here)")
-    return Moments(mean=problem.grad, mean_jvp=None, diffusion=diffusion,  # first order only
-                   noise_type="diagonal", brownian_dim=problem.dim, diffusion_derivative=zero_derivative,
-                   refused={"second_order": why, "curvature": why})
+    why = (
+        "SGD with Markovian noise has only a first-order model: its steps are correlated, so the "
+        "i.i.d. one-step moment matching behind the second-order and curvature corrections does "
+        "not apply (an O(eta) correction for a correlated chain is not derived here)"
+    )
+    return Moments(
+        mean=problem.grad,
+        mean_jvp=None,
+        diffusion=diffusion,  # first order only
+        noise_type="diagonal",
+        brownian_dim=problem.dim,
+        diffusion_derivative=zero_derivative,
+        refused={"second_order": why, "curvature": why},
+    )

@@ -15,8 +15,8 @@ product supplied by each method's model (for DSGD it is ∇²f ∇f).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -57,8 +57,9 @@ def zero_derivative(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x.new_zeros((1, 1)).expand_as(x)
 
 
-def sde_from_moments(moments: Moments, *, model: str, lr: float, schedule, problem: Problem,
-                     config: dict) -> SDE:
+def sde_from_moments(
+    moments: Moments, *, model: str, lr: float, schedule, problem: Problem, config: dict
+) -> SDE:
     """Build the SDE of ``model`` (a key of ``MODELS``) from ``moments``."""
     if model not in MODELS:
         raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(MODELS)})")
@@ -66,8 +67,10 @@ def sde_from_moments(moments: Moments, *, model: str, lr: float, schedule, probl
         raise ValueError(f"Invalid model: {model!r} ({moments.refused[model]})")
     sign = MODELS[model]
     if sign != 0.0 and moments.mean_jvp is None:
-        raise ValueError(f"Invalid model: {model!r} (needs the Jacobian of the mean direction, which "
-                         f"this method's model does not provide for this problem; use 'first_order')")
+        raise ValueError(
+            f"Invalid model: {model!r} (needs the Jacobian of the mean direction, which "
+            f"this method's model does not provide for this problem; use 'first_order')"
+        )
     sqrt_lr = math.sqrt(lr)
 
     def drift(x: torch.Tensor, eta: float) -> torch.Tensor:
@@ -81,9 +84,20 @@ def sde_from_moments(moments: Moments, *, model: str, lr: float, schedule, probl
 
     derivative = None
     if moments.diffusion_derivative is not None:
+
         def derivative(x: torch.Tensor, eta: float) -> torch.Tensor:
             return moments.diffusion_derivative(x, eta * sqrt_lr)
 
-    return SDE(dim=problem.dim, drift_fn=drift, diffusion_fn=diffusion, noise_type=moments.noise_type,
-               brownian_dim=moments.brownian_dim, lr=lr, schedule=schedule, model=model,
-               problem=problem, config=config, diffusion_derivative_fn=derivative)
+    return SDE(
+        dim=problem.dim,
+        drift_fn=drift,
+        diffusion_fn=diffusion,
+        noise_type=moments.noise_type,
+        brownian_dim=moments.brownian_dim,
+        lr=lr,
+        schedule=schedule,
+        model=model,
+        problem=problem,
+        config=config,
+        diffusion_derivative_fn=derivative,
+    )

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -78,8 +78,11 @@ class DiagonalPlusRankOne(Diffusion):
         root = torch.sqrt(self.diag)  # (B, d)
         positive = self.diag > 0
         # Where D_j = 0 the covariance is PSD only if w_j = 0 as well: q_j = 0 there.
-        q = torch.where(positive, self.w / torch.where(positive, root, torch.ones_like(root)),
-                        torch.zeros_like(root))  # (B, d)
+        q = torch.where(
+            positive,
+            self.w / torch.where(positive, root, torch.ones_like(root)),
+            torch.zeros_like(root),
+        )  # (B, d)
         qq = (q * q).sum(-1, keepdim=True)  # (B, 1)
         # Rounding can push s|q|² a hair below -1 for a singular (rank-deficient) covariance.
         c = self.sign / (1.0 + torch.sqrt(torch.clamp(1.0 + self.sign * qq, min=0.0)))  # (B, 1)
@@ -161,10 +164,14 @@ class SDE:
         check_int("brownian_dim", self.brownian_dim, minimum=1)
         check_positive("lr", self.lr)
         if self.noise_type not in ("diagonal", "general"):
-            raise ValueError(f"Invalid noise_type: {self.noise_type!r} (use 'diagonal' or 'general')")
+            raise ValueError(
+                f"Invalid noise_type: {self.noise_type!r} (use 'diagonal' or 'general')"
+            )
         if self.noise_type == "diagonal" and self.brownian_dim != self.dim:
-            raise ValueError(f"Invalid brownian_dim: {self.brownian_dim!r} (diagonal noise needs "
-                             f"brownian_dim = dim = {self.dim})")
+            raise ValueError(
+                f"Invalid brownian_dim: {self.brownian_dim!r} (diagonal noise needs "
+                f"brownian_dim = dim = {self.dim})"
+            )
 
     def eta(self, t: float) -> float:
         """The schedule factor at SDE time t (float64 bookkeeping, tolerant to rounding of k*lr)."""
@@ -186,10 +193,15 @@ class SDE:
         return self.diffusion_fn(x, self.eta(float(t)))
 
     @classmethod
-    def diagonal(cls, drift: Callable[[torch.Tensor], torch.Tensor],
-                 diffusion: Callable[[torch.Tensor], torch.Tensor], dim: int, *,
-                 diffusion_derivative: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 **kwargs) -> SDE:
+    def diagonal(
+        cls,
+        drift: Callable[[torch.Tensor], torch.Tensor],
+        diffusion: Callable[[torch.Tensor], torch.Tensor],
+        dim: int,
+        *,
+        diffusion_derivative: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **kwargs,
+    ) -> SDE:
         """A time-homogeneous SDE with diagonal noise from plain functions of x (B, d).
 
         ``diffusion(x)`` returns g (B, d), G = diag(g). Example: the
@@ -197,8 +209,15 @@ class SDE:
         ``SDE.diagonal(lambda x: -a * x, lambda x: torch.full_like(x, s), dim=1)``.
         """
         deriv = None if diffusion_derivative is None else (lambda x, eta: diffusion_derivative(x))
-        return cls(dim=dim, drift_fn=lambda x, eta: drift(x), diffusion_fn=lambda x, eta: Diagonal(diffusion(x)),
-                   noise_type="diagonal", brownian_dim=dim, diffusion_derivative_fn=deriv, **kwargs)
+        return cls(
+            dim=dim,
+            drift_fn=lambda x, eta: drift(x),
+            diffusion_fn=lambda x, eta: Diagonal(diffusion(x)),
+            noise_type="diagonal",
+            brownian_dim=dim,
+            diffusion_derivative_fn=deriv,
+            **kwargs,
+        )
 
     def torchsde(self) -> TorchsdeAdapter:
         """This SDE as an object ``torchsde.sdeint`` accepts (f, g, noise_type, sde_type)."""

@@ -40,7 +40,9 @@ class Scheme(ABC):
     sde_type: str = "ito"
 
     @abstractmethod
-    def step(self, sde: SDE, x: torch.Tensor, eta: float, h: float, dw: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, sde: SDE, x: torch.Tensor, eta: float, h: float, dw: torch.Tensor
+    ) -> torch.Tensor:
         """x (B, d) at t -> x at t + h, with the Brownian increment dw (B, m) over [t, t + h]."""
 
     def check(self, sde: SDE) -> None:
@@ -75,13 +77,17 @@ class Milstein(Scheme):
 
     def check(self, sde: SDE) -> None:
         if sde.noise_type != "diagonal":
-            raise ValueError(f"Invalid scheme: 'milstein' (needs diagonal noise; this SDE has "
-                             f"{sde.noise_type!r} noise, use 'euler')")
+            raise ValueError(
+                f"Invalid scheme: 'milstein' (needs diagonal noise; this SDE has "
+                f"{sde.noise_type!r} noise, use 'euler')"
+            )
         if sde.diffusion_derivative_fn is None and sde.dim != 1:
-            raise ValueError("Invalid scheme: 'milstein' (this SDE's diffusion is not known to be "
-                             "commutative: g_j may depend on other coordinates than x_j, and strong order 1 "
-                             "would then need Lévy areas; use 'euler', or for a hand-built SDE whose g_j "
-                             "depends on x_j only pass diffusion_derivative=)")
+            raise ValueError(
+                "Invalid scheme: 'milstein' (this SDE's diffusion is not known to be "
+                "commutative: g_j may depend on other coordinates than x_j, and strong order 1 "
+                "would then need Lévy areas; use 'euler', or for a hand-built SDE whose g_j "
+                "depends on x_j only pass diffusion_derivative=)"
+            )
 
     def step(self, sde, x, eta, h, dw):
         g = sde.diffusion_at(x, eta).g
@@ -89,10 +95,14 @@ class Milstein(Scheme):
             dg = sde.diffusion_derivative_fn(x, eta)
         else:  # d = 1: the Jacobian-vector product with 1 is the derivative
             try:
-                _, dg = torch.func.jvp(lambda y: sde.diffusion_at(y, eta).g, (x,), (torch.ones_like(x),))
+                _, dg = torch.func.jvp(
+                    lambda y: sde.diffusion_at(y, eta).g, (x,), (torch.ones_like(x),)
+                )
             except (NotImplementedError, RuntimeError) as err:
-                raise ValueError("Invalid scheme: 'milstein' (the diffusion cannot be differentiated by "
-                                 f"forward-mode autograd: {err}; pass diffusion_derivative=)") from None
+                raise ValueError(
+                    "Invalid scheme: 'milstein' (the diffusion cannot be differentiated by "
+                    f"forward-mode autograd: {err}; pass diffusion_derivative=)"
+                ) from None
         return x + sde.drift_at(x, eta) * h + g * dw + 0.5 * g * dg * (dw * dw - h)
 
 
@@ -107,7 +117,9 @@ class _SDEStepper:
     n_workers = 1
     extra_observables = ()
 
-    def __init__(self, sde: SDE, scheme: Scheme, substeps: int, increments: torch.Tensor | None) -> None:
+    def __init__(
+        self, sde: SDE, scheme: Scheme, substeps: int, increments: torch.Tensor | None
+    ) -> None:
         self.sde, self.scheme, self.substeps = sde, scheme, substeps
         self.lr, self.schedule = sde.lr, sde.schedule
         self.increments = increments  # (K, B_all, d) on the CPU, or None
@@ -146,13 +158,31 @@ class _SDEStepper:
         return sub.unbind(dim=1)
 
 
-def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: int = 1,
-          scheme: str = "euler", backend: str = "native", coupled: Trajectory | None = None,
-          record_every: int = 1, record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
-          record_x: bool = False, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-          blowup_threshold: float = 1e10, chunk_size: int | None = None, max_memory: float = 2**30,
-          block_size: int = DEFAULT_BLOCK_SIZE, first_run: int = 0,
-          torchsde_method: str | None = None, out=None, method: str | None = None):
+def solve(
+    sde: SDE,
+    x0,
+    n_steps: int,
+    n_runs: int,
+    *,
+    seed: int = 0,
+    substeps: int = 1,
+    scheme: str = "euler",
+    backend: str = "native",
+    coupled: Trajectory | None = None,
+    record_every: int = 1,
+    record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
+    record_x: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    blowup_threshold: float = 1e10,
+    chunk_size: int | None = None,
+    max_memory: float = 2**30,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    first_run: int = 0,
+    torchsde_method: str | None = None,
+    out=None,
+    method: str | None = None,
+):
     """Integrate ``sde`` for ``n_steps`` optimizer steps (SDE time n_steps * lr), batched over runs.
 
     Args:
@@ -183,59 +213,105 @@ def solve(sde: SDE, x0, n_steps: int, n_runs: int, *, seed: int = 0, substeps: i
     if backend not in BACKENDS:
         raise ValueError(f"Invalid backend: {backend!r} (choose from {', '.join(BACKENDS)})")
     if method is not None:
-        warnings.warn("solve(method=...) is now solve(scheme=...); method= goes in the next version",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "solve(method=...) is now solve(scheme=...); method= goes in the next version",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if scheme != "euler" and scheme != method:
-            raise ValueError(f"Invalid method: {method!r} (the deprecated name of scheme, given as {scheme!r})")
+            raise ValueError(
+                f"Invalid method: {method!r} (the deprecated name of scheme, given as {scheme!r})"
+            )
         scheme = method
     if scheme not in SCHEMES:
         raise ValueError(f"Invalid scheme: {scheme!r} (choose from {', '.join(SCHEMES)})")
     if sde.problem is not None and sde.rebuild is not None:
-        moved = sde.problem.to(check_device(device), check_dtype(torch.get_default_dtype() if dtype is None else dtype))
+        moved = sde.problem.to(
+            check_device(device), check_dtype(torch.get_default_dtype() if dtype is None else dtype)
+        )
         if moved is not sde.problem:
             sde = sde.rebuild(moved)
     problem = sde.problem if sde.problem is not None else _NoProblem(sde.dim)
     if sde.problem is None:
         record = ()
     increments = _coupling_increments(coupled, sde, n_steps, n_runs, first_run)
-    config = {"sde": sde.config, "model": sde.model, "scheme": scheme, "backend": backend,
-              "substeps": substeps, "coupled": coupled is not None}
-    common = dict(seed=seed, device=device, dtype=dtype, record_every=record_every, record=record,
-                  record_x=record_x, blowup_threshold=blowup_threshold, chunk_size=chunk_size,
-                  max_memory=max_memory, block_size=block_size, first_run=first_run)
+    config = {
+        "sde": sde.config,
+        "model": sde.model,
+        "scheme": scheme,
+        "backend": backend,
+        "substeps": substeps,
+        "coupled": coupled is not None,
+    }
+    common = dict(
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        record_every=record_every,
+        record=record,
+        record_x=record_x,
+        blowup_threshold=blowup_threshold,
+        chunk_size=chunk_size,
+        max_memory=max_memory,
+        block_size=block_size,
+        first_run=first_run,
+    )
     if backend == "torchsde":
         if torchsde_method in ("milstein", "srk"):
             # torchsde's strong order 1 (1.5) schemes for diagonal noise take ∂g_j/∂x_j only:
             # the same commutativity as the native Milstein scheme.
             SCHEMES["milstein"].check(sde)
         if coupled is not None:
-            raise ValueError("Invalid coupled: the torchsde backend draws its own Brownian motion; "
-                             "use backend='native' for coupling")
+            raise ValueError(
+                "Invalid coupled: the torchsde backend draws its own Brownian motion; "
+                "use backend='native' for coupling"
+            )
         if out is not None:
-            raise ValueError("Invalid out: the torchsde backend keeps its results in memory; "
-                             "use backend='native' to stream them")
-        return _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps,
-                               torchsde_method or "euler", config, **common)
+            raise ValueError(
+                "Invalid out: the torchsde backend keeps its results in memory; "
+                "use backend='native' to stream them"
+            )
+        return _solve_torchsde(
+            sde,
+            problem,
+            x0,
+            n_steps,
+            n_runs,
+            substeps,
+            torchsde_method or "euler",
+            config,
+            **common,
+        )
     SCHEMES[scheme].check(sde)
     stepper = _SDEStepper(sde, SCHEMES[scheme], substeps, increments)
-    return run_engine(stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common)
+    return run_engine(
+        stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common
+    )
 
 
 def _coupling_increments(coupled, sde, n_steps, n_runs, first_run):
     if coupled is None:
         return None
     if not isinstance(coupled, Trajectory) or coupled.increments is None:
-        raise ValueError("Invalid coupled: needs a Trajectory from simulate(..., keep_increments=True)")
+        raise ValueError(
+            "Invalid coupled: needs a Trajectory from simulate(..., keep_increments=True)"
+        )
     inc = coupled.increments
     if inc.shape[0] < n_steps or inc.shape[1] != n_runs or inc.shape[2] != sde.brownian_dim:
-        raise ValueError(f"Invalid coupled: its increments have shape {tuple(inc.shape)}, need at "
-                         f"least ({n_steps}, {n_runs}, {sde.brownian_dim})")
+        raise ValueError(
+            f"Invalid coupled: its increments have shape {tuple(inc.shape)}, need at "
+            f"least ({n_steps}, {n_runs}, {sde.brownian_dim})"
+        )
     if coupled.config.get("method", {}).get("type") == "ItoChain":
-        raise ValueError("Invalid coupled: an Itô chain's noise enters with the opposite sign to the "
-                         "x - lr(ū + S^½ξ) form coupling assumes; coupling Itô chains is not supported yet")
+        raise ValueError(
+            "Invalid coupled: an Itô chain's noise enters with the opposite sign to the "
+            "x - lr(ū + S^½ξ) form coupling assumes; coupling Itô chains is not supported yet"
+        )
     if coupled.config.get("first_run", 0) != first_run:
-        raise ValueError(f"Invalid coupled: it starts at run {coupled.config.get('first_run')}, "
-                         f"this solve at first_run={first_run}")
+        raise ValueError(
+            f"Invalid coupled: it starts at run {coupled.config.get('first_run')}, "
+            f"this solve at first_run={first_run}"
+        )
     if not math.isclose(coupled.lr, sde.lr, rel_tol=1e-12):
         raise ValueError(f"Invalid coupled: its lr {coupled.lr} differs from the SDE's {sde.lr}")
     return inc
@@ -296,16 +372,51 @@ class GridBrownian(BaseBrownian):
     levy_area_approximation = property(lambda self: "none")
 
 
-def _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps, ts_method, config, *, seed, device,
-                    dtype, record_every, record, record_x, blowup_threshold, chunk_size, max_memory,
-                    block_size, first_run) -> Trajectory:
+def _solve_torchsde(
+    sde,
+    problem,
+    x0,
+    n_steps,
+    n_runs,
+    substeps,
+    ts_method,
+    config,
+    *,
+    seed,
+    device,
+    dtype,
+    record_every,
+    record,
+    record_x,
+    blowup_threshold,
+    chunk_size,
+    max_memory,
+    block_size,
+    first_run,
+) -> Trajectory:
     """torchsde.sdeint per chunk, recording at the same steps; divergence judged at records."""
     import torchsde
 
     from sdeopt.discrete.base import record_observables, validate_run
 
-    spec = validate_run(1, problem, x0, n_steps, n_runs, seed, device, dtype, record_every, record,
-                     record_x, blowup_threshold, chunk_size, max_memory, block_size, first_run)
+    spec = validate_run(
+        1,
+        problem,
+        x0,
+        n_steps,
+        n_runs,
+        seed,
+        device,
+        dtype,
+        record_every,
+        record,
+        record_x,
+        blowup_threshold,
+        chunk_size,
+        max_memory,
+        block_size,
+        first_run,
+    )
     dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
     problem = problem.to(dev, dtype)
     h = sde.lr / substeps
@@ -320,31 +431,66 @@ def _solve_torchsde(sde, problem, x0, n_steps, n_runs, substeps, ts_method, conf
     for start in range(0, n_runs, chunk):
         stop = min(start + chunk, n_runs)
         b = stop - start
-        rng = RandomSource(seed, b, first_run=first_run + start, block_size=block_size, device=dev, dtype=dtype)
-        dw = rng.normal(n_steps * substeps, sde.brownian_dim).transpose(0, 1) * math.sqrt(h)  # (n, B, m)
+        rng = RandomSource(
+            seed, b, first_run=first_run + start, block_size=block_size, device=dev, dtype=dtype
+        )
+        dw = rng.normal(n_steps * substeps, sde.brownian_dim).transpose(0, 1) * math.sqrt(
+            h
+        )  # (n, B, m)
         bm = GridBrownian(0.0, h, dw)
         y0 = x0[start:stop] if x0.shape[0] > 1 else x0.expand(b, d)
-        ys = torchsde.sdeint(adapter, y0.to(device=dev, dtype=dtype), ts.to(dev), bm=bm, dt=h,
-                             method=ts_method, adaptive=False)  # (S, B, d)
+        ys = torchsde.sdeint(
+            adapter,
+            y0.to(device=dev, dtype=dtype),
+            ts.to(dev),
+            bm=bm,
+            dt=h,
+            method=ts_method,
+            adaptive=False,
+        )  # (S, B, d)
         # No freezing inside torchsde: a run is frozen from its first bad record on.
         norms = (ys * ys).sum(-1)  # (S, B)
         bad = ~(norms <= min(blowup_threshold, math.sqrt(torch.finfo(dtype).max)) ** 2)
-        first_bad = torch.where(bad.any(0), bad.to(torch.int8).argmax(0), torch.full((b,), n_rec, device=dev))
+        first_bad = torch.where(
+            bad.any(0), bad.to(torch.int8).argmax(0), torch.full((b,), n_rec, device=dev)
+        )
         keep = torch.arange(n_rec, device=dev).unsqueeze(1) < first_bad.unsqueeze(0)  # (S, B)
         last_good = torch.clamp(first_bad - 1, min=0)
-        ys = torch.where(keep.unsqueeze(-1), ys, ys[last_good, torch.arange(b, device=dev)].unsqueeze(0))
+        ys = torch.where(
+            keep.unsqueeze(-1), ys, ys[last_good, torch.arange(b, device=dev)].unsqueeze(0)
+        )
         for i in range(n_rec):
             record_observables(problem, ys[i], record, {n: obs[n][i, start:stop] for n in record})
         if record_x:
             xs[:, start:stop] = ys.cpu()
         diverged[start:stop] = (first_bad < n_rec).cpu()
         step_arr = torch.tensor(steps, device=dev)
-        blowup_step[start:stop] = torch.where(first_bad < n_rec, step_arr[first_bad.clamp(max=n_rec - 1)],
-                                              torch.full_like(first_bad, -1)).cpu()
+        blowup_step[start:stop] = torch.where(
+            first_bad < n_rec,
+            step_arr[first_bad.clamp(max=n_rec - 1)],
+            torch.full_like(first_bad, -1),
+        ).cpu()
     lr_sum = np.concatenate([[0.0], np.cumsum(sde.lr * sde.schedule.factors(n_steps).numpy())])
-    config = dict(config, problem=problem.config(), n_steps=n_steps, n_runs=n_runs,
-                  block_size=block_size, first_run=first_run, blowup_threshold=blowup_threshold)
-    return Trajectory(model=sde.model, steps=np.asarray(steps, dtype=np.int64), lr=sde.lr,
-                      lr_sum=lr_sum[np.asarray(steps)], observables=obs, x=xs, diverged=diverged,
-                      blowup_step=blowup_step, config=config, seed=seed, device=str(dev),
-                      dtype=str(dtype).replace("torch.", ""))
+    config = dict(
+        config,
+        problem=problem.config(),
+        n_steps=n_steps,
+        n_runs=n_runs,
+        block_size=block_size,
+        first_run=first_run,
+        blowup_threshold=blowup_threshold,
+    )
+    return Trajectory(
+        model=sde.model,
+        steps=np.asarray(steps, dtype=np.int64),
+        lr=sde.lr,
+        lr_sum=lr_sum[np.asarray(steps)],
+        observables=obs,
+        x=xs,
+        diverged=diverged,
+        blowup_step=blowup_step,
+        config=config,
+        seed=seed,
+        device=str(dev),
+        dtype=str(dtype).replace("torch.", ""),
+    )

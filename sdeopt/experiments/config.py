@@ -45,19 +45,81 @@ from sdeopt.discrete.base import OBSERVABLES
 from sdeopt.dynamics import MODELS, sde_of
 from sdeopt.random import check_seed
 
-PROBLEMS = {c.__name__: c for c in (problems.Quadratic, problems.Quartic, problems.QuadraticQuartic,
-                                     problems.CoshSum, problems.ExpSum, problems.LogisticRegression)}
-NOISES = {c.__name__: c for c in (noise.Gaussian, noise.StudentT, noise.AffineVariance, noise.SymmetricStable,
-                                   noise.Minibatch, noise.TwoStateMarkov, noise.GaussianAR1, noise.FiniteMarkov)}
-UNIT_LAWS = {c.__name__: c for c in (noise.StandardNormal, noise.Rademacher, noise.CenteredExponential,
-                                      noise.ScaledUniform, noise.StandardizedStudentT)}
-COMPRESSORS = {c.__name__: c for c in (compressors.Identity, compressors.RandK, compressors.Natural,
-                                        compressors.QSGD, compressors.TopK)}
+PROBLEMS = {
+    c.__name__: c
+    for c in (
+        problems.Quadratic,
+        problems.Quartic,
+        problems.QuadraticQuartic,
+        problems.CoshSum,
+        problems.ExpSum,
+        problems.LogisticRegression,
+    )
+}
+NOISES = {
+    c.__name__: c
+    for c in (
+        noise.Gaussian,
+        noise.StudentT,
+        noise.AffineVariance,
+        noise.SymmetricStable,
+        noise.Minibatch,
+        noise.TwoStateMarkov,
+        noise.GaussianAR1,
+        noise.FiniteMarkov,
+    )
+}
+UNIT_LAWS = {
+    c.__name__: c
+    for c in (
+        noise.StandardNormal,
+        noise.Rademacher,
+        noise.CenteredExponential,
+        noise.ScaledUniform,
+        noise.StandardizedStudentT,
+    )
+}
+COMPRESSORS = {
+    c.__name__: c
+    for c in (
+        compressors.Identity,
+        compressors.RandK,
+        compressors.Natural,
+        compressors.QSGD,
+        compressors.TopK,
+    )
+}
 
-RUN_KEYS = {"name", "problem", "noise", "compressor", "schedule", "method", "eps", "x0", "x0_fill", "n_steps",
-            "n_runs", "seed", "record_every", "record", "record_x", "models", "substeps", "coupled",
-            "blowup_threshold", "study", "lrs", "horizon", "observable", "richardson", "average_from", "dtype",
-            "device", "stream"}
+RUN_KEYS = {
+    "name",
+    "problem",
+    "noise",
+    "compressor",
+    "schedule",
+    "method",
+    "eps",
+    "x0",
+    "x0_fill",
+    "n_steps",
+    "n_runs",
+    "seed",
+    "record_every",
+    "record",
+    "record_x",
+    "models",
+    "substeps",
+    "coupled",
+    "blowup_threshold",
+    "study",
+    "lrs",
+    "horizon",
+    "observable",
+    "richardson",
+    "average_from",
+    "dtype",
+    "device",
+    "stream",
+}
 TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
 
@@ -70,7 +132,9 @@ def read_toml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ValueError(f"Invalid config: {str(path)!r} does not exist") from None
     except OSError as exc:  # a folder, no permission
-        raise ValueError(f"Invalid config: {str(path)!r} cannot be read ({exc.strerror or exc})") from None
+        raise ValueError(
+            f"Invalid config: {str(path)!r} cannot be read ({exc.strerror or exc})"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"Invalid config: {str(path)!r} is not valid TOML ({exc})") from None
 
@@ -84,7 +148,9 @@ def validate(raw: dict) -> dict:
     """Check keys and merge every run over ``defaults``; builds every object once to validate it."""
     unknown = set(raw) - TOP_KEYS
     if unknown:
-        raise ValueError(f"Invalid config key: {sorted(unknown)[0]!r} (top-level keys: {', '.join(sorted(TOP_KEYS))})")
+        raise ValueError(
+            f"Invalid config key: {sorted(unknown)[0]!r} (top-level keys: {', '.join(sorted(TOP_KEYS))})"
+        )
     check_text(raw)
     if not isinstance(raw.get("runs"), list) or not raw["runs"]:
         raise ValueError("Invalid config key: 'runs' (needs at least one [[runs]] table)")
@@ -103,8 +169,10 @@ def validate(raw: dict) -> dict:
     names = [r["name"] for r in runs]
     files = [slug(name) for name in names]  # the files each run writes are named after it
     if len(set(files)) != len(files):
-        raise ValueError(f"Invalid config key: 'name' (run names must be distinct as file names: {names} "
-                         f"write {files})")
+        raise ValueError(
+            f"Invalid config key: 'name' (run names must be distinct as file names: {names} "
+            f"write {files})"
+        )
     return {"claim": raw.get("claim", ""), "description": raw.get("description", ""), "runs": runs}
 
 
@@ -125,7 +193,9 @@ def _check_keys(where: str, table) -> None:
         raise ValueError(f"Invalid config key: {where!r} (must be a table)")
     unknown = set(table) - RUN_KEYS
     if unknown:
-        raise ValueError(f"Invalid config key: {where}.{sorted(unknown)[0]} (allowed: {', '.join(sorted(RUN_KEYS))})")
+        raise ValueError(
+            f"Invalid config key: {where}.{sorted(unknown)[0]} (allowed: {', '.join(sorted(RUN_KEYS))})"
+        )
 
 
 def _instance(where: str, registry: dict, spec, what: str):
@@ -133,18 +203,24 @@ def _instance(where: str, registry: dict, spec, what: str):
         raise ValueError(f"Invalid config key: {where}.{what} = {spec!r} (a table with a 'type')")
     kind = spec["type"]
     if not isinstance(kind, str) or kind not in registry:
-        raise ValueError(f"Invalid config key: {where}.{what}.type = {kind!r} (choose from {', '.join(registry)})")
+        raise ValueError(
+            f"Invalid config key: {where}.{what}.type = {kind!r} (choose from {', '.join(registry)})"
+        )
     cls = registry[kind]
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     params = inspect.signature(cls).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         for key in kwargs:
             if key not in params:
-                raise ValueError(f"Invalid config key: {where}.{what}.{key} ({kind} takes "
-                                 f"{', '.join(p for p in params if p != 'self')})")
+                raise ValueError(
+                    f"Invalid config key: {where}.{what}.{key} ({kind} takes "
+                    f"{', '.join(p for p in params if p != 'self')})"
+                )
     for key, value in kwargs.items():  # a flag is a TOML boolean, never a truthy string or number
         if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
-            raise ValueError(f"Invalid config value: {where}.{what}.{key} = {value!r} ({KINDS['bool']})")
+            raise ValueError(
+                f"Invalid config value: {where}.{what}.{key} = {value!r} ({KINDS['bool']})"
+            )
     try:
         return cls(**kwargs)
     except ValueError as exc:
@@ -160,10 +236,15 @@ def build(run: dict, *, where: str = "run") -> dict:
             raise ValueError(f"Invalid config key: {where}.{key} is missing")
     problem = _instance(where, PROBLEMS, run["problem"], "problem")
     method_spec = dict(run["method"]) if isinstance(run["method"], dict) else run["method"]
-    if not isinstance(method_spec, dict) or not isinstance(method_spec.get("type"), str) \
-            or method_spec["type"] not in METHODS:
+    if (
+        not isinstance(method_spec, dict)
+        or not isinstance(method_spec.get("type"), str)
+        or method_spec["type"] not in METHODS
+    ):
         kind = method_spec.get("type") if isinstance(method_spec, dict) else method_spec
-        raise ValueError(f"Invalid config key: {where}.method.type = {kind!r} (choose from {', '.join(METHODS)})")
+        raise ValueError(
+            f"Invalid config key: {where}.method.type = {kind!r} (choose from {', '.join(METHODS)})"
+        )
     parts = {}
     if "noise" in run:
         parts["noise"] = _instance(where, NOISES, run["noise"], "noise")
@@ -181,17 +262,26 @@ def build(run: dict, *, where: str = "run") -> dict:
     x0 = _x0(run, problem.dim, where)
     study = run.get("study", "trajectories")
     if study not in STUDIES:
-        raise ValueError(f"Invalid config key: {where}.study = {study!r} (choose from {', '.join(STUDIES)})")
+        raise ValueError(
+            f"Invalid config key: {where}.study = {study!r} (choose from {', '.join(STUDIES)})"
+        )
+
     def typed(key, default, kind):
         return _typed(run, where, key, default, kind)
 
-    params = {"n_steps": typed("n_steps", 1000, "int"), "n_runs": typed("n_runs", 1000, "int"),
-              "seed": typed("seed", 0, "int"), "record_every": typed("record_every", 10, "int"),
-              "record": tuple(typed("record", ["loss", "grad_norm"], "names")),
-              "record_x": typed("record_x", False, "bool"), "models": list(typed("models", [], "names")),
-              "substeps": typed("substeps", 1, "int"), "coupled": typed("coupled", False, "bool"),
-              "stream": typed("stream", False, "bool"),
-              "blowup_threshold": float(typed("blowup_threshold", 1e10, "number"))}
+    params = {
+        "n_steps": typed("n_steps", 1000, "int"),
+        "n_runs": typed("n_runs", 1000, "int"),
+        "seed": typed("seed", 0, "int"),
+        "record_every": typed("record_every", 10, "int"),
+        "record": tuple(typed("record", ["loss", "grad_norm"], "names")),
+        "record_x": typed("record_x", False, "bool"),
+        "models": list(typed("models", [], "names")),
+        "substeps": typed("substeps", 1, "int"),
+        "coupled": typed("coupled", False, "bool"),
+        "stream": typed("stream", False, "bool"),
+        "blowup_threshold": float(typed("blowup_threshold", 1e10, "number")),
+    }
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     dtype = typed("dtype", "float64", "str")
     if dtype not in dtypes:
@@ -199,11 +289,19 @@ def build(run: dict, *, where: str = "run") -> dict:
     params["dtype"] = dtypes[dtype]
     params["device"] = typed("device", "cpu", "str")
     # Everything simulate/solve would refuse is refused here, before any run of the config starts.
-    for key, minimum in (("n_steps", 0), ("n_runs", 1), ("seed", 0), ("record_every", 1), ("substeps", 1)):
+    for key, minimum in (
+        ("n_steps", 0),
+        ("n_runs", 1),
+        ("seed", 0),
+        ("record_every", 1),
+        ("substeps", 1),
+    ):
         try:
             (check_seed if key == "seed" else partial(check_int, minimum=minimum))(key, params[key])
         except ValueError as exc:
-            raise ValueError(f"Invalid config value: {where}.{key} = {params[key]!r} ({exc})") from None
+            raise ValueError(
+                f"Invalid config value: {where}.{key} = {params[key]!r} ({exc})"
+            ) from None
     try:
         check_device(params["device"])
         check_positive("blowup_threshold", params["blowup_threshold"])
@@ -214,44 +312,81 @@ def build(run: dict, *, where: str = "run") -> dict:
         try:
             sde_of(method, problem, model)
         except ValueError as exc:
-            raise ValueError(f"Invalid config value: {where}.models contains {model!r}: {exc}") from None
+            raise ValueError(
+                f"Invalid config value: {where}.models contains {model!r}: {exc}"
+            ) from None
     _check_names(where, "record", params["record"], OBSERVABLES + tuple(method.extra_observables))
     if not params["record"]:
-        raise ValueError(f"Invalid config value: {where}.record = [] (at least one observable, e.g. [\"loss\"])")
+        raise ValueError(
+            f'Invalid config value: {where}.record = [] (at least one observable, e.g. ["loss"])'
+        )
     if len(set(params["models"])) != len(params["models"]):
-        raise ValueError(f"Invalid config value: {where}.models = {params['models']!r} (each model at most once)")
+        raise ValueError(
+            f"Invalid config value: {where}.models = {params['models']!r} (each model at most once)"
+        )
     richardson = typed("richardson", None, "bool")
     average_from = run.get("average_from")
-    if average_from is not None and (study != "trajectories" or isinstance(average_from, bool)
-                                     or not isinstance(average_from, int)
-                                     or not 0 <= average_from <= params["n_steps"]):
-        raise ValueError(f"Invalid config value: {where}.average_from = {average_from!r} (a step in "
-                         f"[0, n_steps = {params['n_steps']}], trajectory studies only)")
-    out = {"name": typed("name", "run", "str"), "problem": problem, "method": method, "x0": x0, "study": study, **params,
-           "richardson": richardson, "average_from": average_from}
+    if average_from is not None and (
+        study != "trajectories"
+        or isinstance(average_from, bool)
+        or not isinstance(average_from, int)
+        or not 0 <= average_from <= params["n_steps"]
+    ):
+        raise ValueError(
+            f"Invalid config value: {where}.average_from = {average_from!r} (a step in "
+            f"[0, n_steps = {params['n_steps']}], trajectory studies only)"
+        )
+    out = {
+        "name": typed("name", "run", "str"),
+        "problem": problem,
+        "method": method,
+        "x0": x0,
+        "study": study,
+        **params,
+        "richardson": richardson,
+        "average_from": average_from,
+    }
     if study == "weak_order":
         lrs = run.get("lrs")
-        if not isinstance(lrs, list) or len(lrs) < 4 or not all(_is_number(v) and v > 0 for v in lrs) \
-                or len(set(lrs)) != len(lrs):
-            raise ValueError(f"Invalid config value: {where}.lrs = {lrs!r} (>= 4 distinct positive step sizes)")
+        if (
+            not isinstance(lrs, list)
+            or len(lrs) < 4
+            or not all(_is_number(v) and v > 0 for v in lrs)
+            or len(set(lrs)) != len(lrs)
+        ):
+            raise ValueError(
+                f"Invalid config value: {where}.lrs = {lrs!r} (>= 4 distinct positive step sizes)"
+            )
         horizon = run.get("horizon")
         if not _is_number(horizon) or horizon <= 0:
             raise ValueError(f"Invalid config value: {where}.horizon = {horizon!r} (a time > 0)")
         for lr in lrs:
             if abs(horizon / lr - round(horizon / lr)) > 1e-9 * horizon / lr:
-                raise ValueError(f"Invalid config value: {where}.lrs contains {lr!r}, which does not divide "
-                                 f"horizon = {horizon!r} into whole steps")
+                raise ValueError(
+                    f"Invalid config value: {where}.lrs contains {lr!r}, which does not divide "
+                    f"horizon = {horizon!r} into whole steps"
+                )
         observable = run.get("observable", "loss")
-        if observable not in OBSERVABLES + ("x2",):
-            raise ValueError(f"Invalid config value: {where}.observable = {observable!r} "
-                             f"(choose from {', '.join(OBSERVABLES + ('x2',))})")
-        out.update(lrs=[float(v) for v in lrs], horizon=float(horizon), observable=observable,
-                   richardson=True if richardson is None else richardson)
+        if observable not in (*OBSERVABLES, "x2"):
+            raise ValueError(
+                f"Invalid config value: {where}.observable = {observable!r} "
+                f"(choose from {', '.join((*OBSERVABLES, 'x2'))})"
+            )
+        out.update(
+            lrs=[float(v) for v in lrs],
+            horizon=float(horizon),
+            observable=observable,
+            richardson=True if richardson is None else richardson,
+        )
         if not out["models"]:
-            raise ValueError(f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)")
+            raise ValueError(
+                f"Invalid config value: {where}.models = [] (a weak-order study needs SDE models)"
+            )
     if out["stream"] and (study != "trajectories" or out["coupled"]):
-        raise ValueError(f"Invalid config value: {where}.stream = true (trajectory studies without coupling "
-                         "only: a weak-order study keeps its errors, coupling its increments, in memory)")
+        raise ValueError(
+            f"Invalid config value: {where}.stream = true (trajectory studies without coupling "
+            "only: a weak-order study keeps its errors, coupling its increments, in memory)"
+        )
     if not out["stream"]:
         _check_memory(out, where)
     _dry_run(out, where)
@@ -272,11 +407,24 @@ def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = Non
     """``compare()`` for a built run (``build``), at ``substeps`` solver steps per optimizer step
     (default: the run's); with ``out``, streamed into out/<run>_substeps<s>.zarr."""
     substeps = spec["substeps"] if substeps is None else substeps
-    return compare(spec["method"], spec["problem"], spec["x0"], spec["n_steps"], spec["n_runs"], seed=spec["seed"],
-                   models=spec["models"], substeps=substeps, coupled=spec["coupled"],
-                   record_every=spec["record_every"], record=spec["record"], record_x=spec["record_x"],
-                   blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"],
-                   out=None if out is None else out / f"{slug(spec['name'])}_substeps{substeps}.zarr")
+    return compare(
+        spec["method"],
+        spec["problem"],
+        spec["x0"],
+        spec["n_steps"],
+        spec["n_runs"],
+        seed=spec["seed"],
+        models=spec["models"],
+        substeps=substeps,
+        coupled=spec["coupled"],
+        record_every=spec["record_every"],
+        record=spec["record"],
+        record_x=spec["record_x"],
+        blowup_threshold=spec["blowup_threshold"],
+        dtype=spec["dtype"],
+        device=spec["device"],
+        out=None if out is None else out / f"{slug(spec['name'])}_substeps{substeps}.zarr",
+    )
 
 
 def _check_memory(spec: dict, where: str) -> None:
@@ -284,18 +432,34 @@ def _check_memory(spec: dict, where: str) -> None:
     time: each model's results and the copy that joins them)."""
     weak = spec["study"] == "weak_order"
     n_steps = max(round(spec["horizon"] / lr) for lr in spec["lrs"]) if weak else spec["n_steps"]
-    why = memory_shortfall(comparison_bytes(n_steps, spec["record_every"], spec["n_runs"], len(spec["models"]),
-                                            len(spec["record"]) + spec["record_x"] * spec["problem"].dim,
-                                            spec["dtype"]))
+    why = memory_shortfall(
+        comparison_bytes(
+            n_steps,
+            spec["record_every"],
+            spec["n_runs"],
+            len(spec["models"]),
+            len(spec["record"]) + spec["record_x"] * spec["problem"].dim,
+            spec["dtype"],
+        )
+    )
     if why is not None:
-        steps = f"{where}.horizon = {spec['horizon']!r}" if weak else f"{where}.n_steps = {n_steps!r}"
-        raise ValueError(f"Invalid config value: {where}.n_runs = {spec['n_runs']!r} with {steps} ({why})")
+        steps = (
+            f"{where}.horizon = {spec['horizon']!r}" if weak else f"{where}.n_steps = {n_steps!r}"
+        )
+        raise ValueError(
+            f"Invalid config value: {where}.n_runs = {spec['n_runs']!r} with {steps} ({why})"
+        )
 
 
 #: What each kind of config value must be; TOML has a type for each, so nothing is coerced
 #: (a string "false" is truthy: read as a boolean it would silently mean true).
-KINDS = {"bool": "true or false, a TOML boolean", "int": "an integer", "number": "a number",
-         "str": "a string", "names": "a list of names, e.g. [\"first_order\"]"}
+KINDS = {
+    "bool": "true or false, a TOML boolean",
+    "int": "an integer",
+    "number": "a number",
+    "str": "a string",
+    "names": 'a list of names, e.g. ["first_order"]',
+}
 
 
 def _is_number(value) -> bool:
@@ -307,11 +471,13 @@ def _typed(run: dict, where: str, key: str, default, kind: str):
     value = run.get(key, default)
     if key not in run:
         return value
-    ok = {"bool": isinstance(value, bool),
-          "int": isinstance(value, int) and not isinstance(value, bool),
-          "number": _is_number(value),
-          "str": isinstance(value, str),
-          "names": isinstance(value, list) and all(isinstance(v, str) for v in value)}[kind]
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "number": _is_number(value),
+        "str": isinstance(value, str),
+        "names": isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }[kind]
     if not ok:
         raise ValueError(f"Invalid config value: {where}.{key} = {value!r} ({KINDS[kind]})")
     return value
@@ -320,8 +486,10 @@ def _typed(run: dict, where: str, key: str, default, kind: str):
 def _check_names(where: str, key: str, names, allowed: tuple) -> None:
     for name in names:
         if name not in allowed:
-            raise ValueError(f"Invalid config value: {where}.{key} contains {name!r} "
-                             f"(choose from {', '.join(allowed)})")
+            raise ValueError(
+                f"Invalid config value: {where}.{key} contains {name!r} "
+                f"(choose from {', '.join(allowed)})"
+            )
 
 
 def _x0(run: dict, dim: int, where: str) -> torch.Tensor:
@@ -335,10 +503,15 @@ def _x0(run: dict, dim: int, where: str) -> torch.Tensor:
             raise ValueError(f"Invalid config value: {where}.x0_fill = {value!r} (a finite number)")
         return torch.full((dim,), float(value), dtype=torch.float64)
     if "x0" not in run:
-        raise ValueError(f"Invalid config key: {where}.x0 is missing (a list of {dim} numbers, or x0_fill)")
+        raise ValueError(
+            f"Invalid config key: {where}.x0 is missing (a list of {dim} numbers, or x0_fill)"
+        )
     value = run["x0"]
-    if not isinstance(value, list) or len(value) != dim or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if (
+        not isinstance(value, list)
+        or len(value) != dim
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
         raise ValueError(f"Invalid config value: {where}.x0 = {value!r} (a list of {dim} numbers)")
     x0 = torch.tensor(value, dtype=torch.float64)
     if not torch.isfinite(x0).all():

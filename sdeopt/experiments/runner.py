@@ -32,11 +32,17 @@ def stationary_closed_form(method, problem) -> float | None:
     None when it does not apply.
     """
     noise = getattr(method, "noise", None)
-    if not (isinstance(method, DCSGD) and isinstance(noise, ScaledSymmetricNoise) and noise.finite_variance
-            and isinstance(problem, Quadratic)
-            and problem.diag is not None and isinstance(method.schedule, Constant)
-            and method.normalize is None and method.clip is None
-            and isinstance(method.compressor, (Identity, RandK))):
+    if not (
+        isinstance(method, DCSGD)
+        and isinstance(noise, ScaledSymmetricNoise)
+        and noise.finite_variance
+        and isinstance(problem, Quadratic)
+        and problem.diag is not None
+        and isinstance(method.schedule, Constant)
+        and method.normalize is None
+        and method.clip is None
+        and isinstance(method.compressor, (Identity, RandK))
+    ):
         return None
     d, n, lr = problem.dim, method.n_workers, method.lr
     omega = method.compressor.omega(d) if isinstance(method.compressor, RandK) else 0.0
@@ -95,12 +101,20 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     div = divergence(coarse_s)
     err = None
     if spec["models"] and "loss" in ds:
-        err = richardson_weak_error(coarse_s, fine_s, "loss") if extrapolate else weak_error(coarse_s, "loss")
+        err = (
+            richardson_weak_error(coarse_s, fine_s, "loss")
+            if extrapolate
+            else weak_error(coarse_s, "loss")
+        )
     rows = []
     for model in ds["model"].values:
         ok = ~coarse_s["diverged"].sel(model=model).values  # (run,): alive at the last step
-        row = {"run": spec["name"], "model": str(model), "alive": int(ok.sum()),
-               "diverged": float(div["fraction"].sel(model=model))}
+        row = {
+            "run": spec["name"],
+            "model": str(model),
+            "alive": int(ok.sum()),
+            "diverged": float(div["fraction"].sel(model=model)),
+        }
         if "loss" in ds:
             final = coarse_s["loss"].sel(model=model).isel(step=-1).values  # (run,)
             row["median_loss"] = float(np.median(final[ok])) if ok.any() else math.nan
@@ -129,7 +143,11 @@ def _time_average(ds, start: int):
     correlation times long divides the variance of the figures by about as many.
     """
     window = ds["loss"].sel(step=ds["step"] >= start)
-    mean = window.mean("step").expand_dims(step=ds["step"].values[-1:]).transpose("model", "step", "run")
+    mean = (
+        window.mean("step")
+        .expand_dims(step=ds["step"].values[-1:])
+        .transpose("model", "step", "run")
+    )
     out = ds[["diverged", "blowup_step"]].assign(loss=mean)
     out.attrs = dict(ds.attrs)
     return out
@@ -158,8 +176,9 @@ def _error_influence(values, ok, paired: bool, reference: str = "discrete") -> d
             d = np.where(keep, v - ref, 0.0)
             psi = np.where(keep, d - d[keep].mean(), 0.0) * n / max(keep.sum(), 1)
         else:
-            psi = (np.where(v_ok, v - v[v_ok].mean(), 0.0) * n / max(v_ok.sum(), 1)
-                   - np.where(ref_ok, ref - ref[ref_ok].mean(), 0.0) * n / max(ref_ok.sum(), 1))
+            psi = np.where(v_ok, v - v[v_ok].mean(), 0.0) * n / max(v_ok.sum(), 1) - np.where(
+                ref_ok, ref - ref[ref_ok].mean(), 0.0
+            ) * n / max(ref_ok.sum(), 1)
         out[str(model)] = psi
     return out
 
@@ -208,8 +227,13 @@ def finite_range_slope(lrs, signed, ses, influence, *, level: float = 0.95) -> S
     rel = ses / np.abs(signed)  # se of log|signed|, to first order
     mc_se = float(math.sqrt(max(w @ (corr * np.outer(rel, rel)) @ w, 0.0)))
     half = math.hypot(fit.ci_high - fit.slope, stats.norm.ppf(0.5 + level / 2) * mc_se)
-    return SlopeFit(slope=fit.slope, mc_se=mc_se, ci_low=fit.slope - half, ci_high=fit.slope + half,
-                    reliable=fit.reliable)
+    return SlopeFit(
+        slope=fit.slope,
+        mc_se=mc_se,
+        ci_low=fit.slope - half,
+        ci_high=fit.slope + half,
+        reliable=fit.reliable,
+    )
 
 
 def run_weak_order(spec: dict) -> tuple:
@@ -226,13 +250,30 @@ def run_weak_order(spec: dict) -> tuple:
     for lr in spec["lrs"]:
         method = dataclasses.replace(spec["method"], lr=lr)
         n_steps = round(spec["horizon"] / lr)  # a whole number: checked by config.build
-        levels = (spec["substeps"], 2 * spec["substeps"]) if spec["richardson"] else (spec["substeps"],)
+        levels = (
+            (spec["substeps"], 2 * spec["substeps"]) if spec["richardson"] else (spec["substeps"],)
+        )
         record = (obs,) if obs in OBSERVABLES else ("loss",)
-        runs = [compare(method, spec["problem"], spec["x0"], n_steps, spec["n_runs"], seed=spec["seed"],
-                        models=spec["models"], substeps=substeps, coupled=spec["coupled"],
-                        record_every=n_steps, record=record, record_x=obs not in OBSERVABLES,
-                        blowup_threshold=spec["blowup_threshold"], dtype=spec["dtype"], device=spec["device"])
-                for substeps in levels]
+        runs = [
+            compare(
+                method,
+                spec["problem"],
+                spec["x0"],
+                n_steps,
+                spec["n_runs"],
+                seed=spec["seed"],
+                models=spec["models"],
+                substeps=substeps,
+                coupled=spec["coupled"],
+                record_every=n_steps,
+                record=record,
+                record_x=obs not in OBSERVABLES,
+                blowup_threshold=spec["blowup_threshold"],
+                dtype=spec["dtype"],
+                device=spec["device"],
+            )
+            for substeps in levels
+        ]
         final = [observable_values(r, obs).isel(step=-1, drop=True) for r in runs]  # (model, run)
         sde = final[0]["model"] != "discrete"
         if spec["richardson"]:
@@ -240,8 +281,12 @@ def run_weak_order(spec: dict) -> tuple:
             values = xr.where(sde, 2 * final[1] - final[0], final[0])
             ok = ~(runs[1]["diverged"] | (runs[0]["diverged"] & sde))
             gap = 2 * (final[0] - final[1])
-            bias.append({str(m): _mean_se(gap.sel(model=m).values[ok.sel(model=m).values])
-                         for m in spec["models"]})
+            bias.append(
+                {
+                    str(m): _mean_se(gap.sel(model=m).values[ok.sel(model=m).values])
+                    for m in spec["models"]
+                }
+            )
         else:
             err = weak_error(runs[0], obs)
             values, ok = final[0], ~runs[0]["diverged"]
@@ -252,15 +297,26 @@ def run_weak_order(spec: dict) -> tuple:
     for model in err["model"].values:
         e = err["error"].sel(model=model).values
         s = err["se"].sel(model=model).values
-        row = {"run": spec["name"], "model": str(model),
-               "errors": " ".join(f"{v:.2e}±{u:.0e}" for v, u in zip(e, s))}
+        row = {
+            "run": spec["name"],
+            "model": str(model),
+            "errors": " ".join(f"{v:.2e}±{u:.0e}" for v, u in zip(e, s)),
+        }
         if bias:
             row["solver_bias"] = " ".join(f"{b[str(model)][0]:+.1e}" for b in bias)
         if np.all(e > 0):
-            fit = finite_range_slope(spec["lrs"], err["signed"].sel(model=model).values, s,
-                                     np.stack([psi[str(model)] for psi in influence]))
-            row.update(slope=fit.slope, slope_se=fit.mc_se, ci=f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}]",
-                       reliable=fit.reliable)
+            fit = finite_range_slope(
+                spec["lrs"],
+                err["signed"].sel(model=model).values,
+                s,
+                np.stack([psi[str(model)] for psi in influence]),
+            )
+            row.update(
+                slope=fit.slope,
+                slope_se=fit.mc_se,
+                ci=f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}]",
+                reliable=fit.reliable,
+            )
         rows.append(row)
     err.attrs = {"observable": str(spec["observable"]), "horizon": spec["horizon"]}
     return err, rows
@@ -278,18 +334,25 @@ def richardson_weak_error(coarse, fine, observable: str = "loss"):
     import xarray as xr
 
     fine_v, coarse_v = observable_values(fine, observable), observable_values(coarse, observable)
-    if not np.array_equal(fine_v.sel(model="discrete").values, coarse_v.sel(model="discrete").values):
-        raise ValueError("Invalid coarse: its discrete runs differ from fine's (use the same seed and study)")
+    if not np.array_equal(
+        fine_v.sel(model="discrete").values, coarse_v.sel(model="discrete").values
+    ):
+        raise ValueError(
+            "Invalid coarse: its discrete runs differ from fine's (use the same seed and study)"
+        )
     sde = fine_v["model"] != "discrete"
     values = xr.where(sde, 2 * fine_v - coarse_v, fine_v)
     diverged = fine["diverged"] | (coarse["diverged"] & sde)
     combined = xr.Dataset({"value": values, "diverged": diverged}, attrs=fine.attrs)
     if "blowup_step" in fine and "blowup_step" in coarse:  # else alive = ~diverged at every step
         never = np.iinfo(np.int64).max  # -1 (never blew up) sorts last
-        first = np.minimum(fine["blowup_step"].where(fine["blowup_step"] >= 0, never),
-                           coarse["blowup_step"].where(coarse["blowup_step"] >= 0, never))
-        combined["blowup_step"] = xr.where(sde, xr.where(first == never, -1, first),
-                                           fine["blowup_step"]).astype(np.int64)
+        first = np.minimum(
+            fine["blowup_step"].where(fine["blowup_step"] >= 0, never),
+            coarse["blowup_step"].where(coarse["blowup_step"] >= 0, never),
+        )
+        combined["blowup_step"] = xr.where(
+            sde, xr.where(first == never, -1, first), fine["blowup_step"]
+        ).astype(np.int64)
     err = weak_error(combined, "value")
     err.attrs["observable"] = observable
     return err
@@ -301,7 +364,8 @@ def _label_stores(out: Path, spec: dict, config: dict, run: dict) -> None:
 
     for path in out.glob(f"{slug(spec['name'])}_substeps*.zarr"):
         zarr.open_group(str(path), mode="r+").attrs.update(
-            claim=config.get("claim", ""), run=json.dumps(run, sort_keys=True, default=str))
+            claim=config.get("claim", ""), run=json.dumps(run, sort_keys=True, default=str)
+        )
 
 
 def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
@@ -312,6 +376,7 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
     datasets into <run>_substeps<s>.zarr instead (see ``run_trajectories``).
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -342,7 +407,9 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
                 fine.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
                 io.save(fine, out / f"{name}_substeps{2 * spec['substeps']}.nc")
             diverged = bool(data["diverged"].any())
-            fig, axes = plt.subplots(1, 2 if diverged else 1, figsize=(11 if diverged else 6, 4.5), squeeze=False)
+            fig, axes = plt.subplots(
+                1, 2 if diverged else 1, figsize=(11 if diverged else 6, 4.5), squeeze=False
+            )
             plot_trajectories(data, "loss" if "loss" in data else spec["record"][0], ax=axes[0, 0])
             if diverged:
                 plot_divergence(data, ax=axes[0, 1])

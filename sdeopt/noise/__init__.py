@@ -6,26 +6,44 @@ laws ε of Itô chains) and ``markov`` (Markov chains for ``MarkovSGD``).
 """
 
 from sdeopt.noise.additive import (
-                               AffineVariance,
-                               Gaussian,
-                               Minibatch,
-                               StudentT,
-                               SymmetricStable,
+    AffineVariance,
+    Gaussian,
+    Minibatch,
+    StudentT,
+    SymmetricStable,
 )
 from sdeopt.noise.base import Noise, ScaledSymmetricNoise, SymmetricCDFNoise
 from sdeopt.noise.markov import FiniteMarkov, GaussianAR1, MarkovNoise, TwoStateMarkov
 from sdeopt.noise.unit import (
-                               CenteredExponential,
-                               Rademacher,
-                               ScaledUniform,
-                               StandardizedStudentT,
-                               StandardNormal,
-                               UnitLaw,
-                               random_signs,
+    CenteredExponential,
+    Rademacher,
+    ScaledUniform,
+    StandardizedStudentT,
+    StandardNormal,
+    UnitLaw,
+    random_signs,
 )
 from sdeopt.special import student_t_cdf
 
-__all__ = ["AffineVariance", "CenteredExponential", "FiniteMarkov", "Gaussian", "GaussianAR1", "MarkovNoise",
-           "Minibatch", "Noise", "Rademacher", "ScaledSymmetricNoise", "ScaledUniform", "StandardNormal",
-           "StandardizedStudentT", "StudentT", "SymmetricCDFNoise", "SymmetricStable", "TwoStateMarkov", "UnitLaw",
-           "random_signs", "student_t_cdf"]
+__all__ = [
+    "AffineVariance",
+    "CenteredExponential",
+    "FiniteMarkov",
+    "Gaussian",
+    "GaussianAR1",
+    "MarkovNoise",
+    "Minibatch",
+    "Noise",
+    "Rademacher",
+    "ScaledSymmetricNoise",
+    "ScaledUniform",
+    "StandardNormal",
+    "StandardizedStudentT",
+    "StudentT",
+    "SymmetricCDFNoise",
+    "SymmetricStable",
+    "TwoStateMarkov",
+    "UnitLaw",
+    "random_signs",
+    "student_t_cdf",
+]

@@ -25,6 +25,7 @@ from sdeopt.special import log_beta_half, student_t_cdf
 # Gaussian
 # ---------------------------------------------------------------------------------------------
 
+
 class Gaussian(SymmetricCDFNoise):
     r"""Gaussian gradient noise: ``Z_i = σ_i z``, ``z ~ N(0, I_d)``.
 
@@ -55,7 +56,9 @@ class Gaussian(SymmetricCDFNoise):
     def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
         return rng.normal(*shape)  # (B, *shape)
 
-    def sample_worker_mean(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+    def sample_worker_mean(
+        self, rng: RandomSource, grads: torch.Tensor, n_workers: int
+    ) -> torch.Tensor:
         """(1/N) Σ_i σ_i z_i drawn as one Gaussian of variance Σ_i σ_i² / N², (B, d)."""
         self.check_workers(n_workers)
         if isinstance(self.scale, tuple):
@@ -74,6 +77,7 @@ class Gaussian(SymmetricCDFNoise):
 # ---------------------------------------------------------------------------------------------
 # Student-t
 # ---------------------------------------------------------------------------------------------
+
 
 class StudentT(SymmetricCDFNoise):
     r"""Student-t gradient noise: ``Z_i = σ_i T``, T with i.i.d. ``t_nu`` coordinates.
@@ -133,7 +137,13 @@ class StudentT(SymmetricCDFNoise):
             # 2E/nu <= 2 * 37 (the largest E from a float64 uniform): expm1 cannot overflow.
             radius = e_over_nu.mul_(2.0).expm1_().mul_(nu).sqrt_()
         else:
-            radius = torch.expm1(e_over_nu * -2.0).neg_().sqrt_().mul_(e_over_nu.exp_()).mul_(math.sqrt(nu))
+            radius = (
+                torch.expm1(e_over_nu * -2.0)
+                .neg_()
+                .sqrt_()
+                .mul_(e_over_nu.exp_())
+                .mul_(math.sqrt(nu))
+            )
         return angle.cos_().mul_(radius)
 
     def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
@@ -151,6 +161,7 @@ class StudentT(SymmetricCDFNoise):
 # ---------------------------------------------------------------------------------------------
 # Symmetric alpha-stable
 # ---------------------------------------------------------------------------------------------
+
 
 class SymmetricStable(ScaledSymmetricNoise):
     r"""Symmetric α-stable gradient noise: ``Z_i = σ_i S``, S i.i.d. ``SαS`` coordinates.
@@ -224,6 +235,7 @@ class SymmetricStable(ScaledSymmetricNoise):
 # Affine variance
 # ---------------------------------------------------------------------------------------------
 
+
 class AffineVariance(Noise):
     r"""Gaussian noise whose variance grows with the gradient: the affine-variance model.
 
@@ -254,20 +266,28 @@ class AffineVariance(Noise):
 
     finite_variance = True
 
-    def __init__(self, *, sigma0: float | Sequence[float] = 0.0,
-                 sigma1: float | Sequence[float] = 0.0) -> None:
+    def __init__(
+        self, *, sigma0: float | Sequence[float] = 0.0, sigma1: float | Sequence[float] = 0.0
+    ) -> None:
         self.sigma0 = check_scales("sigma0", sigma0)
         self.sigma1 = check_scales("sigma1", sigma1)
-        if (isinstance(self.sigma0, tuple) and isinstance(self.sigma1, tuple)
-                and len(self.sigma0) != len(self.sigma1)):
-            raise ValueError(f"Invalid sigma1: {list(self.sigma1)!r} (has {len(self.sigma1)} "
-                             f"per-worker entries but sigma0 has {len(self.sigma0)})")
+        if (
+            isinstance(self.sigma0, tuple)
+            and isinstance(self.sigma1, tuple)
+            and len(self.sigma0) != len(self.sigma1)
+        ):
+            raise ValueError(
+                f"Invalid sigma1: {list(self.sigma1)!r} (has {len(self.sigma1)} "
+                f"per-worker entries but sigma0 has {len(self.sigma0)})"
+            )
 
     def check_workers(self, n_workers: int) -> None:
         for name, value in (("sigma0", self.sigma0), ("sigma1", self.sigma1)):
             if isinstance(value, tuple) and len(value) != n_workers:
-                raise ValueError(f"Invalid {name}: {list(value)!r} (has {len(value)} "
-                                 f"per-worker entries but n_workers={n_workers})")
+                raise ValueError(
+                    f"Invalid {name}: {list(value)!r} (has {len(value)} "
+                    f"per-worker entries but n_workers={n_workers})"
+                )
 
     def variance_at(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
         """Per-coordinate variance v_i = σ0_i² + σ1_i² ||∇f_i||², (B, N or 1).
@@ -285,20 +305,26 @@ class AffineVariance(Noise):
         std = self.variance_at(grads, n_workers).sqrt().unsqueeze(-1)  # (B, N or 1, 1)
         return rng.normal(n_workers, grads.shape[-1]).mul_(std)  # (B, N, d)
 
-    def sample_worker_mean(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+    def sample_worker_mean(
+        self, rng: RandomSource, grads: torch.Tensor, n_workers: int
+    ) -> torch.Tensor:
         """(1/N) Σ_i Z_i drawn as one Gaussian of variance (1/N²) Σ_i v_i(x), (B, d)."""
         var = self.variance_at(grads, n_workers)  # (B, N or 1)
         std = var.expand(-1, n_workers).sum(dim=1).sqrt().div_(n_workers)  # (B,)
         return rng.normal(grads.shape[-1]).mul_(std.unsqueeze(-1))  # (B, d)
 
     def config(self) -> dict:
-        return {"type": "AffineVariance", "sigma0": _jsonable(self.sigma0),
-                "sigma1": _jsonable(self.sigma1)}
+        return {
+            "type": "AffineVariance",
+            "sigma0": _jsonable(self.sigma0),
+            "sigma1": _jsonable(self.sigma1),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # Minibatch
 # ---------------------------------------------------------------------------------------------
+
 
 class Minibatch(Noise):
     r"""Real minibatch gradients of a finite-sum problem (not an additive law).
@@ -332,25 +358,35 @@ class Minibatch(Noise):
     def check_problem(self, problem: Problem) -> None:
         # Duck-typed, so that any finite-sum problem exposing the method is accepted.
         if not callable(getattr(problem, "minibatch_worker_grads", None)):
-            raise ValueError(f"Invalid problem: {type(problem).__name__} (Minibatch noise needs a "
-                             "finite-sum problem with a minibatch_worker_grads method, "
-                             "e.g. sdeopt.problems.FiniteSumProblem)")
+            raise ValueError(
+                f"Invalid problem: {type(problem).__name__} (Minibatch noise needs a "
+                "finite-sum problem with a minibatch_worker_grads method, "
+                "e.g. sdeopt.problems.FiniteSumProblem)"
+            )
         sizes = getattr(problem, "shard_sizes", None)
         if isinstance(sizes, torch.Tensor) and sizes.numel() and self.batch_size > int(sizes.min()):
-            raise ValueError(f"Invalid batch_size: {self.batch_size!r} (must be <= the smallest "
-                             f"shard size {int(sizes.min())} of the problem)")
+            raise ValueError(
+                f"Invalid batch_size: {self.batch_size!r} (must be <= the smallest "
+                f"shard size {int(sizes.min())} of the problem)"
+            )
 
     def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
-        raise ValueError("Invalid use of Minibatch noise: it is not additive (g_i - ∇f_i depends "
-                         "on the data), so it has no sample(); draw gradients with oracle() or "
-                         "oracle_mean()")
+        raise ValueError(
+            "Invalid use of Minibatch noise: it is not additive (g_i - ∇f_i depends "
+            "on the data), so it has no sample(); draw gradients with oracle() or "
+            "oracle_mean()"
+        )
 
-    def oracle(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+    def oracle(
+        self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
+    ) -> torch.Tensor:
         """Minibatch worker gradients, (B, N, d)."""
         self.check_problem(problem)
         return problem.minibatch_worker_grads(x, self.batch_size, n_workers, rng)  # (B, N, d)
 
-    def oracle_mean(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+    def oracle_mean(
+        self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
+    ) -> torch.Tensor:
         """(1/N) Σ_i g_i, (B, d)."""
         return self.oracle(problem, x, n_workers, rng).mean(dim=1)
 

@@ -35,16 +35,22 @@ class Noise(ABC):
             (B, N, d) noise.
         """
 
-    def sample_worker_mean(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+    def sample_worker_mean(
+        self, rng: RandomSource, grads: torch.Tensor, n_workers: int
+    ) -> torch.Tensor:
         """(1/N) sum_i Z_i, exact in law, (B, d). Laws with a shortcut (Gaussian) override this."""
         return self.sample(rng, grads, n_workers).mean(dim=1)
 
-    def oracle(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+    def oracle(
+        self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
+    ) -> torch.Tensor:
         """Stochastic worker gradients g_i = ∇f_i(x) + Z_i, (B, N, d)."""
         grads = problem.worker_grads(x)
         return grads + self.sample(rng, grads, n_workers)
 
-    def oracle_mean(self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource) -> torch.Tensor:
+    def oracle_mean(
+        self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
+    ) -> torch.Tensor:
         """(1/N) Σ_i g_i, exact in law, (B, d); uses ``sample_worker_mean`` shortcuts."""
         grads = problem.worker_grads(x)  # (B, N or 1, d)
         mean = grads[:, 0] if grads.shape[1] == 1 else grads.mean(dim=1)  # (B, d)
@@ -91,8 +97,10 @@ class ScaledSymmetricNoise(Noise):
 
     def check_workers(self, n_workers: int) -> None:
         if isinstance(self.scale, tuple) and len(self.scale) != n_workers:
-            raise ValueError(f"Invalid scale: {list(self.scale)!r} (has {len(self.scale)} "
-                             f"per-worker entries but n_workers={n_workers})")
+            raise ValueError(
+                f"Invalid scale: {list(self.scale)!r} (has {len(self.scale)} "
+                f"per-worker entries but n_workers={n_workers})"
+            )
 
     def config(self) -> dict:
         return {"type": type(self).__name__, "scale": _jsonable(self.scale)}
@@ -109,7 +117,9 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         """F(y) = P(T <= y), elementwise, same shape, dtype and device as y."""
 
-    def sign_probabilities(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sign_probabilities(
+        self, grads: torch.Tensor, n_workers: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """P(sign(∇f_i + σ_i T) = +1) and P(... = -1), each shaped like grads (B, N or 1, d).
 
         One CDF evaluation: the smaller probability is the tail F(-|y|), computed directly
@@ -128,8 +138,12 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         y = grads / torch.where(positive, s, torch.ones_like(s))
         tail = self.standard_cdf(-y.abs())
         up = y > 0
-        p_plus = torch.where(positive, torch.where(up, 1.0 - tail, tail), (grads > 0).to(grads.dtype))
-        p_minus = torch.where(positive, torch.where(up, tail, 1.0 - tail), (grads < 0).to(grads.dtype))
+        p_plus = torch.where(
+            positive, torch.where(up, 1.0 - tail, tail), (grads > 0).to(grads.dtype)
+        )
+        p_minus = torch.where(
+            positive, torch.where(up, tail, 1.0 - tail), (grads < 0).to(grads.dtype)
+        )
         return p_plus, p_minus
 
     def sign_tails(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,5 +181,7 @@ def _as_tensor(value: float | tuple[float, ...], device, dtype) -> torch.Tensor:
 
 def _check_grads(grads: torch.Tensor, n_workers: int) -> None:
     if grads.dim() != 3 or grads.shape[1] not in (1, n_workers):
-        raise ValueError(f"Invalid grads: shape {tuple(grads.shape)} (must be (B, N, d) or "
-                         f"(B, 1, d) with N = n_workers = {n_workers})")
+        raise ValueError(
+            f"Invalid grads: shape {tuple(grads.shape)} (must be (B, N, d) or "
+            f"(B, 1, d) with N = n_workers = {n_workers})"
+        )

@@ -15,6 +15,7 @@ from sdeopt.random import RandomSource
 # Markov noise (Beznosikov et al., NeurIPS 2023)
 # ---------------------------------------------------------------------------------------------
 
+
 class MarkovNoise(ABC):
     r"""Additive Markov noise g = ∇f(x) + s h(Z_k), one chain per run and coordinate, never restarted.
 
@@ -61,8 +62,14 @@ class MarkovNoise(ABC):
         """τ: Δ(Q^τ) <= 1/4 (inf for a chain that does not mix)."""
 
     def config(self) -> dict:
-        return {"type": type(self).__name__, **{k: (v.tolist() if isinstance(v, torch.Tensor) else v)
-                                                for k, v in vars(self).items() if not k.startswith("_")}}
+        return {
+            "type": type(self).__name__,
+            **{
+                k: (v.tolist() if isinstance(v, torch.Tensor) else v)
+                for k, v in vars(self).items()
+                if not k.startswith("_")
+            },
+        }
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "type")
@@ -101,7 +108,9 @@ class TwoStateMarkov(MarkovNoise):
 
     def advance(self, z, rng):
         u = rng.uniform(z.shape[-1])  # (B, d)
-        flip = torch.lt(u, self.p, out=u)  # 1 where the state flips (written as floats: see random_signs)
+        flip = torch.lt(
+            u, self.p, out=u
+        )  # 1 where the state flips (written as floats: see random_signs)
         return flip.mul_(-2.0).add_(1.0).mul_(z)
 
     def value(self, z):
@@ -111,7 +120,9 @@ class TwoStateMarkov(MarkovNoise):
         return self.rho ** abs(lag)
 
     stationary_variance = property(lambda self: 1.0)
-    asymptotic_variance = property(lambda self: math.inf if self.p == 0.0 else (1 + self.rho) / (1 - self.rho))
+    asymptotic_variance = property(
+        lambda self: math.inf if self.p == 0.0 else (1 + self.rho) / (1 - self.rho)
+    )
     mixing_time = property(lambda self: _geometric_mixing_time(self.rho))
 
 
@@ -170,15 +181,25 @@ class FiniteMarkov(MarkovNoise):
             raise ValueError(f"Invalid matrix: {p.tolist()!r} (entries must be finite and >= 0)")
         row_sums = p.sum(1)
         if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-10, rtol=0):
-            raise ValueError(f"Invalid matrix: row sums {row_sums.tolist()!r} (a transition matrix is "
-                             "row-stochastic: every row must sum to 1)")
+            raise ValueError(
+                f"Invalid matrix: row sums {row_sums.tolist()!r} (a transition matrix is "
+                "row-stochastic: every row must sum to 1)"
+            )
         n = p.shape[0]
-        h = torch.arange(n, dtype=torch.float64) if values is None else torch.as_tensor(values, dtype=torch.float64)
+        h = (
+            torch.arange(n, dtype=torch.float64)
+            if values is None
+            else torch.as_tensor(values, dtype=torch.float64)
+        )
         if h.shape != (n,) or not torch.isfinite(h).all():
             raise ValueError(f"Invalid values: {values!r} (must be {n} finite numbers)")
-        a = torch.cat([(p.T - torch.eye(n, dtype=torch.float64)), torch.ones(1, n, dtype=torch.float64)])
+        a = torch.cat(
+            [(p.T - torch.eye(n, dtype=torch.float64)), torch.ones(1, n, dtype=torch.float64)]
+        )
         if torch.linalg.matrix_rank(a) < n:
-            raise ValueError("Invalid matrix: the stationary law is not unique (more than one recurrent class)")
+            raise ValueError(
+                "Invalid matrix: the stationary law is not unique (more than one recurrent class)"
+            )
         rhs = torch.zeros(n + 1, dtype=torch.float64)
         rhs[-1] = 1.0
         pi = torch.linalg.lstsq(a, rhs.unsqueeze(-1)).solution.squeeze(-1).clamp(min=0.0)
@@ -214,7 +235,9 @@ class FiniteMarkov(MarkovNoise):
     @property
     def asymptotic_variance(self) -> float:
         n = self.matrix.shape[0]
-        fundamental = torch.linalg.inv(torch.eye(n, dtype=torch.float64) - self.matrix + self.pi.unsqueeze(0))
+        fundamental = torch.linalg.inv(
+            torch.eye(n, dtype=torch.float64) - self.matrix + self.pi.unsqueeze(0)
+        )
         hv = self.values
         return float(2 * (self.pi * hv * (fundamental @ hv)).sum() - (self.pi * hv * hv).sum())
 

@@ -15,6 +15,7 @@ from sdeopt.random import RandomSource
 # Isotropic unit-covariance laws (the ε of Itô chains)
 # ---------------------------------------------------------------------------------------------
 
+
 class UnitLaw(ABC):
     """A law of ε in R^d with i.i.d. coordinates, E ε = 0 and E εεᵀ = I (Itô chains).
 
@@ -83,8 +84,10 @@ class StandardizedStudentT(UnitLaw):
     def __init__(self, nu: float) -> None:
         nu = check_positive("nu", nu)
         if nu <= 2.0:
-            raise ValueError(f"Invalid nu: {nu!r} (a standardised Student-t needs nu > 2: for nu <= 2 "
-                             "the variance is infinite and ε cannot have identity covariance)")
+            raise ValueError(
+                f"Invalid nu: {nu!r} (a standardised Student-t needs nu > 2: for nu <= 2 "
+                "the variance is infinite and ε cannot have identity covariance)"
+            )
         self.nu = nu
 
     def sample(self, rng, dim):

@@ -11,12 +11,22 @@ from sdeopt.problems.finite_sum import FiniteSumProblem, LogisticRegression
 from sdeopt.problems.function import FunctionProblem
 from sdeopt.problems.quadratic import Quadratic
 from sdeopt.problems.separable import (
-           CoshSum,
-           ExpSum,
-           QuadraticQuartic,
-           Quartic,
-           SeparableProblem,
+    CoshSum,
+    ExpSum,
+    QuadraticQuartic,
+    Quartic,
+    SeparableProblem,
 )
 
-__all__ = ["CoshSum", "ExpSum", "FiniteSumProblem", "FunctionProblem", "LogisticRegression", "Problem", "Quadratic",
-           "QuadraticQuartic", "Quartic", "SeparableProblem"]
+__all__ = [
+    "CoshSum",
+    "ExpSum",
+    "FiniteSumProblem",
+    "FunctionProblem",
+    "LogisticRegression",
+    "Problem",
+    "Quadratic",
+    "QuadraticQuartic",
+    "Quartic",
+    "SeparableProblem",
+]

@@ -62,8 +62,10 @@ class Problem(ABC):
         """Raise ``ValueError`` unless the problem can be split over ``n_workers`` workers."""
         n_workers = check_int("n_workers", n_workers, minimum=1)
         if self.n_workers is not None and n_workers != self.n_workers:
-            raise ValueError(f"Invalid n_workers: {n_workers!r} (this {type(self).__name__} is "
-                             f"split over {self.n_workers} workers)")
+            raise ValueError(
+                f"Invalid n_workers: {n_workers!r} (this {type(self).__name__} is "
+                f"split over {self.n_workers} workers)"
+            )
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Problem:
         """A copy whose tensors live on ``device`` in ``dtype`` (self if nothing changes)."""
@@ -71,8 +73,10 @@ class Problem(ABC):
         # canonical device ("cuda" -> "cuda:0"), so an unchanged device is recognised as such
         device = torch.empty(0, device=check_device(device)).device
         tensors = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        if all(t.device == device and (t.dtype == dtype or not t.is_floating_point())
-               for t in tensors.values()):
+        if all(
+            t.device == device and (t.dtype == dtype or not t.is_floating_point())
+            for t in tensors.values()
+        ):
             return self
         new = copy.copy(self)
         for k, t in tensors.items():
@@ -87,6 +91,7 @@ class Problem(ABC):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
 
 def _cast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``t`` on the device and in the dtype of ``x`` (no copy when they already agree).
@@ -106,19 +111,29 @@ def _short(value) -> str:
 
 def _as_vector(name: str, value, dim: int | None = None) -> torch.Tensor:
     """A finite, non-empty float64 vector (d,), or ``ValueError`` naming ``name``."""
-    if isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value) or \
-            isinstance(value, (torch.Tensor, np.ndarray)) and value.dtype in (torch.bool, np.bool_):
-        raise ValueError(f"Invalid {name}: {_short(value)} (must be a sequence of numbers, not booleans)")
+    if (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)) or (
+        isinstance(value, (torch.Tensor, np.ndarray)) and value.dtype in (torch.bool, np.bool_)
+    ):
+        raise ValueError(
+            f"Invalid {name}: {_short(value)} (must be a sequence of numbers, not booleans)"
+        )
     try:
-        t = torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value,
-                            dtype=torch.float64).clone()
+        t = torch.as_tensor(
+            value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float64
+        ).clone()
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"Invalid {name}: {_short(value)} (must be a sequence of numbers)") from None
+        raise ValueError(
+            f"Invalid {name}: {_short(value)} (must be a sequence of numbers)"
+        ) from None
     if t.ndim != 1 or t.numel() == 0:
-        raise ValueError(f"Invalid {name}: {_short(value)} (must be a non-empty 1-D sequence, got "
-                         f"shape {tuple(t.shape)})")
+        raise ValueError(
+            f"Invalid {name}: {_short(value)} (must be a non-empty 1-D sequence, got "
+            f"shape {tuple(t.shape)})"
+        )
     if dim is not None and t.numel() != dim:
-        raise ValueError(f"Invalid {name}: {_short(value)} (must have length dim={dim}, got {t.numel()})")
+        raise ValueError(
+            f"Invalid {name}: {_short(value)} (must have length dim={dim}, got {t.numel()})"
+        )
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"Invalid {name}: {_short(value)} (entries must be finite)")
     return t.cpu()
@@ -129,8 +144,12 @@ def _tensor_config(t: torch.Tensor, max_numel: int = 1024):
     if t.numel() <= max_numel:
         return t.detach().cpu().double().tolist()
     a = t.detach().cpu().double().contiguous().numpy()
-    return {"shape": list(a.shape), "min": float(a.min()), "max": float(a.max()),
-            "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+    return {
+        "shape": list(a.shape),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+    }
 
 
 def _as_float_finite(name: str, value) -> float:

@@ -20,6 +20,7 @@ from sdeopt.random import RandomSource
 # Finite sums over data split across workers
 # ---------------------------------------------------------------------------------------------
 
+
 class FiniteSumProblem(Problem):
     r"""``f(x) = (1/N) Σ_i f_i(x)`` with ``f_i(x) = (1/n_i) Σ_{s ∈ S_i} f_s(x)``.
 
@@ -71,8 +72,10 @@ class FiniteSumProblem(Problem):
         n = owner.size
         sizes = np.bincount(owner, minlength=n_shards)  # (S,)
         if sizes.min() < 1:
-            raise ValueError(f"Invalid n_workers: {n_shards!r} (a worker would hold no data; "
-                             f"shard sizes {sizes.tolist()})")
+            raise ValueError(
+                f"Invalid n_workers: {n_shards!r} (a worker would hold no data; "
+                f"shard sizes {sizes.tolist()})"
+            )
         order = np.argsort(owner, kind="stable")  # (n,) sample ids grouped by shard
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # (S,)
         rank = np.arange(n) - starts[owner[order]]  # (n,) position inside the shard
@@ -116,7 +119,9 @@ class FiniteSumProblem(Problem):
         gp = g[:, idx]  # (B, S, n_max, d)
         n_runs, n_rows = x.shape[0], weights.shape[1]
         weights = weights.to(x.dtype).expand(n_runs, n_rows, -1)  # (B, M, n_max)
-        return torch.einsum("bmk,bmkd->bmd", weights, gp.expand(n_runs, n_rows, -1, -1))  # (B, M, d)
+        return torch.einsum(
+            "bmk,bmkd->bmd", weights, gp.expand(n_runs, n_rows, -1, -1)
+        )  # (B, M, d)
 
     # -- the objective ---------------------------------------------------------------------
 
@@ -140,11 +145,15 @@ class FiniteSumProblem(Problem):
         b = check_int("batch_size", batch_size, minimum=1)
         smallest = int(self.shard_sizes.min())
         if b > smallest:
-            raise ValueError(f"Invalid batch_size: {batch_size!r} (must be <= the smallest "
-                             f"shard size {smallest}, since batches are drawn without replacement)")
+            raise ValueError(
+                f"Invalid batch_size: {batch_size!r} (must be <= the smallest "
+                f"shard size {smallest}, since batches are drawn without replacement)"
+            )
         return b
 
-    def _minibatch_positions(self, batch_size: int, n_workers: int, rng: RandomSource) -> torch.Tensor:
+    def _minibatch_positions(
+        self, batch_size: int, n_workers: int, rng: RandomSource
+    ) -> torch.Tensor:
         """Positions in the padded shard layout of each worker's batch, (B, N, b) int64."""
         b = self._check_batch(batch_size)
         n_workers = check_int("n_workers", n_workers, minimum=1)
@@ -170,8 +179,9 @@ class FiniteSumProblem(Problem):
         idx = idx.unsqueeze(0).expand(pos.shape[0], pos.shape[1], -1)  # (B, N, n_max)
         return torch.gather(idx, -1, pos)  # (B, N, b)
 
-    def minibatch_worker_grads(self, x: torch.Tensor, batch_size: int, n_workers: int,
-                               rng: RandomSource) -> torch.Tensor:
+    def minibatch_worker_grads(
+        self, x: torch.Tensor, batch_size: int, n_workers: int, rng: RandomSource
+    ) -> torch.Tensor:
         r"""Minibatch gradients ``g_i = (1/b) Σ_{s ∈ batch_i} ∇f_s(x)`` of every worker.
 
         Each run and each worker draws its own batch of b distinct samples uniformly from its
@@ -187,7 +197,9 @@ class FiniteSumProblem(Problem):
         """
         pos = self._minibatch_positions(batch_size, n_workers, rng).to(x.device)  # (B, N, b)
         n_max = self.shard_index.shape[1]
-        weights = torch.zeros(*pos.shape[:2], n_max, device=x.device, dtype=x.dtype)  # (B, N, n_max)
+        weights = torch.zeros(
+            *pos.shape[:2], n_max, device=x.device, dtype=x.dtype
+        )  # (B, N, n_max)
         weights.scatter_(-1, pos, 1.0 / pos.shape[-1])
         return self._weighted_grads(x, weights)  # (B, N, d)
 
@@ -211,7 +223,9 @@ class FiniteSumProblem(Problem):
         mean = (gp * mask).sum(dim=2) / n_i.unsqueeze(-1)  # (B, S, d)
         dev = (gp - mean.unsqueeze(2)) * mask  # (B, S, n_max, d)
         cov = torch.einsum("bskd,bske->bsde", dev, dev) / n_i[:, None, None]  # (B, S, d, d)
-        fpc = torch.where(n_i > 1, (n_i - b) / ((n_i - 1).clamp(min=1) * b), torch.zeros_like(n_i))  # (S,)
+        fpc = torch.where(
+            n_i > 1, (n_i - b) / ((n_i - 1).clamp(min=1) * b), torch.zeros_like(n_i)
+        )  # (S,)
         return cov * fpc[:, None, None]
 
     def config(self) -> dict:
@@ -223,9 +237,11 @@ class FiniteSumProblem(Problem):
 
 # -- data sets -----------------------------------------------------------------------------------
 
+
 def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
     """Wisconsin diagnostic breast cancer: 569 × 30; y = +1 benign, -1 malignant."""
     from sklearn.datasets import load_breast_cancer
+
     data = load_breast_cancer()
     return np.asarray(data.data, dtype=np.float64), np.where(data.target == 1, 1.0, -1.0)
 
@@ -233,6 +249,7 @@ def _load_breast_cancer() -> tuple[np.ndarray, np.ndarray]:
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     """Optical digits 8×8: 1797 × 64; y = +1 for digits 5-9, -1 for digits 0-4."""
     from sklearn.datasets import load_digits
+
     data = load_digits()
     return np.asarray(data.data, dtype=np.float64), np.where(data.target >= 5, 1.0, -1.0)
 
@@ -242,14 +259,19 @@ _DATASETS = {"breast_cancer": _load_breast_cancer, "digits": _load_digits}
 
 # -- splits: each maps (labels (n,), n_workers, numpy Generator, alpha) to owner (n,) -----------
 
-def _split_iid(labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float) -> np.ndarray:
+
+def _split_iid(
+    labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float
+) -> np.ndarray:
     n = labels.size
     owner = np.empty(n, dtype=np.int64)
     owner[gen.permutation(n)] = np.arange(n) * n_workers // n  # near-equal shard sizes
     return owner
 
 
-def _split_label(labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float) -> np.ndarray:
+def _split_label(
+    labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float
+) -> np.ndarray:
     n = labels.size
     perm = gen.permutation(n)  # random order inside each label
     order = perm[np.argsort(labels[perm], kind="stable")]
@@ -258,7 +280,9 @@ def _split_label(labels: np.ndarray, n_workers: int, gen: np.random.Generator, a
     return owner
 
 
-def _split_dirichlet(labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float) -> np.ndarray:
+def _split_dirichlet(
+    labels: np.ndarray, n_workers: int, gen: np.random.Generator, alpha: float
+) -> np.ndarray:
     n = labels.size
     owner = np.empty(n, dtype=np.int64)
     for _ in range(1000):  # redraw until no worker is empty (a construction-time loop)
@@ -269,8 +293,10 @@ def _split_dirichlet(labels: np.ndarray, n_workers: int, gen: np.random.Generato
             owner[idx] = np.searchsorted(cuts, np.arange(idx.size), side="right")
         if np.bincount(owner, minlength=n_workers).min() >= 1:
             return owner
-    raise ValueError(f"Invalid alpha: {alpha!r} (the Dirichlet split left a worker without data "
-                     f"in 1000 draws; raise alpha or lower n_workers={n_workers})")
+    raise ValueError(
+        f"Invalid alpha: {alpha!r} (the Dirichlet split left a worker without data "
+        f"in 1000 draws; raise alpha or lower n_workers={n_workers})"
+    )
 
 
 _SPLITS = {"iid": _split_iid, "label": _split_label, "dirichlet": _split_dirichlet}
@@ -333,9 +359,17 @@ class LogisticRegression(FiniteSumProblem):
         (Dirichlet split).
     """
 
-    def __init__(self, n_workers: int | None = None, *, split: str = "iid", reg: float = 1e-3,
-                 dataset: str = "breast_cancer", fit_intercept: bool = True, seed: int = 0,
-                 alpha: float = 0.5) -> None:
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        *,
+        split: str = "iid",
+        reg: float = 1e-3,
+        dataset: str = "breast_cancer",
+        fit_intercept: bool = True,
+        seed: int = 0,
+        alpha: float = 0.5,
+    ) -> None:
         if n_workers is not None:
             n_workers = check_int("n_workers", n_workers, minimum=1)
         if not isinstance(split, str) or split not in _SPLITS:
@@ -359,8 +393,10 @@ class LogisticRegression(FiniteSumProblem):
             a = np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)  # (n, d)
         n = a.shape[0]
         if n_workers is not None and n_workers > n:
-            raise ValueError(f"Invalid n_workers: {n_workers!r} (more workers than the {n} samples "
-                             f"of dataset={dataset!r})")
+            raise ValueError(
+                f"Invalid n_workers: {n_workers!r} (more workers than the {n} samples "
+                f"of dataset={dataset!r})"
+            )
         self.dim = a.shape[1]
         self.features = torch.as_tensor(a)  # (n, d)
         self.labels = torch.as_tensor(y)  # (n,)
@@ -371,7 +407,9 @@ class LogisticRegression(FiniteSumProblem):
         else:
             gen = np.random.default_rng(self.seed)
             self._set_shards(_SPLITS[split](y, n_workers, gen, self.alpha), n_workers)
-        self._shard_signed = self._signed[self.shard_index] * self.shard_mask.unsqueeze(-1)  # (S, n_max, d)
+        self._shard_signed = self._signed[self.shard_index] * self.shard_mask.unsqueeze(
+            -1
+        )  # (S, n_max, d)
 
         self.minimizer, self.min_value = self._solve()
         gram = self._signed.T @ (self.sample_weights.unsqueeze(-1) * self._signed)  # (d, d)
@@ -417,7 +455,9 @@ class LogisticRegression(FiniteSumProblem):
             out = (weights * c.unsqueeze(1)) @ _cast(self._signed, x)  # (B, M, d)
         else:
             cp = c[:, self.shard_index.to(x.device)]  # (B, N, n_max); padding has zero weight
-            out = torch.einsum("bik,ikd->bid", weights * cp, _cast(self._shard_signed, x))  # (B, N, d)
+            out = torch.einsum(
+                "bik,ikd->bid", weights * cp, _cast(self._shard_signed, x)
+            )  # (B, N, d)
         return out + self.reg * weights.sum(dim=-1, keepdim=True) * x.unsqueeze(1)
 
     # -- the objective (flat contractions, cheaper than the per-sample tensors) ---------------
@@ -438,8 +478,13 @@ class LogisticRegression(FiniteSumProblem):
 
     def config(self) -> dict:
         cfg = super().config()
-        cfg.update(dataset=self.dataset, split=self.split if self.n_workers is not None else None,
-                   reg=self.reg, fit_intercept=self.fit_intercept, seed=self.seed)
+        cfg.update(
+            dataset=self.dataset,
+            split=self.split if self.n_workers is not None else None,
+            reg=self.reg,
+            fit_intercept=self.fit_intercept,
+            seed=self.seed,
+        )
         if self.n_workers is not None and self.split == "dirichlet":
             cfg["alpha"] = self.alpha
         return cfg

@@ -16,6 +16,7 @@ from sdeopt.problems.base import (
 # User functions
 # ---------------------------------------------------------------------------------------------
 
+
 class FunctionProblem(Problem):
     r"""Any objective written in torch: ``f = fn(x)`` for a single x of shape (d,).
 
@@ -48,8 +49,10 @@ class FunctionProblem(Problem):
         try:
             out = fn(torch.zeros(self.dim, dtype=torch.float64))
         except Exception as exc:  # the user's function failed: say so at construction
-            raise ValueError(f"Invalid fn: {fn!r} (calling it on zeros({self.dim}) raised "
-                             f"{type(exc).__name__}: {exc})") from exc
+            raise ValueError(
+                f"Invalid fn: {fn!r} (calling it on zeros({self.dim}) raised "
+                f"{type(exc).__name__}: {exc})"
+            ) from exc
         if not isinstance(out, torch.Tensor) or out.ndim != 0:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"Invalid fn: {fn!r} (must return a 0-dim tensor, got {shape})")
@@ -65,9 +68,11 @@ class FunctionProblem(Problem):
         try:  # runs are batched with vmap: a function that leaves torch (.item(), numpy) cannot be
             self._grad(torch.zeros(2, self.dim, dtype=torch.float64))
         except Exception as exc:
-            raise ValueError(f"Invalid fn: {fn!r} (its gradient must batch with torch.func.vmap; "
-                             f"use torch operations only, no .item() or numpy: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            raise ValueError(
+                f"Invalid fn: {fn!r} (its gradient must batch with torch.func.vmap; "
+                f"use torch operations only, no .item() or numpy: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         return self._loss(x)  # (B,)

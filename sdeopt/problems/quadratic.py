@@ -16,6 +16,7 @@ from sdeopt.problems.base import (
 # Quadratic
 # ---------------------------------------------------------------------------------------------
 
+
 class Quadratic(Problem):
     r"""Strongly convex quadratic ``f(x) = ½ (x - x*)ᵀ H (x - x*)``.
 
@@ -52,15 +53,19 @@ class Quadratic(Problem):
 
     def __init__(self, diag=None, *, matrix=None, center=None) -> None:
         if (diag is None) == (matrix is None):
-            raise ValueError(f"Invalid diag/matrix: diag={_short(diag)}, matrix={_short(matrix)} (give "
-                             "exactly one of diag or matrix)")
+            raise ValueError(
+                f"Invalid diag/matrix: diag={_short(diag)}, matrix={_short(matrix)} (give "
+                "exactly one of diag or matrix)"
+            )
         self.diag: torch.Tensor | None = None
         self.matrix: torch.Tensor | None = None
         if diag is not None:
             h = _as_vector("diag", diag)  # (d,)
             if not bool((h > 0).all()):
-                raise ValueError(f"Invalid diag: {_short(diag)} (all entries must be > 0 so that H is "
-                                 "positive definite)")
+                raise ValueError(
+                    f"Invalid diag: {_short(diag)} (all entries must be > 0 so that H is "
+                    "positive definite)"
+                )
             self.diag = h
             self.dim = h.numel()
         else:
@@ -81,26 +86,38 @@ class Quadratic(Problem):
     @staticmethod
     def _check_matrix(matrix) -> torch.Tensor:
         try:
-            m = torch.as_tensor(matrix.detach() if isinstance(matrix, torch.Tensor) else matrix,
-                                dtype=torch.float64).clone().cpu()
+            m = (
+                torch.as_tensor(
+                    matrix.detach() if isinstance(matrix, torch.Tensor) else matrix,
+                    dtype=torch.float64,
+                )
+                .clone()
+                .cpu()
+            )
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"Invalid matrix: {_short(matrix)} (must be a square array of numbers)") from None
+            raise ValueError(
+                f"Invalid matrix: {_short(matrix)} (must be a square array of numbers)"
+            ) from None
         if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
-            raise ValueError(f"Invalid matrix: shape {tuple(m.shape)} (must be a non-empty square "
-                             "(d, d) matrix)")
+            raise ValueError(
+                f"Invalid matrix: shape {tuple(m.shape)} (must be a non-empty square (d, d) matrix)"
+            )
         if not bool(torch.isfinite(m).all()):
             raise ValueError("Invalid matrix: entries must be finite")
         scale = float(m.abs().max())
         asym = float((m - m.T).abs().max())
         if asym > 1e-6 * max(scale, 1e-300):  # rounding of a float32-built H passes
-            raise ValueError(f"Invalid matrix: not symmetric (max |H - Hᵀ| = {asym:.3g}, "
-                             f"max |H| = {scale:.3g})")
+            raise ValueError(
+                f"Invalid matrix: not symmetric (max |H - Hᵀ| = {asym:.3g}, max |H| = {scale:.3g})"
+            )
         m = 0.5 * (m + m.T)  # exactly symmetric, so grad = (x - x*) H needs no transpose
         _, info = torch.linalg.cholesky_ex(m)
         if int(info) != 0:
             lam = float(torch.linalg.eigvalsh(m)[0])
-            raise ValueError(f"Invalid matrix: not positive definite (Cholesky failed; smallest "
-                             f"eigenvalue {lam:.3g})")
+            raise ValueError(
+                f"Invalid matrix: not positive definite (Cholesky failed; smallest "
+                f"eigenvalue {lam:.3g})"
+            )
         return m
 
     @property

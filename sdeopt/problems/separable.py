@@ -15,6 +15,7 @@ from sdeopt.problems.base import (
 # Separable objectives f(x) = Σ_j φ(x_j)
 # ---------------------------------------------------------------------------------------------
 
+
 class SeparableProblem(Problem):
     r"""``f(x) = Σ_j φ(x_j)`` for a scalar function φ: ``∇f = φ'(x)``, ``∇²f = diag(φ''(x))``.
 
