@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, describe, interleaved_best, machine, timed, write
 
 import sdeopt as so
-from sdeopt.discrete.base import auto_chunk
+from sdeopt.engine import auto_chunk
 
 
 def main(argv=None) -> dict:

@@ -41,6 +41,7 @@ import torch
 
 from sdeopt._validation import check_int
 from sdeopt.random import RandomSource
+from sdeopt.registry import Registry
 
 #: RandK draws its subset by Floyd's algorithm (one integer draw per kept or dropped
 #: coordinate) when min(k, d - k) is at most this, and by the k smallest of d uniform keys
@@ -109,6 +110,10 @@ class StructuredCov:
         return out
 
 
+#: Compressors by class name: ``compressor = {type = ...}`` in configs.
+COMPRESSORS: Registry = Registry("compressor")
+
+
 class Compressor(ABC):
     """Base class: C maps each worker's vector v to a compressed one.
 
@@ -171,6 +176,7 @@ class _KeepK(Compressor):
             raise ValueError(f"Invalid k: {self.k!r} (must satisfy 1 <= k <= d, and d = {dim})")
 
 
+@COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class Identity(Compressor):
     """No compression: ``C(v) = v``.
@@ -191,6 +197,7 @@ class Identity(Compressor):
         return _zero_cov(v)
 
 
+@COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class RandK(_KeepK):
     """Random sparsification: keep k uniformly chosen coordinates, scaled by d/k.
@@ -282,6 +289,7 @@ class RandK(_KeepK):
         return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
 
 
+@COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class Natural(Compressor):
     """Natural compression: stochastic rounding to a neighbouring signed power of two.
@@ -333,6 +341,7 @@ class Natural(Compressor):
         return StructuredCov.diagonal(low.square() * p * (1.0 - p))  # (..., d)
 
 
+@COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class QSGD(Compressor):
     """QSGD random dithering with s levels.
@@ -382,6 +391,7 @@ class QSGD(Compressor):
         return StructuredCov.diagonal(unit.square() * frac * (1.0 - frac))  # (..., d)
 
 
+@COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class TopK(_KeepK):
     """Greedy sparsification (biased): keep the k entries of largest |v_j|, unscaled.

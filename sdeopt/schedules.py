@@ -10,7 +10,7 @@ A schedule is a frozen, keyword-only dataclass and a pure function of k:
   a float64 tensor of the same shape and device;
 - ``schedule.factors(n_steps)`` returns the float64 tensor (eta_0, ..., eta_{n_steps-1});
 - ``schedule.config()`` is a JSON-able dict, and ``from_config(schedule.config())`` rebuilds
-  an equal schedule. ``REGISTRY`` maps the ``"type"`` names to the classes.
+  an equal schedule. ``SCHEDULES`` maps the ``"type"`` names to the classes.
 
 Example:
     >>> s = PolyDecay(power=0.5)
@@ -35,6 +35,10 @@ import torch
 
 from sdeopt._jsonable import REPRODUCIBLE, is_reproducible, jsonable, qualified_name
 from sdeopt._validation import check_in_range, check_int, check_nonnegative, check_positive
+from sdeopt.registry import Registry
+
+#: Schedules by class name (short names such as "poly" build too): ``schedule = {type = ...}``.
+SCHEDULES: Registry = Registry("schedule")
 
 
 class Schedule(ABC):
@@ -44,7 +48,7 @@ class Schedule(ABC):
     built on it, so the scalar and the vectorised paths compute the same formula.
     """
 
-    #: the key of this class in ``REGISTRY`` and the ``"type"`` of its config.
+    #: the short name this class also builds from (``type = "poly"``).
     name: ClassVar[str]
 
     @abstractmethod
@@ -72,14 +76,13 @@ class Schedule(ABC):
     def config(self) -> dict:
         """A JSON-able description: ``{"type": name, <hyperparameters>}``.
 
-        A schedule ``from_config`` cannot rebuild (a user subclass outside ``REGISTRY``) is
+        A schedule ``from_config`` cannot rebuild (a user subclass outside ``SCHEDULES``) is
         recorded by its qualified class name and marked ``"reproducible": False``, as is any
         callable among its hyperparameters (recorded by name).
         """
         cls = type(self)
-        name = getattr(cls, "name", None)
-        registered = isinstance(name, str) and REGISTRY.get(name) is cls
-        out = {"type": name if registered else qualified_name(cls)}
+        registered = SCHEDULES.get(cls.__name__) is cls
+        out = {"type": cls.__name__ if registered else qualified_name(cls)}
         if dataclasses.is_dataclass(self):
             out.update({f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)})
         if not registered or not is_reproducible(out):
@@ -87,6 +90,7 @@ class Schedule(ABC):
         return out
 
 
+@SCHEDULES.register(aliases=("constant",))
 @dataclass(frozen=True, kw_only=True)
 class Constant(Schedule):
     """The constant schedule ``eta_k = 1``."""
@@ -97,6 +101,7 @@ class Constant(Schedule):
         return torch.ones(k.shape, dtype=torch.float64, device=k.device)
 
 
+@SCHEDULES.register(aliases=("poly",))
 @dataclass(frozen=True, kw_only=True)
 class PolyDecay(Schedule):
     """Polynomial decay ``eta_k = (offset / (k + offset))^power``.
@@ -122,6 +127,7 @@ class PolyDecay(Schedule):
         return (self.offset / (k.to(torch.float64) + self.offset)).pow(self.power)
 
 
+@SCHEDULES.register(aliases=("cosine",))
 @dataclass(frozen=True, kw_only=True)
 class Cosine(Schedule):
     """Cosine annealing from 1 to ``min_factor`` over ``n_steps`` iterations.
@@ -151,6 +157,7 @@ class Cosine(Schedule):
         return torch.where(k >= self.n_steps, torch.full_like(eta, self.min_factor), eta)
 
 
+@SCHEDULES.register(aliases=("step",))
 @dataclass(frozen=True, kw_only=True)
 class StepDecay(Schedule):
     """Piecewise-constant decay ``eta_k = factor^floor(k / every)``.
@@ -175,52 +182,18 @@ class StepDecay(Schedule):
         return torch.full_like(exponent, self.factor).pow(exponent)
 
 
-#: name -> schedule class; the names are the ``"type"`` entries of ``config()``.
-REGISTRY: dict[str, type[Schedule]] = {
-    cls.name: cls for cls in (Constant, PolyDecay, Cosine, StepDecay)
-}
+#: The deprecated name of ``SCHEDULES`` (it was keyed by the short names, which still build).
+REGISTRY = SCHEDULES
 
 
 def from_config(config: Mapping) -> Schedule:
     """Rebuild a schedule from ``config()`` output (or a TOML table of the same form).
 
     Args:
-        config: a mapping with ``"type"`` (a key of ``REGISTRY``) and the hyperparameters.
+        config: a mapping with ``"type"`` (a class name of ``SCHEDULES``, or its short name:
+            "constant", "poly", "cosine", "step") and the hyperparameters.
     Raises:
         ValueError: unknown type or hyperparameter, missing type, or an invalid value (the
             message names the key and the value).
     """
-    if not isinstance(config, Mapping):
-        raise ValueError(
-            f"Invalid schedule config: {config!r} (must be a mapping with a 'type' key)"
-        )
-    if "type" not in config:
-        raise ValueError(
-            f"Invalid schedule config: {dict(config)!r} (missing key 'type'; "
-            f"one of {sorted(REGISTRY)})"
-        )
-    name = config["type"]
-    if not isinstance(name, str) or name not in REGISTRY:
-        raise ValueError(
-            f"Invalid type: {name!r} (unknown schedule; use one of {sorted(REGISTRY)})"
-        )
-    cls = REGISTRY[name]
-    params = {key: value for key, value in config.items() if key != "type"}
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    for key in params:
-        if key not in allowed:
-            raise ValueError(
-                f"Invalid {key}: {params[key]!r} (not a parameter of schedule "
-                f"{name!r}; expected {sorted(allowed)})"
-            )
-    try:
-        return cls(**params)
-    except TypeError as exc:  # a required hyperparameter is missing
-        missing = sorted(
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in params and f.default is dataclasses.MISSING
-        )
-        raise ValueError(
-            f"Invalid schedule config for {name!r}: missing {missing} ({exc})"
-        ) from None
+    return SCHEDULES.build(config, where="schedule")

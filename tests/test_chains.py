@@ -52,18 +52,20 @@ def _autocovariances(kernel, rho, n_lags=200):
     return np.array([pi @ (hc * (np.linalg.matrix_power(p, j) @ hc)) for j in range(n_lags + 1)])
 
 
-@pytest.mark.parametrize(
-    "chain,rho,kernel",
-    [
-        (so.noise.TwoStateMarkov(p=0.2), 0.6, ([[0.8, 0.2], [0.2, 0.8]], [-1.0, 1.0])),
-        (so.noise.GaussianAR1(rho=-0.5), -0.5, None),
-        (
-            so.noise.FiniteMarkov(TWO_STATE_AS_MATRIX, values=[-1.0, 1.0]),
-            0.6,
-            (TWO_STATE_AS_MATRIX, [-1.0, 1.0]),
-        ),
-    ],
-)
+#: One case per Markov chain law (chain, lag-1 autocorrelation, (kernel, values) or None); every
+#: law of sdeopt.noise.NOISES that is a MarkovNoise must appear (tests/test_registry.py).
+CHAINS = [
+    (so.noise.TwoStateMarkov(p=0.2), 0.6, ([[0.8, 0.2], [0.2, 0.8]], [-1.0, 1.0])),
+    (so.noise.GaussianAR1(rho=-0.5), -0.5, None),
+    (
+        so.noise.FiniteMarkov(TWO_STATE_AS_MATRIX, values=[-1.0, 1.0]),
+        0.6,
+        (TWO_STATE_AS_MATRIX, [-1.0, 1.0]),
+    ),
+]
+
+
+@pytest.mark.parametrize("chain,rho,kernel", CHAINS)
 def test_markov_chains_have_their_stationary_law_and_autocorrelation(chain, rho, kernel):
     h = _chain_path(chain)
     n = h.shape[1]
@@ -106,16 +108,17 @@ def test_finite_chain_asymptotic_variance_by_simulation():
     assert sums.var().item() == pytest.approx(chain.asymptotic_variance, rel=0.06)
 
 
-@pytest.mark.parametrize(
-    "law,skew",
-    [
-        (so.noise.StandardNormal(), 0.0),
-        (so.noise.Rademacher(), 0.0),
-        (so.noise.CenteredExponential(), 2.0),
-        (so.noise.ScaledUniform(), 0.0),
-        (so.noise.StandardizedStudentT(nu=5.0), 0.0),
-    ],
-)
+#: One case per unit law (law, skewness); every class of sdeopt.noise.UNIT_LAWS must appear.
+UNIT_LAW_CASES = [
+    (so.noise.StandardNormal(), 0.0),
+    (so.noise.Rademacher(), 0.0),
+    (so.noise.CenteredExponential(), 2.0),
+    (so.noise.ScaledUniform(), 0.0),
+    (so.noise.StandardizedStudentT(nu=5.0), 0.0),
+]
+
+
+@pytest.mark.parametrize("law,skew", UNIT_LAW_CASES)
 def test_unit_laws_are_centred_with_identity_covariance(law, skew):
     n = 400_000
     e = law.sample(RandomSource(1, n), 2)
@@ -288,11 +291,13 @@ def test_ito_chain_sde_is_its_euler_scheme(schedule):
 
 
 def test_coupling_an_ito_chain_is_refused():
+    """Its noise enters as x + ... + σ ε, the opposite sign to the x - lr(ū + S^½ξ) form that
+    coupling assumes: the chain does not declare itself couplable, so its draws are not kept."""
     chain = ItoChain.sgld(lr=0.1)
     prob = so.problems.Quadratic(diag=[1.0])
-    traj = simulate(chain, prob, [0.5], n_steps=5, n_runs=4, keep_increments=True)
-    with pytest.raises(ValueError, match="coupled"):
-        solve(sde_of(chain, prob), [0.5], n_steps=5, n_runs=4, coupled=traj)
+    assert not chain.couplable
+    with pytest.raises(ValueError, match=r"keep_increments.*not couplable"):
+        simulate(chain, prob, [0.5], n_steps=5, n_runs=4, keep_increments=True)
 
 
 def test_sgld_stationary_law_has_its_o_lr_bias():

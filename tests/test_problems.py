@@ -16,6 +16,7 @@ from sdeopt.problems import (
     FunctionProblem,
     LogisticRegression,
     Quadratic,
+    QuadraticQuartic,
     Quartic,
 )
 from tests.conftest import rng_for
@@ -48,6 +49,7 @@ PROBLEMS = {
     "quartic": (lambda: Quartic(3), 1.0),
     "coshsum": (lambda: CoshSum(3), 1.0),
     "expsum": (lambda: ExpSum(3), 1.0),
+    "quadratic_quartic": (lambda: QuadraticQuartic(3), 1.0),
     "logreg_homogeneous": (lambda: LogisticRegression(), 0.3),
     "logreg_label": (lambda: LogisticRegression(3, split="label"), 0.3),
     "function": (lambda: FunctionProblem(_rosenbrock, 3, minimizer=[1.0, 1.0, 1.0]), 1.0),

@@ -8,11 +8,12 @@ import torch
 
 from sdeopt._validation import check_nonnegative, check_positive
 from sdeopt.compressors import Compressor, Identity
-from sdeopt.discrete.base import DirectionMethod
+from sdeopt.discrete.base import METHODS, DirectionMethod
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
 
 
+@METHODS.register
 @dataclass(frozen=True, kw_only=True)
 class DCSGD(DirectionMethod):
     r"""Distributed compressed SGD: every worker sends a compressed stochastic gradient.
@@ -75,6 +76,18 @@ class DCSGD(DirectionMethod):
             object.__setattr__(self, "normalize", (a, b))
         if self.clip is not None:
             check_positive("clip", self.clip)
+
+    @property
+    def couplable(self) -> bool:
+        """One standard normal (B, d) draw per step, entering linearly: the uncompressed,
+        unclipped average of workers whose noise law draws its mean as one scaled normal."""
+        return (
+            self.shortcuts
+            and isinstance(self.compressor, Identity)
+            and self.clip is None
+            and self.normalize is None
+            and self.noise.couplable
+        )
 
     def check_problem(self, problem: Problem) -> None:
         super().check_problem(problem)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sdeopt.compressors import Compressor, Identity
+from sdeopt.discrete.base import METHODS
 from sdeopt.discrete.dcsgd import DCSGD
 
 
+@METHODS.register
 @dataclass(frozen=True, kw_only=True)
 class DSGD(DCSGD):
     r"""Distributed SGD: the average of N workers' stochastic gradients.

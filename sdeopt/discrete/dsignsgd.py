@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from sdeopt import _fuse
-from sdeopt.discrete.base import DirectionMethod
+from sdeopt.discrete.base import METHODS, DirectionMethod
 from sdeopt.noise import SymmetricCDFNoise
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
 
 
+@METHODS.register
 @dataclass(frozen=True, kw_only=True)
 class DSignSGD(DirectionMethod):
     r"""Distributed SignSGD with averaged (not majority-vote) signs.

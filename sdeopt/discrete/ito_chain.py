@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sdeopt._validation import check_in_range, check_nonnegative, check_positive
-from sdeopt.discrete.base import Method, State
+from sdeopt.discrete.base import METHODS, Method, State
 from sdeopt.noise import StandardNormal, UnitLaw
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
@@ -21,6 +21,7 @@ SQRT2 = math.sqrt(2.0)
 Field = Callable[[torch.Tensor], torch.Tensor]
 
 
+@METHODS.register
 @dataclass(frozen=True, kw_only=True)
 class ItoChain(Method):
     r"""An Itô chain (Ustimenko & Beznosikov, ICLR 2024, eq. (1)).

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 
 from sdeopt._validation import check_int
-from sdeopt.discrete.base import Method, State
+from sdeopt.discrete.base import METHODS, Method, State
 from sdeopt.noise import MarkovNoise
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
+from sdeopt.registry import Registry
 
 
 @dataclass
@@ -28,97 +30,85 @@ class MarkovState(State):
     oracle_calls: torch.Tensor = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class MarkovSGD(Method):
-    r"""SGD whose gradient noise is a Markov chain (Beznosikov et al., NeurIPS 2023).
+#: Estimator class name -> class (a config's ``estimator = {type = "MLMC", ...}``).
+MARKOV_ESTIMATORS: Registry = Registry("MarkovSGD estimator")
 
-    Oracle: g(x, Z) = ∇f(x) + s h(Z), with (Z_k) the chain of ``noise``. Update:
 
-        x_{k+1} = x_k - eta eta_k ĝ_k,
+class MarkovEstimator(ABC):
+    """How MarkovSGD turns its running chain into the noise of one gradient estimate per step.
 
-    where ĝ_k is one oracle call at the chain's current state (``estimator="single"``), or the
-    MLMC randomized batch estimator (``estimator="mlmc"``, their Algorithm 1): draw
-    J ~ Geom(1/2) (P(J = j) = 2^-j, j >= 1), let g^j be the average of the oracle over the next
-    2^j B consecutive chain samples (B = ``batch``), and
-
-        ĝ = g^0 + 2^J (g^J - g^{J-1})  if 2^J <= M,   else ĝ = g^0,
-
-    so E ĝ = E g^m with m = floor(log2 M) and the expected number of samples per step is
-    B (m + 2^-m). The chain is never restarted; ``oracle_calls`` is recorded per run.
-
-    SDE model (``sdeopt.dynamics``, single-sample estimator): dX = -eta_t ∇f dt +
-    eta_t sqrt(eta) Σ_eff^{1/2} dW with Σ_eff = s² σ_eff² I, σ_eff² the chain's asymptotic
-    variance (for autocorrelation rho: (1 + rho)/(1 - rho)); valid when eta τ λ_max << 1.
-
-    Shapes: x, z (B, d); oracle_calls (B,).
-
-    Args:
-        noise: a ``MarkovNoise`` (TwoStateMarkov, GaussianAR1, FiniteMarkov).
-        estimator: "single" or "mlmc".
-        batch: B >= 1, the MLMC base batch. max_batch: M >= batch... the MLMC truncation level
-            (2^J <= M) >= 1.
+    Estimators are frozen, keyword-only dataclasses; ``MARKOV_ESTIMATORS`` registers them by
+    class name (a config's ``estimator = {type = "MLMC", batch = 4}``).
     """
 
-    noise: MarkovNoise
-    estimator: str = "single"
+    #: The estimator's short name (``estimator = "mlmc"``).
+    name: ClassVar[str]
+
+    @abstractmethod
+    def sample(self, chain: MarkovNoise, z: torch.Tensor, rng: RandomSource, dtype):
+        """The estimate's noise ĝ - ∇f in units of the oracle scale s (B, d), the advanced chain
+        (B, d) and the oracle calls it used ((B,) or a number)."""
+
+    @abstractmethod
+    def expected_calls(self) -> float:
+        """Expected oracle calls per step."""
+
+    def config(self) -> dict:
+        out = {"type": type(self).__name__}
+        out.update({f.name: getattr(self, f.name) for f in fields(self)})
+        return out
+
+
+@MARKOV_ESTIMATORS.register
+@dataclass(frozen=True, kw_only=True)
+class SingleSample(MarkovEstimator):
+    """One oracle call at the chain's current state, then one chain transition: ĝ = g(x, Z_k)."""
+
+    name: ClassVar[str] = "single"
+
+    def sample(self, chain: MarkovNoise, z: torch.Tensor, rng: RandomSource, dtype):
+        return chain.value(z).to(dtype), chain.advance(z, rng), 1.0
+
+    def expected_calls(self) -> float:
+        return 1.0
+
+
+@MARKOV_ESTIMATORS.register
+@dataclass(frozen=True, kw_only=True)
+class MLMC(MarkovEstimator):
+    r"""The MLMC randomized batch estimator (Beznosikov et al., NeurIPS 2023, Algorithm 1).
+
+    Draw J ~ Geom(1/2) (P(J = j) = 2^{-j}, j >= 1), let g^j be the average of the oracle over the
+    next 2^j B consecutive chain samples, and
+
+    .. math:: \hat g = g^0 + 2^J (g^J - g^{J-1}) \text{ if } 2^J \le M, \qquad
+              \hat g = g^0 \text{ otherwise},
+
+    so E ĝ = E g^m with m = floor(log2 M), at B (m + 2^{-m}) expected samples per step.
+
+    Args:
+        batch: B >= 1, the base batch.
+        max_batch: M >= 1, the truncation level (2^J <= M).
+    """
+
     batch: int = 1
     max_batch: int = 64
-
-    extra_observables: ClassVar[tuple[str, ...]] = ("oracle_calls",)
-    ESTIMATORS: ClassVar[tuple[str, ...]] = ("single", "mlmc")
+    name: ClassVar[str] = "mlmc"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.noise, MarkovNoise):
-            raise ValueError(
-                f"Invalid noise: {self.noise!r} (must be an sdeopt.noise Markov chain: "
-                "TwoStateMarkov, GaussianAR1 or FiniteMarkov)"
-            )
-        if self.estimator not in self.ESTIMATORS:
-            raise ValueError(
-                f"Invalid estimator: {self.estimator!r} (choose from {', '.join(self.ESTIMATORS)})"
-            )
-        check_int("batch", self.batch, minimum=1)
-        check_int("max_batch", self.max_batch, minimum=1)
+        object.__setattr__(self, "batch", check_int("batch", self.batch, minimum=1))
+        object.__setattr__(self, "max_batch", check_int("max_batch", self.max_batch, minimum=1))
 
     @property
-    def mlmc_level(self) -> int:
+    def level(self) -> int:
         """m = floor(log2 M)."""
         return math.floor(math.log2(self.max_batch))
 
     def expected_calls(self) -> float:
-        """Expected oracle calls per step: 1, or B (m + 2^-m) for MLMC."""
-        if self.estimator == "single":
-            return 1.0
-        m = self.mlmc_level
+        m = self.level
         return self.batch * (m + 2.0**-m)
 
-    def init_state(self, x0: torch.Tensor, rng: RandomSource, runs: slice) -> MarkovState:
-        return MarkovState(
-            x=x0,
-            z=self.noise.init(rng, x0.shape[-1]),
-            oracle_calls=torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device),
-        )
-
-    def step(
-        self, problem: Problem, state: MarkovState, k: int, lr_k: float, rng: RandomSource
-    ) -> MarkovState:
-        x = state.x
-        if self.estimator == "single":
-            noise_mean, z, calls = (
-                self.noise.value(state.z).to(x.dtype),
-                self.noise.advance(state.z, rng),
-                1.0,
-            )
-        else:
-            noise_mean, z, calls = self._mlmc_noise(state.z, rng, x.dtype)
-        # x - lr_k (∇f + s h̄), with the scalars in the fused adds' alpha.
-        new = torch.add(x, problem.grad(x), alpha=-lr_k).add_(
-            noise_mean, alpha=-lr_k * self.noise.scale
-        )
-        return MarkovState(x=new, z=z, oracle_calls=state.oracle_calls + calls)
-
-    def _mlmc_noise(self, z: torch.Tensor, rng: RandomSource, dtype):
+    def sample(self, chain: MarkovNoise, z: torch.Tensor, rng: RandomSource, dtype):
         """The MLMC combination of chain averages: ĝ - ∇f, the advanced chain, calls (B,).
 
         The oracle is affine in h(Z), so averaging oracle calls at a fixed x is averaging h over
@@ -127,7 +117,7 @@ class MarkovSGD(Method):
         a data-dependent length would make a run's random stream depend on the other runs of
         its chunk (and cost a host sync per step). Oracle calls are counted exactly.
         """
-        b, m = self.batch, self.mlmc_level
+        b, m = self.batch, self.level
         # J ~ Geom(1/2) on {1, 2, ...}: J = 1 + floor(E / log 2), E ~ Exp(1).
         j = 1 + torch.floor(rng.exponential() / math.log(2.0)).to(torch.int64)  # (B,)
         used = torch.where(j <= m, j, torch.zeros_like(j))  # level actually combined, 0 = g^0 only
@@ -144,9 +134,9 @@ class MarkovSGD(Method):
         for t in range(longest):
             active = (t < n_samples).unsqueeze(-1)  # (B, 1)
             on = active.to(dtype)
-            total.addcmul_(on, self.noise.value(z).to(dtype))
+            total.addcmul_(on, chain.value(z).to(dtype))
             on_z = active.to(z.dtype)
-            z = self.noise.advance(z, rng).mul_(on_z).add_(z * (1 - on_z))
+            z = chain.advance(z, rng).mul_(on_z).add_(z * (1 - on_z))
             if t + 1 == b:
                 sum_0 = total.clone()
             sum_prev.addcmul_(
@@ -158,3 +148,107 @@ class MarkovSGD(Method):
         correction = weight * (total / len_j - sum_prev / prev_len.clamp(min=1).to(dtype))
         noise = g0 + torch.where(used.unsqueeze(-1) > 0, correction, 0.0)
         return noise, z, n_samples.to(dtype)
+
+
+@METHODS.register
+@dataclass(frozen=True, kw_only=True)
+class MarkovSGD(Method):
+    r"""SGD whose gradient noise is a Markov chain (Beznosikov et al., NeurIPS 2023).
+
+    Oracle: $g(x, Z) = \nabla f(x) + s\,h(Z)$, with $(Z_k)$ the chain of ``noise``. Update:
+
+    .. math:: x_{k+1} = x_k - \eta\,\eta_k\,\hat g_k,
+
+    where $\hat g_k$ is one oracle call at the chain's current state (``SingleSample``, the
+    default) or the MLMC randomized batch estimator (``MLMC``; docs/methods.md). The chain is
+    never restarted; ``oracle_calls`` is recorded per run.
+
+    SDE model (``sdeopt.dynamics``, single-sample estimator):
+    $dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\,\Sigma_{\rm eff}^{1/2} dW$ with
+    $\Sigma_{\rm eff} = s^2 \sigma_{\rm eff}^2 I$, $\sigma_{\rm eff}^2$ the chain's asymptotic
+    variance (for autocorrelation $\rho$: $(1 + \rho)/(1 - \rho)$); valid when
+    $\eta \tau \lambda_{\max} \ll 1$ (docs/models.md).
+
+    Shapes: x, z (B, d); oracle_calls (B,).
+
+    Args:
+        noise: a ``MarkovNoise`` (TwoStateMarkov, GaussianAR1, FiniteMarkov).
+        estimator: a ``MarkovEstimator`` (``SingleSample()``, ``MLMC(batch=..., max_batch=...)``)
+            or its name, "single" or "mlmc".
+        batch, max_batch: with ``estimator="mlmc"`` given by name, the MLMC parameters (B >= 1,
+            default 1; M >= 1, default 64); refused with any other estimator.
+    """
+
+    noise: MarkovNoise
+    estimator: MarkovEstimator | str = "single"
+    batch: int | None = None
+    max_batch: int | None = None
+
+    extra_observables: ClassVar[tuple[str, ...]] = ("oracle_calls",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.noise, MarkovNoise):
+            raise ValueError(
+                f"Invalid noise: {self.noise!r} (must be an sdeopt.noise Markov chain: "
+                "TwoStateMarkov, GaussianAR1 or FiniteMarkov)"
+            )
+        if isinstance(self.estimator, str) and self.estimator in _BY_NAME:
+            kwargs = {
+                k: v
+                for k, v in (("batch", self.batch), ("max_batch", self.max_batch))
+                if v is not None
+            }
+            if kwargs and self.estimator != MLMC.name:
+                key = next(iter(kwargs))
+                raise ValueError(
+                    f"Invalid {key}: {kwargs[key]!r} (a parameter of the MLMC estimator; "
+                    f"estimator is {self.estimator!r})"
+                )
+            object.__setattr__(self, "estimator", _BY_NAME[self.estimator](**kwargs))
+        elif not isinstance(self.estimator, MarkovEstimator):
+            raise ValueError(
+                f"Invalid estimator: {self.estimator!r} (a MarkovEstimator or one of "
+                f"{', '.join(map(repr, _BY_NAME))})"
+            )
+        elif self.batch is not None or self.max_batch is not None:
+            raise ValueError(
+                f"Invalid batch: {self.batch!r} (give batch and max_batch to the estimator "
+                f"object, {self.estimator!r})"
+            )
+        # One home for the estimator's parameters: the object (configs record it there).
+        object.__setattr__(self, "batch", None)
+        object.__setattr__(self, "max_batch", None)
+
+    @property
+    def mlmc_level(self) -> int:
+        """m = floor(log2 M) of the MLMC estimator."""
+        if not isinstance(self.estimator, MLMC):
+            raise ValueError(f"Invalid estimator: {self.estimator!r} (has no MLMC level)")
+        return self.estimator.level
+
+    def expected_calls(self) -> float:
+        """Expected oracle calls per step: 1, or B (m + 2^-m) for MLMC."""
+        return self.estimator.expected_calls()
+
+    def init_state(self, x0: torch.Tensor, problem: Problem, rng: RandomSource) -> MarkovState:
+        return MarkovState(
+            x=x0,
+            z=self.noise.init(rng, x0.shape[-1]),
+            oracle_calls=torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device),
+        )
+
+    def step(
+        self, problem: Problem, state: MarkovState, k: int, lr_k: float, rng: RandomSource
+    ) -> MarkovState:
+        x = state.x
+        noise_mean, z, calls = self.estimator.sample(self.noise, state.z, rng, x.dtype)
+        # x - lr_k (∇f + s h̄), with the scalars in the fused adds' alpha.
+        new = torch.add(x, problem.grad(x), alpha=-lr_k).add_(
+            noise_mean, alpha=-lr_k * self.noise.scale
+        )
+        return MarkovState(x=new, z=z, oracle_calls=state.oracle_calls + calls)
+
+
+#: Short name -> class (``estimator = "mlmc"``).
+_BY_NAME = {cls.name: cls for cls in MARKOV_ESTIMATORS.values()}

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sdeopt.discrete.markov_sgd import MarkovSGD
+from sdeopt.discrete.markov_sgd import MarkovSGD, SingleSample
 from sdeopt.dynamics.recipe import Moments, zero_derivative
 from sdeopt.dynamics.sde import Diagonal
 from sdeopt.problems import Problem
@@ -20,7 +20,7 @@ def moments(method: MarkovSGD, problem: Problem) -> Moments:
     dX = -eta_t ∇f dt + eta_t sqrt(eta) Σ_eff^{1/2} dW, valid when eta τ λ_max(∇²f) << 1
     (docs/models.md). The i.i.d. model (S = s² Var_π h) misses the factor (1 + rho)/(1 - rho).
     """
-    if method.estimator != "single":
+    if not isinstance(method.estimator, SingleSample):
         raise ValueError(
             f"Invalid estimator: {method.estimator!r} (an SDE model exists here for the "
             "single-sample estimator only)"

@@ -143,6 +143,22 @@ class SDE:
         rebuild: problem -> the same SDE on another copy of the problem (``solve`` uses it to
             run on the problem moved to the simulation's device and dtype once, instead of
             converting its tensors in every drift call); None for SDEs built by hand.
+        observed_dim: d, the dimension of the problem's x when the state X is larger (a method
+            with memory: X = (x, m)); default ``dim``.
+        lift_fn: x0 (B, d) -> X0 (B, dim), the initial state of runs started at x0; needed
+            when observed_dim < dim.
+        observe_fn: X (B, dim) -> x (B, d), what is recorded and compared with the discrete
+            method; needed when observed_dim < dim.
+
+    Example (a state larger than x: underdamped Langevin dynamics, X = (x, v)):
+        >>> import torch
+        >>> d, gamma = 2, 1.0
+        >>> langevin = SDE(dim=2 * d, observed_dim=d, noise_type="general", brownian_dim=d,
+        ...     drift_fn=lambda y, eta: torch.cat([y[:, d:], -y[:, :d] - gamma * y[:, d:]], -1),
+        ...     diffusion_fn=lambda y, eta: Dense(torch.cat([torch.zeros(d, d), torch.eye(d)]
+        ...                                            ).expand(y.shape[0], 2 * d, d)),
+        ...     lift_fn=lambda x: torch.cat([x, torch.zeros_like(x)], -1),
+        ...     observe_fn=lambda y: y[:, :d])
     """
 
     dim: int
@@ -157,10 +173,31 @@ class SDE:
     config: dict = field(default_factory=dict)
     diffusion_derivative_fn: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     rebuild: Callable[[Problem], SDE] | None = None
+    observed_dim: int | None = None
+    lift_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    observe_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     sde_type = "ito"
 
     def __post_init__(self) -> None:
         check_int("dim", self.dim, minimum=1)
+        if self.observed_dim is None:
+            self.observed_dim = self.dim
+        check_int("observed_dim", self.observed_dim, minimum=1)
+        if self.observed_dim > self.dim:
+            raise ValueError(
+                f"Invalid observed_dim: {self.observed_dim!r} (the observed x is part of the "
+                f"state: at most dim = {self.dim})"
+            )
+        if self.observed_dim < self.dim and (self.lift_fn is None or self.observe_fn is None):
+            raise ValueError(
+                f"Invalid observed_dim: {self.observed_dim!r} (a state larger than x, dim = "
+                f"{self.dim}, needs lift_fn and observe_fn)"
+            )
+        if self.problem is not None and self.problem.dim != self.observed_dim:
+            raise ValueError(
+                f"Invalid problem: its dimension {self.problem.dim} is not the observed "
+                f"dimension {self.observed_dim} of this SDE"
+            )
         check_int("brownian_dim", self.brownian_dim, minimum=1)
         check_positive("lr", self.lr)
         if self.noise_type not in ("diagonal", "general"):
@@ -177,6 +214,14 @@ class SDE:
         """The schedule factor at SDE time t (float64 bookkeeping, tolerant to rounding of k*lr)."""
         k = math.floor(t / self.lr + 1e-9)
         return float(self.schedule(max(k, 0)))
+
+    def lift(self, x0: torch.Tensor) -> torch.Tensor:
+        """The initial state X0 (B, dim) of runs started at x0 (B, observed_dim)."""
+        return x0 if self.lift_fn is None else self.lift_fn(x0)
+
+    def observe(self, state: torch.Tensor) -> torch.Tensor:
+        """The problem's x (B, observed_dim) in the state X (B, dim)."""
+        return state if self.observe_fn is None else self.observe_fn(state)
 
     def drift_at(self, x: torch.Tensor, eta: float) -> torch.Tensor:
         return self.drift_fn(x, eta)

@@ -3,8 +3,8 @@
 Every optimizer step k -> k+1 (SDE time lr) is split into ``substeps`` steps of size
 h = lr / substeps; outputs sit at the exact integer steps t_k = k * lr (time is kept as the
 integer k plus a substep index, never accumulated in floating point). The batched loop,
-chunking, seeding, recording and divergence handling are the discrete engine's
-(``sdeopt.discrete.base.run_engine``): one engine for both layers.
+chunking, seeding, recording, divergence handling and streaming are ``sdeopt.engine.run``'s, for
+the native schemes and the torchsde backend alike: one loop for every model.
 
 Brownian sources (randomness kept apart from the solver):
 - independent: dW = sqrt(h) z, z ~ N(0, I_m) from the run's RandomSource;
@@ -20,16 +20,15 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 
-import numpy as np
 import torch
 from torchsde._brownian.brownian_base import BaseBrownian
 
 from sdeopt._validation import check_device, check_dtype, check_int
-from sdeopt.discrete.base import State, run_engine
-from sdeopt.discrete.result import Trajectory
 from sdeopt.dynamics.sde import SDE
+from sdeopt.engine import State, Stepper, run
 from sdeopt.problems import Problem
-from sdeopt.random import DEFAULT_BLOCK_SIZE, RandomSource
+from sdeopt.random import DEFAULT_BLOCK_SIZE
+from sdeopt.trajectory import Trajectory
 
 
 class Scheme(ABC):
@@ -111,24 +110,38 @@ SCHEMES = {"euler": EulerMaruyama(), "milstein": Milstein()}
 BACKENDS = ("native", "torchsde")
 
 
-class _SDEStepper:
-    """Adapts an SDE + scheme + Brownian source to the engine's stepper protocol."""
+class _SDEStepper(Stepper):
+    """An SDE, a native scheme and a Brownian source, as a stepper of the one run loop.
 
-    n_workers = 1
-    extra_observables = ()
+    The state is the SDE's X (B, D) (D = ``sde.dim`` >= d); ``observe`` gives the problem's x.
+    """
 
     def __init__(
-        self, sde: SDE, scheme: Scheme, substeps: int, increments: torch.Tensor | None
+        self,
+        sde: SDE,
+        scheme: Scheme,
+        substeps: int,
+        increments: torch.Tensor | None,
+        first_run: int,
     ) -> None:
         self.sde, self.scheme, self.substeps = sde, scheme, substeps
         self.lr, self.schedule = sde.lr, sde.schedule
         self.increments = increments  # (K, B_all, d) on the CPU, or None
+        self.first_run = first_run  # of the study: rng.first_run - first_run indexes increments
 
-    def init_state(self, x, rng, runs):
-        state = State(x=x)
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.sde.model!r})"
+
+    def init_state(self, x0, problem, rng):
+        state = State(x=self.sde.lift(x0))
         if self.increments is not None:
-            state.xi = self.increments[:, runs].to(device=x.device, dtype=x.dtype)  # (K, B, d)
+            start = rng.first_run - self.first_run
+            chunk = self.increments[:, start : start + rng.n_runs]
+            state.xi = chunk.to(device=x0.device, dtype=x0.dtype)  # (K, B, d)
         return state
+
+    def observe(self, state):
+        return self.sde.observe(state.x)
 
     def step(self, problem, state, k, lr_k, rng):
         eta = lr_k / self.lr
@@ -156,6 +169,65 @@ class _SDEStepper:
         z = rng.normal(n, m) * math.sqrt(h)  # (B, n, m)
         sub = total.unsqueeze(1) / n + (z - z.mean(dim=1, keepdim=True))
         return sub.unbind(dim=1)
+
+
+class _TorchsdeStepper(Stepper):
+    """torchsde.sdeint as a stepper of the one run loop: recording, divergence (judged at every
+    step, as for the native schemes), chunking and streaming are the loop's.
+
+    The Brownian increments of a chunk are drawn at its start, as one (B, n_steps * substeps, m)
+    normal draw times sqrt(h), and fed to torchsde through a ``GridBrownian``. To keep torchsde's
+    per-call overhead (~0.3 ms) off every step, one ``sdeint`` call integrates a window of
+    steps with an output at each, and the steps of the window are then handed out one by one.
+    """
+
+    #: Outputs (window steps x runs x D) of one sdeint call, at most.
+    WINDOW_VALUES = 2**22
+
+    def __init__(self, sde: SDE, substeps: int, ts_method: str, n_steps: int) -> None:
+        self.sde, self.substeps, self.ts_method, self.n_steps = sde, substeps, ts_method, n_steps
+        self.lr, self.schedule = sde.lr, sde.schedule
+        self.adapter = sde.torchsde()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.sde.model!r}, method={self.ts_method!r})"
+
+    def init_state(self, x0, problem, rng):
+        h = self.lr / self.substeps
+        state = State(x=self.sde.lift(x0))
+        dw = rng.normal(self.n_steps * self.substeps, self.sde.brownian_dim)  # (B, n, m)
+        state.dw = dw.transpose(0, 1) * math.sqrt(h)  # (n, B, m)
+        state.window = (0, None)  # first step of the cached outputs, outputs (W + 1, B, D)
+        return state
+
+    def observe(self, state):
+        return self.sde.observe(state.x)
+
+    def step(self, problem, state, k, lr_k, rng):
+        start, ys = state.window
+        if ys is None or not start <= k < start + ys.shape[0] - 1:
+            start, ys = k, self._integrate(state.x, k, state.dw)
+        new = State(x=ys[k + 1 - start])
+        new.dw, new.window = state.dw, (start, ys)
+        return new
+
+    def _integrate(self, x, k, dw):
+        """sdeint from x at step k over the next window of steps; outputs at each, (W + 1, B, D)."""
+        import torchsde
+
+        n, h = self.substeps, self.lr / self.substeps
+        width = max(1, min(self.n_steps - k, self.WINDOW_VALUES // max(1, x.numel())))
+        ts = torch.tensor([(k + j) * self.lr for j in range(width + 1)], dtype=torch.float64)
+        bm = GridBrownian(k * self.lr, h, dw[k * n : (k + width) * n])
+        return torchsde.sdeint(
+            self.adapter,
+            x,
+            ts.to(x.device),
+            bm=bm,
+            dt=h,
+            method=self.ts_method,
+            adaptive=False,
+        )
 
 
 def solve(
@@ -194,8 +266,10 @@ def solve(
         substeps: solver steps per optimizer step (h = lr / substeps).
         scheme: "euler" or "milstein" (native); for ``backend="torchsde"``, ``torchsde_method``
             (default "euler") names torchsde's solver.
-        backend: "native" (this module's batched loop) or "torchsde" (torchsde.sdeint on a
-            fixed-grid Brownian motion of pre-drawn increments, dt = h, float64 times).
+        backend: "native" (this module's schemes) or "torchsde" (torchsde.sdeint on a
+            fixed-grid Brownian motion of pre-drawn increments, dt = h, float64 times). Both run
+            in the same loop: the same recording, divergence freezing (judged every step) and
+            streaming.
         coupled: a discrete ``Trajectory`` made with ``keep_increments=True``: drive the SDE with
             its Gaussian draws, so that paths can be compared run by run (strong error).
         record_every, record, record_x, device, dtype, blowup_threshold, chunk_size,
@@ -231,7 +305,7 @@ def solve(
         )
         if moved is not sde.problem:
             sde = sde.rebuild(moved)
-    problem = sde.problem if sde.problem is not None else _NoProblem(sde.dim)
+    problem = sde.problem if sde.problem is not None else _NoProblem(sde.observed_dim)
     if sde.problem is None:
         record = ()
     increments = _coupling_increments(coupled, sde, n_steps, n_runs, first_run)
@@ -266,25 +340,12 @@ def solve(
                 "Invalid coupled: the torchsde backend draws its own Brownian motion; "
                 "use backend='native' for coupling"
             )
-        if out is not None:
-            raise ValueError(
-                "Invalid out: the torchsde backend keeps its results in memory; "
-                "use backend='native' to stream them"
-            )
-        return _solve_torchsde(
-            sde,
-            problem,
-            x0,
-            n_steps,
-            n_runs,
-            substeps,
-            torchsde_method or "euler",
-            config,
-            **common,
-        )
-    SCHEMES[scheme].check(sde)
-    stepper = _SDEStepper(sde, SCHEMES[scheme], substeps, increments)
-    return run_engine(
+        n_steps = check_int("n_steps", n_steps, minimum=0)
+        stepper = _TorchsdeStepper(sde, substeps, torchsde_method or "euler", n_steps)
+    else:
+        SCHEMES[scheme].check(sde)
+        stepper = _SDEStepper(sde, SCHEMES[scheme], substeps, increments, first_run)
+    return run(
         stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common
     )
 
@@ -301,11 +362,6 @@ def _coupling_increments(coupled, sde, n_steps, n_runs, first_run):
         raise ValueError(
             f"Invalid coupled: its increments have shape {tuple(inc.shape)}, need at "
             f"least ({n_steps}, {n_runs}, {sde.brownian_dim})"
-        )
-    if coupled.config.get("method", {}).get("type") == "ItoChain":
-        raise ValueError(
-            "Invalid coupled: an Itô chain's noise enters with the opposite sign to the "
-            "x - lr(ū + S^½ξ) form coupling assumes; coupling Itô chains is not supported yet"
         )
     if coupled.config.get("first_run", 0) != first_run:
         raise ValueError(
@@ -370,127 +426,3 @@ class GridBrownian(BaseBrownian):
     device = property(lambda self: self.increments.device)
     shape = property(lambda self: self.increments.shape[1:])
     levy_area_approximation = property(lambda self: "none")
-
-
-def _solve_torchsde(
-    sde,
-    problem,
-    x0,
-    n_steps,
-    n_runs,
-    substeps,
-    ts_method,
-    config,
-    *,
-    seed,
-    device,
-    dtype,
-    record_every,
-    record,
-    record_x,
-    blowup_threshold,
-    chunk_size,
-    max_memory,
-    block_size,
-    first_run,
-) -> Trajectory:
-    """torchsde.sdeint per chunk, recording at the same steps; divergence judged at records."""
-    import torchsde
-
-    from sdeopt.discrete.base import record_observables, validate_run
-
-    spec = validate_run(
-        1,
-        problem,
-        x0,
-        n_steps,
-        n_runs,
-        seed,
-        device,
-        dtype,
-        record_every,
-        record,
-        record_x,
-        blowup_threshold,
-        chunk_size,
-        max_memory,
-        block_size,
-        first_run,
-    )
-    dev, dtype, x0, steps, record = (spec[k] for k in ("device", "dtype", "x0", "steps", "record"))
-    problem = problem.to(dev, dtype)
-    h = sde.lr / substeps
-    ts = torch.tensor([s * sde.lr for s in steps], dtype=torch.float64)
-    chunk = spec["chunk_size"]
-    n_rec, d = len(steps), sde.dim
-    obs = {name: torch.empty((n_rec, n_runs), dtype=dtype) for name in record}
-    xs = torch.empty((n_rec, n_runs, d), dtype=dtype) if record_x else None
-    diverged = torch.zeros(n_runs, dtype=torch.bool)
-    blowup_step = torch.full((n_runs,), -1, dtype=torch.int64)
-    adapter = sde.torchsde()
-    for start in range(0, n_runs, chunk):
-        stop = min(start + chunk, n_runs)
-        b = stop - start
-        rng = RandomSource(
-            seed, b, first_run=first_run + start, block_size=block_size, device=dev, dtype=dtype
-        )
-        dw = rng.normal(n_steps * substeps, sde.brownian_dim).transpose(0, 1) * math.sqrt(
-            h
-        )  # (n, B, m)
-        bm = GridBrownian(0.0, h, dw)
-        y0 = x0[start:stop] if x0.shape[0] > 1 else x0.expand(b, d)
-        ys = torchsde.sdeint(
-            adapter,
-            y0.to(device=dev, dtype=dtype),
-            ts.to(dev),
-            bm=bm,
-            dt=h,
-            method=ts_method,
-            adaptive=False,
-        )  # (S, B, d)
-        # No freezing inside torchsde: a run is frozen from its first bad record on.
-        norms = (ys * ys).sum(-1)  # (S, B)
-        bad = ~(norms <= min(blowup_threshold, math.sqrt(torch.finfo(dtype).max)) ** 2)
-        first_bad = torch.where(
-            bad.any(0), bad.to(torch.int8).argmax(0), torch.full((b,), n_rec, device=dev)
-        )
-        keep = torch.arange(n_rec, device=dev).unsqueeze(1) < first_bad.unsqueeze(0)  # (S, B)
-        last_good = torch.clamp(first_bad - 1, min=0)
-        ys = torch.where(
-            keep.unsqueeze(-1), ys, ys[last_good, torch.arange(b, device=dev)].unsqueeze(0)
-        )
-        for i in range(n_rec):
-            record_observables(problem, ys[i], record, {n: obs[n][i, start:stop] for n in record})
-        if record_x:
-            xs[:, start:stop] = ys.cpu()
-        diverged[start:stop] = (first_bad < n_rec).cpu()
-        step_arr = torch.tensor(steps, device=dev)
-        blowup_step[start:stop] = torch.where(
-            first_bad < n_rec,
-            step_arr[first_bad.clamp(max=n_rec - 1)],
-            torch.full_like(first_bad, -1),
-        ).cpu()
-    lr_sum = np.concatenate([[0.0], np.cumsum(sde.lr * sde.schedule.factors(n_steps).numpy())])
-    config = dict(
-        config,
-        problem=problem.config(),
-        n_steps=n_steps,
-        n_runs=n_runs,
-        block_size=block_size,
-        first_run=first_run,
-        blowup_threshold=blowup_threshold,
-    )
-    return Trajectory(
-        model=sde.model,
-        steps=np.asarray(steps, dtype=np.int64),
-        lr=sde.lr,
-        lr_sum=lr_sum[np.asarray(steps)],
-        observables=obs,
-        x=xs,
-        diverged=diverged,
-        blowup_step=blowup_step,
-        config=config,
-        seed=seed,
-        device=str(dev),
-        dtype=str(dtype).replace("torch.", ""),
-    )

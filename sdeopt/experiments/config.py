@@ -27,7 +27,6 @@ extrapolate the SDE solver's O(h) bias away with 2 E_{h/2} - E_h).
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import re
 from functools import partial
@@ -40,55 +39,16 @@ from sdeopt import compressors, noise, problems, schedules
 from sdeopt._stream import comparison_bytes, memory_shortfall
 from sdeopt._validation import check_device, check_int, check_positive
 from sdeopt.analysis.compare import compare
-from sdeopt.discrete import METHODS
-from sdeopt.discrete.base import OBSERVABLES
+from sdeopt.discrete import MARKOV_ESTIMATORS, METHODS
 from sdeopt.dynamics import MODELS, sde_of
+from sdeopt.engine import OBSERVABLES
 from sdeopt.random import check_seed
 
-PROBLEMS = {
-    c.__name__: c
-    for c in (
-        problems.Quadratic,
-        problems.Quartic,
-        problems.QuadraticQuartic,
-        problems.CoshSum,
-        problems.ExpSum,
-        problems.LogisticRegression,
-    )
-}
-NOISES = {
-    c.__name__: c
-    for c in (
-        noise.Gaussian,
-        noise.StudentT,
-        noise.AffineVariance,
-        noise.SymmetricStable,
-        noise.Minibatch,
-        noise.TwoStateMarkov,
-        noise.GaussianAR1,
-        noise.FiniteMarkov,
-    )
-}
-UNIT_LAWS = {
-    c.__name__: c
-    for c in (
-        noise.StandardNormal,
-        noise.Rademacher,
-        noise.CenteredExponential,
-        noise.ScaledUniform,
-        noise.StandardizedStudentT,
-    )
-}
-COMPRESSORS = {
-    c.__name__: c
-    for c in (
-        compressors.Identity,
-        compressors.RandK,
-        compressors.Natural,
-        compressors.QSGD,
-        compressors.TopK,
-    )
-}
+# The families' registries (the one source of the names a config accepts; sdeopt.registry).
+PROBLEMS = problems.PROBLEMS
+NOISES = noise.NOISES
+UNIT_LAWS = noise.UNIT_LAWS
+COMPRESSORS = compressors.COMPRESSORS
 
 RUN_KEYS = {
     "name",
@@ -198,67 +158,33 @@ def _check_keys(where: str, table) -> None:
         )
 
 
-def _instance(where: str, registry: dict, spec, what: str):
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"Invalid config key: {where}.{what} = {spec!r} (a table with a 'type')")
-    kind = spec["type"]
-    if not isinstance(kind, str) or kind not in registry:
-        raise ValueError(
-            f"Invalid config key: {where}.{what}.type = {kind!r} (choose from {', '.join(registry)})"
-        )
-    cls = registry[kind]
-    kwargs = {k: v for k, v in spec.items() if k != "type"}
-    params = inspect.signature(cls).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        for key in kwargs:
-            if key not in params:
-                raise ValueError(
-                    f"Invalid config key: {where}.{what}.{key} ({kind} takes "
-                    f"{', '.join(p for p in params if p != 'self')})"
-                )
-    for key, value in kwargs.items():  # a flag is a TOML boolean, never a truthy string or number
-        if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
-            raise ValueError(
-                f"Invalid config value: {where}.{what}.{key} = {value!r} ({KINDS['bool']})"
-            )
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise ValueError(f"Invalid config value in {where}.{what}: {exc}") from None
-    except TypeError as exc:
-        raise ValueError(f"Invalid config key in {where}.{what}: {exc}") from None
-
-
 def build(run: dict, *, where: str = "run") -> dict:
     """The objects of one (merged) run: problem, method, x0 and the run parameters."""
     for key in ("problem", "method"):
         if key not in run:
             raise ValueError(f"Invalid config key: {where}.{key} is missing")
-    problem = _instance(where, PROBLEMS, run["problem"], "problem")
-    method_spec = dict(run["method"]) if isinstance(run["method"], dict) else run["method"]
-    if (
-        not isinstance(method_spec, dict)
-        or not isinstance(method_spec.get("type"), str)
-        or method_spec["type"] not in METHODS
-    ):
-        kind = method_spec.get("type") if isinstance(method_spec, dict) else method_spec
-        raise ValueError(
-            f"Invalid config key: {where}.method.type = {kind!r} (choose from {', '.join(METHODS)})"
-        )
+    problem = PROBLEMS.build(run["problem"], where=f"{where}.problem")
     parts = {}
-    if "noise" in run:
-        parts["noise"] = _instance(where, NOISES, run["noise"], "noise")
-    if "compressor" in run:
-        parts["compressor"] = _instance(where, COMPRESSORS, run["compressor"], "compressor")
-    if "eps" in run:
-        parts["eps"] = _instance(where, UNIT_LAWS, run["eps"], "eps")
+    for key, registry in (("noise", NOISES), ("compressor", COMPRESSORS), ("eps", UNIT_LAWS)):
+        if key in run:
+            parts[key] = registry.build(run[key], where=f"{where}.{key}")
     if "schedule" in run:
-        try:
-            parts["schedule"] = schedules.from_config(run["schedule"])
-        except ValueError as exc:
-            raise ValueError(f"Invalid config value in {where}.schedule: {exc}") from None
-    method_spec.update(parts)
-    method = _instance(where, METHODS, method_spec, "method")
+        parts["schedule"] = schedules.SCHEDULES.build(run["schedule"], where=f"{where}.schedule")
+    method_spec = run["method"]
+    if isinstance(method_spec, dict) and isinstance(method_spec.get("estimator"), dict):
+        estimator = MARKOV_ESTIMATORS.build(
+            method_spec["estimator"], where=f"{where}.method.estimator"
+        )
+        method_spec = {k: v for k, v in method_spec.items() if k != "estimator"}
+        parts["estimator"] = estimator
+    if isinstance(method_spec, dict):
+        for key in parts:
+            if key in method_spec:
+                raise ValueError(
+                    f"Invalid config key: {where}.method.{key} = {method_spec[key]!r} (give the "
+                    f"{key} as the run's own {key} table, not inside the method)"
+                )
+    method = METHODS.build(method_spec, where=f"{where}.method", extra=parts)
     x0 = _x0(run, problem.dim, where)
     study = run.get("study", "trajectories")
     if study not in STUDIES:

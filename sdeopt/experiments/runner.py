@@ -15,7 +15,7 @@ from sdeopt.analysis.compare import compare
 from sdeopt.analysis.metrics import divergence, observable_values, order_fit, weak_error
 from sdeopt.compressors import Identity, RandK
 from sdeopt.discrete import DCSGD
-from sdeopt.discrete.base import OBSERVABLES
+from sdeopt.engine import OBSERVABLES
 from sdeopt.experiments.config import build, compare_spec, slug
 from sdeopt.noise import ScaledSymmetricNoise
 from sdeopt.problems import Quadratic

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from sdeopt._validation import check_int
-from sdeopt.discrete.base import record_steps
+from sdeopt.engine import record_steps
 from sdeopt.experiments.config import (
     RUN_KEYS,
     _check_keys,

@@ -12,9 +12,10 @@ from sdeopt.noise.additive import (
     StudentT,
     SymmetricStable,
 )
-from sdeopt.noise.base import Noise, ScaledSymmetricNoise, SymmetricCDFNoise
+from sdeopt.noise.base import NOISES, Noise, ScaledSymmetricNoise, SymmetricCDFNoise
 from sdeopt.noise.markov import FiniteMarkov, GaussianAR1, MarkovNoise, TwoStateMarkov
 from sdeopt.noise.unit import (
+    UNIT_LAWS,
     CenteredExponential,
     Rademacher,
     ScaledUniform,
@@ -26,6 +27,8 @@ from sdeopt.noise.unit import (
 from sdeopt.special import student_t_cdf
 
 __all__ = [
+    "NOISES",
+    "UNIT_LAWS",
     "AffineVariance",
     "CenteredExponential",
     "FiniteMarkov",

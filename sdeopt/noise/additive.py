@@ -10,6 +10,7 @@ import torch
 
 from sdeopt._validation import check_in_range, check_int, check_positive, check_scales
 from sdeopt.noise.base import (
+    NOISES,
     Noise,
     ScaledSymmetricNoise,
     SymmetricCDFNoise,
@@ -26,6 +27,7 @@ from sdeopt.special import log_beta_half, student_t_cdf
 # ---------------------------------------------------------------------------------------------
 
 
+@NOISES.register
 class Gaussian(SymmetricCDFNoise):
     r"""Gaussian gradient noise: ``Z_i = σ_i z``, ``z ~ N(0, I_d)``.
 
@@ -52,6 +54,7 @@ class Gaussian(SymmetricCDFNoise):
 
     #: Var T.
     variance = 1.0
+    couplable = True
 
     def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
         return rng.normal(*shape)  # (B, *shape)
@@ -79,6 +82,7 @@ class Gaussian(SymmetricCDFNoise):
 # ---------------------------------------------------------------------------------------------
 
 
+@NOISES.register
 class StudentT(SymmetricCDFNoise):
     r"""Student-t gradient noise: ``Z_i = σ_i T``, T with i.i.d. ``t_nu`` coordinates.
 
@@ -163,6 +167,7 @@ class StudentT(SymmetricCDFNoise):
 # ---------------------------------------------------------------------------------------------
 
 
+@NOISES.register
 class SymmetricStable(ScaledSymmetricNoise):
     r"""Symmetric α-stable gradient noise: ``Z_i = σ_i S``, S i.i.d. ``SαS`` coordinates.
 
@@ -236,6 +241,7 @@ class SymmetricStable(ScaledSymmetricNoise):
 # ---------------------------------------------------------------------------------------------
 
 
+@NOISES.register
 class AffineVariance(Noise):
     r"""Gaussian noise whose variance grows with the gradient: the affine-variance model.
 
@@ -265,6 +271,7 @@ class AffineVariance(Noise):
     """
 
     finite_variance = True
+    couplable = True
 
     def __init__(
         self, *, sigma0: float | Sequence[float] = 0.0, sigma1: float | Sequence[float] = 0.0
@@ -326,6 +333,7 @@ class AffineVariance(Noise):
 # ---------------------------------------------------------------------------------------------
 
 
+@NOISES.register
 class Minibatch(Noise):
     r"""Real minibatch gradients of a finite-sum problem (not an additive law).
 

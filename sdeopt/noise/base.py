@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 
 from sdeopt._validation import check_scales
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
+from sdeopt.registry import Registry
+
+#: Gradient-noise laws (additive and Markov) by class name: ``noise = {type = ...}`` in configs.
+NOISES: Registry = Registry("noise law")
 
 
 class Noise(ABC):
@@ -22,6 +27,9 @@ class Noise(ABC):
 
     #: True when Z has finite variance (a Brownian SDE exists).
     finite_variance: bool = True
+    #: True when ``sample_worker_mean`` is one standard normal (B, d) draw times a scale
+    #: (1/N) S(x)^{1/2}: a discrete run's draws can then drive the SDE (coupling).
+    couplable: ClassVar[bool] = False
 
     @abstractmethod
     def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:

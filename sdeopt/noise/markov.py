@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from sdeopt._validation import check_in_range, check_nonnegative
+from sdeopt.noise.base import NOISES
 from sdeopt.noise.unit import random_signs
 from sdeopt.random import RandomSource
 
@@ -61,6 +62,9 @@ class MarkovNoise(ABC):
     def mixing_time(self) -> float:
         """τ: Δ(Q^τ) <= 1/4 (inf for a chain that does not mix)."""
 
+    #: Keys of ``config()`` that describe the built chain rather than construct it.
+    derived_keys: tuple[str, ...] = ()
+
     def config(self) -> dict:
         return {
             "type": type(self).__name__,
@@ -85,6 +89,7 @@ def _geometric_mixing_time(rho: float) -> float:
     return float(math.ceil(math.log(0.25) / math.log(abs(rho))))
 
 
+@NOISES.register
 class TwoStateMarkov(MarkovNoise):
     """Symmetric two-state chain on {-1, +1} flipping with probability p (autocorrelation 1 - 2p).
 
@@ -126,6 +131,7 @@ class TwoStateMarkov(MarkovNoise):
     mixing_time = property(lambda self: _geometric_mixing_time(self.rho))
 
 
+@NOISES.register
 class GaussianAR1(MarkovNoise):
     """Gaussian AR(1): Z_{k+1} = rho Z_k + sqrt(1 - rho²) w_k, π = N(0, 1), h(z) = z.
 
@@ -159,6 +165,7 @@ class GaussianAR1(MarkovNoise):
     mixing_time = property(lambda self: _geometric_mixing_time(self.rho))
 
 
+@NOISES.register
 class FiniteMarkov(MarkovNoise):
     """A finite chain with transition matrix P and values h(i) (centred under π automatically).
 
@@ -172,7 +179,10 @@ class FiniteMarkov(MarkovNoise):
         scale: s.
     """
 
-    def __init__(self, matrix, values=None, scale: float = 1.0) -> None:
+    #: π is computed from the matrix; a config may carry it (``Registry.build`` checks it).
+    derived_keys = ("pi",)
+
+    def __init__(self, matrix, *, values=None, scale: float = 1.0) -> None:
         super().__init__(scale)
         p = torch.as_tensor(matrix, dtype=torch.float64)
         if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] < 1:
@@ -200,13 +210,24 @@ class FiniteMarkov(MarkovNoise):
             raise ValueError(
                 "Invalid matrix: the stationary law is not unique (more than one recurrent class)"
             )
-        rhs = torch.zeros(n + 1, dtype=torch.float64)
+        # π(P - I) = 0 with one equation (they sum to 0) replaced by Σ π = 1: a square system
+        # with a unique solution, solved by LU (lstsq's result moved in the last bit from one
+        # call to the next, so a config did not rebuild the same chain bitwise).
+        square = a[1:].clone()  # (S, S): rows 2..S of (Pᵀ - I) and the row of ones
+        rhs = torch.zeros(n, dtype=torch.float64)
         rhs[-1] = 1.0
-        pi = torch.linalg.lstsq(a, rhs.unsqueeze(-1)).solution.squeeze(-1).clamp(min=0.0)
+        pi = torch.linalg.solve(square, rhs).clamp(min=0.0)
         self.matrix, self.pi = p, pi / pi.sum()
+        self._given_values = h  # what config() records: the centring is then redone exactly
         self.values = h - (self.pi * h).sum()
         self._cum = torch.cumsum(p, dim=1)  # (S, S) for inverse-CDF transitions
         self._cum_pi = torch.cumsum(self.pi, dim=0)  # (S,)
+
+    def config(self) -> dict:
+        out = super().config()
+        out.pop("_given_values", None)
+        out["values"] = self._given_values.tolist()
+        return out
 
     def _invert(self, cum: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Index of the first cumulative weight exceeding u; cum (..., S), u (...)."""

@@ -10,10 +10,15 @@ import torch
 from sdeopt._validation import check_positive
 from sdeopt.noise.additive import StudentT
 from sdeopt.random import RandomSource
+from sdeopt.registry import Registry
 
 # ---------------------------------------------------------------------------------------------
 # Isotropic unit-covariance laws (the ε of Itô chains)
 # ---------------------------------------------------------------------------------------------
+
+
+#: Unit laws of an Itô chain's ε by class name: ``eps = {type = ...}`` in configs.
+UNIT_LAWS: Registry = Registry("unit law")
 
 
 class UnitLaw(ABC):
@@ -37,6 +42,7 @@ class UnitLaw(ABC):
         return f"{type(self).__name__}({args})"
 
 
+@UNIT_LAWS.register
 class StandardNormal(UnitLaw):
     """ε ~ N(0, I)."""
 
@@ -54,6 +60,7 @@ def random_signs(rng: RandomSource, dim: int) -> torch.Tensor:
     return torch.ge(u, 0.5, out=u).mul_(2.0).sub_(1.0)
 
 
+@UNIT_LAWS.register
 class Rademacher(UnitLaw):
     """ε_j = ±1 with probability 1/2 each."""
 
@@ -61,6 +68,7 @@ class Rademacher(UnitLaw):
         return random_signs(rng, dim)  # (B, d)
 
 
+@UNIT_LAWS.register
 class CenteredExponential(UnitLaw):
     """ε_j = E_j - 1, E_j ~ Exp(1): mean 0, variance 1, skewness 2."""
 
@@ -70,6 +78,7 @@ class CenteredExponential(UnitLaw):
         return rng.exponential(dim) - 1.0  # (B, d)
 
 
+@UNIT_LAWS.register
 class ScaledUniform(UnitLaw):
     """ε_j uniform on [-√3, √3] (variance 1)."""
 
@@ -77,6 +86,7 @@ class ScaledUniform(UnitLaw):
         return (2.0 * rng.uniform(dim) - 1.0) * math.sqrt(3.0)  # (B, d)
 
 
+@UNIT_LAWS.register
 class StandardizedStudentT(UnitLaw):
     """ε_j = T sqrt((nu - 2)/nu), T ~ t_nu: unit variance, defined for nu > 2 only (the chain
     theory needs E εεᵀ = I)."""

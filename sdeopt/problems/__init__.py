@@ -6,7 +6,7 @@ splits) also give per-worker gradients (B, N, d); homogeneous problems give (B, 
 broadcasts over any number of workers.
 """
 
-from sdeopt.problems.base import Problem
+from sdeopt.problems.base import PROBLEMS, Problem
 from sdeopt.problems.finite_sum import FiniteSumProblem, LogisticRegression
 from sdeopt.problems.function import FunctionProblem
 from sdeopt.problems.quadratic import Quadratic
@@ -19,6 +19,7 @@ from sdeopt.problems.separable import (
 )
 
 __all__ = [
+    "PROBLEMS",
     "CoshSum",
     "ExpSum",
     "FiniteSumProblem",

@@ -7,11 +7,16 @@ import hashlib
 import math
 import reprlib
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from sdeopt._validation import check_device, check_dtype, check_int
+from sdeopt.registry import Registry
+
+#: Problems by class name: the ``problem = {type = ...}`` of configs (sdeopt.registry).
+PROBLEMS: Registry = Registry("problem")
 
 
 class Problem(ABC):
@@ -82,6 +87,10 @@ class Problem(ABC):
         for k, t in tensors.items():
             setattr(new, k, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype))
         return new
+
+    #: Keys of ``config()`` that describe the built problem rather than construct it: a config
+    #: may carry them, and ``Registry.build`` checks them against what it built.
+    derived_keys: ClassVar[tuple[str, ...]] = ("dim", "n_workers")
 
     def config(self) -> dict:
         """A JSON-able description of the problem (for dataset attrs)."""

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sdeopt._validation import check_int, check_positive
 from sdeopt.problems.base import (
+    PROBLEMS,
     Problem,
     _cast,
 )
@@ -302,6 +303,7 @@ def _split_dirichlet(
 _SPLITS = {"iid": _split_iid, "label": _split_label, "dirichlet": _split_dirichlet}
 
 
+@PROBLEMS.register
 class LogisticRegression(FiniteSumProblem):
     r"""L2-regularised logistic regression on a real data set, split over workers.
 
@@ -358,6 +360,8 @@ class LogisticRegression(FiniteSumProblem):
         non-identical data distribution for federated visual classification", arXiv:1909.06335
         (Dirichlet split).
     """
+
+    derived_keys = ("dim", "n_samples", "shard_sizes")
 
     def __init__(
         self,
@@ -480,7 +484,7 @@ class LogisticRegression(FiniteSumProblem):
         cfg = super().config()
         cfg.update(
             dataset=self.dataset,
-            split=self.split if self.n_workers is not None else None,
+            split=self.split,
             reg=self.reg,
             fit_intercept=self.fit_intercept,
             seed=self.seed,

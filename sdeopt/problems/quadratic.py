@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sdeopt.problems.base import (
+    PROBLEMS,
     Problem,
     _as_vector,
     _cast,
@@ -17,6 +18,7 @@ from sdeopt.problems.base import (
 # ---------------------------------------------------------------------------------------------
 
 
+@PROBLEMS.register
 class Quadratic(Problem):
     r"""Strongly convex quadratic ``f(x) = ½ (x - x*)ᵀ H (x - x*)``.
 

@@ -8,6 +8,7 @@ import torch
 
 from sdeopt._validation import check_int
 from sdeopt.problems.base import (
+    PROBLEMS,
     Problem,
 )
 
@@ -58,6 +59,7 @@ class SeparableProblem(Problem):
         return self._d2phi(x) * v  # (B, d)
 
 
+@PROBLEMS.register
 class Quartic(SeparableProblem):
     r"""``f(x) = ¼ Σ_j x_j⁴``: ``∇f = x³``, ``∇²f = diag(3 x²)``; minimiser 0, minimum 0.
 
@@ -89,6 +91,7 @@ class Quartic(SeparableProblem):
         return 3.0 * x * x
 
 
+@PROBLEMS.register
 class QuadraticQuartic(SeparableProblem):
     r"""``f(x) = Σ_j (x_j²/2 + x_j⁴/4)``: ``∇f = x + x³``, ``∇²f = diag(1 + 3x²)``; min 0 at 0.
 
@@ -121,6 +124,7 @@ class QuadraticQuartic(SeparableProblem):
         return 1.0 + 3.0 * x * x
 
 
+@PROBLEMS.register
 class CoshSum(SeparableProblem):
     r"""``f(x) = Σ_j cosh(x_j) - d``: ``∇f = sinh(x)``, ``∇²f = diag(cosh(x))``; min 0 at 0.
 
@@ -151,6 +155,7 @@ class CoshSum(SeparableProblem):
         return torch.cosh(x)
 
 
+@PROBLEMS.register
 class ExpSum(SeparableProblem):
     r"""``f(x) = Σ_j exp(x_j)``: ``∇f = exp(x)``, ``∇²f = diag(exp(x))``.
 
