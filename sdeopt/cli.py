@@ -269,6 +269,13 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_types(args) -> int:
+    from sdeopt.experiments.config import types_table
+
+    print(types_table())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sdeopt", description="Distributed optimizers and their SDEs."
@@ -282,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--runs", type=int, default=None, help="runs per method (default 4000)")
     demo.add_argument("--force", action="store_true", help="write into a non-empty folder")
-    run = sub.add_parser("run", help="run an experiment configuration (TOML)")
+    run = sub.add_parser(
+        "run",
+        help="run an experiment configuration (TOML)",
+        epilog="`sdeopt types` lists every type = ... a configuration accepts; the format is in "
+        "docs/config.md",
+    )
     run.add_argument("config", type=Path)
     run.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     run.add_argument("--force", action="store_true", help="write into a non-empty folder")
@@ -297,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scheduler", default=None, help="address of a dask scheduler (default: a local cluster)"
     )
     sweep.add_argument("--workers", type=int, default=2, help="local cluster workers (default 2)")
+    sub.add_parser("types", help="every type = ... a configuration accepts, with its parameters")
     plot = sub.add_parser("plot", help="figures from a dataset written by sdeopt")
     plot.add_argument("dataset", type=Path)
     plot.add_argument(
@@ -305,7 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     plot.add_argument("--force", action="store_true", help="overwrite existing PNGs")
     args = parser.parse_args(argv)
     configure_torch()
-    handlers = {"demo": cmd_demo, "run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot}
+    handlers = {
+        "demo": cmd_demo,
+        "run": cmd_run,
+        "sweep": cmd_sweep,
+        "plot": cmd_plot,
+        "types": cmd_types,
+    }
     try:
         return handlers[args.command](args)
     except ValueError as exc:

@@ -146,6 +146,31 @@ class Compressor(ABC):
     def cov(self, v: torch.Tensor) -> StructuredCov:
         """Cov[C(v)] for fixed v (..., d), in diagonal + low-rank form."""
 
+    def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
+        r"""Cov[C(g + Z)] over the compressor's draw and the noise, for Z with Cov Z = v I.
+
+        For an unbiased compressor this is $\mathbb E_Z \mathrm{Cov}_C[C(g + Z)] + v I$, the
+        worker's share of the DCSGD SDE's diffusion (docs/models.md): the SDE builders take
+        it from here, so a compressor that implements it has an SDE. The default refuses, with
+        the reason: a biased compressor moves the drift (E C(g + Z) ≠ g), and an unbiased one
+        without this closed form has no model yet.
+
+        Args:
+            grad: worker gradients g, (B, N or 1, d).
+            noise_var: per-coordinate noise variances v, broadcastable to (B, N or 1).
+        Returns:
+            A ``StructuredCov`` of shape (B, N or 1, d) (diag) and (B, N or 1, d, r) (factors).
+        """
+        if not self.unbiased:
+            raise ValueError(
+                f"Invalid compressor: {self!r} is biased (E C(∇f + Z) ≠ ∇f moves the drift), "
+                "and no SDE model of biased compression is derived here"
+            )
+        raise ValueError(
+            f"Invalid compressor: {self!r} (the SDE needs E_Z Cov_C[C(∇f + Z)] in closed form, "
+            f"which {type(self).__name__} does not provide yet)"
+        )
+
     def check_dim(self, dim: int) -> None:
         """Raise ``ValueError`` if the compressor cannot act on vectors of length ``dim``."""
 
@@ -195,6 +220,11 @@ class Identity(Compressor):
 
     def cov(self, v: torch.Tensor) -> StructuredCov:
         return _zero_cov(v)
+
+    def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
+        """Cov Z = v I."""
+        v = noise_var.unsqueeze(-1)  # (B or 1, N or 1, 1)
+        return StructuredCov.diagonal(v.expand(torch.broadcast_shapes(v.shape, grad.shape)))
 
 
 @COMPRESSORS.register
@@ -286,6 +316,19 @@ class RandK(_KeepK):
         c = self._c(dim)
         diag = (c * dim) * v.square()  # (..., d)
         factors = (math.sqrt(c) * v).unsqueeze(-1)  # (..., d, 1)
+        return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
+
+    def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
+        """c (d diag(g² + v) - g gᵀ - v I) + v I = diag(c d g² + (d/k) v) - c g gᵀ.
+
+        E_Z of ``cov(g + Z)`` (E (g + Z)² = g² + v, E (g + Z)(g + Z)ᵀ = g gᵀ + v I) plus
+        Cov Z; c d - c + 1 = d/k.
+        """
+        dim = grad.shape[-1]
+        self.check_dim(dim)
+        c = self._c(dim)
+        diag = (c * dim) * grad.square() + (dim / self.k) * noise_var.unsqueeze(-1)
+        factors = (math.sqrt(c) * grad).unsqueeze(-1)  # (B, N or 1, d, 1)
         return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
 
 

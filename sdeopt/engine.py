@@ -384,7 +384,7 @@ def validate_run(
     block_size = check_int("block_size", block_size, minimum=1)
     check_int("first_run", first_run, minimum=0)
     dev = check_device(device)
-    dtype = check_dtype(torch.get_default_dtype() if dtype is None else dtype)
+    dtype = check_dtype(dtype)
     if isinstance(record, str):
         record = (record,)
     if not isinstance(record, (list, tuple)) or not all(isinstance(name, str) for name in record):

@@ -150,4 +150,5 @@ def _parameters(cls: type) -> dict[str, inspect.Parameter] | None:
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return None
     params.pop("self", None)
-    return params
+    # *args of a deprecated positional form (sdeopt._validation.keyword_only) is not a key.
+    return {n: p for n, p in params.items() if p.kind != p.VAR_POSITIONAL}

@@ -101,6 +101,27 @@ def test_error_matches_trace_and_omega(comp):
     assert trace <= comp.omega(D) * v.square().sum() * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("comp", ALL, ids=_id)
+def test_noisy_covariance_is_the_covariance_of_compressed_noisy_gradients(comp):
+    """Cov[C(g + Z)], Z ~ N(0, v I), by Monte Carlo over both draws, against ``noisy_cov``; a
+    compressor without the closed form refuses with its own name (the SDE builders pass it on)."""
+    g, v = _vec(*V), 0.49
+    try:
+        cov = comp.noisy_cov(g.view(1, 1, D), torch.tensor([[v]], dtype=torch.float64))
+    except ValueError as exc:
+        assert type(comp).__name__ in str(exc)
+        assert not comp.unbiased or not isinstance(comp, (Identity, RandK))
+        return
+    rng = rng_for(N_MC, seed=11)
+    noisy = g + math.sqrt(v) * rng.normal(1, D)  # (B, 1, d)
+    x = comp.compress(noisy, rng)[:, 0]  # (B, d)
+    r = x - g  # unbiased: centred at the exact mean
+    prods = r.unsqueeze(-1) * r.unsqueeze(-2)  # (B, d, d)
+    emp, se = prods.mean(0), prods.std(0) / math.sqrt(N_MC)
+    exact = cov.dense()[0, 0]
+    assert torch.all((emp - exact).abs() <= 5.0 * se + 1e-12), (emp, exact)
+
+
 # ---------------------------------------------------------------- omega, exactly
 
 

@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 import sdeopt as so
+from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.discrete import DCSGD, DSGD, DSignSGD, simulate
 from sdeopt.dynamics import SDE, DiagonalPlusRankOne, sde_of, solve
 from sdeopt.dynamics.solvers import EulerMaruyama, Milstein
@@ -139,12 +140,9 @@ def test_curvature_model_has_the_exact_stationary_loss(compressed):
     lr, n, sigma, substeps = 0.2, 2, 1.0, 8
     kw = dict(lr=lr, n_workers=n, noise=so.noise.Gaussian(scale=sigma))
     opt = DCSGD(compressor=so.compressors.RandK(k=2), **kw) if compressed else DSGD(**kw)
-    omega = 3 / 2 - 1 if compressed else 0.0
     prob = so.problems.Quadratic(diag=lam.tolist())
-    exact = (
-        (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * (1 + omega / n)))).sum().item()
-    )
-    first = (lr * (1 + omega) * sigma**2 / (4 * n * (1 - lr * lam / 2 * omega / n))).sum().item()
+    exact = stationary_loss(opt, prob)  # the chain's, which the curvature model shares
+    first = stationary_loss(opt, prob, "first_order")
     # What Richardson leaves of the Euler–Maruyama bias: O((a h)²), a <= λ_max.
     em_bias = (lam.max().item() * lr / substeps) ** 2
     mean, se = _stationary_sde_loss(

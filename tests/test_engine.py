@@ -107,3 +107,31 @@ def test_a_state_larger_than_x_needs_its_maps():
         )
     with pytest.raises(ValueError, match=r"problem.*dimension 2.*observed dimension 1"):
         _langevin(1.0, 1.0, 1.0, problem=so.problems.Quadratic(diag=[1.0, 2.0]))
+
+
+def test_one_default_dtype_everywhere():
+    """float64 unless asked, from Python as from TOML, whatever torch's own default dtype is."""
+    opt = so.discrete.DSGD(lr=0.1, noise=so.noise.Gaussian())
+    prob = so.problems.Quadratic(diag=[1.0, 2.0])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        traj = so.discrete.simulate(opt, prob, [1.0, 1.0], n_steps=2, n_runs=3, record_x=True)
+        path = solve(so.dynamics.sde_of(opt, prob), [1.0, 1.0], n_steps=2, n_runs=3)
+        ds = so.analysis.compare(opt, prob, [1.0, 1.0], n_steps=2, n_runs=3, models=["first_order"])
+        asked = so.discrete.simulate(opt, prob, [1.0, 1.0], 2, 3, dtype=torch.float32)
+    finally:
+        torch.set_default_dtype(old)
+    assert traj.x.dtype == torch.float64 and traj.dtype == "float64"
+    assert path.loss.dtype == torch.float64
+    assert ds["loss"].dtype == np.float64 and ds.attrs["dtype"] == "float64"
+    assert asked.loss.dtype == torch.float32
+    from sdeopt.experiments.config import build
+
+    run = {
+        "problem": {"type": "Quadratic", "diag": [1.0, 2.0]},
+        "noise": {"type": "Gaussian"},
+        "method": {"type": "DSGD", "lr": 0.1},
+        "x0_fill": 1.0,
+    }
+    assert build(run)["dtype"] == torch.float64

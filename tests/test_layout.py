@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import warnings
 from pathlib import Path
 
 import pytest
+import torch
+
+import sdeopt as so
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sdeopt"
 LAYERS = ["core", "discrete", "dynamics", "analysis", "experiments", "cli"]
@@ -90,3 +94,68 @@ def test_moved_modules_keep_a_deprecated_alias(old, new):
         and getattr(getattr(home, n), "__module__", "") == home.__name__
     ]
     assert public and all(getattr(alias, n) is getattr(home, n) for n in public)
+
+
+@pytest.mark.parametrize(
+    "positional,keyword",
+    [
+        (
+            lambda: so.problems.FunctionProblem(_square, 3),
+            lambda: so.problems.FunctionProblem(_square, dim=3),
+        ),
+        (
+            lambda: so.noise.TwoStateMarkov(0.2, 0.5),
+            lambda: so.noise.TwoStateMarkov(0.2, scale=0.5),
+        ),
+        (lambda: so.noise.GaussianAR1(0.3, 2.0), lambda: so.noise.GaussianAR1(0.3, scale=2.0)),
+        (
+            lambda: so.dynamics.SDE(1, _drift, _diffusion, "diagonal", 1),
+            lambda: so.dynamics.SDE(
+                1, drift_fn=_drift, diffusion_fn=_diffusion, noise_type="diagonal", brownian_dim=1
+            ),
+        ),
+    ],
+    ids=["FunctionProblem", "TwoStateMarkov", "GaussianAR1", "SDE"],
+)
+def test_constructors_are_keyword_only_after_the_first_argument(positional, keyword):
+    """Parameters after the first obvious one are keywords; the positional form of the previous
+    version still builds the same object, with a DeprecationWarning, for one version."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = keyword()
+    with pytest.warns(DeprecationWarning, match="by keyword"):
+        old = positional()
+    assert _described(old) == _described(new)
+
+
+def _square(x):
+    return (x**2).sum()
+
+
+def _drift(x, eta):
+    return -x
+
+
+def _diffusion(x, eta):
+    return so.dynamics.Diagonal(torch.ones_like(x))
+
+
+def _described(obj):
+    if isinstance(obj, so.dynamics.SDE):
+        return (obj.dim, obj.drift_fn, obj.diffusion_fn, obj.noise_type, obj.brownian_dim)
+    return (obj.dim, obj.fn) if hasattr(obj, "fn") else obj.config()
+
+
+def test_dataclass_constructors_are_keyword_only():
+    """Every registered dataclass (methods, compressors, schedules, estimators) is kw_only."""
+    import dataclasses
+
+    from sdeopt.compressors import COMPRESSORS
+    from sdeopt.discrete import MARKOV_ESTIMATORS, METHODS
+    from sdeopt.schedules import SCHEDULES
+
+    for registry in (METHODS, COMPRESSORS, SCHEDULES, MARKOV_ESTIMATORS):
+        for cls in registry.values():
+            assert dataclasses.is_dataclass(cls)
+            kinds = {p.kind for n, p in inspect.signature(cls).parameters.items()}
+            assert kinds <= {inspect.Parameter.KEYWORD_ONLY}, cls

@@ -12,8 +12,9 @@ import torch
 from scipy import stats
 
 from sdeopt import problems
+from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.experiments.config import PROBLEMS, build, validate
-from sdeopt.experiments.runner import finite_range_slope, run_trajectories, stationary_closed_form
+from sdeopt.experiments.runner import finite_range_slope, run_trajectories
 
 PRESETS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -115,7 +116,7 @@ def test_richardson_stationary_figure_matches_the_closed_form_and_the_raw_one_do
         "method": {"type": "DSGD", "lr": 0.2, "n_workers": 2},
     }
     spec = build(run)
-    closed = stationary_closed_form(spec["method"], spec["problem"])
+    closed = stationary_loss(spec["method"], spec["problem"])
     ds, rows, fine = run_trajectories(spec)
     assert fine is not None and fine.attrs["config"] != ds.attrs["config"]  # solved again at h/2
     disc, sde = rows

@@ -52,7 +52,7 @@ PROBLEMS = {
     "quadratic_quartic": (lambda: QuadraticQuartic(3), 1.0),
     "logreg_homogeneous": (lambda: LogisticRegression(), 0.3),
     "logreg_label": (lambda: LogisticRegression(3, split="label"), 0.3),
-    "function": (lambda: FunctionProblem(_rosenbrock, 3, minimizer=[1.0, 1.0, 1.0]), 1.0),
+    "function": (lambda: FunctionProblem(_rosenbrock, dim=3, minimizer=[1.0, 1.0, 1.0]), 1.0),
 }
 
 
@@ -451,14 +451,14 @@ def test_minibatch_reproducible_and_dtype_independent(logreg_label, generator):
 def test_function_problem_matches_quadratic(generator):
     h = _spd(3, seed=4)
     fn = lambda x: 0.5 * x @ h @ x
-    prob = FunctionProblem(fn, 3, minimizer=torch.zeros(3))
+    prob = FunctionProblem(fn, dim=3, minimizer=torch.zeros(3))
     ref = Quadratic(matrix=h)
     x, v = torch.randn(5, 3, generator=generator), torch.randn(5, 3, generator=generator)
     torch.testing.assert_close(prob.loss(x), ref.loss(x))
     torch.testing.assert_close(prob.grad(x), ref.grad(x))
     torch.testing.assert_close(prob.hvp(x, v), ref.hvp(x, v))
     assert prob.min_value == 0.0
-    assert FunctionProblem(fn, 3, min_value=0).min_value == 0.0
+    assert FunctionProblem(fn, dim=3, min_value=0).min_value == 0.0
 
 
 @pytest.mark.parametrize(
@@ -475,7 +475,7 @@ def test_function_problem_is_recorded_by_name_in_every_dataset(fn, name, tmp_pat
 
     import sdeopt as so
 
-    prob = FunctionProblem(fn, 2)
+    prob = FunctionProblem(fn, dim=2)
     record = {"callable": name, "reproducible": False}
     assert prob.config()["fn"] == record and prob.config()["reproducible"] is False
     opt = so.discrete.DSGD(lr=0.01, noise=so.noise.Gaussian(scale=0.1))
@@ -515,12 +515,12 @@ BAD = [
     ("dim", lambda: Quartic(0)),
     ("dim", lambda: CoshSum(-1)),
     ("dim", lambda: ExpSum(2.5)),
-    ("dim", lambda: FunctionProblem(lambda x: x.sum(), 0)),
-    ("fn", lambda: FunctionProblem(lambda x: x, 2)),  # not a scalar
-    ("fn", lambda: FunctionProblem(lambda x: x[5], 2)),  # raises
-    ("fn", lambda: FunctionProblem(3, 2)),
-    ("minimizer", lambda: FunctionProblem(lambda x: x.sum(), 2, minimizer=[0.0])),
-    ("min_value", lambda: FunctionProblem(lambda x: x.sum(), 2, min_value="low")),
+    ("dim", lambda: FunctionProblem(lambda x: x.sum(), dim=0)),
+    ("fn", lambda: FunctionProblem(lambda x: x, dim=2)),  # not a scalar
+    ("fn", lambda: FunctionProblem(lambda x: x[5], dim=2)),  # raises
+    ("fn", lambda: FunctionProblem(3, dim=2)),
+    ("minimizer", lambda: FunctionProblem(lambda x: x.sum(), dim=2, minimizer=[0.0])),
+    ("min_value", lambda: FunctionProblem(lambda x: x.sum(), dim=2, min_value="low")),
     ("split", lambda: LogisticRegression(2, split="random")),
     ("split", lambda: LogisticRegression(2, split=["iid"])),
     ("n_workers", lambda: LogisticRegression(0)),

@@ -201,3 +201,15 @@ def test_registries_refuse_unknown_names_and_keys_with_the_name():
     things.register(type("Thing", (), {}))
     with pytest.raises(ValueError, match="registered twice"):
         things.register(type("Thing", (), {}))
+
+
+def test_the_command_line_lists_every_registered_type(capsys):
+    from sdeopt.cli import main
+    from sdeopt.experiments.config import REGISTRIES
+
+    assert main(["types"]) == 0
+    out = capsys.readouterr().out
+    for key, registry in REGISTRIES.items():
+        assert f"{key} = {{ type = ... }}" in out
+        for name in registry:
+            assert f"    {name}(" in out

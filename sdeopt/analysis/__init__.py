@@ -1,5 +1,6 @@
 """Comparing the discrete methods with their SDE models: datasets, metrics, figures."""
 
+from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.analysis.compare import compare, model_seed
 from sdeopt.analysis.metrics import (
     W2,
@@ -33,6 +34,7 @@ __all__ = [
     "plot_marginals",
     "plot_trajectories",
     "plot_weak_error",
+    "stationary_loss",
     "wasserstein2",
     "weak_error",
 ]

@@ -109,7 +109,7 @@ def compare(
         "x0": torch.as_tensor(x0, dtype=torch.float64).tolist(),
     }
     config = jsonable(config)  # user code (a FunctionProblem's f, a chain's drift) by its name
-    run_dtype = check_dtype(torch.get_default_dtype() if dtype is None else dtype)
+    run_dtype = check_dtype(dtype)
     attrs = {
         "config": to_json(config),
         "reproducible": int(is_reproducible(config)),

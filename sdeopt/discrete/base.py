@@ -169,7 +169,7 @@ def simulate(
             bitwise the same result, and run b's draws depend only on (seed, b): the first m runs
             of a larger study are the runs of an m-run study.
         device: "cpu" or "cuda" (or a torch.device).
-        dtype: torch.float32 or torch.float64 (default: torch's default dtype).
+        dtype: torch.float64 (the default, whatever torch's default dtype is) or torch.float32.
         record_every: record at steps 0, r, 2r, ... and always at n_steps.
         record: observables to record, from "loss", "grad_norm", "dist" (distance to the
             problem's known minimiser).

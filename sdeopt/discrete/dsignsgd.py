@@ -52,7 +52,7 @@ class DSignSGD(DirectionMethod):
             self.shortcuts
             and isinstance(self.noise, SymmetricCDFNoise)
             and not problem.heterogeneous
-            and not isinstance(self.noise.scale, tuple)
+            and not self.noise.per_worker
             and self.noise.scale > 0
             and n <= 100
         ):

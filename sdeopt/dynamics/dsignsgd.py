@@ -41,7 +41,7 @@ def moments(method: DSignSGD, problem: Problem) -> Moments:
             f"Invalid noise: {noise!r} (the DSignSGD SDE needs the noise CDF in closed "
             "form: Gaussian or StudentT)"
         )
-    if (isinstance(noise.scale, tuple) and min(noise.scale) == 0.0) or noise.scale == 0.0:
+    if min(noise.worker_scales(n)) == 0.0:
         raise ValueError(
             "Invalid noise: a zero scale makes the sign deterministic, so m is "
             "discontinuous and the SDE's drift is not smooth; use scales > 0"

@@ -18,11 +18,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from sdeopt._validation import check_int, check_positive
+from sdeopt._validation import check_int, check_positive, keyword_only
 from sdeopt.problems import Problem
 from sdeopt.schedules import Constant, Schedule
 
@@ -287,3 +287,18 @@ class TorchsdeAdapter(torch.nn.Module):
         if self.noise_type == "diagonal":
             return diff.g
         return diff.dense()
+
+
+_GENERATED_INIT = SDE.__init__
+#: SDE's fields after ``dim``, in order: the deprecated positional form maps onto them.
+_FIELDS_AFTER_DIM = tuple(f.name for f in fields(SDE) if f.init)[1:]
+
+
+def _sde_init(self, dim: int, *args, **kwargs) -> None:
+    _GENERATED_INIT(self, dim, **keyword_only("SDE", _FIELDS_AFTER_DIM, args, kwargs))
+
+
+_sde_init.__doc__ = _GENERATED_INIT.__doc__
+# Keyword-only after dim (``SDE(dim=2, drift_fn=..., ...)``); positional calls still work, with a
+# DeprecationWarning, for one version.
+SDE.__init__ = _sde_init

@@ -300,9 +300,7 @@ def solve(
     if scheme not in SCHEMES:
         raise ValueError(f"Invalid scheme: {scheme!r} (choose from {', '.join(SCHEMES)})")
     if sde.problem is not None and sde.rebuild is not None:
-        moved = sde.problem.to(
-            check_device(device), check_dtype(torch.get_default_dtype() if dtype is None else dtype)
-        )
+        moved = sde.problem.to(check_device(device), check_dtype(dtype))
         if moved is not sde.problem:
             sde = sde.rebuild(moved)
     problem = sde.problem if sde.problem is not None else _NoProblem(sde.observed_dim)

@@ -27,6 +27,7 @@ extrapolate the SDE solver's O(h) bias away with 2 E_{h/2} - E_h).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import re
 from functools import partial
@@ -49,6 +50,35 @@ PROBLEMS = problems.PROBLEMS
 NOISES = noise.NOISES
 UNIT_LAWS = noise.UNIT_LAWS
 COMPRESSORS = compressors.COMPRESSORS
+#: Config key -> the registry its ``type`` names come from (``sdeopt types`` prints it).
+REGISTRIES = {
+    "problem": PROBLEMS,
+    "method": METHODS,
+    "noise": NOISES,
+    "compressor": COMPRESSORS,
+    "schedule": schedules.SCHEDULES,
+    "eps": UNIT_LAWS,
+    "method.estimator": MARKOV_ESTIMATORS,
+}
+
+
+def types_table() -> str:
+    """Every ``type`` a config accepts, by key, with each class's parameters (from the registries)."""
+    lines = []
+    for key, registry in REGISTRIES.items():
+        lines.append(f"{key} = {{ type = ... }}  ({registry.family})")
+        for name, cls in registry.items():
+            params = [
+                p for p in inspect.signature(cls).parameters.values() if p.kind != p.VAR_POSITIONAL
+            ]
+            shown = ", ".join(
+                p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                for p in params
+                if p.name not in ("noise", "compressor", "eps", "schedule")
+            )
+            lines.append(f"    {name}({shown})")
+    return "\n".join(lines)
+
 
 RUN_KEYS = {
     "name",

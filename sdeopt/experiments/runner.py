@@ -11,48 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from sdeopt import io
+from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.analysis.compare import compare
 from sdeopt.analysis.metrics import divergence, observable_values, order_fit, weak_error
-from sdeopt.compressors import Identity, RandK
-from sdeopt.discrete import DCSGD
 from sdeopt.engine import OBSERVABLES
 from sdeopt.experiments.config import build, compare_spec, slug
-from sdeopt.noise import ScaledSymmetricNoise
-from sdeopt.problems import Quadratic
-from sdeopt.schedules import Constant
-
-
-def stationary_closed_form(method, problem) -> float | None:
-    """E f at stationarity of DSGD / DCSGD+RandK on a diagonal quadratic.
-
-    E f = Σ_j eta mean((1+ω) v_i) / (4N (1 - (eta λ_j / 2)(1 + ω/N))), v_i = σ_i² Var T the
-    per-coordinate noise variance: the second-moment recursion of the chain sees only v_i, so the
-    Gaussian formula holds for any finite-variance scaled law (derived from that recursion; the
-    curvature-corrected SDE of Compagnoni et al., arXiv 2506.00181 v2, has the same fixed point).
-    None when it does not apply.
-    """
-    noise = getattr(method, "noise", None)
-    if not (
-        isinstance(method, DCSGD)
-        and isinstance(noise, ScaledSymmetricNoise)
-        and noise.finite_variance
-        and isinstance(problem, Quadratic)
-        and problem.diag is not None
-        and isinstance(method.schedule, Constant)
-        and method.normalize is None
-        and method.clip is None
-        and isinstance(method.compressor, (Identity, RandK))
-    ):
-        return None
-    d, n, lr = problem.dim, method.n_workers, method.lr
-    omega = method.compressor.omega(d) if isinstance(method.compressor, RandK) else 0.0
-    scales = method.noise.scale if isinstance(method.noise.scale, tuple) else (method.noise.scale,)
-    mean_var = (1 + omega) * noise.variance * sum(s * s for s in scales) / len(scales)
-    lam = problem.diag.double()
-    denom = 1 - lr * lam / 2 * (1 + omega / n)
-    if bool((denom <= 0).any()):
-        return math.inf  # mean-square unstable
-    return float((lr * mean_var / (4 * n * denom)).sum())
 
 
 def _mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -88,7 +51,7 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     """
     out = out if spec.get("stream") else None
     ds = _compare(spec, spec["substeps"], out)
-    closed = stationary_closed_form(spec["method"], spec["problem"])
+    closed = stationary_loss(spec["method"], spec["problem"])
     extrapolate = spec.get("richardson")
     if extrapolate is None:
         extrapolate = closed is not None

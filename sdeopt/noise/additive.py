@@ -8,15 +8,14 @@ from collections.abc import Sequence
 
 import torch
 
-from sdeopt._validation import check_in_range, check_int, check_positive, check_scales
+from sdeopt._validation import check_in_range, check_int, check_positive
 from sdeopt.noise.base import (
     NOISES,
     Noise,
+    PerWorker,
     ScaledSymmetricNoise,
     SymmetricCDFNoise,
-    _as_tensor,
     _check_grads,
-    _jsonable,
 )
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
@@ -64,7 +63,7 @@ class Gaussian(SymmetricCDFNoise):
     ) -> torch.Tensor:
         """(1/N) Σ_i σ_i z_i drawn as one Gaussian of variance Σ_i σ_i² / N², (B, d)."""
         self.check_workers(n_workers)
-        if isinstance(self.scale, tuple):
+        if self.per_worker:
             std = math.sqrt(sum(s * s for s in self.scale)) / n_workers
         else:
             std = self.scale / math.sqrt(n_workers)
@@ -159,7 +158,7 @@ class StudentT(SymmetricCDFNoise):
         return student_t_cdf(y, self.nu)
 
     def config(self) -> dict:
-        return {"type": "StudentT", "nu": self.nu, "scale": _jsonable(self.scale)}
+        return {"type": "StudentT", "nu": self.nu, "scale": self._scale.jsonable()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ class SymmetricStable(ScaledSymmetricNoise):
         return out.mul_(v.mul_(alpha).sin_())
 
     def config(self) -> dict:
-        return {"type": "SymmetricStable", "alpha": self.alpha, "scale": _jsonable(self.scale)}
+        return {"type": "SymmetricStable", "alpha": self.alpha, "scale": self._scale.jsonable()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,25 +275,25 @@ class AffineVariance(Noise):
     def __init__(
         self, *, sigma0: float | Sequence[float] = 0.0, sigma1: float | Sequence[float] = 0.0
     ) -> None:
-        self.sigma0 = check_scales("sigma0", sigma0)
-        self.sigma1 = check_scales("sigma1", sigma1)
-        if (
-            isinstance(self.sigma0, tuple)
-            and isinstance(self.sigma1, tuple)
-            and len(self.sigma0) != len(self.sigma1)
-        ):
-            raise ValueError(
-                f"Invalid sigma1: {list(self.sigma1)!r} (has {len(self.sigma1)} "
-                f"per-worker entries but sigma0 has {len(self.sigma0)})"
-            )
+        self._sigma0 = PerWorker.of("sigma0", sigma0)
+        self._sigma1 = PerWorker.of("sigma1", sigma1)
+        if self._sigma0.per_worker and self._sigma1.per_worker:
+            self._sigma1.check(len(self._sigma0.values))
+
+    #: σ0 and σ1 as given: a number, or a tuple of N (one per worker).
+    sigma0 = property(lambda self: self._sigma0.given)
+    sigma1 = property(lambda self: self._sigma1.given)
 
     def check_workers(self, n_workers: int) -> None:
-        for name, value in (("sigma0", self.sigma0), ("sigma1", self.sigma1)):
-            if isinstance(value, tuple) and len(value) != n_workers:
-                raise ValueError(
-                    f"Invalid {name}: {list(value)!r} (has {len(value)} "
-                    f"per-worker entries but n_workers={n_workers})"
-                )
+        self._sigma0.check(n_workers)
+        self._sigma1.check(n_workers)
+
+    def worker_sigma1(self, n_workers: int) -> tuple[float, ...]:
+        """(σ1_1, ..., σ1_N), length N."""
+        return self._sigma1.for_workers(n_workers)
+
+    def worker_variance(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
+        return self.variance_at(grads, n_workers)
 
     def variance_at(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
         """Per-coordinate variance v_i = σ0_i² + σ1_i² ||∇f_i||², (B, N or 1).
@@ -303,8 +302,8 @@ class AffineVariance(Noise):
         """
         self.check_workers(n_workers)
         _check_grads(grads, n_workers)
-        s0 = _as_tensor(self.sigma0, grads.device, grads.dtype)  # (N or 1,)
-        s1 = _as_tensor(self.sigma1, grads.device, grads.dtype)  # (N or 1,)
+        s0 = self._sigma0.tensor(grads.device, grads.dtype)  # (N or 1,)
+        s1 = self._sigma1.tensor(grads.device, grads.dtype)  # (N or 1,)
         sq_norm = grads.square().sum(dim=-1)  # (B, N or 1)
         return s0.square() + s1.square() * sq_norm  # (B, N or 1)
 
@@ -323,8 +322,8 @@ class AffineVariance(Noise):
     def config(self) -> dict:
         return {
             "type": "AffineVariance",
-            "sigma0": _jsonable(self.sigma0),
-            "sigma1": _jsonable(self.sigma1),
+            "sigma0": self._sigma0.jsonable(),
+            "sigma1": self._sigma1.jsonable(),
         }
 
 

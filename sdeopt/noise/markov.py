@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from sdeopt._validation import check_in_range, check_nonnegative
+from sdeopt._validation import check_in_range, check_nonnegative, keyword_only
 from sdeopt.noise.base import NOISES
 from sdeopt.noise.unit import random_signs
 from sdeopt.random import RandomSource
@@ -100,8 +100,11 @@ class TwoStateMarkov(MarkovNoise):
         p: flip probability in [0, 1]. scale: s.
     """
 
-    def __init__(self, p: float, scale: float = 1.0) -> None:
-        super().__init__(scale)
+    def __init__(self, p: float, *args, scale: float | None = None) -> None:
+        given = keyword_only(
+            "TwoStateMarkov", ("scale",), args, {} if scale is None else {"scale": scale}
+        )
+        super().__init__(given.get("scale", 1.0))
         self.p = check_in_range("p", p, 0.0, 1.0)
 
     @property
@@ -144,8 +147,11 @@ class GaussianAR1(MarkovNoise):
         rho: in (-1, 1). scale: s.
     """
 
-    def __init__(self, rho: float, scale: float = 1.0) -> None:
-        super().__init__(scale)
+    def __init__(self, rho: float, *args, scale: float | None = None) -> None:
+        given = keyword_only(
+            "GaussianAR1", ("scale",), args, {} if scale is None else {"scale": scale}
+        )
+        super().__init__(given.get("scale", 1.0))
         self.rho = check_in_range("rho", rho, -1.0, 1.0, closed="neither")
 
     def init(self, rng, dim):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sdeopt._jsonable import REPRODUCIBLE, callable_config
-from sdeopt._validation import check_int
+from sdeopt._validation import check_int, keyword_only
 from sdeopt.problems.base import (
     Problem,
     _as_float_finite,
@@ -41,7 +41,11 @@ class FunctionProblem(Problem):
         PyTorch ``torch.func`` documentation (vmap, grad, jvp; "Jacobians, Hessians, hvp").
     """
 
-    def __init__(self, fn, dim: int, minimizer=None, min_value: float | None = None) -> None:
+    def __init__(self, fn, *args, **kwargs) -> None:
+        kwargs = keyword_only("FunctionProblem", ("dim", "minimizer", "min_value"), args, kwargs)
+        self._init(fn, **kwargs)
+
+    def _init(self, fn, *, dim: int, minimizer=None, min_value: float | None = None) -> None:
         if not callable(fn):
             raise ValueError(f"Invalid fn: {fn!r} (must be callable)")
         self.dim = check_int("dim", dim, minimum=1)
