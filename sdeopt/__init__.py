@@ -5,13 +5,16 @@ from sdeopt import (
     compressors,
     discrete,
     dynamics,
+    engine,
     experiments,
     io,
     noise,
     problems,
     random,
+    registry,
     schedules,
     special,
+    trajectory,
 )
 from sdeopt._cpu import configure_torch
 from sdeopt._version import __version__
@@ -25,11 +28,14 @@ __all__ = [
     "configure_torch",
     "discrete",
     "dynamics",
+    "engine",
     "experiments",
     "io",
     "noise",
     "problems",
     "random",
+    "registry",
     "schedules",
     "special",
+    "trajectory",
 ]
