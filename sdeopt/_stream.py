@@ -123,6 +123,7 @@ class ZarrSink:
         if not self._created:
             self._create(ds, n_runs)
         model = str(ds["model"].values[0])
+        assert self.models is not None  # set by _create
         i = self.models.index(model)
         part = ds.drop_vars([name for name in ds.variables if name not in ds.data_vars])
         part.attrs = {}

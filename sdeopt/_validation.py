@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -62,7 +63,9 @@ def check_scales(name: str, value: float | Sequence[float]) -> float | tuple[flo
                 f"Invalid {name}: {value!r} (a per-worker scale list must not be empty)"
             )
         return tuple(check_nonnegative(f"{name}[{i}]", v) for i, v in enumerate(value))
-    return check_nonnegative(name, value)
+    # Anything else is one number or refused by check_nonnegative: mypy cannot narrow an open
+    # Sequence by isinstance(list, tuple).
+    return check_nonnegative(name, cast(float, value))
 
 
 def check_device(device: str | torch.device) -> torch.device:

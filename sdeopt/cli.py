@@ -183,7 +183,7 @@ def cmd_sweep(args) -> int:
     from sdeopt.experiments.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.config)
-    bars = []
+    bars: list[ProgressBar] = []
 
     def progress(done: int, total: int, label: str) -> None:
         if not bars:

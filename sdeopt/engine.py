@@ -55,7 +55,7 @@ class Stepper:
 
     lr: float
     schedule: Schedule
-    n_workers: ClassVar[int] = 1
+    n_workers: int = 1  # a class default; a stepper may set it per instance (DistributedMethod)
     extra_observables: ClassVar[tuple[str, ...]] = ()
 
     @property
@@ -182,6 +182,7 @@ def run(
     )  # (K, B, d)
     diverged = torch.zeros(size, dtype=torch.bool)
     blowup_step = torch.full((size,), -1, dtype=torch.int64)
+    rng: RandomSource | IncrementRecorder
     for start in range(0, n_runs, chunk):
         stop = min(start + chunk, n_runs)
         rng = RandomSource(
@@ -205,9 +206,9 @@ def run(
         at = slice(start, stop) if sink is None else slice(0, stop - start)
         for name in record:
             obs[name][:, at] = result["obs"][name].cpu()
-        if record_x:
+        if xs is not None:  # record_x
             xs[:, at] = result["x"].cpu()
-        if keep_increments:
+        if increments is not None:  # keep_increments
             increments[:, at] = result["increments"].cpu()
         diverged[at] = result["diverged"].cpu()
         blowup_step[at] = result["blowup_step"].cpu()
@@ -303,12 +304,12 @@ def _run_chunk(stepper, problem, x, n_steps, steps, record, record_x, threshold,
             for name in stepper.extra_observables:
                 if name in record:
                     obs[name][i] = getattr(state, name)
-            if record_x:
+            if xs is not None:  # record_x
                 xs[i] = x_k
         if k == n_steps:
             break
         new = stepper.step(problem, state, k, lr_k[k], rng)
-        if keep:
+        if increments is not None:  # keep
             increments[k] = rng.take(d)
         # NaN fails every comparison and overflow gives inf, so one test catches non-finite
         # and too-large states; per-run squared norms are a matrix-vector product because
@@ -340,6 +341,7 @@ def record_observables(problem: Problem, x: torch.Tensor, names, out: dict) -> N
     if "grad_norm" in names:
         out["grad_norm"].copy_(torch.linalg.vector_norm(problem.grad(x), dim=-1))
     if "dist" in names:
+        assert problem.minimizer is not None  # run refuses "dist" without one
         out["dist"].copy_(torch.linalg.vector_norm(x - problem.minimizer, dim=-1))
 
 

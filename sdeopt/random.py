@@ -25,6 +25,9 @@ Streams differ between the two devices; each is bitwise reproducible on its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -102,7 +105,10 @@ class RandomSource:
         )  # float32 normals: its state is set per draw
         # One part per block touched: (generator, its start state on the CPU, first row in the
         # block, rows, output slice).
-        self._parts = []
+        self._parts: list[
+            tuple[np.random.Generator | torch.Generator, Mapping[str, Any] | None, int, int, slice]
+        ] = []
+        gen: np.random.Generator | torch.Generator
         run, stop = self.first_run, self.first_run + self.n_runs
         while run < stop:
             block, lo = divmod(run, self.block_size)
@@ -150,9 +156,14 @@ class RandomSource:
         jump = self._calls << 64
         vectorised = kind == "normal" and out.dtype == np.float32
         for gen, start, lo, _rows, sl in self._parts:
+            # CPU parts: a numpy Generator over a PCG64DXSM, with its start state (see __init__)
+            assert isinstance(gen, np.random.Generator) and start is not None
             gen.bit_generator.state = start
-            gen.bit_generator.advance(jump)
+            bits = gen.bit_generator
+            assert isinstance(bits, np.random.PCG64DXSM)
+            bits.advance(jump)
             if vectorised:
+                assert self._mt is not None  # set on the CPU
                 _torch_normal(gen, self._mt, out[sl], lo)
                 continue
             if lo:
@@ -163,6 +174,7 @@ class RandomSource:
 
     def _fill_torch(self, out: torch.Tensor, shape, kind, high) -> None:
         for gen, _, lo, rows, sl in self._parts:
+            assert isinstance(gen, torch.Generator)  # off the CPU every part has a torch one
             whole = (
                 out[sl]
                 if rows == self.block_size

@@ -29,7 +29,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -82,7 +82,7 @@ class Schedule(ABC):
         """
         cls = type(self)
         registered = SCHEDULES.get(cls.__name__) is cls
-        out = {"type": cls.__name__ if registered else qualified_name(cls)}
+        out: dict[str, Any] = {"type": cls.__name__ if registered else qualified_name(cls)}
         if dataclasses.is_dataclass(self):
             out.update({f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)})
         if not registered or not is_reproducible(out):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
@@ -81,7 +83,7 @@ def compare(
     if len(models) != len(set(models)):
         raise ValueError(f"Invalid models: {models!r} (each model at most once)")
     sdes = [sde_of(method, problem, model) for model in models]  # validates before any work
-    common = dict(
+    common: dict[str, Any] = dict(
         record_every=record_every,
         record=record,
         record_x=record_x,

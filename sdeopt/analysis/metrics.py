@@ -363,6 +363,7 @@ def wasserstein2(
         size = min(len(a), len(b))
     subsampled = size is not None and (len(a) > size or len(b) > size)
     if subsampled:
+        assert size is not None  # subsampled implies it
         if len(a) == len(b):
             keep = np.sort(rng.choice(len(a), size, replace=False))
             a, b = a[keep], b[keep]

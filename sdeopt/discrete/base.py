@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -51,8 +51,9 @@ class Method(Stepper, ABC):
     lr: float
     schedule: Schedule = field(default_factory=Constant)
 
-    #: Workers whose tensors a step holds (the memory estimate of the chunking).
-    n_workers: ClassVar[int] = 1
+    #: Workers whose tensors a step holds (the memory estimate of the chunking). A class default
+    #: (``Stepper.n_workers``), not a field: ``DistributedMethod`` makes it one.
+    n_workers = 1
     #: Per-run quantities a method keeps in its State and ``simulate`` can record.
     extra_observables: ClassVar[tuple[str, ...]] = ()
 
@@ -86,7 +87,7 @@ class Method(Stepper, ABC):
         ``{"callable": "module.qualname", "reproducible": False}``, and the whole config then
         carries ``"reproducible": False``: it names the run's parts but cannot rebuild it.
         """
-        out = {"type": type(self).__name__}
+        out: dict[str, Any] = {"type": type(self).__name__}
         for f in fields(self):
             if f.init:  # a fixed part (DSGD's identity compressor) is the class, not a setting
                 out[f.name] = jsonable(getattr(self, f.name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -53,7 +54,8 @@ class DSignSGD(DirectionMethod):
             and isinstance(self.noise, SymmetricCDFNoise)
             and not problem.heterogeneous
             and not self.noise.per_worker
-            and self.noise.scale > 0
+            # shared: one number (mypy cannot tie the scale's type to per_worker)
+            and cast(float, self.noise.scale) > 0
             and n <= 100
         ):
             return self._binomial_direction(problem.grad(x), rng)
@@ -128,5 +130,6 @@ def _int_power(a: torch.Tensor, n: int) -> torch.Tensor:
             result = square.clone() if result is None else result.mul_(square)
         n >>= 1
         if not n:
+            assert result is not None  # n >= 1: its top bit set it
             return result
         square = square * square

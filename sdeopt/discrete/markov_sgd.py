@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
-from typing import ClassVar
+from dataclasses import Field, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 
@@ -26,8 +26,8 @@ class MarkovState(State):
         oracle_calls: (B,) float, oracle calls used so far.
     """
 
-    z: torch.Tensor = None
-    oracle_calls: torch.Tensor = None
+    z: torch.Tensor | None = None
+    oracle_calls: torch.Tensor | None = None
 
 
 #: Estimator class name -> class (a config's ``estimator = {type = "MLMC", ...}``).
@@ -43,6 +43,8 @@ class MarkovEstimator(ABC):
 
     #: The estimator's short name (``estimator = "mlmc"``).
     name: ClassVar[str]
+    #: Every estimator is a dataclass (``config`` reads its fields): declared for the type checker.
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
     @abstractmethod
     def sample(self, chain: MarkovNoise, z: torch.Tensor, rng: RandomSource, dtype):
@@ -229,6 +231,7 @@ class MarkovSGD(Method):
 
     def expected_calls(self) -> float:
         """Expected oracle calls per step: 1, or B (m + 2^-m) for MLMC."""
+        assert isinstance(self.estimator, MarkovEstimator)  # a name became one in __post_init__
         return self.estimator.expected_calls()
 
     def init_state(self, x0: torch.Tensor, problem: Problem, rng: RandomSource) -> MarkovState:
@@ -239,8 +242,11 @@ class MarkovSGD(Method):
         )
 
     def step(
-        self, problem: Problem, state: MarkovState, k: int, lr_k: float, rng: RandomSource
+        self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource
     ) -> MarkovState:
+        # run passes back the state init_state made; a name became an estimator in __post_init__
+        assert isinstance(state, MarkovState) and isinstance(self.estimator, MarkovEstimator)
+        assert state.z is not None and state.oracle_calls is not None
         x = state.x
         noise_mean, z, calls = self.estimator.sample(self.noise, state.z, rng, x.dtype)
         # x - lr_k (∇f + s h̄), with the scalars in the fused adds' alpha.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sdeopt.discrete.base import Method
 from sdeopt.discrete.dcsgd import DCSGD
 from sdeopt.discrete.dsignsgd import DSignSGD
@@ -13,10 +16,15 @@ from sdeopt.dynamics.sde import SDE, Dense, Diagonal, DiagonalPlusRankOne, Diffu
 from sdeopt.dynamics.solvers import SCHEMES, GridBrownian, solve
 from sdeopt.problems import Problem
 
+# Each builder takes an instance of its key class: Any, as a dict type cannot tie the two.
 #: Method class -> its moments builder (subclasses such as DSGD resolve through the MRO).
-MOMENTS = {DCSGD: dcsgd.moments, DSignSGD: dsignsgd.moments, MarkovSGD: markov_sgd.moments}
+MOMENTS: dict[type[Method], Callable[[Any, Problem], Moments]] = {
+    DCSGD: dcsgd.moments,
+    DSignSGD: dsignsgd.moments,
+    MarkovSGD: markov_sgd.moments,
+}
 #: Methods whose SDE is not of the x_{k+1} = x_k - eta eta_k u_k form: built directly.
-DIRECT = {ItoChain: ito_chain.sde}
+DIRECT: dict[type[Method], Callable[[Any, Problem, str], SDE]] = {ItoChain: ito_chain.sde}
 
 
 def sde_of(method: Method, problem: Problem, model: str = "first_order") -> SDE:

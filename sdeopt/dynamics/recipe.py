@@ -66,7 +66,8 @@ def sde_from_moments(
     if model in moments.refused:
         raise ValueError(f"Invalid model: {model!r} ({moments.refused[model]})")
     sign = MODELS[model]
-    if sign != 0.0 and moments.mean_jvp is None:
+    mean_jvp = moments.mean_jvp
+    if sign != 0.0 and mean_jvp is None:
         raise ValueError(
             f"Invalid model: {model!r} (needs the Jacobian of the mean direction, which "
             f"this method's model does not provide for this problem; use 'first_order')"
@@ -77,16 +78,18 @@ def sde_from_moments(
         u = moments.mean(x)  # (B, d)
         if sign == 0.0:
             return -eta * u
-        return -eta * u + (sign * lr * eta * eta / 2.0) * moments.mean_jvp(x, u)
+        assert mean_jvp is not None  # refused above when sign != 0
+        return -eta * u + (sign * lr * eta * eta / 2.0) * mean_jvp(x, u)
 
     def diffusion(x: torch.Tensor, eta: float) -> Diffusion:
         return moments.diffusion(x, eta * sqrt_lr)
 
     derivative = None
-    if moments.diffusion_derivative is not None:
+    diffusion_derivative = moments.diffusion_derivative
+    if diffusion_derivative is not None:
 
         def derivative(x: torch.Tensor, eta: float) -> torch.Tensor:
-            return moments.diffusion_derivative(x, eta * sqrt_lr)
+            return diffusion_derivative(x, eta * sqrt_lr)
 
     return SDE(
         dim=problem.dim,

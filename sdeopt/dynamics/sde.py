@@ -301,4 +301,4 @@ def _sde_init(self, dim: int, *args, **kwargs) -> None:
 _sde_init.__doc__ = _GENERATED_INIT.__doc__
 # Keyword-only after dim (``SDE(dim=2, drift_fn=..., ...)``); positional calls still work, with a
 # DeprecationWarning, for one version.
-SDE.__init__ = _sde_init
+SDE.__init__ = _sde_init  # type: ignore[method-assign]  # deliberate: replaces the generated one

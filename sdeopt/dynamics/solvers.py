@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torchsde._brownian.brownian_base import BaseBrownian
@@ -303,6 +304,7 @@ def solve(
         moved = sde.problem.to(check_device(device), check_dtype(dtype))
         if moved is not sde.problem:
             sde = sde.rebuild(moved)
+    assert sde.observed_dim is not None  # set to dim by SDE.__post_init__
     problem = sde.problem if sde.problem is not None else _NoProblem(sde.observed_dim)
     if sde.problem is None:
         record = ()
@@ -315,7 +317,7 @@ def solve(
         "substeps": substeps,
         "coupled": coupled is not None,
     }
-    common = dict(
+    common: dict[str, Any] = dict(
         seed=seed,
         device=device,
         dtype=dtype,
@@ -328,6 +330,7 @@ def solve(
         block_size=block_size,
         first_run=first_run,
     )
+    stepper: Stepper
     if backend == "torchsde":
         if torchsde_method in ("milstein", "srk"):
             # torchsde's strong order 1 (1.5) schemes for diagonal noise take ∂g_j/∂x_j only:
@@ -380,7 +383,8 @@ class _NoProblem(Problem):
     def loss(self, x):
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
-    grad = hvp = None  # never called: no observable is recorded
+    # never called: no observable is recorded (None fills the abstract methods on purpose)
+    grad = hvp = None  # type: ignore[assignment]
 
     def config(self) -> dict:
         return {"type": "none", "dim": self.dim}

@@ -32,6 +32,7 @@ import math
 import re
 from functools import partial
 from pathlib import Path
+from typing import TypeGuard
 
 import tomllib
 import torch
@@ -418,7 +419,7 @@ KINDS = {
 }
 
 
-def _is_number(value) -> bool:
+def _is_number(value) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

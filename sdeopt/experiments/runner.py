@@ -240,7 +240,7 @@ def run_weak_order(spec: dict) -> tuple:
         final = [observable_values(r, obs).isel(step=-1, drop=True) for r in runs]  # (model, run)
         sde = final[0]["model"] != "discrete"
         if spec["richardson"]:
-            err = richardson_weak_error(*runs, obs)
+            err = richardson_weak_error(runs[0], runs[1], obs)
             values = xr.where(sde, 2 * final[1] - final[0], final[0])
             ok = ~(runs[1]["diverged"] | (runs[0]["diverged"] & sde))
             gap = 2 * (final[0] - final[1])

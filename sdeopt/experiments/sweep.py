@@ -103,6 +103,7 @@ def validate_sweep(raw: dict) -> dict:
                 "or strings)"
             )
         dims[key.replace(".", "_")] = (key, values)
+    assert isinstance(base, dict)  # _check_keys refused anything else
     base = dict(base, name="cell")
     cells = [
         cell_run(base, dims, index)
@@ -111,7 +112,7 @@ def validate_sweep(raw: dict) -> dict:
     # Every cell is built before any runs, and all must share one array layout: a swept value
     # that changes the dimension (problem.type, problem.dataset ...) with record_x used to be
     # found only when its cell's results reached the store, after the other cells had run.
-    layouts = {}
+    layouts: dict[tuple, str] = {}
     for run, index in cells:
         where = (
             "cell ["
@@ -308,7 +309,7 @@ def run_sweep(
         _create(store, sweep)
         done = np.zeros(tuple(len(v) for _, v in sweep["dims"].values()), dtype=np.int8)
     todo = [(run, index) for run, index in sweep["cells"] if not done[index]]
-    summary = {
+    summary: dict[str, int | float] = {
         "cells": len(sweep["cells"]),
         "resumed": len(sweep["cells"]) - len(todo),
         "done": 0,

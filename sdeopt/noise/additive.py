@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import torch
 
@@ -64,9 +65,9 @@ class Gaussian(SymmetricCDFNoise):
         """(1/N) Σ_i σ_i z_i drawn as one Gaussian of variance Σ_i σ_i² / N², (B, d)."""
         self.check_workers(n_workers)
         if self.per_worker:
-            std = math.sqrt(sum(s * s for s in self.scale)) / n_workers
+            std = math.sqrt(sum(s * s for s in self._scale.values)) / n_workers
         else:
-            std = self.scale / math.sqrt(n_workers)
+            std = self._scale.values[0] / math.sqrt(n_workers)
         return rng.normal(grads.shape[-1]) * std  # (B, d)
 
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
@@ -332,6 +333,14 @@ class AffineVariance(Noise):
 # ---------------------------------------------------------------------------------------------
 
 
+class _MinibatchProblem(Protocol):
+    """What ``Minibatch`` needs of a problem (duck-typed, e.g. ``FiniteSumProblem``)."""
+
+    def minibatch_worker_grads(
+        self, x: torch.Tensor, batch_size: int, n_workers: int, rng: RandomSource
+    ) -> torch.Tensor: ...
+
+
 @NOISES.register
 class Minibatch(Noise):
     r"""Real minibatch gradients of a finite-sum problem (not an additive law).
@@ -389,7 +398,9 @@ class Minibatch(Noise):
     ) -> torch.Tensor:
         """Minibatch worker gradients, (B, N, d)."""
         self.check_problem(problem)
-        return problem.minibatch_worker_grads(x, self.batch_size, n_workers, rng)  # (B, N, d)
+        # check_problem found the method (mypy cannot narrow on callable(getattr(...))).
+        finite_sum = cast(_MinibatchProblem, problem)
+        return finite_sum.minibatch_worker_grads(x, self.batch_size, n_workers, rng)  # (B, N, d)
 
     def oracle_mean(
         self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource

@@ -6,7 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -155,6 +155,11 @@ class ScaledSymmetricNoise(Noise):
     def __init__(self, scale: float | Sequence[float] = 1.0) -> None:
         self._scale = PerWorker.of("scale", scale)
 
+    if TYPE_CHECKING:
+        # Var T: each law gives it, as a class attribute (Gaussian) or a property (StudentT).
+        @property
+        def variance(self) -> float: ...
+
     @property
     def scale(self) -> float | tuple[float, ...]:
         """σ as given: one number, or a tuple of N (one per worker)."""
@@ -253,7 +258,7 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
             s = self.scales(n_workers, grads.device, grads.dtype).unsqueeze(-1)  # (N, 1)
             tail = self.standard_cdf(grads.abs().neg_() / s)  # (B, N, d)
         else:  # a Python scalar: in place, no broadcast (measured 0.3 ms/step cheaper at 10^5 values)
-            tail = self.standard_cdf(grads.abs().div_(-self.scale))
+            tail = self.standard_cdf(grads.abs().div_(-self._scale.values[0]))
         return tail, torch.gt(grads, 0.0, out=torch.empty_like(grads))  # up: shaped like grads
 
     def sign_mean(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:

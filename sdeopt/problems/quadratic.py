@@ -125,13 +125,17 @@ class Quadratic(Problem):
     @property
     def hessian(self) -> torch.Tensor:
         """H as a dense (d, d) tensor."""
-        return torch.diag(self.diag) if self.diag is not None else self.matrix
+        if self.diag is not None:
+            return torch.diag(self.diag)
+        assert self.matrix is not None  # exactly one of diag/matrix (__init__)
+        return self.matrix
 
     @property
     def eigenvalues(self) -> torch.Tensor:
         """The eigenvalues of H in ascending order, (d,)."""
         if self.diag is not None:
             return torch.sort(self.diag).values
+        assert self.matrix is not None  # exactly one of diag/matrix (__init__)
         return torch.linalg.eigvalsh(self.matrix)
 
     @property
@@ -146,17 +150,20 @@ class Quadratic(Problem):
         r = self._residual(x)  # (B, d)
         if self.diag is not None:
             return 0.5 * (_cast(self.diag, x) * r * r).sum(dim=-1)  # (B,)
+        assert self.matrix is not None  # exactly one of diag/matrix (__init__)
         return 0.5 * ((r @ _cast(self.matrix, x)) * r).sum(dim=-1)  # (B,)
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         r = self._residual(x)  # (B, d)
         if self.diag is not None:
             return _cast(self.diag, x) * r  # (B, d)
+        assert self.matrix is not None  # exactly one of diag/matrix (__init__)
         return r @ _cast(self.matrix, x)  # (B, d); H symmetric, so r H = (H r)ᵀ
 
     def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.diag is not None:
             return _cast(self.diag, v) * v  # (B, d)
+        assert self.matrix is not None  # exactly one of diag/matrix (__init__)
         return v @ _cast(self.matrix, v)  # (B, d)
 
     def config(self) -> dict:
@@ -164,6 +171,7 @@ class Quadratic(Problem):
         if self.diag is not None:
             cfg["diag"] = _tensor_config(self.diag)
         else:
+            assert self.matrix is not None  # exactly one of diag/matrix (__init__)
             cfg["matrix"] = _tensor_config(self.matrix)
         cfg["center"] = _tensor_config(self.center)
         return cfg
