@@ -1,5 +1,5 @@
 """House habits, checked by the test command itself (so CI and a fresh clone run them): ruff's lint
-and format check over the repository, configured in pyproject.toml."""
+and format check over the repository, and mypy over the package, configured in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -21,4 +21,10 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 )
 def test_ruff(check):
     result = _run(sys.executable, "-m", "ruff", *check)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy():
+    # Files and strictness come from [tool.mypy] in pyproject.toml.
+    result = _run(sys.executable, "-m", "mypy")
     assert result.returncode == 0, result.stdout + result.stderr
