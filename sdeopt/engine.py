@@ -236,7 +236,7 @@ class IncrementRecorder:
     def __init__(self, rng: RandomSource) -> None:
         self._rng = rng
         self.n_runs = rng.n_runs
-        self.draws: list[tuple[str, torch.Tensor]] = []
+        self.draws: list[tuple[str, torch.Tensor | None]] = []
 
     def normal(self, *shape: int) -> torch.Tensor:
         out = self._rng.normal(*shape)
@@ -258,18 +258,15 @@ class IncrementRecorder:
     def take(self, dim: int) -> torch.Tensor:
         """The one (B, d) normal draw of the step just made; ValueError for anything else."""
         draws, self.draws = self.draws, []
-        if (
-            len(draws) != 1
-            or draws[0][0] != "normal"
-            or tuple(draws[0][1].shape) != (self.n_runs, dim)
-        ):
+        drawn = draws[0][1] if len(draws) == 1 and draws[0][0] == "normal" else None
+        if drawn is None or tuple(drawn.shape) != (self.n_runs, dim):
             kinds = [f"{k}{tuple(t.shape) if t is not None else ''}" for k, t in draws]
             raise ValueError(
                 f"Invalid keep_increments: True (the method declares itself couplable but drew "
                 f"{kinds or 'nothing'} in one step; coupling needs exactly one standard normal "
                 "(B, d) draw per step)"
             )
-        return draws[0][1]
+        return drawn
 
 
 def _run_chunk(stepper, problem, x, n_steps, steps, record, record_x, threshold, rng) -> dict:

@@ -84,7 +84,7 @@ class Trajectory:
             "time": ("step", self.time, {"units": "optimizer steps x lr"}),
             "lr_sum": ("step", self.lr_sum, {"long_name": "summed learning rate"}),
         }
-        data = {
+        data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {
             name: (("model", "step", "run"), v.numpy()[None])
             for name, v in self.observables.items()
         }

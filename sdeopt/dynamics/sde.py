@@ -284,7 +284,8 @@ class TorchsdeAdapter(torch.nn.Module):
 
     def g(self, t, y):
         diff = self.sde.diffusion(float(t), y)
-        if self.noise_type == "diagonal":
+        if self.noise_type == "diagonal":  # torchsde's diagonal noise: g as (B, d)
+            assert isinstance(diff, Diagonal)  # a diagonal-noise SDE's diffusion is Diagonal
             return diff.g
         return diff.dense()
 

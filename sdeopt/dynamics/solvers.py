@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -95,9 +96,9 @@ class Milstein(Scheme):
             dg = sde.diffusion_derivative_fn(x, eta)
         else:  # d = 1: the Jacobian-vector product with 1 is the derivative
             try:
-                _, dg = torch.func.jvp(
+                dg = torch.func.jvp(
                     lambda y: sde.diffusion_at(y, eta).g, (x,), (torch.ones_like(x),)
-                )
+                )[1]
             except (NotImplementedError, RuntimeError) as err:
                 raise ValueError(
                     "Invalid scheme: 'milstein' (the diffusion cannot be differentiated by "
@@ -109,6 +110,22 @@ class Milstein(Scheme):
 #: Native schemes by name.
 SCHEMES = {"euler": EulerMaruyama(), "milstein": Milstein()}
 BACKENDS = ("native", "torchsde")
+
+
+@dataclass
+class _CoupledState(State):
+    """X plus, when coupled, the discrete run's Gaussian draws ξ_k of this chunk, (K, B, d)."""
+
+    xi: torch.Tensor | None = None
+
+
+@dataclass
+class _TorchsdeState(State):
+    """X plus the chunk's Brownian increments (n, B, m) and the cached window of sdeint outputs:
+    its first step and the outputs (W + 1, B, D), or None before the first window."""
+
+    dw: torch.Tensor | None = None
+    window: tuple[int, torch.Tensor | None] = (0, None)
 
 
 class _SDEStepper(Stepper):
@@ -134,7 +151,7 @@ class _SDEStepper(Stepper):
         return f"{type(self).__name__}(model={self.sde.model!r})"
 
     def init_state(self, x0, problem, rng):
-        state = State(x=self.sde.lift(x0))
+        state = _CoupledState(x=self.sde.lift(x0))
         if self.increments is not None:
             start = rng.first_run - self.first_run
             chunk = self.increments[:, start : start + rng.n_runs]
@@ -151,10 +168,7 @@ class _SDEStepper(Stepper):
         x = state.x
         for dw in dws:
             x = self.scheme.step(self.sde, x, eta, h, dw)
-        new = State(x=x)
-        if self.increments is not None:
-            new.xi = state.xi
-        return new
+        return _CoupledState(x=x, xi=state.xi)
 
     def _brownian(self, state, k, h, rng):
         m, n = self.sde.brownian_dim, self.substeps
@@ -163,6 +177,7 @@ class _SDEStepper(Stepper):
                 return [rng.normal(m) * math.sqrt(h)]
             z = rng.normal(n, m) * math.sqrt(h)  # (B, n, m)
             return z.unbind(dim=1)
+        assert state.xi is not None  # coupled: init_state kept the chunk's draws
         total = -math.sqrt(self.lr) * state.xi[k]  # (B, d): W(t_{k+1}) - W(t_k)
         if n == 1:
             return [total]
@@ -195,11 +210,8 @@ class _TorchsdeStepper(Stepper):
 
     def init_state(self, x0, problem, rng):
         h = self.lr / self.substeps
-        state = State(x=self.sde.lift(x0))
         dw = rng.normal(self.n_steps * self.substeps, self.sde.brownian_dim)  # (B, n, m)
-        state.dw = dw.transpose(0, 1) * math.sqrt(h)  # (n, B, m)
-        state.window = (0, None)  # first step of the cached outputs, outputs (W + 1, B, D)
-        return state
+        return _TorchsdeState(x=self.sde.lift(x0), dw=dw.transpose(0, 1) * math.sqrt(h))
 
     def observe(self, state):
         return self.sde.observe(state.x)
@@ -208,9 +220,7 @@ class _TorchsdeStepper(Stepper):
         start, ys = state.window
         if ys is None or not start <= k < start + ys.shape[0] - 1:
             start, ys = k, self._integrate(state.x, k, state.dw)
-        new = State(x=ys[k + 1 - start])
-        new.dw, new.window = state.dw, (start, ys)
-        return new
+        return _TorchsdeState(x=ys[k + 1 - start], dw=state.dw, window=(start, ys))
 
     def _integrate(self, x, k, dw):
         """sdeint from x at step k over the next window of steps; outputs at each, (W + 1, B, D)."""
