@@ -610,3 +610,17 @@ def test_a_huge_blowup_threshold_does_not_overflow():
         assert not so.dynamics.solve(
             sde, [1.0], 3, 4, blowup_threshold=1e200, backend=backend
         ).diverged.any()
+
+
+def test_a_normalised_zero_direction_is_a_zero_step_not_nan():
+    """normalize=(0, b) divides by b||v||: at the minimiser without noise v = 0, and the step is 0
+    (it was 0/0 = NaN, and every run counted as diverged at step 1)."""
+    opt = DCSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(scale=0.0), normalize=(0.0, 1.0))
+    prob = so.problems.Quadratic(diag=[1.0, 2.0])
+    traj = simulate(opt, prob, [0.0, 0.0], n_steps=3, n_runs=4, record_x=True)
+    assert not traj.diverged.any() and torch.equal(traj.x, torch.zeros_like(traj.x))
+    away = simulate(opt, prob, [3.0, 4.0], n_steps=1, n_runs=2, record_x=True)
+    torch.testing.assert_close(
+        away.x[-1, 0],
+        torch.tensor([3.0, 4.0]) - 0.1 * torch.tensor([3.0, 8.0]) / math.hypot(3.0, 8.0),
+    )

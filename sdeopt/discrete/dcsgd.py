@@ -105,5 +105,7 @@ class DCSGD(DirectionMethod):
             v = v * torch.clamp(self.clip / norm, max=1.0)
         if self.normalize is not None:
             a, b = self.normalize
-            v = v / (a + b * torch.linalg.vector_norm(v, dim=-1, keepdim=True))
+            denom = a + b * torch.linalg.vector_norm(v, dim=-1, keepdim=True)  # (B, 1)
+            # a + b||v|| = 0 only for a = 0 and v = 0: the step is 0 there, not 0/0.
+            v = v / torch.where(denom > 0, denom, torch.ones_like(denom))
         return v
