@@ -41,11 +41,11 @@ METHODS: Registry = Registry("method")
 
 @dataclass(frozen=True, kw_only=True)
 class Method(Stepper, ABC):
-    """Base class of the discrete optimizers and chains.
+    r"""Base class of the discrete optimizers and chains.
 
     Args:
-        lr: eta > 0, the base learning rate (the SDE time of one step).
-        schedule: eta_k, the dimensionless schedule factor (eta_0 = 1).
+        lr: :math:`\eta > 0`, the base learning rate (the SDE time of one step).
+        schedule: :math:`\eta_k`, the dimensionless schedule factor (:math:`\eta_0 = 1`).
     """
 
     lr: float
@@ -78,7 +78,8 @@ class Method(Stepper, ABC):
 
     @abstractmethod
     def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
-        """One iteration k -> k + 1 for all runs, with step size lr_k = eta * eta_k; the new state."""
+        r"""One iteration :math:`k \to k + 1` for all runs, with step size
+        :math:`\mathrm{lr}_k = \eta\,\eta_k`; the new state."""
 
     def config(self) -> dict:
         """A JSON-able description of the method and all its parts.
@@ -98,10 +99,10 @@ class Method(Stepper, ABC):
 
 @dataclass(frozen=True, kw_only=True)
 class DistributedMethod(Method):
-    """N workers, each with a stochastic gradient oracle of law ``noise``.
+    r"""N workers, each with a stochastic gradient oracle of law ``noise``.
 
     Args:
-        n_workers: N >= 1.
+        n_workers: :math:`N \ge 1`.
         noise: the gradient-noise law of every worker.
         shortcuts: use exact distributional shortcuts (e.g. one Gaussian for the mean of N);
             False draws every worker's noise, for validation against the naive path.
@@ -126,11 +127,11 @@ class DistributedMethod(Method):
 
 @dataclass(frozen=True, kw_only=True)
 class DirectionMethod(DistributedMethod):
-    """Methods of the form x_{k+1} = x_k - eta eta_k u_k (docs/models.md)."""
+    r"""Methods of the form :math:`x_{k+1} = x_k - \eta\,\eta_k u_k` (docs/models.md)."""
 
     @abstractmethod
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
-        """u_k for all runs, (B, d)."""
+        r""":math:`u_k` for all runs, (B, d)."""
 
     def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
         u = self.direction(problem, state.x, rng)  # (B, d)
@@ -158,7 +159,7 @@ def simulate(
     keep_increments: bool = False,
     out=None,
 ):
-    """Run ``method`` on ``problem`` for ``n_runs`` independent runs of ``n_steps`` iterations.
+    r"""Run ``method`` on ``problem`` for ``n_runs`` independent runs of ``n_steps`` iterations.
 
     Args:
         method: a discrete optimizer (``DSGD``, ``DCSGD``, ``DSignSGD`` ...).
@@ -186,8 +187,8 @@ def simulate(
         first_run: global index of the first run, so that a slice of a large study can be
             recomputed on its own, or a study extended: ``n_runs=m, first_run=n`` gives runs
             n .. n+m-1 of any study of the same seed.
-        keep_increments: keep the standard normal draw ξ_k of every step, (n_steps, B, d), in
-            ``Trajectory.increments``, to drive an SDE with the same noise
+        keep_increments: keep the standard normal draw :math:`\xi_k` of every step,
+            (n_steps, B, d), in ``Trajectory.increments``, to drive an SDE with the same noise
             (``sdeopt.dynamics.solve(..., coupled=traj)``). Only for methods whose one random
             draw per step is that Gaussian (DSGD with Gaussian or AffineVariance noise).
 

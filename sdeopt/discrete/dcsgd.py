@@ -18,27 +18,44 @@ from sdeopt.random import RandomSource
 class DCSGD(DirectionMethod):
     r"""Distributed compressed SGD: every worker sends a compressed stochastic gradient.
 
-    Update, with g_i = ∇f_i(x_k) + Z_i the stochastic gradient of worker i and
-    C_i independent draws of the compressor:
+    Update, with :math:`g_i = \nabla f_i(x_k) + Z_i` the stochastic gradient of worker i and
+    :math:`C_i` independent draws of the compressor:
 
-        v_k = (1/N) Σ_i C_i(g_i),     x_{k+1} = x_k - eta eta_k u_k,
+    .. math::
 
-    where u_k = v_k, or with clipping at level λ ``u_k = min(1, λ/||v_k||) v_k``, and with
-    normalisation ``u_k = v_k / (a + b ||v_k||)`` (clipping first when both are given).
+        v_k = \frac{1}{N} \sum_i C_i(g_i), \qquad x_{k+1} = x_k - \eta\,\eta_k u_k,
+
+    where :math:`u_k = v_k`, or with clipping at level :math:`\lambda`
+    :math:`u_k = \min(1, \lambda / \|v_k\|)\, v_k`, and with normalisation
+    :math:`u_k = v_k / (a + b \|v_k\|)` (clipping first when both are given).
 
     SDE models (docs/models.md; built in ``sdeopt.dynamics``): for an unbiased compressor,
-    ū = ∇f and S = (1/N²) Σ_i (E_Z Cov_C[C_i(∇f + Z_i)] + Σ_i); first order
-    dX = -eta_t ∇f dt + eta_t sqrt(eta) S^{1/2} dW (weak order 1), second order and
-    curvature-corrected drifts -eta_t ū ∓ (eta eta_t²/2)(∇ū)ū. For RandK and Σ_i = σ_i² I,
-    S = (1/N²) Σ_i [c_i (d diag(∇f)² - ∇f∇fᵀ) + (1+ω_i) σ_i² I], c_i = (d-k)/(k(d-1)).
+    :math:`\bar u = \nabla f` and
+
+    .. math::
+
+        S = \frac{1}{N^2} \sum_i \left(\mathbb{E}_Z \operatorname{Cov}_C[C_i(\nabla f + Z_i)]
+        + \Sigma_i\right);
+
+    first order :math:`dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\, S^{1/2} dW` (weak
+    order 1), second order and curvature-corrected drifts
+    :math:`-\eta_t \bar u \mp (\eta\,\eta_t^2/2)(\nabla \bar u)\bar u`. For RandK and
+    :math:`\Sigma_i = \sigma_i^2 I`,
+
+    .. math::
+
+        S = \frac{1}{N^2} \sum_i \left[c_i \left(d \operatorname{diag}(\nabla f)^2
+        - \nabla f \nabla f^\top\right) + (1 + \omega_i) \sigma_i^2 I\right],
+        \qquad c_i = \frac{d - k}{k (d - 1)}.
+
     No Brownian SDE exists for infinite-variance noise.
 
     Shapes: x (B, d); worker gradients (B, N, d).
 
     Args:
-        compressor: C, applied per worker after the noise (default: no compression).
-        normalize: (a, b) with a, b >= 0 and a + b > 0, or None.
-        clip: λ > 0, or None.
+        compressor: :math:`C`, applied per worker after the noise (default: no compression).
+        normalize: :math:`(a, b)` with :math:`a, b \ge 0` and :math:`a + b > 0`, or None.
+        clip: :math:`\lambda > 0`, or None.
 
     References:
         Compagnoni et al., ICML 2026, arXiv 2506.00181 v2 (DCSGD and its SDEs, curvature

@@ -14,15 +14,28 @@ from sdeopt.discrete.dcsgd import DCSGD
 class DSGD(DCSGD):
     r"""Distributed SGD: the average of N workers' stochastic gradients.
 
-    Update: x_{k+1} = x_k - (eta eta_k / N) Σ_i g_i, g_i = ∇f_i(x_k) + Z_i.
-    For Gaussian noise the mean of the N worker noises is drawn as one Gaussian of variance
-    Σ_i σ_i² / N² (exact in law), so a step costs one (B, d) normal draw.
+    Update: :math:`x_{k+1} = x_k - (\eta\,\eta_k / N) \sum_i g_i`,
+    :math:`g_i = \nabla f_i(x_k) + Z_i`. For Gaussian noise the mean of the N worker noises is
+    drawn as one Gaussian of variance :math:`\sum_i \sigma_i^2 / N^2` (exact in law), so a step
+    costs one (B, d) normal draw.
 
-    SDE models (docs/models.md): ū = ∇f, S = Σ̂/N with Σ̂ = (1/N) Σ_i Σ_i;
-    first order dX = -eta_t ∇f dt + eta_t sqrt(eta/N) Σ̂^{1/2} dW (weak order 1),
-    second order drift -∇(f + (eta/4)||∇f||²) (weak order 2), curvature-corrected drift
-    -eta_t ∇f + (eta eta_t²/2) ∇²f ∇f, which has the exact stationary loss of the chain on
-    quadratics: E f = Σ_j eta σ̄² / (4N (1 - eta λ_j / 2)) (docs/models.md).
+    SDE models (docs/models.md): :math:`\bar u = \nabla f`, :math:`S = \hat\Sigma / N` with
+    :math:`\hat\Sigma = \frac{1}{N} \sum_i \Sigma_i`; first order
+
+    .. math::
+
+        dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta/N}\, \hat\Sigma^{1/2} dW
+
+    (weak order 1), second order drift :math:`-\nabla(f + (\eta/4)\|\nabla f\|^2)` (weak
+    order 2), curvature-corrected drift
+    :math:`-\eta_t \nabla f + (\eta\,\eta_t^2/2) \nabla^2 f \nabla f`, which has the exact
+    stationary loss of the chain on quadratics:
+
+    .. math::
+
+        \mathbb{E} f = \sum_j \frac{\eta \bar\sigma^2}{4N (1 - \eta \lambda_j / 2)}
+
+    (docs/models.md).
 
     Shapes: x (B, d). Normalised (``normalize=(a, b)``) and clipped (``clip=λ``) steps as in DCSGD.
 

@@ -19,20 +19,29 @@ from sdeopt.random import RandomSource
 class DSignSGD(DirectionMethod):
     r"""Distributed SignSGD with averaged (not majority-vote) signs.
 
-    Update: x_{k+1} = x_k - (eta eta_k / N) Σ_i sign(g_i), g_i = ∇f_i(x_k) + σ_i T_i,
-    coordinate-wise, with sign(0) = 0.
+    Update: :math:`x_{k+1} = x_k - (\eta\,\eta_k / N) \sum_i \operatorname{sign}(g_i)`,
+    :math:`g_i = \nabla f_i(x_k) + \sigma_i T_i`, coordinate-wise, with
+    :math:`\operatorname{sign}(0) = 0`.
 
-    Exact shortcut: given x, sign(g_ij) is +1 with probability p⁺ = F(∇_j f_i / σ_i), F the
-    CDF of the noise's standard law (Gaussian, Student-t for every nu > 0). When all workers
-    share one law (a homogeneous problem, one scale σ > 0, N <= 100), the number of +1 signs
-    is Binomial(N, p⁺), drawn by inversion from one uniform per coordinate: no per-worker and
-    no heavy-tailed draw is made. Otherwise every worker's noise is drawn (per-worker CDF
-    evaluations measured slower than the draws: 3x for Student-t).
+    Exact shortcut: given x, :math:`\operatorname{sign}(g_{ij})` is +1 with probability
+    :math:`p^+ = F(\nabla_j f_i / \sigma_i)`, F the CDF of the noise's standard law (Gaussian,
+    Student-t for every :math:`\nu > 0`). When all workers share one law (a homogeneous problem,
+    one scale :math:`\sigma > 0`, :math:`N \le 100`), the number of +1 signs is
+    :math:`\mathrm{Binomial}(N, p^+)`, drawn by inversion from one uniform per coordinate: no
+    per-worker and no heavy-tailed draw is made. Otherwise every worker's noise is drawn
+    (per-worker CDF evaluations measured slower than the draws: 3x for Student-t).
 
-    SDE models (docs/models.md): m_i(x) = 2 F(∇f_i/σ_i) - 1, ū = (1/N) Σ_i m_i,
-    S = diag((1/N²) Σ_i (1 - m_i²)); first order dX = -eta_t ū dt + eta_t sqrt(eta) S^{1/2} dW.
-    Well defined for every nu > 0 since |m| <= 1 (Gaussian: m = erf(∇f/(√2σ)); nu = 1:
-    m = (2/π) arctan(∇f/σ)).
+    SDE models (docs/models.md): :math:`m_i(x) = 2 F(\nabla f_i / \sigma_i) - 1`,
+    :math:`\bar u = \frac{1}{N} \sum_i m_i`,
+    :math:`S = \operatorname{diag}\big(\frac{1}{N^2} \sum_i (1 - m_i^2)\big)`; first order
+
+    .. math::
+
+        dX = -\eta_t \bar u\,dt + \eta_t \sqrt{\eta}\, S^{1/2} dW.
+
+    Well defined for every :math:`\nu > 0` since :math:`|m| \le 1` (Gaussian:
+    :math:`m = \operatorname{erf}(\nabla f / (\sqrt{2} \sigma))`; :math:`\nu = 1`:
+    :math:`m = (2/\pi) \arctan(\nabla f / \sigma)`).
 
     Shapes: x (B, d); sign probabilities (B, N or 1, d); uniforms (B, N, d).
 
@@ -83,7 +92,8 @@ def _binomial_signs(
 
 
 def binomial_inverse_cdf(p: torch.Tensor, n: int, u: torch.Tensor) -> torch.Tensor:
-    """Binomial(n, p) draws by inversion, X = #{j < n : P(Bin <= j) <= u}, elementwise.
+    r"""Binomial(n, p) draws by inversion, :math:`X = \#\{j < n : P(\mathrm{Bin} \le j) \le u\}`,
+    elementwise.
 
     Args:
         p: success probabilities, any shape. n: trials (>= 1). u: uniforms on [0, 1), shape of p.
@@ -95,16 +105,17 @@ def binomial_inverse_cdf(p: torch.Tensor, n: int, u: torch.Tensor) -> torch.Tens
 
 
 def binomial_count(q: torch.Tensor, reflect: torch.Tensor, n: int, u: torch.Tensor) -> torch.Tensor:
-    """Binomial(n, q) draws by inversion, reflected (X -> n - X) where ``reflect`` is 1.
+    r"""Binomial(n, q) draws by inversion, reflected (:math:`X \to n - X`) where ``reflect`` is 1.
 
     Exact up to the rounding of the running CDF (about n ulps). The pmf recursion runs on
-    q <= 1/2, so that the ratio q/(1-q) <= 1 and (1-q)^n >= 2^-n never underflow (for n up to
-    ~149 in float32); a draw of Binomial(n, 1 - q) is n minus one of Binomial(n, q).
+    :math:`q \le 1/2`, so that the ratio :math:`q/(1-q) \le 1` and :math:`(1-q)^n \ge 2^{-n}`
+    never underflow (for n up to ~149 in float32); a draw of :math:`\mathrm{Binomial}(n, 1 - q)`
+    is n minus one of :math:`\mathrm{Binomial}(n, q)`.
     Comparisons write 0/1 floats directly (``out=``): a bool temporary converted to float
     measured ~7x slower per count on the CPU.
 
     Args:
-        q: success probabilities in [0, 1/2], any shape. reflect: 0/1 floats, shape of q.
+        q: success probabilities in :math:`[0, 1/2]`, any shape. reflect: 0/1 floats, shape of q.
         n: trials (>= 1). u: uniforms on [0, 1), shape of q.
     Returns:
         Counts as floats, shape and dtype of q.

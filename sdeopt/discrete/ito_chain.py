@@ -1,4 +1,5 @@
-"""Itô chains: x_{k+1} = x_k + eta (b(x_k) + δ_k) + eta^{(1+γ)/2} (σ(x_k) + Δ_k) ε_k."""
+r"""Itô chains: :math:`x_{k+1} = x_k + \eta (b(x_k) + \delta_k) +
+\eta^{(1+\gamma)/2} (\sigma(x_k) + \Delta_k) \varepsilon_k`."""
 
 from __future__ import annotations
 
@@ -28,28 +29,38 @@ class ItoChain(Method):
 
     Update:
 
-        x_{k+1} = x_k + eta (b(x_k) + δ_k) + eta^{(1+γ)/2} (σ(x_k) + Δ_k) ⊙ ε_k,
+    .. math::
 
-    with ε_k i.i.d. from an isotropic unit-covariance law (E ε = 0, E εεᵀ = I: Gaussian,
-    Rademacher, centred Exp(1), scaled uniform, standardised Student-t with nu > 2), σ diagonal
-    (a (B, d) field or a constant), γ in [0, 1], and inexact terms δ_k, Δ_k.
-    SGLD is γ = 0, b = -∇U, σ = √2; SGD with Gaussian noise of scale s is γ = 1, b = -∇f, σ = s.
+        x_{k+1} = x_k + \eta (b(x_k) + \delta_k)
+        + \eta^{(1+\gamma)/2} (\sigma(x_k) + \Delta_k) \odot \varepsilon_k,
 
-    SDE model (``sdeopt.dynamics``): dX = b(X) dt + eta^{γ/2} σ(X) dW (weak order 1 for
-    symmetric ε with matching third moments; the paper proves a W2 bound; a skewed ε slows the
-    convergence in law to O(sqrt(eta)) at a fixed horizon).
+    with :math:`\varepsilon_k` i.i.d. from an isotropic unit-covariance law
+    (:math:`\mathbb{E}\,\varepsilon = 0`, :math:`\mathbb{E}\,\varepsilon\varepsilon^\top = I`:
+    Gaussian, Rademacher, centred Exp(1), scaled uniform, standardised Student-t with
+    :math:`\nu > 2`), :math:`\sigma` diagonal (a (B, d) field or a constant),
+    :math:`\gamma \in [0, 1]`, and inexact terms :math:`\delta_k`, :math:`\Delta_k`.
+    SGLD is :math:`\gamma = 0`, :math:`b = -\nabla U`, :math:`\sigma = \sqrt{2}`; SGD with
+    Gaussian noise of scale s is :math:`\gamma = 1`, :math:`b = -\nabla f`, :math:`\sigma = s`.
+
+    SDE model (``sdeopt.dynamics``): :math:`dX = b(X)\,dt + \eta^{\gamma/2} \sigma(X)\,dW`
+    (weak order 1 for symmetric :math:`\varepsilon` with matching third moments; the paper
+    proves a W2 bound; a skewed :math:`\varepsilon` slows the convergence in law to
+    :math:`O(\sqrt{\eta})` at a fixed horizon).
 
     Shapes: x (B, d); ε (B, d).
 
     Args:
-        gamma: γ in [0, 1].
-        drift: b as a callable on (B, d), or None for b = -∇f of the problem.
-        diffusion: σ as a callable on (B, d) returning (B, d), or a constant >= 0.
-        eps: the law of ε (default standard normal).
-        drift_error: δ_k as a callable on (B, d), or (c, α) for the constant vector of norm
-            c eta^α along (1, ..., 1)/√d (a worst-case bias of prescribed size), or None.
-        diffusion_error: Δ_k likewise (a callable or (c, α): the constant c eta^α on every
-            coordinate), or None.
+        gamma: :math:`\gamma \in [0, 1]`.
+        drift: :math:`b` as a callable on (B, d), or None for :math:`b = -\nabla f` of the
+            problem.
+        diffusion: :math:`\sigma` as a callable on (B, d) returning (B, d), or a constant
+            :math:`\ge 0`.
+        eps: the law of :math:`\varepsilon` (default standard normal).
+        drift_error: :math:`\delta_k` as a callable on (B, d), or :math:`(c, \alpha)` for the
+            constant vector of norm :math:`c\,\eta^\alpha` along :math:`(1, \dots, 1)/\sqrt{d}`
+            (a worst-case bias of prescribed size), or None.
+        diffusion_error: :math:`\Delta_k` likewise (a callable or :math:`(c, \alpha)`: the
+            constant :math:`c\,\eta^\alpha` on every coordinate), or None.
 
     A callable is code, not data: ``config()`` records it by its qualified name,
     ``{"callable": "module.qualname", "reproducible": False}``, and marks the whole config
@@ -96,7 +107,8 @@ class ItoChain(Method):
 
     @classmethod
     def sgld(cls, lr: float, *, temperature: float = 1.0, **kwargs) -> ItoChain:
-        """Stochastic gradient Langevin dynamics targeting exp(-U/T): γ = 0, b = -∇U, σ = √(2T)."""
+        r"""Stochastic gradient Langevin dynamics targeting :math:`\exp(-U/T)`: :math:`\gamma = 0`,
+        :math:`b = -\nabla U`, :math:`\sigma = \sqrt{2T}`."""
         return cls(
             lr=lr,
             gamma=0.0,
@@ -106,15 +118,16 @@ class ItoChain(Method):
 
     @classmethod
     def sgd(cls, lr: float, *, sigma: float, **kwargs) -> ItoChain:
-        """SGD with additive noise of scale σ: γ = 1, b = -∇f."""
+        r"""SGD with additive noise of scale :math:`\sigma`: :math:`\gamma = 1`,
+        :math:`b = -\nabla f`."""
         return cls(lr=lr, gamma=1.0, diffusion=sigma, **kwargs)
 
     def drift_at(self, problem: Problem, x: torch.Tensor) -> torch.Tensor:
-        """b(x), (B, d)."""
+        """:math:`b(x)`, (B, d)."""
         return -problem.grad(x) if self.drift is None else self.drift(x)
 
     def diffusion_at(self, x: torch.Tensor) -> torch.Tensor:
-        """σ(x), (B, d) or a (1, 1) constant."""
+        r""":math:`\sigma(x)`, (B, d) or a (1, 1) constant."""
         if callable(self.diffusion):
             return self.diffusion(x)
         return torch.full((1, 1), float(self.diffusion), dtype=x.dtype, device=x.device)

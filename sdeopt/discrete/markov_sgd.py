@@ -48,8 +48,8 @@ class MarkovEstimator(ABC):
 
     @abstractmethod
     def sample(self, chain: MarkovNoise, z: torch.Tensor, rng: RandomSource, dtype):
-        """The estimate's noise ĝ - ∇f in units of the oracle scale s (B, d), the advanced chain
-        (B, d) and the oracle calls it used ((B,) or a number)."""
+        r"""The estimate's noise :math:`\hat g - \nabla f` in units of the oracle scale s (B, d),
+        the advanced chain (B, d) and the oracle calls it used ((B,) or a number)."""
 
     @abstractmethod
     def expected_calls(self) -> float:
@@ -64,7 +64,8 @@ class MarkovEstimator(ABC):
 @MARKOV_ESTIMATORS.register
 @dataclass(frozen=True, kw_only=True)
 class SingleSample(MarkovEstimator):
-    """One oracle call at the chain's current state, then one chain transition: ĝ = g(x, Z_k)."""
+    r"""One oracle call at the chain's current state, then one chain transition:
+    :math:`\hat g = g(x, Z_k)`."""
 
     name: ClassVar[str] = "single"
 
@@ -80,17 +81,21 @@ class SingleSample(MarkovEstimator):
 class MLMC(MarkovEstimator):
     r"""The MLMC randomized batch estimator (Beznosikov et al., NeurIPS 2023, Algorithm 1).
 
-    Draw J ~ Geom(1/2) (P(J = j) = 2^{-j}, j >= 1), let g^j be the average of the oracle over the
-    next 2^j B consecutive chain samples, and
+    Draw :math:`J \sim \mathrm{Geom}(1/2)` (:math:`P(J = j) = 2^{-j}`, :math:`j \ge 1`), let
+    :math:`g^j` be the average of the oracle over the next :math:`2^j B` consecutive chain
+    samples, and
 
-    .. math:: \hat g = g^0 + 2^J (g^J - g^{J-1}) \text{ if } 2^J \le M, \qquad
-              \hat g = g^0 \text{ otherwise},
+    .. math::
 
-    so E ĝ = E g^m with m = floor(log2 M), at B (m + 2^{-m}) expected samples per step.
+        \hat g = g^0 + 2^J (g^J - g^{J-1}) \text{ if } 2^J \le M, \qquad
+        \hat g = g^0 \text{ otherwise},
+
+    so :math:`\mathbb{E}\,\hat g = \mathbb{E}\,g^m` with :math:`m = \lfloor \log_2 M \rfloor`, at
+    :math:`B (m + 2^{-m})` expected samples per step.
 
     Args:
-        batch: B >= 1, the base batch.
-        max_batch: M >= 1, the truncation level (2^J <= M).
+        batch: :math:`B \ge 1`, the base batch.
+        max_batch: :math:`M \ge 1`, the truncation level (:math:`2^J \le M`).
     """
 
     batch: int = 1
@@ -103,7 +108,7 @@ class MLMC(MarkovEstimator):
 
     @property
     def level(self) -> int:
-        """m = floor(log2 M)."""
+        r""":math:`m = \lfloor \log_2 M \rfloor`."""
         return math.floor(math.log2(self.max_batch))
 
     def expected_calls(self) -> float:
@@ -111,13 +116,15 @@ class MLMC(MarkovEstimator):
         return self.batch * (m + 2.0**-m)
 
     def sample(self, chain: MarkovNoise, z: torch.Tensor, rng: RandomSource, dtype):
-        """The MLMC combination of chain averages: ĝ - ∇f, the advanced chain, calls (B,).
+        r"""The MLMC combination of chain averages: :math:`\hat g - \nabla f`, the advanced chain,
+        calls (B,).
 
-        The oracle is affine in h(Z), so averaging oracle calls at a fixed x is averaging h over
-        the chain samples: one pass over the chain with running sums at the batch boundaries.
-        The pass always has the maximal length 2^m B, runs that need fewer samples being masked:
-        a data-dependent length would make a run's random stream depend on the other runs of
-        its chunk (and cost a host sync per step). Oracle calls are counted exactly.
+        The oracle is affine in :math:`h(Z)`, so averaging oracle calls at a fixed x is
+        averaging h over the chain samples: one pass over the chain with running sums at the
+        batch boundaries. The pass always has the maximal length :math:`2^m B`, runs that need
+        fewer samples being masked: a data-dependent length would make a run's random stream
+        depend on the other runs of its chunk (and cost a host sync per step). Oracle calls are
+        counted exactly.
         """
         b, m = self.batch, self.level
         # J ~ Geom(1/2) on {1, 2, ...}: J = 1 + floor(E / log 2), E ~ Exp(1).
@@ -157,19 +164,22 @@ class MLMC(MarkovEstimator):
 class MarkovSGD(Method):
     r"""SGD whose gradient noise is a Markov chain (Beznosikov et al., NeurIPS 2023).
 
-    Oracle: $g(x, Z) = \nabla f(x) + s\,h(Z)$, with $(Z_k)$ the chain of ``noise``. Update:
+    Oracle: :math:`g(x, Z) = \nabla f(x) + s\,h(Z)`, with :math:`(Z_k)` the chain of ``noise``.
+    Update:
 
-    .. math:: x_{k+1} = x_k - \eta\,\eta_k\,\hat g_k,
+    .. math::
 
-    where $\hat g_k$ is one oracle call at the chain's current state (``SingleSample``, the
-    default) or the MLMC randomized batch estimator (``MLMC``; docs/methods.md). The chain is
-    never restarted; ``oracle_calls`` is recorded per run.
+        x_{k+1} = x_k - \eta\,\eta_k\,\hat g_k,
+
+    where :math:`\hat g_k` is one oracle call at the chain's current state (``SingleSample``,
+    the default) or the MLMC randomized batch estimator (``MLMC``; docs/methods.md). The chain
+    is never restarted; ``oracle_calls`` is recorded per run.
 
     SDE model (``sdeopt.dynamics``, single-sample estimator):
-    $dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\,\Sigma_{\rm eff}^{1/2} dW$ with
-    $\Sigma_{\rm eff} = s^2 \sigma_{\rm eff}^2 I$, $\sigma_{\rm eff}^2$ the chain's asymptotic
-    variance (for autocorrelation $\rho$: $(1 + \rho)/(1 - \rho)$); valid when
-    $\eta \tau \lambda_{\max} \ll 1$ (docs/models.md).
+    :math:`dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\,\Sigma_{\rm eff}^{1/2} dW` with
+    :math:`\Sigma_{\rm eff} = s^2 \sigma_{\rm eff}^2 I`, :math:`\sigma_{\rm eff}^2` the chain's
+    asymptotic variance (for autocorrelation :math:`\rho`: :math:`(1 + \rho)/(1 - \rho)`);
+    valid when :math:`\eta \tau \lambda_{\max} \ll 1` (docs/models.md).
 
     Shapes: x, z (B, d); oracle_calls (B,).
 
@@ -177,8 +187,9 @@ class MarkovSGD(Method):
         noise: a ``MarkovNoise`` (TwoStateMarkov, GaussianAR1, FiniteMarkov).
         estimator: a ``MarkovEstimator`` (``SingleSample()``, ``MLMC(batch=..., max_batch=...)``)
             or its name, "single" or "mlmc".
-        batch, max_batch: with ``estimator="mlmc"`` given by name, the MLMC parameters (B >= 1,
-            default 1; M >= 1, default 64); refused with any other estimator.
+        batch, max_batch: with ``estimator="mlmc"`` given by name, the MLMC parameters
+            (:math:`B \ge 1`, default 1; :math:`M \ge 1`, default 64); refused with any other
+            estimator.
     """
 
     noise: MarkovNoise
@@ -224,13 +235,13 @@ class MarkovSGD(Method):
 
     @property
     def mlmc_level(self) -> int:
-        """m = floor(log2 M) of the MLMC estimator."""
+        r""":math:`m = \lfloor \log_2 M \rfloor` of the MLMC estimator."""
         if not isinstance(self.estimator, MLMC):
             raise ValueError(f"Invalid estimator: {self.estimator!r} (has no MLMC level)")
         return self.estimator.level
 
     def expected_calls(self) -> float:
-        """Expected oracle calls per step: 1, or B (m + 2^-m) for MLMC."""
+        """Expected oracle calls per step: 1, or :math:`B (m + 2^{-m})` for MLMC."""
         assert isinstance(self.estimator, MarkovEstimator)  # a name became one in __post_init__
         return self.estimator.expected_calls()
 
