@@ -15,16 +15,19 @@ from sdeopt.problems import Problem
 def moments(method: DCSGD, problem: Problem) -> Moments:
     r"""One-step moments of DCSGD with an unbiased compressor (docs/models.md).
 
-    $\bar u = \nabla f$, $(\nabla\bar u)\bar u = \nabla^2 f\,\nabla f$, and
+    :math:`\bar u = \nabla f`, :math:`(\nabla\bar u)\bar u = \nabla^2 f\,\nabla f`, and
 
-    .. math:: S = \frac{1}{N^2} \sum_i \mathrm{Cov}[C_i(\nabla f_i + Z_i)],
+    .. math::
+
+        S = \frac{1}{N^2} \sum_i \mathrm{Cov}[C_i(\nabla f_i + Z_i)],
 
     each worker's term from the compressor (``Compressor.noisy_cov``) given the noise's
-    per-coordinate variance $v_i$ (``Noise.worker_variance``): $v_i I$ without compression, and
-    for RandK $\mathrm{diag}(c\,d\,\nabla f_i^2 + (d/k) v_i) - c\,\nabla f_i \nabla f_i^\top$,
-    $c = (d-k)/(k(d-1))$. The covariance is applied in structured form: a diagonal, a diagonal
-    plus one negative rank-one term (homogeneous workers: O(d) per run), or a dense square root
-    (heterogeneous workers give rank N).
+    per-coordinate variance :math:`v_i` (``Noise.worker_variance``): :math:`v_i I` without
+    compression, and for RandK
+    :math:`\mathrm{diag}(c\,d\,\nabla f_i^2 + (d/k) v_i) - c\,\nabla f_i \nabla f_i^\top`,
+    :math:`c = (d-k)/(k(d-1))`. The covariance is applied in structured form: a diagonal, a
+    diagonal plus one negative rank-one term (homogeneous workers: O(d) per run), or a dense
+    square root (heterogeneous workers give rank N).
 
     Raises ValueError, with the reason the noise or the compressor gives, for infinite-variance
     noise (no Brownian SDE: a Lévy-driven SDE is the right object), for laws or compressors

@@ -14,24 +14,41 @@ from sdeopt.problems import Problem
 def moments(method: DSignSGD, problem: Problem) -> Moments:
     r"""One-step moments of DSignSGD (Compagnoni et al. 2025, arXiv 2502.17009; docs/models.md).
 
-    With m_i(x) = E sign(∇f_i + σ_i T) = 2 F(∇f_i/σ_i) - 1 coordinate-wise,
+    With :math:`m_i(x) = \mathbb{E} \operatorname{sign}(\nabla f_i + \sigma_i T)
+    = 2 F(\nabla f_i / \sigma_i) - 1` coordinate-wise,
 
-        ū = (1/N) Σ_i m_i,      S = diag((1/N²) Σ_i (1 - m_i²)),
+    .. math::
 
-    well defined for every nu > 0 since |m_i| <= 1. The Jacobian-vector product for the
-    second-order model is (∇ū) v = (1/N) Σ_i (2 p(∇f_i/σ_i)/σ_i) ⊙ ∇²f v with p the density of
-    T (homogeneous workers, where every f_i = f). The second-order model is the general
-    one-step moment matching of Li, Tai & E (the steps are i.i.d. given x, so matching E and
-    E[ΔΔᵀ] to O(eta³) gives drift -ū - (eta/2)(∇ū)ū); the "curvature" model is refused: its
-    +(eta/2)(∇ū)ū correction matches the stationary second moment of gradient steps on
-    quadratics (ū linear in x) and has no derivation for the sign direction (ū = m(x) is not
-    linear): in 1-D at lr 0.1 its exact stationary E f is still 39 % below the discrete method's
-    for σ = 0.05 (docs/models.md).
+        \bar u = \frac{1}{N} \sum_i m_i, \qquad
+        S = \operatorname{diag}\Big(\frac{1}{N^2} \sum_i (1 - m_i^2)\Big),
 
-    For Milstein, on a separable problem (diagonal Hessian h = ∇²f 1) g_j = (scale/N)
-    sqrt(Σ_i (1 - m_ij²)) depends on x_j alone and
+    well defined for every :math:`\nu > 0` since :math:`|m_i| \le 1`. The Jacobian-vector
+    product for the second-order model is
 
-        ∂g_j/∂x_j = -(scale/N) Σ_i m_ij ∂m_ij / sqrt(Σ_i (1 - m_ij²)),  ∂m_ij = 2 p(∂_j f/σ_i) h_j / σ_i;
+    .. math::
+
+        (\nabla \bar u)\, v = \frac{1}{N} \sum_i \big(2 p(\nabla f_i / \sigma_i) / \sigma_i\big)
+        \odot \nabla^2 f\, v
+
+    with p the density of T (homogeneous workers, where every :math:`f_i = f`). The
+    second-order model is the general one-step moment matching of Li, Tai & E (the steps are
+    i.i.d. given x, so matching :math:`\mathbb{E}` and :math:`\mathbb{E}[\Delta\Delta^\top]` to
+    :math:`O(\eta^3)` gives drift :math:`-\bar u - (\eta/2)(\nabla \bar u)\bar u`); the
+    "curvature" model is refused: its :math:`+(\eta/2)(\nabla \bar u)\bar u` correction matches
+    the stationary second moment of gradient steps on quadratics (:math:`\bar u` linear in x)
+    and has no derivation for the sign direction (:math:`\bar u = m(x)` is not linear): in 1-D
+    at lr 0.1 its exact stationary :math:`\mathbb{E} f` is still 39 % below the discrete
+    method's for :math:`\sigma = 0.05` (docs/models.md).
+
+    For Milstein, on a separable problem (diagonal Hessian :math:`h = \nabla^2 f\, \mathbf{1}`)
+    :math:`g_j = (\mathrm{scale}/N) \sqrt{\sum_i (1 - m_{ij}^2)}` depends on :math:`x_j` alone
+    and
+
+    .. math::
+
+        \frac{\partial g_j}{\partial x_j} = -\frac{\mathrm{scale}}{N}
+        \frac{\sum_i m_{ij}\, \partial m_{ij}}{\sqrt{\sum_i (1 - m_{ij}^2)}}, \qquad
+        \partial m_{ij} = 2 p(\partial_j f / \sigma_i)\, h_j / \sigma_i;
 
     elsewhere the sign noise is not commutative and Milstein is refused.
     """

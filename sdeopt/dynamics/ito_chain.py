@@ -1,4 +1,4 @@
-"""The SDE of an Itô chain: dX = b(X) dt + eta^{γ/2} σ(X) dW."""
+r"""The SDE of an Itô chain: :math:`dX = b(X)\,dt + \eta^{\gamma/2} \sigma(X)\,dW`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from sdeopt.problems import Problem
 
 
 def sde(method: ItoChain, problem: Problem, model: str) -> SDE:
-    r"""dX = b(X) dt + eta^{γ/2} σ(X) dW (Ustimenko & Beznosikov, ICLR 2024).
+    r""":math:`dX = b(X)\,dt + \eta^{\gamma/2} \sigma(X)\,dW` (Ustimenko & Beznosikov, ICLR 2024).
 
-    One chain step adds eta b + eta^{(1+γ)/2} σ ε: over SDE time eta the drift matches and the
-    variance eta^{1+γ} σ² = (eta^γ σ²) eta gives the diffusion. The inexact terms δ, Δ are
-    errors of the chain, not part of its model. Only the first-order model is defined.
+    One chain step adds :math:`\eta b + \eta^{(1+\gamma)/2} \sigma \varepsilon`: over SDE time
+    :math:`\eta` the drift matches and the variance
+    :math:`\eta^{1+\gamma} \sigma^2 = (\eta^\gamma \sigma^2)\, \eta` gives the diffusion. The
+    inexact terms :math:`\delta`, :math:`\Delta` are errors of the chain, not part of its model.
+    Only the first-order model is defined.
     """
     if model != "first_order":
         raise ValueError(f"Invalid model: {model!r} (an Itô chain's SDE is first order only)")

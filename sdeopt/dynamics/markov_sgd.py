@@ -13,12 +13,20 @@ from sdeopt.problems import Problem
 
 
 def moments(method: MarkovSGD, problem: Problem) -> Moments:
-    r"""ū = ∇f and S = Σ_eff = s² σ_eff² I, σ_eff² = Σ_{j ∈ Z} Cov_π(h(Z_0), h(Z_j)).
+    r""":math:`\bar u = \nabla f` and :math:`S = \Sigma_{\rm eff} = s^2 \sigma_{\rm eff}^2 I`,
+    :math:`\sigma_{\rm eff}^2 = \sum_{j \in \mathbb{Z}} \operatorname{Cov}_\pi(h(Z_0), h(Z_j))`.
 
     Over the many steps of one unit of SDE time the correlated noise sums like independent
-    noise of variance Σ_eff (a Markov-chain central limit theorem), so the first-order model is
-    dX = -eta_t ∇f dt + eta_t sqrt(eta) Σ_eff^{1/2} dW, valid when eta τ λ_max(∇²f) << 1
-    (docs/models.md). The i.i.d. model (S = s² Var_π h) misses the factor (1 + rho)/(1 - rho).
+    noise of variance :math:`\Sigma_{\rm eff}` (a Markov-chain central limit theorem), so the
+    first-order model is
+
+    .. math::
+
+        dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\, \Sigma_{\rm eff}^{1/2} dW,
+
+    valid when :math:`\eta \tau \lambda_{\max}(\nabla^2 f) \ll 1` (docs/models.md). The i.i.d.
+    model (:math:`S = s^2 \operatorname{Var}_\pi h`) misses the factor
+    :math:`(1 + \rho)/(1 - \rho)`.
     """
     if not isinstance(method.estimator, SingleSample):
         raise ValueError(

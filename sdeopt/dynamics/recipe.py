@@ -1,15 +1,22 @@
-"""The general recipe (docs/models.md): from a method's one-step moments to its SDE models.
+r"""The general recipe (docs/models.md): from a method's one-step moments to its SDE models.
 
-Write one step as x_{k+1} = x_k - eta eta_k u_k with mean direction ū(x) = E u_k and
-covariance S(x) = Cov u_k. Then, on the time axis t_k = k eta,
+Write one step as :math:`x_{k+1} = x_k - \eta\,\eta_k u_k` with mean direction
+:math:`\bar u(x) = \mathbb{E}\,u_k` and covariance :math:`S(x) = \operatorname{Cov} u_k`. Then,
+on the time axis :math:`t_k = k \eta`,
 
-    first_order   dX = -eta_t ū dt                            + eta_t sqrt(eta) S^{1/2} dW
-    second_order  dX = (-eta_t ū - (eta eta_t²/2)(∇ū) ū) dt   + eta_t sqrt(eta) S^{1/2} dW
-    curvature     dX = (-eta_t ū + (eta eta_t²/2)(∇ū) ū) dt   + eta_t sqrt(eta) S^{1/2} dW
+.. math::
+
+    \mathtt{first\_order}: \quad dX &= -\eta_t \bar u\,dt
+        + \eta_t \sqrt{\eta}\, S^{1/2} dW \\
+    \mathtt{second\_order}: \quad dX &= \big(-\eta_t \bar u
+        - (\eta\,\eta_t^2/2) (\nabla \bar u) \bar u\big)\,dt + \eta_t \sqrt{\eta}\, S^{1/2} dW \\
+    \mathtt{curvature}: \quad dX &= \big(-\eta_t \bar u
+        + (\eta\,\eta_t^2/2) (\nabla \bar u) \bar u\big)\,dt + \eta_t \sqrt{\eta}\, S^{1/2} dW
 
 (Li, Tai, E, JMLR 2019, first and second order weak SMEs; Compagnoni et al., ICML 2026,
-arXiv 2506.00181 v2, curvature correction, note the plus sign). (∇ū)ū is a Jacobian-vector
-product supplied by each method's model (for DSGD it is ∇²f ∇f).
+arXiv 2506.00181 v2, curvature correction, note the plus sign). :math:`(\nabla \bar u) \bar u` is
+a Jacobian-vector product supplied by each method's model (for DSGD it is
+:math:`\nabla^2 f\, \nabla f`).
 """
 
 from __future__ import annotations
@@ -29,17 +36,20 @@ MODELS = {"first_order": 0.0, "second_order": -1.0, "curvature": 1.0}
 
 @dataclass(frozen=True)
 class Moments:
-    """A method's one-step moments as functions of x (B, d).
+    r"""A method's one-step moments as functions of x (B, d).
 
     Attributes:
-        mean: x -> ū(x), (B, d).
-        mean_jvp: (x, v) -> (∇ū(x)) v, (B, d); None when not available (first order only).
-        diffusion: (x, scale) -> a ``Diffusion`` G with G Gᵀ = scale² S(x).
+        mean: :math:`x \mapsto \bar u(x)`, (B, d).
+        mean_jvp: :math:`(x, v) \mapsto (\nabla \bar u(x))\, v`, (B, d); None when not
+            available (first order only).
+        diffusion: :math:`(x, \mathrm{scale}) \mapsto` a ``Diffusion`` :math:`G` with
+            :math:`G G^\top = \mathrm{scale}^2 S(x)`.
         noise_type: "diagonal" or "general".
-        brownian_dim: m.
-        diffusion_derivative: (x, scale) -> ∂g_j/∂x_j, (B, d), for diagonal noise whose g_j
-            depends on x_j alone (commutative noise: Milstein needs no Lévy areas); None
-            where that does not hold or is not known.
+        brownian_dim: :math:`m`.
+        diffusion_derivative: :math:`(x, \mathrm{scale}) \mapsto \partial g_j / \partial x_j`,
+            (B, d), for diagonal noise whose :math:`g_j` depends on :math:`x_j` alone
+            (commutative noise: Milstein needs no Lévy areas); None where that does not hold
+            or is not known.
     """
 
     mean: Callable[[torch.Tensor], torch.Tensor]
@@ -53,7 +63,8 @@ class Moments:
 
 
 def zero_derivative(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """∂g/∂x of a state-independent (additive) diffusion: 0, (B, d) as a view."""
+    r""":math:`\partial g / \partial x` of a state-independent (additive) diffusion: 0, (B, d) as
+    a view."""
     return x.new_zeros((1, 1)).expand_as(x)
 
 

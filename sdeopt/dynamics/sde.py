@@ -1,16 +1,24 @@
-"""The SDE object: what the continuous model is (drift, diffusion, noise structure).
+r"""The SDE object: what the continuous model is (drift, diffusion, noise structure).
 
-    dX_t = b(t, X_t) dt + G(t, X_t) dW_t      (Itô), X of shape (B, d), W of dimension m.
+.. math::
+
+    dX_t = b(t, X_t)\,dt + G(t, X_t)\,dW_t
+
+(Itô), X of shape (B, d), W of dimension m.
 
 How it is integrated lives in ``solvers.py``; where its randomness comes from is the solver's
-Brownian source. Diffusions are structured so that ``G dW`` costs O(d) per run where the
+Brownian source. Diffusions are structured so that :math:`G\,dW` costs O(d) per run where the
 structure allows it:
 
-- ``Diagonal``: G = diag(g), g of shape (B, d) or (B, 1) (isotropic); m = d.
-- ``DiagonalPlusRankOne``: G Gᵀ = diag(D) + s w wᵀ (s = ±1), applied through the symmetric
-  square root D^{1/2}(I + c q qᵀ), q = D^{-1/2} w, c = s / (1 + sqrt(1 + s|q|²)), so that
-  (I + c q qᵀ)² = I + s q qᵀ (derived here; needs 1 + s|q|² >= 0, i.e. G Gᵀ PSD); m = d.
-- ``Dense``: G of shape (B, d, m), for general covariances.
+- ``Diagonal``: :math:`G = \operatorname{diag}(g)`, g of shape (B, d) or (B, 1) (isotropic);
+  :math:`m = d`.
+- ``DiagonalPlusRankOne``: :math:`G G^\top = \operatorname{diag}(D) + s\, w w^\top`
+  (:math:`s = \pm 1`), applied through the symmetric square root
+  :math:`D^{1/2}(I + c\, q q^\top)`, :math:`q = D^{-1/2} w`,
+  :math:`c = s / (1 + \sqrt{1 + s|q|^2})`, so that
+  :math:`(I + c\, q q^\top)^2 = I + s\, q q^\top` (derived here; needs
+  :math:`1 + s|q|^2 \ge 0`, i.e. :math:`G G^\top` PSD); :math:`m = d`.
+- ``Dense``: :math:`G` of shape (B, d, m), for general covariances.
 """
 
 from __future__ import annotations
@@ -28,28 +36,29 @@ from sdeopt.schedules import Constant, Schedule
 
 
 class Diffusion(ABC):
-    """G(t, x) at one (t, x), in a structured form."""
+    """:math:`G(t, x)` at one (t, x), in a structured form."""
 
     #: torchsde's name of the structure ("diagonal" or "general").
     noise_type: str
 
     @abstractmethod
     def apply(self, dw: torch.Tensor) -> torch.Tensor:
-        """G dW for dW (B, m). Returns (B, d)."""
+        r""":math:`G\,dW` for dW (B, m). Returns (B, d)."""
 
     @abstractmethod
     def dense(self) -> torch.Tensor:
-        """G as a (B, d, m) tensor (torchsde's general noise; tests)."""
+        """:math:`G` as a (B, d, m) tensor (torchsde's general noise; tests)."""
 
     def cov(self) -> torch.Tensor:
-        """G Gᵀ, (B, d, d) (tests and small d only)."""
+        r""":math:`G G^\top`, (B, d, d) (tests and small d only)."""
         g = self.dense()
         return g @ g.transpose(-1, -2)
 
 
 @dataclass
 class Diagonal(Diffusion):
-    """G = diag(g). Attributes: g (B, d) (an expanded view for isotropic noise)."""
+    r""":math:`G = \operatorname{diag}(g)`. Attributes: g (B, d) (an expanded view for isotropic
+    noise)."""
 
     g: torch.Tensor
     noise_type = "diagonal"
@@ -63,7 +72,8 @@ class Diagonal(Diffusion):
 
 @dataclass
 class DiagonalPlusRankOne(Diffusion):
-    """G Gᵀ = diag(diag) + sign · w wᵀ, applied in O(d) per run.
+    r""":math:`G G^\top = \operatorname{diag}(\mathrm{diag}) + \mathrm{sign} \cdot w w^\top`,
+    applied in O(d) per run.
 
     Attributes:
         diag: (B, d) >= 0. w: (B, d). sign: +1.0 or -1.0.
@@ -100,7 +110,7 @@ class DiagonalPlusRankOne(Diffusion):
 
 @dataclass
 class Dense(Diffusion):
-    """A general G, (B, d, m)."""
+    """A general :math:`G`, (B, d, m)."""
 
     g: torch.Tensor
     noise_type = "general"
@@ -120,26 +130,28 @@ def sqrt_psd(cov: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SDE:
-    r"""dX = b(t, X) dt + G(t, X) dW on the optimizer's time axis (docs/models.md, Notation).
+    r""":math:`dX = b(t, X)\,dt + G(t, X)\,dW` on the optimizer's time axis (docs/models.md,
+    Notation).
 
-    Iteration k of the discrete method sits at t_k = k * lr; a schedule enters as the piecewise
-    constant factor eta_t = eta_{floor(t / lr)}. The native solver calls ``drift_at`` and
-    ``diffusion_at`` with that factor directly (no floating-point floor); ``drift(t, x)`` and
-    ``diffusion(t, x)`` derive it from t, for torchsde and users.
+    Iteration k of the discrete method sits at :math:`t_k = k \cdot \mathrm{lr}`; a schedule
+    enters as the piecewise constant factor
+    :math:`\eta_t = \eta_{\lfloor t / \mathrm{lr} \rfloor}`. The native solver calls
+    ``drift_at`` and ``diffusion_at`` with that factor directly (no floating-point floor);
+    ``drift(t, x)`` and ``diffusion(t, x)`` derive it from t, for torchsde and users.
 
     Args:
-        dim: d.
+        dim: :math:`d`.
         drift_fn: (x (B, d), eta) -> b (B, d), eta the schedule factor at that time.
         diffusion_fn: (x (B, d), eta) -> a ``Diffusion``.
         noise_type: "diagonal" or "general" (torchsde's vocabulary).
-        brownian_dim: m, the dimension of W.
+        brownian_dim: :math:`m`, the dimension of :math:`W`.
         lr: the base learning rate (time unit of one optimizer step); 1.0 for plain SDEs.
-        schedule: eta_k.
+        schedule: :math:`\eta_k`.
         model: a name ("first_order", "second_order", "curvature", or anything).
         problem: the objective whose observables are recorded, or None.
         config: a JSON-able description.
         diffusion_derivative_fn: for Milstein on diagonal noise, (x, eta) -> the elementwise
-            derivative ∂g_j/∂x_j (B, d); None when unknown.
+            derivative :math:`\partial g_j / \partial x_j` (B, d); None when unknown.
         rebuild: problem -> the same SDE on another copy of the problem (``solve`` uses it to
             run on the problem moved to the simulation's device and dtype once, instead of
             converting its tensors in every drift call); None for SDEs built by hand.
@@ -230,11 +242,11 @@ class SDE:
         return self.diffusion_fn(x, eta)
 
     def drift(self, t: float, x: torch.Tensor) -> torch.Tensor:
-        """b(t, x), (B, d)."""
+        """:math:`b(t, x)`, (B, d)."""
         return self.drift_fn(x, self.eta(float(t)))
 
     def diffusion(self, t: float, x: torch.Tensor) -> Diffusion:
-        """G(t, x) as a structured ``Diffusion``."""
+        """:math:`G(t, x)` as a structured ``Diffusion``."""
         return self.diffusion_fn(x, self.eta(float(t)))
 
     @classmethod
@@ -247,10 +259,10 @@ class SDE:
         diffusion_derivative: Callable[[torch.Tensor], torch.Tensor] | None = None,
         **kwargs,
     ) -> SDE:
-        """A time-homogeneous SDE with diagonal noise from plain functions of x (B, d).
+        r"""A time-homogeneous SDE with diagonal noise from plain functions of x (B, d).
 
-        ``diffusion(x)`` returns g (B, d), G = diag(g). Example: the
-        Ornstein–Uhlenbeck process dX = -a X dt + s dW is
+        ``diffusion(x)`` returns g (B, d), :math:`G = \operatorname{diag}(g)`. Example: the
+        Ornstein–Uhlenbeck process :math:`dX = -a X\,dt + s\,dW` is
         ``SDE.diagonal(lambda x: -a * x, lambda x: torch.full_like(x, s), dim=1)``.
         """
         deriv = None if diffusion_derivative is None else (lambda x, eta: diffusion_derivative(x))

@@ -1,17 +1,22 @@
-"""How an SDE is integrated: native batched Euler–Maruyama and Milstein, and a torchsde backend.
+r"""How an SDE is integrated: native batched Euler–Maruyama and Milstein, and a torchsde backend.
 
-Every optimizer step k -> k+1 (SDE time lr) is split into ``substeps`` steps of size
-h = lr / substeps; outputs sit at the exact integer steps t_k = k * lr (time is kept as the
-integer k plus a substep index, never accumulated in floating point). The batched loop,
-chunking, seeding, recording, divergence handling and streaming are ``sdeopt.engine.run``'s, for
-the native schemes and the torchsde backend alike: one loop for every model.
+Every optimizer step :math:`k \to k+1` (SDE time lr) is split into ``substeps`` steps of size
+:math:`h = \mathrm{lr} / \mathrm{substeps}`; outputs sit at the exact integer steps
+:math:`t_k = k \cdot \mathrm{lr}` (time is kept as the integer k plus a substep index, never
+accumulated in floating point). The batched loop, chunking, seeding, recording, divergence
+handling and streaming are ``sdeopt.engine.run``'s, for the native schemes and the torchsde
+backend alike: one loop for every model.
 
 Brownian sources (randomness kept apart from the solver):
-- independent: dW = sqrt(h) z, z ~ N(0, I_m) from the run's RandomSource;
-- coupled: the discrete run's own Gaussian draws ξ_k (``simulate(..., keep_increments=True)``)
-  drive the SDE: the increment over step k is W(t_{k+1}) - W(t_k) = -sqrt(lr) ξ_k (the sign
-  makes the SDE's Euler step with one substep reproduce x_{k+1} = x_k - lr(ū + S^{1/2} ξ_k)),
-  split over substeps by the exact Brownian bridge given that sum.
+
+- independent: :math:`dW = \sqrt{h}\, z`, :math:`z \sim \mathcal{N}(0, I_m)` from the run's
+  RandomSource;
+- coupled: the discrete run's own Gaussian draws :math:`\xi_k`
+  (``simulate(..., keep_increments=True)``) drive the SDE: the increment over step k is
+  :math:`W(t_{k+1}) - W(t_k) = -\sqrt{\mathrm{lr}}\, \xi_k` (the sign makes the SDE's Euler
+  step with one substep reproduce
+  :math:`x_{k+1} = x_k - \mathrm{lr}\, (\bar u + S^{1/2} \xi_k)`), split over substeps by the
+  exact Brownian bridge given that sum.
 """
 
 from __future__ import annotations
@@ -44,14 +49,15 @@ class Scheme(ABC):
     def step(
         self, sde: SDE, x: torch.Tensor, eta: float, h: float, dw: torch.Tensor
     ) -> torch.Tensor:
-        """x (B, d) at t -> x at t + h, with the Brownian increment dw (B, m) over [t, t + h]."""
+        """x (B, d) at t -> x at t + h, with the Brownian increment dw (B, m) over
+        :math:`[t, t + h]`."""
 
     def check(self, sde: SDE) -> None:
         """Raise ``ValueError`` if this scheme does not have its order on ``sde``."""
 
 
 class EulerMaruyama(Scheme):
-    """x + b(x) h + G(x) dW. Strong order 1/2 (1 for additive noise), weak order 1."""
+    r""":math:`x + b(x)\, h + G(x)\, dW`. Strong order 1/2 (1 for additive noise), weak order 1."""
 
     strong_order = 0.5
     weak_order = 1.0
@@ -61,15 +67,18 @@ class EulerMaruyama(Scheme):
 
 
 class Milstein(Scheme):
-    """Euler–Maruyama plus ½ g ∂g (dW² - h), for commutative diagonal noise.
+    r"""Euler–Maruyama plus :math:`\tfrac12 g\, \partial g\, (dW^2 - h)`, for commutative diagonal
+    noise.
 
-    Strong order 1 needs the iterated Itô integrals ∫∫ dW_i dW_j; without Lévy areas only the
-    diagonal ones (dW_j² - h)/2 are available, which suffices exactly when the noise is diagonal
-    and g_j depends on x_j alone (then L^i g_j = 0 for i ≠ j). ``sde.diffusion_derivative_fn``
-    declares this and gives ∂g_j/∂x_j; in one dimension every diagonal noise is commutative and
-    the derivative is taken by forward-mode autograd when not given. Anything else (AffineVariance
-    noise in d > 1, DSignSGD on a dense quadratic or logistic regression, general noise) is
-    refused: Milstein without Lévy areas is only strong order 1/2 there.
+    Strong order 1 needs the iterated Itô integrals :math:`\iint dW_i\, dW_j`; without Lévy
+    areas only the diagonal ones :math:`(dW_j^2 - h)/2` are available, which suffices exactly
+    when the noise is diagonal and :math:`g_j` depends on :math:`x_j` alone (then
+    :math:`L^i g_j = 0` for :math:`i \neq j`). ``sde.diffusion_derivative_fn`` declares this and
+    gives :math:`\partial g_j / \partial x_j`; in one dimension every diagonal noise is
+    commutative and the derivative is taken by forward-mode autograd when not given. Anything
+    else (AffineVariance noise in :math:`d > 1`, DSignSGD on a dense quadratic or logistic
+    regression, general noise) is refused: Milstein without Lévy areas is only strong order 1/2
+    there.
     Strong order 1, weak order 1.
     """
 
@@ -266,15 +275,17 @@ def solve(
     out=None,
     method: str | None = None,
 ):
-    """Integrate ``sde`` for ``n_steps`` optimizer steps (SDE time n_steps * lr), batched over runs.
+    r"""Integrate ``sde`` for ``n_steps`` optimizer steps (SDE time n_steps * lr), batched over
+    runs.
 
     Args:
         sde: the SDE (from ``sde_of`` or ``SDE.diagonal``).
         x0: (d,) or (n_runs, d), finite.
-        n_steps: optimizer steps; outputs at t_k = k * lr.
+        n_steps: optimizer steps; outputs at :math:`t_k = k \cdot \mathrm{lr}`.
         n_runs: B.
         seed: random stream (the same block-based seeding as ``simulate``).
-        substeps: solver steps per optimizer step (h = lr / substeps).
+        substeps: solver steps per optimizer step
+            (:math:`h = \mathrm{lr} / \mathrm{substeps}`).
         scheme: "euler" or "milstein" (native); for ``backend="torchsde"``, ``torchsde_method``
             (default "euler") names torchsde's solver.
         backend: "native" (this module's schemes) or "torchsde" (torchsde.sdeint on a
@@ -401,13 +412,14 @@ class _NoProblem(Problem):
 
 
 class GridBrownian(BaseBrownian):
-    """A torchsde Brownian motion on the fixed grid t0 + i h, from pre-drawn increments.
+    r"""A torchsde Brownian motion on the fixed grid :math:`t_0 + i h`, from pre-drawn
+    increments.
 
-    Exact at grid times (W(t_j) - W(t_i) is the sum of the given N(0, h) increments i..j-1,
-    (n, B, m); a one-step query is one stored increment); a query off the grid is an error
-    rather than an interpolation. torchsde's default
-    BrownianInterval cost ~250–800 µs per step here and can hit a RecursionError on long runs
-    (benchmarks/bench_sde.py measures it).
+    Exact at grid times (:math:`W(t_j) - W(t_i)` is the sum of the given
+    :math:`\mathcal{N}(0, h)` increments :math:`i, \dots, j-1`, (n, B, m); a one-step query is
+    one stored increment); a query off the grid is an error rather than an interpolation.
+    torchsde's default BrownianInterval cost ~250–800 µs per step here and can hit a
+    RecursionError on long runs (benchmarks/bench_sde.py measures it).
     """
 
     def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
