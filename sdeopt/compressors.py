@@ -1,14 +1,16 @@
-"""Compression operators applied per worker, after the noise.
+r"""Compression operators applied per worker, after the noise.
 
-Every compressor maps a worker's vector ``v`` (the last axis, length d) to ``C(v)`` and
+Every compressor maps a worker's vector :math:`v` (the last axis, length d) to :math:`C(v)` and
 exposes
 
-- ``unbiased``: whether ``E C(v) = v``;
-- ``omega(dim)``: the error constant of ``E||C(v) - v||² <= omega ||v||²`` (the variance
-  constant for unbiased compressors, ``1 - contraction`` for biased ones; see ``Compressor``);
-- ``cov(v)``: the exact covariance ``Cov[C(v)]`` for a fixed v, as a ``StructuredCov``
-  (diagonal + signed low rank, applied in O(d r), never a dense d x d matrix);
-- ``compress(v, rng)``: independent draws of ``C(v)`` for every run and worker.
+- ``unbiased``: whether :math:`\mathbb{E}\, C(v) = v`;
+- ``omega(dim)``: the error constant of :math:`\mathbb{E}\|C(v) - v\|^2 \le \omega \|v\|^2`
+  (the variance constant for unbiased compressors, ``1 - contraction`` for biased ones; see
+  ``Compressor``);
+- ``cov(v)``: the exact covariance :math:`\operatorname{Cov}[C(v)]` for a fixed v, as a
+  ``StructuredCov`` (diagonal + signed low rank, applied in O(d r), never a dense
+  :math:`d \times d` matrix);
+- ``compress(v, rng)``: independent draws of :math:`C(v)` for every run and worker.
 
 Example:
     >>> import torch
@@ -52,11 +54,12 @@ FLOYD_MAX_DRAWS = 64
 
 @dataclass(frozen=True, eq=False)
 class StructuredCov:
-    """A covariance in O(d) form: ``diag(diag) + sum_r sign_r u_r u_rᵀ``.
+    r"""A covariance in O(d) form:
+    :math:`\operatorname{diag}(\mathrm{diag}) + \sum_r \mathrm{sign}_r\, u_r u_r^\top`.
 
     Attributes:
         diag: (..., d) diagonal part.
-        factors: (..., d, r) low-rank factors u_r (r may be 0).
+        factors: (..., d, r) low-rank factors :math:`u_r` (r may be 0).
         signs: (r,) tuple of +1.0 / -1.0.
     """
 
@@ -77,17 +80,18 @@ class StructuredCov:
 
     @classmethod
     def diagonal(cls, diag: torch.Tensor) -> StructuredCov:
-        """A purely diagonal covariance ``diag(diag)`` (rank-0 low-rank part)."""
+        r"""A purely diagonal covariance :math:`\operatorname{diag}(\mathrm{diag})` (rank-0 low-rank
+        part)."""
         factors = diag.new_zeros((*diag.shape, 0))  # (..., d, 0)
         return cls(diag=diag, factors=factors, signs=())
 
     @property
     def rank(self) -> int:
-        """r, the number of low-rank terms."""
+        """:math:`r`, the number of low-rank terms."""
         return len(self.signs)
 
     def matvec(self, w: torch.Tensor) -> torch.Tensor:
-        """Cov @ w for w (..., d), in O(d r)."""
+        r""":math:`\operatorname{Cov}\, w` for w (..., d), in O(d r)."""
         out = self.diag * w
         for r, s in enumerate(self.signs):
             u = self.factors[..., r]
@@ -95,7 +99,8 @@ class StructuredCov:
         return out
 
     def trace(self) -> torch.Tensor:
-        """tr Cov, (...,); for an unbiased compressor this is E||C(v) - v||²."""
+        r""":math:`\operatorname{tr} \operatorname{Cov}`, (...,); for an unbiased compressor this is
+        :math:`\mathbb{E}\|C(v) - v\|^2`."""
         out = self.diag.sum(-1)
         for r, s in enumerate(self.signs):
             out = out + s * self.factors[..., r].square().sum(-1)
@@ -115,49 +120,54 @@ COMPRESSORS: Registry = Registry("compressor")
 
 
 class Compressor(ABC):
-    """Base class: C maps each worker's vector v to a compressed one.
+    r"""Base class: :math:`C` maps each worker's vector :math:`v` to a compressed one.
 
     ``omega(dim)`` has one meaning for every compressor: the smallest constant with
-    ``E||C(v) - v||² <= omega ||v||²`` for all v in R^dim. For an unbiased compressor this is
-    the usual variance constant (``E C(v) = v``, ``Var = E||C(v) - v||²``). For a biased one
-    (``unbiased = False``) it is a contraction constant: omega < 1 makes C a δ-contraction
-    with δ = 1 - omega in the sense of Stich, Cordonnier, Jaggi (2018, Def. 2.1)
-    (TopK: omega = 1 - k/d, δ = k/d), the class B^3(1/δ) of Beznosikov et al. (2020).
-    Formulas that assume unbiasedness (the DCSGD SDE of docs/models.md) must check ``unbiased``
-    first; they must not read omega of a biased compressor as a variance.
+    :math:`\mathbb{E}\|C(v) - v\|^2 \le \omega \|v\|^2` for all
+    :math:`v \in \mathbb{R}^{\mathrm{dim}}`. For an unbiased compressor this is the usual
+    variance constant (:math:`\mathbb{E}\, C(v) = v`,
+    :math:`\operatorname{Var} = \mathbb{E}\|C(v) - v\|^2`). For a biased one
+    (``unbiased = False``) it is a contraction constant: :math:`\omega < 1` makes :math:`C` a
+    :math:`\delta`-contraction with :math:`\delta = 1 - \omega` in the sense of Stich,
+    Cordonnier, Jaggi (2018, Def. 2.1) (TopK: :math:`\omega = 1 - k/d`, :math:`\delta = k/d`),
+    the class :math:`B^3(1/\delta)` of Beznosikov et al. (2020). Formulas that assume
+    unbiasedness (the DCSGD SDE of docs/models.md) must check ``unbiased`` first; they must not
+    read :math:`\omega` of a biased compressor as a variance.
 
     Concrete compressors are frozen, keyword-only dataclasses validated in ``__post_init__``.
 
     Attributes:
-        unbiased: True when E C(v) = v.
+        unbiased: True when :math:`\mathbb{E}\, C(v) = v`.
     """
 
     unbiased: ClassVar[bool] = True
 
     @abstractmethod
     def omega(self, dim: int) -> float:
-        """The error constant: E||C(v) - v||² <= omega ||v||² for all v in R^dim."""
+        r"""The error constant: :math:`\mathbb{E}\|C(v) - v\|^2 \le \omega \|v\|^2` for all
+        :math:`v \in \mathbb{R}^{\mathrm{dim}}`."""
 
     @abstractmethod
     def compress(self, v: torch.Tensor, rng: RandomSource) -> torch.Tensor:
-        """Args: v (B, N, d). Returns: C(v), (B, N, d), independently per run and worker."""
+        """Args: v (B, N, d). Returns: :math:`C(v)`, (B, N, d), independently per run and worker."""
 
     @abstractmethod
     def cov(self, v: torch.Tensor) -> StructuredCov:
-        """Cov[C(v)] for fixed v (..., d), in diagonal + low-rank form."""
+        r""":math:`\operatorname{Cov}[C(v)]` for fixed v (..., d), in diagonal + low-rank form."""
 
     def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
-        r"""Cov[C(g + Z)] over the compressor's draw and the noise, for Z with Cov Z = v I.
+        r""":math:`\operatorname{Cov}[C(g + Z)]` over the compressor's draw and the noise, for
+        :math:`Z` with :math:`\operatorname{Cov} Z = v I`.
 
-        For an unbiased compressor this is $\mathbb E_Z \mathrm{Cov}_C[C(g + Z)] + v I$, the
-        worker's share of the DCSGD SDE's diffusion (docs/models.md): the SDE builders take
+        For an unbiased compressor this is :math:`\mathbb E_Z \mathrm{Cov}_C[C(g + Z)] + v I`,
+        the worker's share of the DCSGD SDE's diffusion (docs/models.md): the SDE builders take
         it from here, so a compressor that implements it has an SDE. The default refuses, with
-        the reason: a biased compressor moves the drift (E C(g + Z) ≠ g), and an unbiased one
-        without this closed form has no model yet.
+        the reason: a biased compressor moves the drift (:math:`\mathbb{E}\, C(g + Z) \neq g`),
+        and an unbiased one without this closed form has no model yet.
 
         Args:
-            grad: worker gradients g, (B, N or 1, d).
-            noise_var: per-coordinate noise variances v, broadcastable to (B, N or 1).
+            grad: worker gradients :math:`g`, (B, N or 1, d).
+            noise_var: per-coordinate noise variances :math:`v`, broadcastable to (B, N or 1).
         Returns:
             A ``StructuredCov`` of shape (B, N or 1, d) (diag) and (B, N or 1, d, r) (factors).
         """
@@ -204,9 +214,10 @@ class _KeepK(Compressor):
 @COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class Identity(Compressor):
-    """No compression: ``C(v) = v``.
+    r"""No compression: :math:`C(v) = v`.
 
-    omega = 0 and ``Cov[C(v)] = 0``; DCSGD with this compressor is DSGD.
+    :math:`\omega = 0` and :math:`\operatorname{Cov}[C(v)] = 0`; DCSGD with this compressor is
+    DSGD.
     ``compress`` returns its input tensor itself, not a copy.
     """
 
@@ -222,7 +233,7 @@ class Identity(Compressor):
         return _zero_cov(v)
 
     def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
-        """Cov Z = v I."""
+        r""":math:`\operatorname{Cov} Z = v I`."""
         v = noise_var.unsqueeze(-1)  # (B or 1, N or 1, 1)
         return StructuredCov.diagonal(v.expand(torch.broadcast_shapes(v.shape, grad.shape)))
 
@@ -230,20 +241,24 @@ class Identity(Compressor):
 @COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class RandK(_KeepK):
-    """Random sparsification: keep k uniformly chosen coordinates, scaled by d/k.
+    r"""Random sparsification: keep k uniformly chosen coordinates, scaled by :math:`d/k`.
 
-    ``C(v) = (d/k) Σ_{j ∈ S} v_j e_j`` with S a uniformly random k-subset of {1..d}, drawn
-    independently for every run and worker. Unbiased, with
+    :math:`C(v) = (d/k) \sum_{j \in S} v_j e_j` with S a uniformly random k-subset of
+    :math:`\{1, \dots, d\}`, drawn independently for every run and worker. Unbiased, with
 
-        omega = d/k - 1                    (equality: E||C(v) - v||² = (d/k - 1) ||v||²),
-        Cov[C(v)] = c (d diag(v)² - v vᵀ),  c = (d - k) / (k (d - 1))   (c = 0 when d = 1),
+    .. math::
 
-    from P(j ∈ S) = k/d and P(i, j ∈ S) = k(k-1)/(d(d-1)). ``cov`` returns it as
-    ``diag = c d v²`` and one factor ``sqrt(c) v`` with sign -1.
+        \omega &= d/k - 1 \qquad
+            (\text{equality: } \mathbb{E}\|C(v) - v\|^2 = (d/k - 1) \|v\|^2), \\
+        \operatorname{Cov}[C(v)] &= c\, (d \operatorname{diag}(v)^2 - v v^\top), \qquad
+            c = \frac{d - k}{k (d - 1)} \quad (c = 0 \text{ when } d = 1),
 
-    Sampling: Floyd's algorithm draws the min(k, d-k) kept (or dropped) coordinates with one
-    integer draw each, vectorised over all runs and workers; for min(k, d-k) above
-    ``FLOYD_MAX_DRAWS`` the subset is the k largest of d uniform keys instead.
+    from :math:`P(j \in S) = k/d` and :math:`P(i, j \in S) = k(k-1)/(d(d-1))`. ``cov`` returns
+    it as ``diag`` :math:`= c\, d\, v^2` and one factor :math:`\sqrt{c}\, v` with sign -1.
+
+    Sampling: Floyd's algorithm draws the :math:`\min(k, d-k)` kept (or dropped) coordinates
+    with one integer draw each, vectorised over all runs and workers; for :math:`\min(k, d-k)`
+    above ``FLOYD_MAX_DRAWS`` the subset is the k largest of d uniform keys instead.
 
     Args:
         k: coordinates kept, an integer >= 1 (and <= d, checked by ``check_dim``).
@@ -265,7 +280,7 @@ class RandK(_KeepK):
         return 0.0 if dim == 1 else (dim - self.k) / (self.k * (dim - 1))
 
     def keep_mask(self, rng: RandomSource, shape: tuple[int, ...], dim: int) -> torch.Tensor:
-        """A boolean mask of shape (B, *shape, dim) on ``rng.device`` with exactly k True per row.
+        r"""A boolean mask of shape (B, \*shape, dim) on ``rng.device`` with exactly k True per row.
 
         Each row's True set is a uniform k-subset of the d coordinates, independent across
         rows (runs and workers).
@@ -275,7 +290,7 @@ class RandK(_KeepK):
     def keep_weights(
         self, rng: RandomSource, shape: tuple[int, ...], dim: int, dtype: torch.dtype, value: float
     ) -> torch.Tensor:
-        """``value`` on a uniform k-subset of each row and 0 elsewhere, shape (B, *shape, dim).
+        r"""``value`` on a uniform k-subset of each row and 0 elsewhere, shape (B, \*shape, dim).
 
         The same subsets as ``keep_mask`` from the same random numbers, as floats: multiplying
         by it measured ~3x faster than ``torch.where`` on a boolean mask on the CPU.
@@ -319,10 +334,12 @@ class RandK(_KeepK):
         return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
 
     def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
-        """c (d diag(g² + v) - g gᵀ - v I) + v I = diag(c d g² + (d/k) v) - c g gᵀ.
+        r""":math:`c\, (d \operatorname{diag}(g^2 + v) - g g^\top - v I) + v I
+        = \operatorname{diag}(c\, d\, g^2 + (d/k)\, v) - c\, g g^\top`.
 
-        E_Z of ``cov(g + Z)`` (E (g + Z)² = g² + v, E (g + Z)(g + Z)ᵀ = g gᵀ + v I) plus
-        Cov Z; c d - c + 1 = d/k.
+        :math:`\mathbb{E}_Z` of ``cov(g + Z)`` (:math:`\mathbb{E}\,(g + Z)^2 = g^2 + v`,
+        :math:`\mathbb{E}\,(g + Z)(g + Z)^\top = g g^\top + v I`) plus :math:`\operatorname{Cov} Z`;
+        :math:`c\, d - c + 1 = d/k`.
         """
         dim = grad.shape[-1]
         self.check_dim(dim)
@@ -335,20 +352,28 @@ class RandK(_KeepK):
 @COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class Natural(Compressor):
-    """Natural compression: stochastic rounding to a neighbouring signed power of two.
+    r"""Natural compression: stochastic rounding to a neighbouring signed power of two.
 
-    For v_j ≠ 0 with 2^a <= |v_j| < 2^{a+1},
+    For :math:`v_j \neq 0` with :math:`2^a \le |v_j| < 2^{a+1}`,
 
-        C(v)_j = sign(v_j) 2^{a+1}  with probability p_j = |v_j|/2^a - 1,
-                 sign(v_j) 2^a      otherwise;           C(v)_j = 0 if v_j = 0,
+    .. math::
+
+        C(v)_j = \begin{cases}
+            \operatorname{sign}(v_j)\, 2^{a+1} & \text{with probability } p_j = |v_j|/2^a - 1, \\
+            \operatorname{sign}(v_j)\, 2^a & \text{otherwise;}
+        \end{cases}
+        \qquad C(v)_j = 0 \text{ if } v_j = 0,
 
     independently per coordinate. Unbiased, with diagonal covariance
 
-        Var C(v)_j = (2^{a+1} - |v_j|)(|v_j| - 2^a),
+    .. math::
 
-    and omega = max_{t ∈ [1, 2]} (2 - t)(t - 1)/t² = 1/8 (attained at t = 4/3), for every d.
-    The power of two comes from ``torch.frexp`` (v = m 2^e, |m| ∈ [1/2, 1)): 2^a = 2^{e-1} =
-    |v|/(2|m|) and p = 2|m| - 1 are both exact in floating point.
+        \operatorname{Var} C(v)_j = (2^{a+1} - |v_j|)(|v_j| - 2^a),
+
+    and :math:`\omega = \max_{t \in [1, 2]} (2 - t)(t - 1)/t^2 = 1/8` (attained at
+    :math:`t = 4/3`), for every d. The power of two comes from ``torch.frexp``
+    (:math:`v = m\, 2^e`, :math:`|m| \in [1/2, 1)`): :math:`2^a = 2^{e-1} = |v|/(2|m|)` and
+    :math:`p = 2|m| - 1` are both exact in floating point.
 
     References:
         Horváth, Ho, Horváth, Sahu, Canini, Richtárik, arXiv:1905.10988 (2019), Def. 1 and
@@ -387,18 +412,23 @@ class Natural(Compressor):
 @COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class QSGD(Compressor):
-    """QSGD random dithering with s levels.
+    r"""QSGD random dithering with s levels.
 
-    With r_j = s|v_j|/||v|| and l_j = floor(r_j),
+    With :math:`r_j = s |v_j| / \|v\|` and :math:`l_j = \lfloor r_j \rfloor`,
 
-        C(v)_j = (||v||/s) sign(v_j) ξ_j,   ξ_j = l_j + 1 with probability r_j - l_j, else l_j,
+    .. math::
 
-    independently per coordinate; C(0) = 0. Unbiased, with diagonal covariance
+        C(v)_j = (\|v\|/s) \operatorname{sign}(v_j)\, \xi_j, \qquad
+        \xi_j = l_j + 1 \text{ with probability } r_j - l_j, \text{ else } l_j,
 
-        Var C(v)_j = (||v||²/s²) (r_j - l_j)(l_j + 1 - r_j),
+    independently per coordinate; :math:`C(0) = 0`. Unbiased, with diagonal covariance
 
-    and omega = min(d/s², sqrt(d)/s) (the sum of the variances is at most
-    (||v||²/s²) min(d/4, s ||v||_1/||v||)).
+    .. math::
+
+        \operatorname{Var} C(v)_j = (\|v\|^2/s^2)\, (r_j - l_j)(l_j + 1 - r_j),
+
+    and :math:`\omega = \min(d/s^2, \sqrt{d}/s)` (the sum of the variances is at most
+    :math:`(\|v\|^2/s^2) \min(d/4, s \|v\|_1 / \|v\|)`).
 
     Args:
         s: number of quantisation levels, an integer >= 1.
@@ -437,13 +467,18 @@ class QSGD(Compressor):
 @COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
 class TopK(_KeepK):
-    """Greedy sparsification (biased): keep the k entries of largest |v_j|, unscaled.
+    r"""Greedy sparsification (biased): keep the k entries of largest :math:`|v_j|`, unscaled.
 
-    ``C(v) = Σ_{j ∈ top-k(|v|)} v_j e_j`` (ties broken by ``torch.topk``). Deterministic, so
-    ``Cov[C(v)] = 0``, and biased: ``E C(v) = C(v) ≠ v``. The k dropped entries are the
-    smallest, so ``||C(v) - v||² <= (1 - k/d) ||v||²`` and
+    :math:`C(v) = \sum_{j \in \text{top-}k(|v|)} v_j e_j` (ties broken by ``torch.topk``).
+    Deterministic, so :math:`\operatorname{Cov}[C(v)] = 0`, and biased:
+    :math:`\mathbb{E}\, C(v) = C(v) \neq v`. The k dropped entries are the smallest, so
+    :math:`\|C(v) - v\|^2 \le (1 - k/d) \|v\|^2` and
 
-        omega = 1 - k/d  (a contraction constant, not a variance: see ``Compressor``).
+    .. math::
+
+        \omega = 1 - k/d
+
+    (a contraction constant, not a variance: see ``Compressor``).
 
     Args:
         k: coordinates kept, an integer >= 1 (and <= d, checked by ``check_dim``).
