@@ -1,8 +1,8 @@
-"""Gradient-noise laws: worker i returns g_i = ∇f_i(x) + Z_i.
+r"""Gradient-noise laws: worker i returns :math:`g_i = \nabla f_i(x) + Z_i`.
 
 One module per family: ``base`` (the ``Noise`` interface and the symmetric scale families),
 ``additive`` (Gaussian, Student-t, alpha-stable, affine variance, minibatch), ``unit`` (the unit
-laws ε of Itô chains) and ``markov`` (Markov chains for ``MarkovSGD``).
+laws :math:`\varepsilon` of Itô chains) and ``markov`` (Markov chains for ``MarkovSGD``).
 """
 
 from sdeopt.noise.additive import (

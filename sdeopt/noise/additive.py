@@ -29,17 +29,25 @@ from sdeopt.special import log_beta_half, student_t_cdf
 
 @NOISES.register
 class Gaussian(SymmetricCDFNoise):
-    r"""Gaussian gradient noise: ``Z_i = σ_i z``, ``z ~ N(0, I_d)``.
+    r"""Gaussian gradient noise: :math:`Z_i = \sigma_i z`, :math:`z \sim \mathcal{N}(0, I_d)`.
 
-    Worker i's stochastic gradient is ``g_i = ∇f_i(x) + σ_i z_i`` with z_i i.i.d. standard
-    normal vectors, independent across workers, runs and steps. The standard law
-    T = N(0, 1) has ``F(y) = Φ(y) = (1 + erf(y/√2))/2`` and variance 1.
+    Worker i's stochastic gradient is :math:`g_i = \nabla f_i(x) + \sigma_i z_i` with
+    :math:`z_i` i.i.d. standard normal vectors, independent across workers, runs and steps. The
+    standard law :math:`T = \mathcal{N}(0, 1)` has
+    :math:`F(y) = \Phi(y) = (1 + \operatorname{erf}(y/\sqrt{2}))/2` and variance 1.
 
-    Exact shortcut for the workers' average: ``(1/N) Σ_i σ_i z_i ~ N(0, (Σ_i σ_i² / N²) I_d)``
+    Exact shortcut for the workers' average:
+
+    .. math::
+
+        \frac{1}{N} \sum_i \sigma_i z_i \sim
+        \mathcal{N}\Big(0, \Big(\sum_i \sigma_i^2 / N^2\Big) I_d\Big)
+
     per run, so ``sample_worker_mean`` makes one (B, d) draw instead of (B, N, d).
 
     Args:
-        scale: σ >= 0, shared by all workers, or a length-N sequence (σ_1, ..., σ_N).
+        scale: :math:`\sigma \ge 0`, shared by all workers, or a length-N sequence
+            :math:`(\sigma_1, \dots, \sigma_N)`.
 
     Shapes: ``sample`` (B, N, d); ``sample_worker_mean`` (B, d); ``standard_cdf`` elementwise.
 
@@ -62,7 +70,8 @@ class Gaussian(SymmetricCDFNoise):
     def sample_worker_mean(
         self, rng: RandomSource, grads: torch.Tensor, n_workers: int
     ) -> torch.Tensor:
-        """(1/N) Σ_i σ_i z_i drawn as one Gaussian of variance Σ_i σ_i² / N², (B, d)."""
+        r""":math:`\frac{1}{N} \sum_i \sigma_i z_i` drawn as one Gaussian of variance
+        :math:`\sum_i \sigma_i^2 / N^2`, (B, d)."""
         self.check_workers(n_workers)
         if self.per_worker:
             std = math.sqrt(sum(s * s for s in self._scale.values)) / n_workers
@@ -84,29 +93,35 @@ class Gaussian(SymmetricCDFNoise):
 
 @NOISES.register
 class StudentT(SymmetricCDFNoise):
-    r"""Student-t gradient noise: ``Z_i = σ_i T``, T with i.i.d. ``t_nu`` coordinates.
+    r"""Student-t gradient noise: :math:`Z_i = \sigma_i T`, T with i.i.d. :math:`t_\nu`
+    coordinates.
 
-    Heavy-tailed for small nu: E|T| < ∞ only for nu > 1, and
-    ``Var T = nu/(nu-2)`` only for nu > 2; ``nu <= 2`` is the regime of interest (no Brownian
-    SDE exists, ``finite_variance`` is False there). nu may be any positive real.
+    Heavy-tailed for small :math:`\nu`: :math:`\mathbb{E}|T| < \infty` only for :math:`\nu > 1`,
+    and :math:`\operatorname{Var} T = \nu/(\nu-2)` only for :math:`\nu > 2`; :math:`\nu \le 2` is
+    the regime of interest (no Brownian SDE exists, ``finite_variance`` is False there).
+    :math:`\nu` may be any positive real.
 
-    Sampler (exact, rejection-free form of Bailey's polar method): with U_1, U_2 independent
-    uniform on [0, 1) and E = -log(1 - U_2) ~ Exp(1),
+    Sampler (exact, rejection-free form of Bailey's polar method): with :math:`U_1, U_2`
+    independent uniform on :math:`[0, 1)` and :math:`E = -\log(1 - U_2) \sim \mathrm{Exp}(1)`,
 
-        T = cos(2π U_1) · sqrt(nu (exp(2E/nu) - 1))  =  cos(2π U_1) · sqrt(nu (W^{-2/nu} - 1)),
+    .. math::
 
-    W = 1 - U_2 in (0, 1]. (Bailey's point (U, V) uniform in the unit disc has W = U² + V²
-    uniform and an independent uniform angle; T = U sqrt(nu (W^{-2/nu} - 1)/W) is then the
-    expression above.) ``expm1`` keeps it exact for huge nu; for nu < 1 it is evaluated as
-    ``sqrt(nu) exp(E/nu) sqrt(1 - exp(-2E/nu))`` so that no intermediate overflows before T
-    itself does. It costs two uniforms and four elementwise transcendentals, several times
+        T = \cos(2\pi U_1) \cdot \sqrt{\nu (\exp(2E/\nu) - 1)}
+          = \cos(2\pi U_1) \cdot \sqrt{\nu (W^{-2/\nu} - 1)},
+
+    :math:`W = 1 - U_2 \in (0, 1]`. (Bailey's point :math:`(U, V)` uniform in the unit disc has
+    :math:`W = U^2 + V^2` uniform and an independent uniform angle;
+    :math:`T = U \sqrt{\nu (W^{-2/\nu} - 1) / W}` is then the expression above.) ``expm1``
+    keeps it exact for huge :math:`\nu`; for :math:`\nu < 1` it is evaluated as
+    :math:`\sqrt{\nu} \exp(E/\nu) \sqrt{1 - \exp(-2E/\nu)}` so that no intermediate overflows
+    before T itself does. It costs two uniforms and four elementwise transcendentals, several times
     faster than ``torch.distributions.StudentT`` (a Gaussian and a Gamma draw).
 
     CDF: ``student_t_cdf`` (continued fraction of the incomplete beta, every nu > 0).
 
     Args:
         nu: degrees of freedom, a finite number > 0.
-        scale: σ >= 0, shared, or a length-N sequence (one per worker).
+        scale: :math:`\sigma \ge 0`, shared, or a length-N sequence (one per worker).
 
     Shapes: ``sample`` (B, N, d); ``standard_cdf`` elementwise.
 
@@ -130,7 +145,7 @@ class StudentT(SymmetricCDFNoise):
 
     @property
     def variance(self) -> float:
-        """Var T = nu/(nu-2) for nu > 2, else inf."""
+        r""":math:`\operatorname{Var} T = \nu/(\nu-2)` for :math:`\nu > 2`, else inf."""
         return self.nu / (self.nu - 2.0) if self.nu > 2.0 else math.inf
 
     def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
@@ -151,7 +166,7 @@ class StudentT(SymmetricCDFNoise):
         return angle.cos_().mul_(radius)
 
     def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
-        """(1 + y²/nu)^{-(nu+1)/2} / (sqrt(nu) B(nu/2, 1/2))."""
+        r""":math:`(1 + y^2/\nu)^{-(\nu+1)/2} / (\sqrt{\nu}\, B(\nu/2, 1/2))`."""
         log_norm = -0.5 * math.log(self.nu) - log_beta_half(0.5 * self.nu)
         return torch.exp(log_norm - 0.5 * (self.nu + 1.0) * torch.log1p(y * y / self.nu))
 
@@ -169,26 +184,34 @@ class StudentT(SymmetricCDFNoise):
 
 @NOISES.register
 class SymmetricStable(ScaledSymmetricNoise):
-    r"""Symmetric α-stable gradient noise: ``Z_i = σ_i S``, S i.i.d. ``SαS`` coordinates.
+    r"""Symmetric α-stable gradient noise: :math:`Z_i = \sigma_i S`, S i.i.d. :math:`S\alpha S`
+    coordinates.
 
-    S follows the standard law S(α, β=0, γ=1, δ=0) (Nolan's parametrizations 0 and 1 agree
-    for β = 0), with characteristic function ``E exp(iuS) = exp(-|u|^α)``; σ S then has
-    ``exp(-σ^α |u|^α)``. Hence α = 2 gives ``σ S ~ N(0, 2σ²)`` (not N(0, σ²)), and α = 1
-    gives the Cauchy law of scale σ. Only α = 2 has a finite variance (``Var S = 2``);
-    E|S| < ∞ iff α > 1. This is ``scipy.stats.levy_stable(alpha, 0, scale=σ)``.
+    S follows the standard law :math:`S(\alpha, \beta=0, \gamma=1, \delta=0)` (Nolan's
+    parametrizations 0 and 1 agree for :math:`\beta = 0`), with characteristic function
+    :math:`\mathbb{E} \exp(iuS) = \exp(-|u|^\alpha)`; :math:`\sigma S` then has
+    :math:`\exp(-\sigma^\alpha |u|^\alpha)`. Hence :math:`\alpha = 2` gives
+    :math:`\sigma S \sim \mathcal{N}(0, 2\sigma^2)` (not :math:`\mathcal{N}(0, \sigma^2)`), and
+    :math:`\alpha = 1` gives the Cauchy law of scale :math:`\sigma`. Only :math:`\alpha = 2` has
+    a finite variance (:math:`\operatorname{Var} S = 2`); :math:`\mathbb{E}|S| < \infty` iff
+    :math:`\alpha > 1`. This is ``scipy.stats.levy_stable(alpha, 0, scale=σ)``.
 
-    Sampler (Chambers-Mallows-Stuck, β = 0): V = π(U - 1/2) uniform on (-π/2, π/2),
-    W ~ Exp(1) independent,
+    Sampler (Chambers-Mallows-Stuck, :math:`\beta = 0`): :math:`V = \pi(U - 1/2)` uniform on
+    :math:`(-\pi/2, \pi/2)`, :math:`W \sim \mathrm{Exp}(1)` independent,
 
-        S = sin(αV) / cos(V)^{1/α} · (cos((1-α)V) / W)^{(1-α)/α},
+    .. math::
 
-    which is tan(V) for α = 1; α = 2 is drawn directly as √2 z, z ~ N(0, 1). U is shifted by
-    half a grid step of the uniform generator so that V never equals ±π/2 exactly (where
-    cos V would round to a negative number in float32 and give NaN).
+        S = \frac{\sin(\alpha V)}{\cos(V)^{1/\alpha}}
+            \cdot \Big(\frac{\cos((1-\alpha)V)}{W}\Big)^{(1-\alpha)/\alpha},
+
+    which is :math:`\tan(V)` for :math:`\alpha = 1`; :math:`\alpha = 2` is drawn directly as
+    :math:`\sqrt{2}\, z`, :math:`z \sim \mathcal{N}(0, 1)`. U is shifted by half a grid step of
+    the uniform generator so that V never equals :math:`\pm\pi/2` exactly (where
+    :math:`\cos V` would round to a negative number in float32 and give NaN).
 
     Args:
-        alpha: stability index α in (0, 2].
-        scale: σ >= 0, shared, or a length-N sequence (one per worker).
+        alpha: stability index :math:`\alpha \in (0, 2]`.
+        scale: :math:`\sigma \ge 0`, shared, or a length-N sequence (one per worker).
 
     Shapes: ``sample`` (B, N, d).
 
@@ -214,7 +237,7 @@ class SymmetricStable(ScaledSymmetricNoise):
 
     @property
     def variance(self) -> float:
-        """Var S = 2 for α = 2, else inf."""
+        r""":math:`\operatorname{Var} S = 2` for :math:`\alpha = 2`, else inf."""
         return 2.0 if self.alpha == 2.0 else math.inf
 
     def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
@@ -245,14 +268,16 @@ class SymmetricStable(ScaledSymmetricNoise):
 class AffineVariance(Noise):
     r"""Gaussian noise whose variance grows with the gradient: the affine-variance model.
 
-    ``Z_i ~ N(0, v_i(x) I_d)`` with ``v_i(x) = σ0_i² + σ1_i² ||∇f_i(x)||²``, independent
-    across workers, runs and steps, where ∇f_i(x) is worker i's exact gradient.
-    Exact shortcut for the average: ``(1/N) Σ_i Z_i ~ N(0, (1/N²) Σ_i v_i(x) I_d)``, one
-    (B, d) draw.
+    :math:`Z_i \sim \mathcal{N}(0, v_i(x) I_d)` with
+    :math:`v_i(x) = \sigma_{0,i}^2 + \sigma_{1,i}^2 \|\nabla f_i(x)\|^2`, independent across
+    workers, runs and steps, where :math:`\nabla f_i(x)` is worker i's exact gradient.
+    Exact shortcut for the average:
+    :math:`\frac{1}{N} \sum_i Z_i \sim \mathcal{N}\big(0, \frac{1}{N^2} \sum_i v_i(x) I_d\big)`,
+    one (B, d) draw.
 
     Args:
-        sigma0: σ0 >= 0 (additive part), shared or a length-N sequence.
-        sigma1: σ1 >= 0 (multiplicative part), shared or a length-N sequence.
+        sigma0: :math:`\sigma_0 \ge 0` (additive part), shared or a length-N sequence.
+        sigma1: :math:`\sigma_1 \ge 0` (multiplicative part), shared or a length-N sequence.
 
     Shapes: grads (B, N, d) or (B, 1, d); ``sample`` (B, N, d); ``variance_at`` (B, N or 1);
     ``sample_worker_mean`` (B, d).
@@ -290,14 +315,15 @@ class AffineVariance(Noise):
         self._sigma1.check(n_workers)
 
     def worker_sigma1(self, n_workers: int) -> tuple[float, ...]:
-        """(σ1_1, ..., σ1_N), length N."""
+        r""":math:`(\sigma_{1,1}, \dots, \sigma_{1,N})`, length N."""
         return self._sigma1.for_workers(n_workers)
 
     def worker_variance(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
         return self.variance_at(grads, n_workers)
 
     def variance_at(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
-        """Per-coordinate variance v_i = σ0_i² + σ1_i² ||∇f_i||², (B, N or 1).
+        r"""Per-coordinate variance :math:`v_i = \sigma_{0,i}^2 + \sigma_{1,i}^2 \|\nabla f_i\|^2`,
+        (B, N or 1).
 
         The second dim is 1 only when grads is (B, 1, d) and both scales are shared.
         """
@@ -315,7 +341,8 @@ class AffineVariance(Noise):
     def sample_worker_mean(
         self, rng: RandomSource, grads: torch.Tensor, n_workers: int
     ) -> torch.Tensor:
-        """(1/N) Σ_i Z_i drawn as one Gaussian of variance (1/N²) Σ_i v_i(x), (B, d)."""
+        r""":math:`\frac{1}{N} \sum_i Z_i` drawn as one Gaussian of variance
+        :math:`\frac{1}{N^2} \sum_i v_i(x)`, (B, d)."""
         var = self.variance_at(grads, n_workers)  # (B, N or 1)
         std = var.expand(-1, n_workers).sum(dim=1).sqrt().div_(n_workers)  # (B,)
         return rng.normal(grads.shape[-1]).mul_(std.unsqueeze(-1))  # (B, d)
@@ -345,15 +372,16 @@ class _MinibatchProblem(Protocol):
 class Minibatch(Noise):
     r"""Real minibatch gradients of a finite-sum problem (not an additive law).
 
-    Worker i returns ``g_i = (1/b) Σ_{s ∈ batch_i} ∇f_s(x)``, with a batch of b distinct
-    samples drawn uniformly from its shard, independently per run, worker and step; the
-    problem does the work (``minibatch_worker_grads(x, batch_size, n_workers, rng)``, e.g.
-    ``sdeopt.problems.FiniteSumProblem``). The noise ``g_i - ∇f_i(x)`` depends on the data,
-    so this law is used only through ``oracle``/``oracle_mean``; ``sample`` raises. Its
+    Worker i returns :math:`g_i = \frac{1}{b} \sum_{s \in \mathrm{batch}_i} \nabla f_s(x)`, with
+    a batch of b distinct samples drawn uniformly from its shard, independently per run,
+    worker and step; the problem does the work
+    (``minibatch_worker_grads(x, batch_size, n_workers, rng)``, e.g.
+    ``sdeopt.problems.FiniteSumProblem``). The noise :math:`g_i - \nabla f_i(x)` depends on the
+    data, so this law is used only through ``oracle``/``oracle_mean``; ``sample`` raises. Its
     covariance (finite-population correction) is ``problem.minibatch_covariance``.
 
     Args:
-        batch_size: b, an integer >= 1 (and <= the smallest shard, checked by the problem).
+        batch_size: :math:`b`, an integer >= 1 (and <= the smallest shard, checked by the problem).
 
     Shapes: ``oracle`` (B, N, d); ``oracle_mean`` (B, d).
 
@@ -405,7 +433,7 @@ class Minibatch(Noise):
     def oracle_mean(
         self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
     ) -> torch.Tensor:
-        """(1/N) Σ_i g_i, (B, d)."""
+        r""":math:`\frac{1}{N} \sum_i g_i`, (B, d)."""
         return self.oracle(problem, x, n_workers, rng).mean(dim=1)
 
     def config(self) -> dict:

@@ -1,5 +1,5 @@
-"""The gradient-noise interface: worker i returns g_i = ∇f_i(x) + Z_i (``Noise``), and the
-symmetric scale families every law of ``additive`` belongs to."""
+r"""The gradient-noise interface: worker i returns :math:`g_i = \nabla f_i(x) + Z_i` (``Noise``),
+and the symmetric scale families every law of ``additive`` belongs to."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Noise(ABC):
 
     @abstractmethod
     def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
-        """Draw Z_i for all runs and workers.
+        """Draw :math:`Z_i` for all runs and workers.
 
         Args:
             rng: source of randomness (B runs).
@@ -47,30 +47,33 @@ class Noise(ABC):
     def sample_worker_mean(
         self, rng: RandomSource, grads: torch.Tensor, n_workers: int
     ) -> torch.Tensor:
-        """(1/N) sum_i Z_i, exact in law, (B, d). Laws with a shortcut (Gaussian) override this."""
+        r""":math:`\frac{1}{N} \sum_i Z_i`, exact in law, (B, d). Laws with a shortcut (Gaussian)
+        override this."""
         return self.sample(rng, grads, n_workers).mean(dim=1)
 
     def oracle(
         self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
     ) -> torch.Tensor:
-        """Stochastic worker gradients g_i = ∇f_i(x) + Z_i, (B, N, d)."""
+        r"""Stochastic worker gradients :math:`g_i = \nabla f_i(x) + Z_i`, (B, N, d)."""
         grads = problem.worker_grads(x)
         return grads + self.sample(rng, grads, n_workers)
 
     def oracle_mean(
         self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
     ) -> torch.Tensor:
-        """(1/N) Σ_i g_i, exact in law, (B, d); uses ``sample_worker_mean`` shortcuts."""
+        r""":math:`\frac{1}{N} \sum_i g_i`, exact in law, (B, d); uses ``sample_worker_mean``
+        shortcuts."""
         grads = problem.worker_grads(x)  # (B, N or 1, d)
         mean = grads[:, 0] if grads.shape[1] == 1 else grads.mean(dim=1)  # (B, d)
         return mean + self.sample_worker_mean(rng, grads, n_workers)
 
     def worker_variance(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
-        """The per-coordinate variance v_i(x) of Z_i (Cov Z_i = v_i I), (B or 1, N or 1).
+        r"""The per-coordinate variance :math:`v_i(x)` of :math:`Z_i`
+        (:math:`\operatorname{Cov} Z_i = v_i I`), (B or 1, N or 1).
 
         What the SDE builders take the noise's second moment from. Raises ``ValueError`` for a
-        law whose covariance is not v_i I with v_i known in closed form (infinite variance,
-        minibatch noise) — with the reason, which the SDE builders pass on.
+        law whose covariance is not :math:`v_i I` with :math:`v_i` known in closed form
+        (infinite variance, minibatch noise) — with the reason, which the SDE builders pass on.
 
         Args:
             grads: exact worker gradients, (B, N or 1, d).
@@ -98,12 +101,13 @@ class Noise(ABC):
 
 @dataclass(frozen=True)
 class PerWorker:
-    """A noise hyperparameter given once for every worker or once per worker: the one place that
+    r"""A noise hyperparameter given once for every worker or once per worker: the one place that
     knows the difference (a scale that was float-or-tuple was re-checked at every use).
 
     Attributes:
         name: the parameter's name, for messages.
-        values: (σ,) shared, or (σ_1, ..., σ_N) per worker; every entry >= 0.
+        values: :math:`(\sigma,)` shared, or :math:`(\sigma_1, \dots, \sigma_N)` per worker; every
+            entry :math:`\ge 0`.
         per_worker: True for the per-worker form (even with one entry).
     """
 
@@ -146,10 +150,12 @@ class PerWorker:
 
 
 class ScaledSymmetricNoise(Noise):
-    """Z_i = σ_i T with T i.i.d. per coordinate, symmetric about 0, of a fixed standard law.
+    r""":math:`Z_i = \sigma_i T` with T i.i.d. per coordinate, symmetric about 0, of a fixed
+    standard law.
 
     Args:
-        scale: σ, one number >= 0 shared by all workers, or a length-N sequence (per worker).
+        scale: :math:`\sigma`, one number :math:`\ge 0` shared by all workers, or a length-N
+            sequence (per worker).
     """
 
     def __init__(self, scale: float | Sequence[float] = 1.0) -> None:
@@ -162,7 +168,7 @@ class ScaledSymmetricNoise(Noise):
 
     @property
     def scale(self) -> float | tuple[float, ...]:
-        """σ as given: one number, or a tuple of N (one per worker)."""
+        r""":math:`\sigma` as given: one number, or a tuple of N (one per worker)."""
         return self._scale.given
 
     @property
@@ -171,20 +177,21 @@ class ScaledSymmetricNoise(Noise):
         return self._scale.per_worker
 
     def worker_scales(self, n_workers: int) -> tuple[float, ...]:
-        """(σ_1, ..., σ_N), length N."""
+        r""":math:`(\sigma_1, \dots, \sigma_N)`, length N."""
         return self._scale.for_workers(n_workers)
 
     @abstractmethod
     def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
-        """Draws of the standard law T, shape (B, *shape)."""
+        r"""Draws of the standard law :math:`T`, shape (B, \*shape)."""
 
     def scales(self, n_workers: int, device=None, dtype=None) -> torch.Tensor:
-        """σ_i as a (N,) tensor (per-worker) or a (1,) tensor (shared)."""
+        r""":math:`\sigma_i` as a (N,) tensor (per-worker) or a (1,) tensor (shared)."""
         self.check_workers(n_workers)
         return self._scale.tensor(device, dtype)
 
     def worker_variance(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
-        """σ_i² Var T, (1, N or 1); ``ValueError`` when Var T is infinite."""
+        r""":math:`\sigma_i^2 \operatorname{Var} T`, (1, N or 1); ``ValueError`` when
+        :math:`\operatorname{Var} T` is infinite."""
         if not self.finite_variance:
             raise ValueError(
                 f"Invalid noise: {self!r} has infinite variance, so no Brownian SDE "
@@ -207,24 +214,25 @@ class ScaledSymmetricNoise(Noise):
 
 
 class SymmetricCDFNoise(ScaledSymmetricNoise):
-    """A scaled symmetric law whose standard CDF F is available on any device."""
+    """A scaled symmetric law whose standard CDF :math:`F` is available on any device."""
 
     @abstractmethod
     def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
-        """The density F'(y) of the standard law, elementwise."""
+        """The density :math:`F'(y)` of the standard law, elementwise."""
 
     @abstractmethod
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
-        """F(y) = P(T <= y), elementwise, same shape, dtype and device as y."""
+        r""":math:`F(y) = P(T \le y)`, elementwise, same shape, dtype and device as y."""
 
     def sign_probabilities(
         self, grads: torch.Tensor, n_workers: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """P(sign(∇f_i + σ_i T) = +1) and P(... = -1), each shaped like grads (B, N or 1, d).
+        r""":math:`P(\operatorname{sign}(\nabla f_i + \sigma_i T) = +1)` and
+        :math:`P(\ldots = -1)`, each shaped like grads (B, N or 1, d).
 
-        One CDF evaluation: the smaller probability is the tail F(-|y|), computed directly
-        (not as 1 - F(|y|)) so that it stays accurate far out; σ_i = 0 gives the
-        deterministic sign (with sign(0) = 0).
+        One CDF evaluation: the smaller probability is the tail :math:`F(-|y|)`, computed
+        directly (not as :math:`1 - F(|y|)`) so that it stays accurate far out;
+        :math:`\sigma_i = 0` gives the deterministic sign (with :math:`\operatorname{sign}(0) = 0`).
         """
         if min(self._scale.values) > 0:
             # where(y > 0, 1 - tail, tail) as arithmetic (torch.where measured ~20x slower on
@@ -246,10 +254,12 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         return p_plus, p_minus
 
     def sign_tails(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """For scales σ_i > 0: the minority sign's probability tail = F(-|∇f_i|/σ_i) <= 1/2,
-        computed directly (never as 1 - F), and up = [∇f_i > 0] as 0/1 floats (the majority
-        sign is + where up = 1; at ∇f_i = 0 both are 1/2). tail is (B, N, d) for per-worker
-        scales (or grads of shape (B, N, d)), else shaped like grads; up is shaped like grads.
+        r"""For scales :math:`\sigma_i > 0`: the minority sign's probability
+        :math:`\mathrm{tail} = F(-|\nabla f_i| / \sigma_i) \le 1/2`, computed directly (never as
+        :math:`1 - F`), and :math:`\mathrm{up} = [\nabla f_i > 0]` as 0/1 floats (the majority
+        sign is + where up = 1; at :math:`\nabla f_i = 0` both are 1/2). tail is (B, N, d) for
+        per-worker scales (or grads of shape (B, N, d)), else shaped like grads; up is shaped
+        like grads.
 
         Comparisons write floats through ``out=``: a bool result cast to float measured ~7x
         slower on the CPU.
@@ -262,7 +272,8 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         return tail, torch.gt(grads, 0.0, out=torch.empty_like(grads))  # up: shaped like grads
 
     def sign_mean(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
-        """m_i = E sign(∇f_i + σ_i T) = 2 F(∇f_i/σ_i) - 1 (docs/models.md), shaped like grads."""
+        r""":math:`m_i = \mathbb{E} \operatorname{sign}(\nabla f_i + \sigma_i T)
+        = 2 F(\nabla f_i / \sigma_i) - 1` (docs/models.md), shaped like grads."""
         p_plus, p_minus = self.sign_probabilities(grads, n_workers)
         return p_plus - p_minus
 

@@ -18,18 +18,22 @@ from sdeopt.random import RandomSource
 
 
 class MarkovNoise(ABC):
-    r"""Additive Markov noise g = ∇f(x) + s h(Z_k), one chain per run and coordinate, never restarted.
+    r"""Additive Markov noise :math:`g = \nabla f(x) + s\, h(Z_k)`, one chain per run and
+    coordinate, never restarted.
 
-    Each coordinate carries an independent copy of the chain (Z_k), started from its stationary
-    law π; h is centred under π. Per coordinate:
+    Each coordinate carries an independent copy of the chain :math:`(Z_k)`, started from its
+    stationary law :math:`\pi`; h is centred under :math:`\pi`. Per coordinate:
 
-    - ``stationary_variance`` Var_π h(Z_0);
-    - ``autocorrelation(j)`` Corr_π(h(Z_0), h(Z_j));
-    - ``asymptotic_variance`` σ_eff² = Σ_{j ∈ Z} Cov_π(h(Z_0), h(Z_j)) (the SDE's Σ_eff / s²);
-    - ``mixing_time`` τ, the least t with Dobrushin's coefficient Δ(Q^t) <= 1/4.
+    - ``stationary_variance`` :math:`\operatorname{Var}_\pi h(Z_0)`;
+    - ``autocorrelation(j)`` :math:`\operatorname{Corr}_\pi(h(Z_0), h(Z_j))`;
+    - ``asymptotic_variance``
+      :math:`\sigma_{\rm eff}^2 = \sum_{j \in \mathbb{Z}} \operatorname{Cov}_\pi(h(Z_0), h(Z_j))`
+      (the SDE's :math:`\Sigma_{\rm eff} / s^2`);
+    - ``mixing_time`` :math:`\tau`, the least t with Dobrushin's coefficient
+      :math:`\Delta(Q^t) \le 1/4`.
 
     Args:
-        scale: s >= 0.
+        scale: :math:`s \ge 0`.
     """
 
     def __init__(self, scale: float = 1.0) -> None:
@@ -45,22 +49,23 @@ class MarkovNoise(ABC):
 
     @abstractmethod
     def value(self, z: torch.Tensor) -> torch.Tensor:
-        """h(z), centred under π, (B, d) floats."""
+        r""":math:`h(z)`, centred under :math:`\pi`, (B, d) floats."""
 
     @property
     @abstractmethod
     def stationary_variance(self) -> float:
-        """Var_π h."""
+        r""":math:`\operatorname{Var}_\pi h`."""
 
     @property
     @abstractmethod
     def asymptotic_variance(self) -> float:
-        """σ_eff² = Σ_{j ∈ Z} Cov_π(h(Z_0), h(Z_j))."""
+        r""":math:`\sigma_{\rm eff}^2
+        = \sum_{j \in \mathbb{Z}} \operatorname{Cov}_\pi(h(Z_0), h(Z_j))`."""
 
     @property
     @abstractmethod
     def mixing_time(self) -> float:
-        """τ: Δ(Q^τ) <= 1/4 (inf for a chain that does not mix)."""
+        r""":math:`\tau`: :math:`\Delta(Q^\tau) \le 1/4` (inf for a chain that does not mix)."""
 
     #: Keys of ``config()`` that describe the built chain rather than construct it.
     derived_keys: tuple[str, ...] = ()
@@ -91,13 +96,16 @@ def _geometric_mixing_time(rho: float) -> float:
 
 @NOISES.register
 class TwoStateMarkov(MarkovNoise):
-    """Symmetric two-state chain on {-1, +1} flipping with probability p (autocorrelation 1 - 2p).
+    r"""Symmetric two-state chain on :math:`\{-1, +1\}` flipping with probability p
+    (autocorrelation :math:`1 - 2p`).
 
-    h(z) = z; π uniform; Corr(h(Z_0), h(Z_j)) = rho^j; σ_eff² = (1 + rho)/(1 - rho);
-    Δ(Q^t) = |rho|^t. p = 0 never mixes (σ_eff² infinite); p = 1 alternates deterministically.
+    :math:`h(z) = z`; :math:`\pi` uniform; :math:`\operatorname{Corr}(h(Z_0), h(Z_j)) = \rho^j`;
+    :math:`\sigma_{\rm eff}^2 = (1 + \rho)/(1 - \rho)`; :math:`\Delta(Q^t) = |\rho|^t`.
+    :math:`p = 0` never mixes (:math:`\sigma_{\rm eff}^2` infinite); :math:`p = 1` alternates
+    deterministically.
 
     Args:
-        p: flip probability in [0, 1]. scale: s.
+        p: flip probability in :math:`[0, 1]`. scale: :math:`s`.
     """
 
     def __init__(self, p: float, *args, scale: float | None = None) -> None:
@@ -136,15 +144,17 @@ class TwoStateMarkov(MarkovNoise):
 
 @NOISES.register
 class GaussianAR1(MarkovNoise):
-    """Gaussian AR(1): Z_{k+1} = rho Z_k + sqrt(1 - rho²) w_k, π = N(0, 1), h(z) = z.
+    r"""Gaussian AR(1): :math:`Z_{k+1} = \rho Z_k + \sqrt{1 - \rho^2}\, w_k`,
+    :math:`\pi = \mathcal{N}(0, 1)`, :math:`h(z) = z`.
 
-    Corr = rho^j and σ_eff² = (1 + rho)/(1 - rho). On R, Dobrushin's coefficient of the
-    Gaussian kernel is 1 (two far-apart starts stay distinguishable for a while), so ``mixing_time``
-    reports the contraction time of the chain in Wasserstein distance, |rho|^τ <= 1/4, which
-    plays the same role in the theory's step-size condition.
+    :math:`\operatorname{Corr} = \rho^j` and :math:`\sigma_{\rm eff}^2 = (1 + \rho)/(1 - \rho)`.
+    On :math:`\mathbb{R}`, Dobrushin's coefficient of the Gaussian kernel is 1 (two far-apart
+    starts stay distinguishable for a while), so ``mixing_time`` reports the contraction time
+    of the chain in Wasserstein distance, :math:`|\rho|^\tau \le 1/4`, which plays the same
+    role in the theory's step-size condition.
 
     Args:
-        rho: in (-1, 1). scale: s.
+        rho: in :math:`(-1, 1)`. scale: :math:`s`.
     """
 
     def __init__(self, rho: float, *args, scale: float | None = None) -> None:
@@ -173,16 +183,25 @@ class GaussianAR1(MarkovNoise):
 
 @NOISES.register
 class FiniteMarkov(MarkovNoise):
-    """A finite chain with transition matrix P and values h(i) (centred under π automatically).
+    r"""A finite chain with transition matrix P and values :math:`h(i)` (centred under
+    :math:`\pi` automatically).
 
-    π solves πP = π (unique: the chain must have one recurrent class); σ_eff² = 2⟨h̄, F h̄⟩_π -
-    ⟨h̄, h̄⟩_π with the fundamental matrix F = (I - P + 1πᵀ)^{-1} (Kemeny & Snell);
-    τ from Δ(P^t) = max_{i,j} ½ ||P^t(i, ·) - P^t(j, ·)||_1, stepping t = 1, 2, ...
-    (inf when it does not reach 1/4 within 10^4 steps, e.g. a periodic chain).
+    :math:`\pi` solves :math:`\pi P = \pi` (unique: the chain must have one recurrent class);
+
+    .. math::
+
+        \sigma_{\rm eff}^2 = 2 \langle \bar h, F \bar h \rangle_\pi
+        - \langle \bar h, \bar h \rangle_\pi
+
+    with the fundamental matrix :math:`F = (I - P + \mathbf{1}\pi^\top)^{-1}` (Kemeny & Snell);
+    :math:`\tau` from
+    :math:`\Delta(P^t) = \max_{i,j} \tfrac12 \|P^t(i, \cdot) - P^t(j, \cdot)\|_1`, stepping
+    :math:`t = 1, 2, \dots` (inf when it does not reach 1/4 within :math:`10^4` steps, e.g. a
+    periodic chain).
 
     Args:
         matrix: (S, S) row-stochastic. values: (S,) h before centring (default 0, 1, ..., S-1).
-        scale: s.
+        scale: :math:`s`.
     """
 
     #: π is computed from the matrix; a config may carry it (``Registry.build`` checks it).

@@ -1,4 +1,5 @@
-"""Isotropic unit-covariance laws: the ε of Itô chains (``sdeopt.discrete.ItoChain``)."""
+r"""Isotropic unit-covariance laws: the :math:`\varepsilon` of Itô chains
+(``sdeopt.discrete.ItoChain``)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ UNIT_LAWS: Registry = Registry("unit law")
 
 
 class UnitLaw(ABC):
-    """A law of ε in R^d with i.i.d. coordinates, E ε = 0 and E εεᵀ = I (Itô chains).
+    r"""A law of :math:`\varepsilon` in :math:`\mathbb{R}^d` with i.i.d. coordinates,
+    :math:`\mathbb{E}\,\varepsilon = 0` and :math:`\mathbb{E}\,\varepsilon\varepsilon^\top = I`
+    (Itô chains).
 
     Attributes:
-        skewness: E ε_j³ (zero for symmetric laws; a non-zero value slows weak convergence).
+        skewness: :math:`\mathbb{E}\,\varepsilon_j^3` (zero for symmetric laws; a non-zero value
+            slows weak convergence).
     """
 
     skewness: float = 0.0
@@ -44,14 +48,14 @@ class UnitLaw(ABC):
 
 @UNIT_LAWS.register
 class StandardNormal(UnitLaw):
-    """ε ~ N(0, I)."""
+    r""":math:`\varepsilon \sim \mathcal{N}(0, I)`."""
 
     def sample(self, rng, dim):
         return rng.normal(dim)  # (B, d)
 
 
 def random_signs(rng: RandomSource, dim: int) -> torch.Tensor:
-    """±1 with probability 1/2 each, (B, d): -1 where a uniform is below 1/2.
+    r""":math:`\pm 1` with probability 1/2 each, (B, d): -1 where a uniform is below 1/2.
 
     Comparisons write 0/1 floats (``out=``); a bool tensor and torch.where measured 3-20x
     slower on the CPU.
@@ -62,7 +66,7 @@ def random_signs(rng: RandomSource, dim: int) -> torch.Tensor:
 
 @UNIT_LAWS.register
 class Rademacher(UnitLaw):
-    """ε_j = ±1 with probability 1/2 each."""
+    r""":math:`\varepsilon_j = \pm 1` with probability 1/2 each."""
 
     def sample(self, rng, dim):
         return random_signs(rng, dim)  # (B, d)
@@ -70,7 +74,8 @@ class Rademacher(UnitLaw):
 
 @UNIT_LAWS.register
 class CenteredExponential(UnitLaw):
-    """ε_j = E_j - 1, E_j ~ Exp(1): mean 0, variance 1, skewness 2."""
+    r""":math:`\varepsilon_j = E_j - 1`, :math:`E_j \sim \mathrm{Exp}(1)`: mean 0, variance 1,
+    skewness 2."""
 
     skewness = 2.0
 
@@ -80,7 +85,7 @@ class CenteredExponential(UnitLaw):
 
 @UNIT_LAWS.register
 class ScaledUniform(UnitLaw):
-    """ε_j uniform on [-√3, √3] (variance 1)."""
+    r""":math:`\varepsilon_j` uniform on :math:`[-\sqrt{3}, \sqrt{3}]` (variance 1)."""
 
     def sample(self, rng, dim):
         return (2.0 * rng.uniform(dim) - 1.0) * math.sqrt(3.0)  # (B, d)
@@ -88,8 +93,9 @@ class ScaledUniform(UnitLaw):
 
 @UNIT_LAWS.register
 class StandardizedStudentT(UnitLaw):
-    """ε_j = T sqrt((nu - 2)/nu), T ~ t_nu: unit variance, defined for nu > 2 only (the chain
-    theory needs E εεᵀ = I)."""
+    r""":math:`\varepsilon_j = T \sqrt{(\nu - 2)/\nu}`, :math:`T \sim t_\nu`: unit variance,
+    defined for :math:`\nu > 2` only (the chain theory needs
+    :math:`\mathbb{E}\,\varepsilon\varepsilon^\top = I`)."""
 
     def __init__(self, nu: float) -> None:
         nu = check_positive("nu", nu)
