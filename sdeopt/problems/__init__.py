@@ -1,4 +1,4 @@
-"""Objectives f(x) = (1/N) sum_i f_i(x), batched over runs.
+r"""Objectives :math:`f(x) = \frac{1}{N} \sum_i f_i(x)`, batched over runs.
 
 Every problem maps a batch of states x of shape (B, d) to losses (B,), gradients (B, d) and
 Hessian-vector products (B, d). Problems whose workers hold different data (heterogeneous

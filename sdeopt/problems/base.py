@@ -23,9 +23,9 @@ class Problem(ABC):
     """Base class of all objectives.
 
     Attributes:
-        dim: d, the dimension of x.
+        dim: :math:`d`, the dimension of x.
         n_workers: the number of workers the data is split over, or None when every worker
-            sees the same f (then any number of workers is allowed).
+            sees the same :math:`f` (then any number of workers is allowed).
         minimizer: (d,) tensor, a known minimiser, or None.
         min_value: the known minimum f(minimizer), or None.
     """
@@ -37,30 +37,32 @@ class Problem(ABC):
 
     @abstractmethod
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x). Args: x (B, d). Returns: (B,)."""
+        """:math:`f(x)`. Args: x (B, d). Returns: (B,)."""
 
     @abstractmethod
     def grad(self, x: torch.Tensor) -> torch.Tensor:
-        """∇f(x). Args: x (B, d). Returns: (B, d)."""
+        r""":math:`\nabla f(x)`. Args: x (B, d). Returns: (B, d)."""
 
     @abstractmethod
     def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """∇²f(x) v. Args: x (B, d), v (B, d). Returns: (B, d)."""
+        r""":math:`\nabla^2 f(x)\, v`. Args: x (B, d), v (B, d). Returns: (B, d)."""
 
     @property
     def heterogeneous(self) -> bool:
-        """True when the workers' objectives f_i differ."""
+        """True when the workers' objectives :math:`f_i` differ."""
         return self.n_workers is not None
 
     @property
     def separable(self) -> bool:
-        """True when ∂f/∂x_j depends on x_j alone (a diagonal Hessian), so that ``hvp(x, 1)`` is
-        the Hessian's diagonal; always true in one dimension. A diffusion built from ∇f
-        coordinate-wise is then commutative (Milstein needs no Lévy areas)."""
+        r"""True when :math:`\partial f / \partial x_j` depends on :math:`x_j` alone (a diagonal
+        Hessian), so that ``hvp(x, 1)`` is the Hessian's diagonal; always true in one dimension.
+        A diffusion built from :math:`\nabla f` coordinate-wise is then commutative (Milstein
+        needs no Lévy areas)."""
         return self.dim == 1
 
     def worker_grads(self, x: torch.Tensor) -> torch.Tensor:
-        """∇f_i(x) for every worker. Args: x (B, d). Returns: (B, N, d), or (B, 1, d) if homogeneous."""
+        r""":math:`\nabla f_i(x)` for every worker. Args: x (B, d). Returns: (B, N, d), or
+        (B, 1, d) if homogeneous."""
         return self.grad(x).unsqueeze(1)
 
     def check_workers(self, n_workers: int) -> None:

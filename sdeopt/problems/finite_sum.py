@@ -23,11 +23,13 @@ from sdeopt.random import RandomSource
 
 
 class FiniteSumProblem(Problem):
-    r"""``f(x) = (1/N) Σ_i f_i(x)`` with ``f_i(x) = (1/n_i) Σ_{s ∈ S_i} f_s(x)``.
+    r""":math:`f(x) = \frac{1}{N} \sum_i f_i(x)` with
+    :math:`f_i(x) = \frac{1}{n_i} \sum_{s \in S_i} f_s(x)`.
 
-    The n samples are split into N disjoint shards ``S_i`` of sizes ``n_i`` (one per worker).
-    Every worker carries weight 1/N whatever its shard size, so f is the average of the f_i
-    exactly, and ``f = Σ_s w_s f_s`` with ``w_s = 1/(N n_{i(s)})`` (``sample_weights``).
+    The n samples are split into N disjoint shards :math:`S_i` of sizes :math:`n_i` (one per
+    worker). Every worker carries weight :math:`1/N` whatever its shard size, so f is the
+    average of the :math:`f_i` exactly, and :math:`f = \sum_s w_s f_s` with
+    :math:`w_s = 1/(N n_{i(s)})` (``sample_weights``).
     Homogeneous problems (``n_workers`` None) have one shard holding all the data; every
     worker then sees f itself.
 
@@ -40,11 +42,15 @@ class FiniteSumProblem(Problem):
     (without replacement) by giving every entry an independent random 62-bit integer key and
     keeping the b largest (a uniformly random b-subset; padding gets key -1 and is never
     chosen). Keys are integers, so the same seed selects the same samples in float32 and
-    float64. The minibatch gradient ``g_i = (1/b) Σ_{s ∈ batch_i} ∇f_s(x)`` is unbiased for
-    ``∇f_i(x)``, with covariance (finite-population correction)
+    float64. The minibatch gradient
+    :math:`g_i = \frac{1}{b} \sum_{s \in \mathrm{batch}_i} \nabla f_s(x)` is unbiased for
+    :math:`\nabla f_i(x)`, with covariance (finite-population correction)
 
-        Cov(g_i) = (n_i - b) / ((n_i - 1) b) · Σ_i(x),
-        Σ_i(x) = (1/n_i) Σ_{s ∈ S_i} (∇f_s - ∇f_i)(∇f_s - ∇f_i)ᵀ.
+    .. math::
+
+        \operatorname{Cov}(g_i) &= \frac{n_i - b}{(n_i - 1)\, b} \cdot \Sigma_i(x), \\
+        \Sigma_i(x) &= \frac{1}{n_i} \sum_{s \in S_i} (\nabla f_s - \nabla f_i)
+            (\nabla f_s - \nabla f_i)^\top.
 
     Subclasses set ``dim``, ``n_samples``, call ``_set_shards`` and implement
     ``per_sample_losses``/``per_sample_grads`` (and ``hvp``); they may override
@@ -96,11 +102,12 @@ class FiniteSumProblem(Problem):
 
     @abstractmethod
     def per_sample_losses(self, x: torch.Tensor) -> torch.Tensor:
-        """f_s(x) for every sample, in data order. Args: x (B, d). Returns: (B, n)."""
+        """:math:`f_s(x)` for every sample, in data order. Args: x (B, d). Returns: (B, n)."""
 
     @abstractmethod
     def per_sample_grads(self, x: torch.Tensor) -> torch.Tensor:
-        """∇f_s(x) for every sample, in data order. Args: x (B, d). Returns: (B, n, d).
+        r""":math:`\nabla f_s(x)` for every sample, in data order. Args: x (B, d). Returns:
+        (B, n, d).
 
         Memory is B·n·d; chunk over runs for large B.
         """
@@ -133,7 +140,8 @@ class FiniteSumProblem(Problem):
         return torch.einsum("bnd,n->bd", self.per_sample_grads(x), _cast(self.sample_weights, x))
 
     def worker_grads(self, x: torch.Tensor) -> torch.Tensor:
-        """∇f_i(x). Args: x (B, d). Returns: (B, N, d), or (B, 1, d) if homogeneous."""
+        r""":math:`\nabla f_i(x)`. Args: x (B, d). Returns: (B, N, d), or (B, 1, d) if
+        homogeneous."""
         if self.n_workers is None:
             return self.grad(x).unsqueeze(1)  # (B, 1, d)
         mask = _cast(self.shard_mask, x)  # (N, n_max)
@@ -166,10 +174,10 @@ class FiniteSumProblem(Problem):
         return torch.topk(keys, b, dim=-1, sorted=False).indices  # (B, N, b)
 
     def minibatch_indices(self, batch_size: int, n_workers: int, rng: RandomSource) -> torch.Tensor:
-        """Sample ids of each worker's minibatch, distinct within a worker.
+        r"""Sample ids of each worker's minibatch, distinct within a worker.
 
         Args:
-            batch_size: b, 1 <= b <= the smallest shard size.
+            batch_size: :math:`b`, :math:`1 \le b \le` the smallest shard size.
             n_workers: N (must equal ``self.n_workers`` when heterogeneous).
             rng: RandomSource for B runs.
         Returns:
@@ -183,14 +191,16 @@ class FiniteSumProblem(Problem):
     def minibatch_worker_grads(
         self, x: torch.Tensor, batch_size: int, n_workers: int, rng: RandomSource
     ) -> torch.Tensor:
-        r"""Minibatch gradients ``g_i = (1/b) Σ_{s ∈ batch_i} ∇f_s(x)`` of every worker.
+        r"""Minibatch gradients
+        :math:`g_i = \frac{1}{b} \sum_{s \in \mathrm{batch}_i} \nabla f_s(x)` of every worker.
 
         Each run and each worker draws its own batch of b distinct samples uniformly from its
-        shard (from all the data when homogeneous), so ``E g_i = ∇f_i(x)``.
+        shard (from all the data when homogeneous), so :math:`\mathbb{E}\, g_i = \nabla f_i(x)`.
 
         Args:
             x: (B, d).
-            batch_size: b, 1 <= b <= the smallest shard size (``ValueError`` otherwise).
+            batch_size: :math:`b`, :math:`1 \le b \le` the smallest shard size (``ValueError``
+                otherwise).
             n_workers: N (must equal ``self.n_workers`` when heterogeneous).
             rng: RandomSource for the same B runs.
         Returns:
@@ -205,14 +215,18 @@ class FiniteSumProblem(Problem):
         return self._weighted_grads(x, weights)  # (B, N, d)
 
     def minibatch_covariance(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        r"""Covariance of the minibatch gradient ``g_i`` of each worker.
+        r"""Covariance of the minibatch gradient :math:`g_i` of each worker.
 
-        ``Cov(g_i) = (n_i - b) / ((n_i - 1) b) · (1/n_i) Σ_{s ∈ S_i} (∇f_s - ∇f_i)(∇f_s - ∇f_i)ᵀ``
-        (zero when b = n_i).
+        .. math::
+
+            \operatorname{Cov}(g_i) = \frac{n_i - b}{(n_i - 1)\, b} \cdot \frac{1}{n_i}
+            \sum_{s \in S_i} (\nabla f_s - \nabla f_i)(\nabla f_s - \nabla f_i)^\top
+
+        (zero when :math:`b = n_i`).
 
         Args:
             x: (B, d).
-            batch_size: b.
+            batch_size: :math:`b`.
         Returns:
             (B, N, d, d), or (B, 1, d, d) if homogeneous (the same for every worker).
         """
@@ -307,44 +321,53 @@ _SPLITS = {"iid": _split_iid, "label": _split_label, "dirichlet": _split_dirichl
 class LogisticRegression(FiniteSumProblem):
     r"""L2-regularised logistic regression on a real data set, split over workers.
 
-    With features ``a_s`` (standardised to mean 0 and variance 1 over the whole data set, plus
-    a constant 1 when ``fit_intercept``), labels ``y_s ∈ {-1, +1}`` and ``z_s = y_s a_s``,
+    With features :math:`a_s` (standardised to mean 0 and variance 1 over the whole data set,
+    plus a constant 1 when ``fit_intercept``), labels :math:`y_s \in \{-1, +1\}` and
+    :math:`z_s = y_s a_s`,
 
-        f_s(x) = log(1 + exp(-z_sᵀ x)) + (reg/2) ||x||²,
-        f_i(x) = (1/n_i) Σ_{s ∈ S_i} f_s(x),        f(x) = (1/N) Σ_i f_i(x),
+    .. math::
 
-    (see ``FiniteSumProblem``: each worker weighs 1/N even when shard sizes differ). With
-    ``σ(t) = 1/(1 + e^{-t})`` and ``w_s = 1/(N n_{i(s)})``:
+        f_s(x) &= \log(1 + \exp(-z_s^\top x)) + (\mathrm{reg}/2) \|x\|^2, \\
+        f_i(x) &= \frac{1}{n_i} \sum_{s \in S_i} f_s(x), \qquad
+            f(x) = \frac{1}{N} \sum_i f_i(x),
 
-        ∇f(x)  = -Σ_s w_s σ(-z_sᵀx) z_s + reg x,
-        ∇²f(x) =  Σ_s w_s σ(z_sᵀx) σ(-z_sᵀx) z_s z_sᵀ + reg I.
+    (see ``FiniteSumProblem``: each worker weighs :math:`1/N` even when shard sizes differ).
+    With :math:`\sigma(t) = 1/(1 + e^{-t})` and :math:`w_s = 1/(N n_{i(s)})`:
 
-    ``reg > 0`` makes f reg-strongly convex with a unique minimiser (the intercept is
-    regularised too), computed at construction by damped Newton in float64 and stored as
-    ``minimizer``/``min_value``. f is L-smooth with ``L <= λ_max(Σ_s w_s z_s z_sᵀ)/4 + reg``
-    (``smoothness``) and (L0, L1)-smooth with small L0.
+    .. math::
+
+        \nabla f(x) &= -\sum_s w_s\, \sigma(-z_s^\top x)\, z_s + \mathrm{reg}\, x, \\
+        \nabla^2 f(x) &= \sum_s w_s\, \sigma(z_s^\top x)\, \sigma(-z_s^\top x)\, z_s z_s^\top
+            + \mathrm{reg}\, I.
+
+    :math:`\mathrm{reg} > 0` makes f reg-strongly convex with a unique minimiser (the
+    intercept is regularised too), computed at construction by damped Newton in float64 and
+    stored as ``minimizer``/``min_value``. f is L-smooth with
+    :math:`L \le \lambda_{\max}(\sum_s w_s z_s z_s^\top)/4 + \mathrm{reg}` (``smoothness``) and
+    :math:`(L_0, L_1)`-smooth with small :math:`L_0`.
 
     Splits (``split``), all seeded by ``seed`` through a numpy Generator:
       - ``"iid"``: a random permutation cut into N near-equal shards.
       - ``"label"``: the data sorted by label (random order within a label) cut into N
         contiguous near-equal shards, so most workers see one label only (pathological
         non-IID split of McMahan et al. 2017).
-      - ``"dirichlet"``: for each class, worker proportions ~ Dirichlet(alpha·1_N)
+      - ``"dirichlet"``: for each class, worker proportions
+        :math:`\sim \mathrm{Dirichlet}(\alpha \mathbf{1}_N)`
         (Hsu, Qi, Brown 2019); small alpha is very heterogeneous, shard sizes vary.
 
     Args:
-        n_workers: N >= 1, or None for homogeneous (every worker sees all the data;
+        n_workers: :math:`N \ge 1`, or None for homogeneous (every worker sees all the data;
             ``worker_grads`` returns (B, 1, d)).
         split: "iid", "label" or "dirichlet" (ignored when ``n_workers`` is None).
         reg: the L2 weight, > 0.
         dataset: "breast_cancer" (569 × 30) or "digits" (1797 × 64, digits 0-4 vs 5-9),
             both shipped with scikit-learn (no download).
-        fit_intercept: append a constant feature (d = p + 1).
+        fit_intercept: append a constant feature (:math:`d = p + 1`).
         seed: seed of the split, an int >= 0.
         alpha: Dirichlet concentration > 0 (used by split="dirichlet").
 
     Attributes:
-        features: (n, d) standardised features a_s; labels: (n,) ±1.
+        features: (n, d) standardised features :math:`a_s`; labels: (n,) :math:`\pm 1`.
 
     Example:
         >>> prob = LogisticRegression(n_workers=4, split="label")

@@ -21,14 +21,14 @@ class FunctionProblem(Problem):
     r"""Any objective written in torch: ``f = fn(x)`` for a single x of shape (d,).
 
     ``loss = vmap(fn)``, ``grad = vmap(grad(fn))`` and ``hvp(x, v) = vmap(jvp(grad(fn), x, v))``
-    (forward-over-reverse, ``∇²f(x) v`` without forming the Hessian), all by ``torch.func``.
-    ``fn`` must therefore be vmappable: pure torch operations, no ``.item()``, no
-    data-dependent Python control flow, no in-place changes of its input. Tensors captured in
-    ``fn``'s closure are not moved by ``to(device, dtype)``. Homogeneous.
+    (forward-over-reverse, :math:`\nabla^2 f(x)\, v` without forming the Hessian), all by
+    ``torch.func``. ``fn`` must therefore be vmappable: pure torch operations, no ``.item()``,
+    no data-dependent Python control flow, no in-place changes of its input. Tensors captured
+    in ``fn``'s closure are not moved by ``to(device, dtype)``. Homogeneous.
 
     Args:
         fn: callable mapping a (d,) tensor to a 0-dim tensor.
-        dim: d >= 1.
+        dim: :math:`d \ge 1`.
         minimizer: (d,) a known minimiser, or None.
         min_value: f(minimizer), or None (computed from ``fn`` when a minimiser is given).
 

@@ -20,14 +20,15 @@ from sdeopt.problems.base import (
 
 @PROBLEMS.register
 class Quadratic(Problem):
-    r"""Strongly convex quadratic ``f(x) = ½ (x - x*)ᵀ H (x - x*)``.
+    r"""Strongly convex quadratic :math:`f(x) = \tfrac12 (x - x^*)^\top H (x - x^*)`.
 
-    ``∇f(x) = H (x - x*)``, ``∇²f(x) = H``; minimiser ``x*``, minimum 0. The problem is
-    (L, 0)-smooth with ``L = λ_max(H)`` and μ-strongly convex with ``μ = λ_min(H) > 0``.
-    Homogeneous: every worker sees the same f.
+    :math:`\nabla f(x) = H (x - x^*)`, :math:`\nabla^2 f(x) = H`; minimiser :math:`x^*`,
+    minimum 0. The problem is :math:`(L, 0)`-smooth with :math:`L = \lambda_{\max}(H)` and
+    :math:`\mu`-strongly convex with :math:`\mu = \lambda_{\min}(H) > 0`. Homogeneous: every
+    worker sees the same f.
 
     H is given either as its diagonal (``diag``: all entries > 0, so that H is symmetric
-    positive definite and x* is the unique minimiser) or as a dense symmetric positive
+    positive definite and :math:`x^*` is the unique minimiser) or as a dense symmetric positive
     definite matrix (``matrix``: symmetric up to a relative 1e-6, then symmetrised exactly;
     positive definiteness checked by a Cholesky factorisation). The diagonal path is
     purely elementwise, O(d) per run with no matrix product, so ``grad`` and ``hvp`` of row b of
@@ -37,7 +38,7 @@ class Quadratic(Problem):
     Args:
         diag: (d,) the diagonal of H, every entry > 0. Exactly one of ``diag``/``matrix``.
         matrix: (d, d) a dense symmetric positive definite H.
-        center: (d,) the minimiser x*; defaults to 0.
+        center: (d,) the minimiser :math:`x^*`; defaults to 0.
 
     Attributes:
         diag: (d,) tensor or None; matrix: (d, d) tensor or None; center: (d,) tensor.
@@ -124,7 +125,7 @@ class Quadratic(Problem):
 
     @property
     def hessian(self) -> torch.Tensor:
-        """H as a dense (d, d) tensor."""
+        """:math:`H` as a dense (d, d) tensor."""
         if self.diag is not None:
             return torch.diag(self.diag)
         assert self.matrix is not None  # exactly one of diag/matrix (__init__)
@@ -132,7 +133,7 @@ class Quadratic(Problem):
 
     @property
     def eigenvalues(self) -> torch.Tensor:
-        """The eigenvalues of H in ascending order, (d,)."""
+        """The eigenvalues of :math:`H` in ascending order, (d,)."""
         if self.diag is not None:
             return torch.sort(self.diag).values
         assert self.matrix is not None  # exactly one of diag/matrix (__init__)
@@ -140,7 +141,7 @@ class Quadratic(Problem):
 
     @property
     def smoothness(self) -> float:
-        """L = λ_max(H)."""
+        r""":math:`L = \lambda_{\max}(H)`."""
         return float(self.eigenvalues[-1])
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:

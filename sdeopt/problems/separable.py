@@ -1,4 +1,5 @@
-"""Separable objectives f(x) = Σ φ(x_j): quartic, quadratic + quartic, cosh and exp sums."""
+r"""Separable objectives :math:`f(x) = \sum \varphi(x_j)`: quartic, quadratic + quartic, cosh and
+exp sums."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from sdeopt.problems.base import (
 
 
 class SeparableProblem(Problem):
-    r"""``f(x) = Σ_j φ(x_j)`` for a scalar function φ: ``∇f = φ'(x)``, ``∇²f = diag(φ''(x))``.
+    r""":math:`f(x) = \sum_j \varphi(x_j)` for a scalar function :math:`\varphi`:
+    :math:`\nabla f = \varphi'(x)`, :math:`\nabla^2 f = \operatorname{diag}(\varphi''(x))`.
 
     Every operation is elementwise, so row b of a batch equals run b alone. Subclasses define
     ``_phi``, ``_dphi`` and ``_d2phi`` (elementwise on tensors). Homogeneous.
 
     Args:
-        dim: d >= 1.
+        dim: :math:`d \ge 1`.
     """
 
     separable = True
@@ -61,18 +63,21 @@ class SeparableProblem(Problem):
 
 @PROBLEMS.register
 class Quartic(SeparableProblem):
-    r"""``f(x) = ¼ Σ_j x_j⁴``: ``∇f = x³``, ``∇²f = diag(3 x²)``; minimiser 0, minimum 0.
+    r""":math:`f(x) = \tfrac14 \sum_j x_j^4`: :math:`\nabla f = x^3`,
+    :math:`\nabla^2 f = \operatorname{diag}(3 x^2)`; minimiser 0, minimum 0.
 
-    Not L-smooth (the curvature grows without bound), but (L0, L1)-smooth per coordinate:
-    ``3x² <= L0 + L1 |x|³`` holds e.g. with ``L0 = L1 = 3``; ``x⁴`` itself is (4, 3)-smooth.
+    Not L-smooth (the curvature grows without bound), but :math:`(L_0, L_1)`-smooth per
+    coordinate: :math:`3x^2 \le L_0 + L_1 |x|^3` holds e.g. with :math:`L_0 = L_1 = 3`;
+    :math:`x^4` itself is :math:`(4, 3)`-smooth.
     Its minimiser is degenerate (zero curvature), so convergence is sublinear.
 
     Args:
-        dim: d >= 1.
+        dim: :math:`d \ge 1`.
 
     References:
         Zhang, He, Sra, Jadbabaie, "Why gradient clipping accelerates training", ICLR 2020
-        (the (L0, L1)-smoothness condition ``||∇²f|| <= L0 + L1 ||∇f||``).
+        (the :math:`(L_0, L_1)`-smoothness condition
+        :math:`\|\nabla^2 f\| \le L_0 + L_1 \|\nabla f\|`).
     """
 
     minimum_at_zero = True
@@ -93,15 +98,17 @@ class Quartic(SeparableProblem):
 
 @PROBLEMS.register
 class QuadraticQuartic(SeparableProblem):
-    r"""``f(x) = Σ_j (x_j²/2 + x_j⁴/4)``: ``∇f = x + x³``, ``∇²f = diag(1 + 3x²)``; min 0 at 0.
+    r""":math:`f(x) = \sum_j (x_j^2/2 + x_j^4/4)`: :math:`\nabla f = x + x^3`,
+    :math:`\nabla^2 f = \operatorname{diag}(1 + 3x^2)`; min 0 at 0.
 
-    A quadratic bowl with quartic walls: strongly convex (μ = 1) with a non-degenerate minimiser,
-    like ``Quadratic``, but not L-smooth, like ``Quartic``; (4, 3)-smooth per coordinate, since
-    ``1 + 3x² <= 4 + 3|x|³ <= 4 + 3|x + x³|``. The smallest smooth objective on which the SDE
-    models' drift corrections are not linear in x (weak-order studies).
+    A quadratic bowl with quartic walls: strongly convex (:math:`\mu = 1`) with a
+    non-degenerate minimiser, like ``Quadratic``, but not L-smooth, like ``Quartic``;
+    :math:`(4, 3)`-smooth per coordinate, since
+    :math:`1 + 3x^2 \le 4 + 3|x|^3 \le 4 + 3|x + x^3|`. The smallest smooth objective on which
+    the SDE models' drift corrections are not linear in x (weak-order studies).
 
     Args:
-        dim: d >= 1.
+        dim: :math:`d \ge 1`.
 
     References:
         Li, Tai, E, "Stochastic modified equations and dynamics of stochastic gradient
@@ -126,14 +133,16 @@ class QuadraticQuartic(SeparableProblem):
 
 @PROBLEMS.register
 class CoshSum(SeparableProblem):
-    r"""``f(x) = Σ_j cosh(x_j) - d``: ``∇f = sinh(x)``, ``∇²f = diag(cosh(x))``; min 0 at 0.
+    r""":math:`f(x) = \sum_j \cosh(x_j) - d`: :math:`\nabla f = \sinh(x)`,
+    :math:`\nabla^2 f = \operatorname{diag}(\cosh(x))`; min 0 at 0.
 
-    (1, 1)-smooth: ``cosh(t) <= 1 + |sinh(t)|``. Strongly convex (μ = 1), not L-smooth.
-    The value is computed as ``Σ_j 2 sinh²(x_j / 2)``, equal to ``cosh(x_j) - 1`` but free of
-    the cancellation of ``cosh(x) - 1`` near the minimiser.
+    :math:`(1, 1)`-smooth: :math:`\cosh(t) \le 1 + |\sinh(t)|`. Strongly convex
+    (:math:`\mu = 1`), not L-smooth. The value is computed as
+    :math:`\sum_j 2 \sinh^2(x_j / 2)`, equal to :math:`\cosh(x_j) - 1` but free of the
+    cancellation of :math:`\cosh(x) - 1` near the minimiser.
 
     Args:
-        dim: d >= 1.
+        dim: :math:`d \ge 1`.
 
     References:
         Zhang, He, Sra, Jadbabaie, ICLR 2020 (the (L0, L1)-smoothness condition).
@@ -157,15 +166,16 @@ class CoshSum(SeparableProblem):
 
 @PROBLEMS.register
 class ExpSum(SeparableProblem):
-    r"""``f(x) = Σ_j exp(x_j)``: ``∇f = exp(x)``, ``∇²f = diag(exp(x))``.
+    r""":math:`f(x) = \sum_j \exp(x_j)`: :math:`\nabla f = \exp(x)`,
+    :math:`\nabla^2 f = \operatorname{diag}(\exp(x))`.
 
-    (0, 1)-smooth: ``||∇²f(x)||₂ = max_j e^{x_j} <= ||∇f(x)||₂``. Convex and bounded below
-    with infimum 0, which is not attained (no minimiser: ``minimizer`` and ``min_value`` are
-    None). A (0, L1)-smooth function with a minimiser would be constant (Grönwall), so this is
-    the typical member of the class.
+    :math:`(0, 1)`-smooth: :math:`\|\nabla^2 f(x)\|_2 = \max_j e^{x_j} \le \|\nabla f(x)\|_2`.
+    Convex and bounded below with infimum 0, which is not attained (no minimiser:
+    ``minimizer`` and ``min_value`` are None). A :math:`(0, L_1)`-smooth function with a
+    minimiser would be constant (Grönwall), so this is the typical member of the class.
 
     Args:
-        dim: d >= 1.
+        dim: :math:`d \ge 1`.
 
     References:
         Zhang, He, Sra, Jadbabaie, ICLR 2020.
