@@ -1,14 +1,17 @@
-"""Learning-rate schedules: the dimensionless factor eta_k (time convention: docs/models.md, Notation).
+r"""Learning-rate schedules: the dimensionless factor :math:`\eta_k` (time convention:
+docs/models.md, Notation).
 
-The step taken at iteration k is ``lr * eta_k`` with ``eta_0 = 1`` for every schedule here.
-Time is never rescaled by the schedule: iteration k sits at SDE time ``t_k = k * lr``, and the
-SDE sees the schedule as the piecewise-constant factor ``eta_t = eta_{floor(t / lr)}``.
+The step taken at iteration k is :math:`\mathrm{lr} \cdot \eta_k` with :math:`\eta_0 = 1` for
+every schedule here. Time is never rescaled by the schedule: iteration k sits at SDE time
+:math:`t_k = k \cdot \mathrm{lr}`, and the SDE sees the schedule as the piecewise-constant
+factor :math:`\eta_t = \eta_{\lfloor t / \mathrm{lr} \rfloor}`.
 
 A schedule is a frozen, keyword-only dataclass and a pure function of k:
 
 - ``schedule(k)`` for an int k >= 0 returns a Python float; for an integer tensor it returns
   a float64 tensor of the same shape and device;
-- ``schedule.factors(n_steps)`` returns the float64 tensor (eta_0, ..., eta_{n_steps-1});
+- ``schedule.factors(n_steps)`` returns the float64 tensor
+  :math:`(\eta_0, \dots, \eta_{n_\mathrm{steps}-1})`;
 - ``schedule.config()`` is a JSON-able dict, and ``from_config(schedule.config())`` rebuilds
   an equal schedule. ``SCHEDULES`` maps the ``"type"`` names to the classes.
 
@@ -42,7 +45,7 @@ SCHEDULES: Registry = Registry("schedule")
 
 
 class Schedule(ABC):
-    """Base class: a map k -> eta_k >= 0 with eta_0 = 1.
+    r"""Base class: a map :math:`k \mapsto \eta_k \ge 0` with :math:`\eta_0 = 1`.
 
     Subclasses implement ``_factor`` once, on int64 tensors; ``__call__`` and ``factors`` are
     built on it, so the scalar and the vectorised paths compute the same formula.
@@ -53,10 +56,12 @@ class Schedule(ABC):
 
     @abstractmethod
     def _factor(self, k: torch.Tensor) -> torch.Tensor:
-        """eta_k for an int64 tensor k >= 0, as a float64 tensor of the same shape."""
+        r""":math:`\eta_k` for an int64 tensor :math:`k \ge 0`, as a float64 tensor of the same
+        shape."""
 
     def __call__(self, k: int | torch.Tensor) -> float | torch.Tensor:
-        """eta_k for an int k >= 0 (a float) or an integer tensor (a float64 tensor, same shape)."""
+        r""":math:`\eta_k` for an int :math:`k \ge 0` (a float) or an integer tensor (a float64
+        tensor, same shape)."""
         if isinstance(k, torch.Tensor):
             if k.dtype.is_floating_point or k.dtype.is_complex or k.dtype == torch.bool:
                 raise ValueError(
@@ -69,7 +74,8 @@ class Schedule(ABC):
         return float(self._factor(torch.tensor(k, dtype=torch.int64)))
 
     def factors(self, n_steps: int) -> torch.Tensor:
-        """(eta_0, ..., eta_{n_steps-1}) as a float64 tensor of shape (n_steps,)."""
+        r""":math:`(\eta_0, \dots, \eta_{n_\mathrm{steps}-1})` as a float64 tensor of shape
+        (n_steps,)."""
         n_steps = check_int("n_steps", n_steps, minimum=0)
         return self._factor(torch.arange(n_steps, dtype=torch.int64))  # (n_steps,)
 
@@ -93,7 +99,7 @@ class Schedule(ABC):
 @SCHEDULES.register(aliases=("constant",))
 @dataclass(frozen=True, kw_only=True)
 class Constant(Schedule):
-    """The constant schedule ``eta_k = 1``."""
+    r"""The constant schedule :math:`\eta_k = 1`."""
 
     name: ClassVar[str] = "constant"
 
@@ -104,15 +110,17 @@ class Constant(Schedule):
 @SCHEDULES.register(aliases=("poly",))
 @dataclass(frozen=True, kw_only=True)
 class PolyDecay(Schedule):
-    """Polynomial decay ``eta_k = (offset / (k + offset))^power``.
+    r"""Polynomial decay
+    :math:`\eta_k = (\mathrm{offset} / (k + \mathrm{offset}))^{\mathrm{power}}`.
 
-    With ``offset = 1`` this is ``1 / (k + 1)^power``; ``power = 1/2`` is the classical
-    ``1/sqrt(k)`` rate of SGD on convex problems and ``power = 1`` the Robbins–Monro
-    ``1/k`` rate (Robbins & Monro, Ann. Math. Statist. 1951). A larger offset delays the decay.
+    With ``offset = 1`` this is :math:`1 / (k + 1)^{\mathrm{power}}`; ``power = 1/2`` is the
+    classical :math:`1/\sqrt{k}` rate of SGD on convex problems and ``power = 1`` the
+    Robbins–Monro :math:`1/k` rate (Robbins & Monro, Ann. Math. Statist. 1951). A larger offset
+    delays the decay.
 
     Args:
-        power: the exponent p >= 0 (p = 0 is the constant schedule).
-        offset: k0 > 0; eta_k halves (for p = 1) at k = k0.
+        power: the exponent :math:`p \ge 0` (:math:`p = 0` is the constant schedule).
+        offset: :math:`k_0 > 0`; :math:`\eta_k` halves (for :math:`p = 1`) at :math:`k = k_0`.
     """
 
     power: float = 0.5
@@ -130,15 +138,19 @@ class PolyDecay(Schedule):
 @SCHEDULES.register(aliases=("cosine",))
 @dataclass(frozen=True, kw_only=True)
 class Cosine(Schedule):
-    """Cosine annealing from 1 to ``min_factor`` over ``n_steps`` iterations.
+    r"""Cosine annealing from 1 to ``min_factor`` over ``n_steps`` iterations.
 
-    ``eta_k = min + (1 - min)(1 + cos(π k / n_steps))/2`` for k <= n_steps and
-    ``eta_k = min`` afterwards (Loshchilov & Hutter, SGDR, ICLR 2017, Eq. 5, without
-    restarts). Evaluated as ``1 - (1 - min)(1 - cos(π k/n))/2`` so that eta_0 = 1 exactly.
+    .. math::
+
+        \eta_k = \mathrm{min} + (1 - \mathrm{min})\, (1 + \cos(\pi k / n_\mathrm{steps}))/2
+
+    for :math:`k \le n_\mathrm{steps}` and :math:`\eta_k = \mathrm{min}` afterwards (Loshchilov &
+    Hutter, SGDR, ICLR 2017, Eq. 5, without restarts). Evaluated as
+    :math:`1 - (1 - \mathrm{min})(1 - \cos(\pi k/n))/2` so that :math:`\eta_0 = 1` exactly.
 
     Args:
         n_steps: the annealing length, an integer >= 1.
-        min_factor: the final factor, in [0, 1].
+        min_factor: the final factor, in :math:`[0, 1]`.
     """
 
     n_steps: int
@@ -160,11 +172,12 @@ class Cosine(Schedule):
 @SCHEDULES.register(aliases=("step",))
 @dataclass(frozen=True, kw_only=True)
 class StepDecay(Schedule):
-    """Piecewise-constant decay ``eta_k = factor^floor(k / every)``.
+    r"""Piecewise-constant decay
+    :math:`\eta_k = \mathrm{factor}^{\lfloor k / \mathrm{every} \rfloor}`.
 
     Args:
         every: iterations between decays, an integer >= 1.
-        factor: the multiplier per decay, in (0, 1].
+        factor: the multiplier per decay, in :math:`(0, 1]`.
     """
 
     every: int

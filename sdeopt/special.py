@@ -1,7 +1,8 @@
-"""Special functions computed in torch, batched and differentiable where it matters.
+r"""Special functions computed in torch, batched and differentiable where it matters.
 
-``student_t_cdf``: the CDF of Student's t law for every nu > 0, by the continued fraction of the
-regularized incomplete beta function (docs/models.md uses it for DSignSGD's sign probabilities).
+``student_t_cdf``: the CDF of Student's t law for every :math:`\nu > 0`, by the continued
+fraction of the regularized incomplete beta function (docs/models.md uses it for DSignSGD's sign
+probabilities).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ _T_CDF_PAIRS = {
 
 
 def log_beta_half(a: float) -> float:
-    """log B(a, 1/2), accurate also for huge a (no cancellation between lgamma values)."""
+    r""":math:`\log B(a, 1/2)`, accurate also for huge a (no cancellation between lgamma
+    values)."""
     if a < 50.0:
         return math.lgamma(a) + math.lgamma(0.5) - math.lgamma(a + 0.5)
     # lgamma(a) - lgamma(a + 1/2) from the difference of the two Stirling series, with the
@@ -72,36 +74,45 @@ def _beta_cf_pairs(a: float, b: float, n_pairs: int) -> tuple[tuple[float, float
 
 
 def student_t_cdf(t: torch.Tensor, nu: float) -> torch.Tensor:
-    r"""CDF of Student's t law with nu > 0 degrees of freedom, elementwise, in torch.
+    r"""CDF of Student's t law with :math:`\nu > 0` degrees of freedom, elementwise, in torch.
 
-    For t > 0, ``F(t) = 1 - I_x(nu/2, 1/2) / 2`` with ``x = nu/(nu + t²)``, and
-    ``F(-t) = 1 - F(t)`` (Abramowitz & Stegun 26.7.1, 26.5.27); I_x(a, b) is the regularized
-    incomplete beta function. It is evaluated as
+    For :math:`t > 0`, :math:`F(t) = 1 - I_x(\nu/2, 1/2) / 2` with :math:`x = \nu/(\nu + t^2)`,
+    and :math:`F(-t) = 1 - F(t)` (Abramowitz & Stegun 26.7.1, 26.5.27); :math:`I_x(a, b)` is
+    the regularized incomplete beta function. It is evaluated as
 
-        I_x(a, b)  = x^a (1-x)^b / (a B(a, b)) · CF_x(a, b)          if 1-x >= (b+1)/(a+b+2),
-        I_x(a, b)  = 1 - x^a (1-x)^b / (b B(a, b)) · CF_{1-x}(b, a)  otherwise,
+    .. math::
+
+        I_x(a, b) &= \frac{x^a (1-x)^b}{a B(a, b)} \cdot \mathrm{CF}_x(a, b)
+            \qquad \text{if } 1-x \ge (b+1)/(a+b+2), \\
+        I_x(a, b) &= 1 - \frac{x^a (1-x)^b}{b B(a, b)} \cdot \mathrm{CF}_{1-x}(b, a)
+            \qquad \text{otherwise},
 
     where CF is the continued fraction of Numerical Recipes §6.4 (it converges fast on the
     chosen side of the switch point). Numerical details:
 
-    - x and 1-x = t²/(nu+t²) are both formed directly from q = min(t²/nu, nu/t²) (never as
-      1 - x), and log x, log(1-x) from log1p and log|t|, so nothing overflows or cancels for
-      |t| up to the largest float;
+    - :math:`x` and :math:`1-x = t^2/(\nu+t^2)` are both formed directly from
+      :math:`q = \min(t^2/\nu, \nu/t^2)` (never as :math:`1 - x`), and :math:`\log x`,
+      :math:`\log(1-x)` from log1p and :math:`\log|t|`, so nothing overflows or cancels for
+      :math:`|t|` up to the largest float;
     - the continued fraction is evaluated backwards (from its M-th pair to the first) with a
-      fixed number of pairs M chosen in Python from nu and the dtype (``_T_CDF_PAIRS``), so
-      there is no data-dependent loop and no device sync;
-    - its odd terms ``1 + d_{2m+1}`` are computed from 1-x (``(1 + c_odd) - c_odd (1-x)`` on
-      the I_x side), since 1 + c_odd x cancels catastrophically when x -> 1 and nu is large;
-    - ``log B(nu/2, 1/2)`` comes from ``log_beta_half`` (no lgamma cancellation for huge nu).
+      fixed number of pairs M chosen in Python from :math:`\nu` and the dtype
+      (``_T_CDF_PAIRS``), so there is no data-dependent loop and no device sync;
+    - its odd terms :math:`1 + d_{2m+1}` are computed from :math:`1-x`
+      (:math:`(1 + c_\mathrm{odd}) - c_\mathrm{odd} (1-x)` on the :math:`I_x` side), since
+      :math:`1 + c_\mathrm{odd}\, x` cancels catastrophically when :math:`x \to 1` and
+      :math:`\nu` is large;
+    - :math:`\log B(\nu/2, 1/2)` comes from ``log_beta_half`` (no lgamma cancellation for huge
+      :math:`\nu`).
 
     Accuracy (tested against scipy.special.stdtr and mpmath): about 1e-15 absolute in float64
-    and a few 1e-7 in float32, for every nu > 0 and every t including 0 and ±inf.
+    and a few 1e-7 in float32, for every :math:`\nu > 0` and every t including 0 and
+    :math:`\pm\infty`.
 
     Args:
         t: tensor of any shape, float32 or float64 (half precisions are computed in float32).
         nu: degrees of freedom, a Python float > 0.
     Returns:
-        F(t), same shape, dtype and device as t.
+        :math:`F(t)`, same shape, dtype and device as t.
 
     References:
         Abramowitz & Stegun, *Handbook of Mathematical Functions* (1964), 26.5.8, 26.7.1.
