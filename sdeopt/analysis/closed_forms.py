@@ -3,29 +3,31 @@ r"""Closed forms the package checks itself against, one function each (docs/mode
 Every figure that quotes a closed form (the runner's summaries, the presets, the tests, the
 notebooks) calls these functions; none restates a formula.
 
-``stationary_loss``: the stationary $\mathbb E f$ of DSGD and DCSGD (identity or RandK
-compression) on a diagonal quadratic $f(x) = \sum_j \lambda_j (x_j - c_j)^2 / 2$ under additive
-noise with finite per-coordinate variance $v_i$ (worker $i$), for the discrete chain, for each
-SDE model, and for the Euler–Maruyama scheme that integrates an SDE model with step $h$ (the
-solver's own bias, beside the model's).
+``stationary_loss``: the stationary :math:`\mathbb E f` of DSGD and DCSGD (identity or RandK
+compression) on a diagonal quadratic :math:`f(x) = \sum_j \lambda_j (x_j - c_j)^2 / 2` under
+additive noise with finite per-coordinate variance :math:`v_i` (worker :math:`i`), for the
+discrete chain, for each SDE model, and for the Euler–Maruyama scheme that integrates an SDE
+model with step :math:`h` (the solver's own bias, beside the model's).
 
-Derivation. With $\bar v = \frac1N\sum_i v_i$ and $\omega = d/k - 1$ for RandK ($0$ without
-compression), one step's covariance has diagonal $S_{jj}(x) = \omega\,\lambda_j^2 (x_j - c_j)^2/N
-+ (1 + \omega)\,\bar v / N$ (docs/models.md). Each coordinate's second moment
-$m_j = \mathbb E (x_j - c_j)^2$ then obeys a linear recursion whose fixed point is
+Derivation. With :math:`\bar v = \frac1N\sum_i v_i` and :math:`\omega = d/k - 1` for RandK
+(:math:`0` without compression), one step's covariance has diagonal
+:math:`S_{jj}(x) = \omega\,\lambda_j^2 (x_j - c_j)^2/N + (1 + \omega)\,\bar v / N`
+(docs/models.md). Each coordinate's second moment :math:`m_j = \mathbb E (x_j - c_j)^2` then
+obeys a linear recursion whose fixed point is
 
 .. math::
 
     m_j = \frac{\eta\,(1 + \omega)\,\bar v / N}{2 a_j - a_j^2 h - \eta\,\omega\,\lambda_j^2 / N},
     \qquad \mathbb E f = \sum_j \lambda_j m_j / 2,
 
-where $a_j$ is the drift's rate and $h$ the step: the discrete chain is $a_j = \lambda_j$,
-$h = \eta$; an SDE model is $h \to 0$ with $a_j = \lambda_j (1 - s\,\eta\lambda_j/2)$, $s$ the
-sign of its $(\eta/2)(\nabla\bar u)\bar u$ drift term (``MODELS``: $0$ first order, $-1$ second
-order, $+1$ curvature); Euler–Maruyama on a model takes that $a_j$ with
-$h = \eta / \text{substeps}$. The curvature model's fixed point equals the chain's:
-$2\lambda(1 - \eta\lambda/2) = 2\lambda - \eta\lambda^2$. A non-positive denominator means
-the second moment grows without bound (mean-square instability): the value is ``inf``.
+where :math:`a_j` is the drift's rate and :math:`h` the step: the discrete chain is
+:math:`a_j = \lambda_j`, :math:`h = \eta`; an SDE model is :math:`h \to 0` with
+:math:`a_j = \lambda_j (1 - s\,\eta\lambda_j/2)`, :math:`s` the sign of its
+:math:`(\eta/2)(\nabla\bar u)\bar u` drift term (``MODELS``: :math:`0` first order, :math:`-1`
+second order, :math:`+1` curvature); Euler–Maruyama on a model takes that :math:`a_j` with
+:math:`h = \eta / \text{substeps}`. The curvature model's fixed point equals the chain's:
+:math:`2\lambda(1 - \eta\lambda/2) = 2\lambda - \eta\lambda^2`. A non-positive denominator
+means the second moment grows without bound (mean-square instability): the value is ``inf``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from sdeopt.schedules import Constant
 def stationary_loss(
     method, problem, model: str = "discrete", *, substeps: int | None = None
 ) -> float | None:
-    r"""Stationary $\mathbb E f$ of DSGD / DCSGD (+RandK) on a diagonal quadratic (module doc).
+    r"""Stationary :math:`\mathbb E f` of DSGD / DCSGD (+RandK) on a diagonal quadratic (module
+    doc).
 
     Args:
         method: a ``DCSGD`` (or ``DSGD``) with a constant schedule, no clipping or
@@ -53,7 +56,8 @@ def stationary_loss(
         model: "discrete" (the chain itself) or an SDE model name ("first_order",
             "second_order", "curvature").
         substeps: for an SDE model, the stationary value of Euler–Maruyama with step
-            h = lr / substeps instead of the model's own (the solver's bias is the difference).
+            :math:`h = \mathrm{lr} / \mathrm{substeps}` instead of the model's own (the solver's
+            bias is the difference).
 
     Returns:
         The value, ``inf`` when the chain or scheme is mean-square unstable, or None when the

@@ -17,7 +17,8 @@ from sdeopt._jsonable import qualified_name
 
 
 def observable_values(ds, observable):
-    """(model, step, run) values of an observable: a variable name, "x2" (||x||²), or a callable on x."""
+    r"""(model, step, run) values of an observable: a variable name, "x2" (:math:`\|x\|^2`), or a
+    callable on x."""
     if callable(observable):
         if "x" not in ds:
             raise ValueError("Invalid observable: a callable needs recorded states (record_x=True)")
@@ -57,7 +58,8 @@ def weak_error(
     reference: str = "discrete",
     paired: bool | None = None,
 ):
-    """|E g(x_k) - E g(X_{k lr})| for every model against ``reference``, with its standard error.
+    r""":math:`|\mathbb{E}\, g(x_k) - \mathbb{E}\, g(X_{k \cdot \mathrm{lr}})|` for every model
+    against ``reference``, with its standard error.
 
     At each step, the runs alive at that step are used: a run that blows up at step b (its
     ``blowup_step``) counts at the steps before b and is left out from b on (in either model,
@@ -74,7 +76,8 @@ def weak_error(
             default read from ``ds.attrs["coupled"]``.
 
     Returns:
-        ``xarray.Dataset`` with ``error``, ``signed`` (E_model - E_reference), ``se`` and
+        ``xarray.Dataset`` with ``error``, ``signed``
+        (:math:`\mathbb{E}_\mathrm{model} - \mathbb{E}_\mathrm{reference}`), ``se`` and
         ``n_used`` over (model, step), the reference model excluded.
     """
     import xarray as xr
@@ -125,10 +128,11 @@ def weak_error(
 
 @dataclass(frozen=True)
 class OrderFit:
-    """Slope of log error against log step size, with a confidence interval.
+    r"""Slope of log error against log step size, with a confidence interval.
 
     Attributes:
-        slope, intercept: the least-squares line log err = intercept + slope log lr.
+        slope, intercept: the least-squares line
+            :math:`\log \mathrm{err} = \mathrm{intercept} + \mathrm{slope} \cdot \log \mathrm{lr}`.
         ci_low, ci_high: the ``level`` confidence interval of the slope (Student t).
         reliable: False when the Monte Carlo error at the finest step is not well below the bias.
     """
@@ -193,7 +197,7 @@ W2_DISTANCES = {"sorted": "w2", "exact": "w2", "gaussian": "gaussian_w2", "slice
 
 @dataclass(frozen=True)
 class W2:
-    """A Wasserstein-2 estimate with its Monte Carlo floor.
+    r"""A Wasserstein-2 estimate with its Monte Carlo floor.
 
     Attributes:
         value: the estimate of ``distance`` between the two samples' laws.
@@ -203,9 +207,12 @@ class W2:
         method: "sorted" (exact 1-D), "gaussian" (Bures from the sample moments), "exact"
             (optimal assignment), "sliced".
         distance: the quantity estimated: "w2" (sorted, exact), "sliced_w2" (the sliced
-            distance SW2² = E_θ W2²(θ·P, θ·Q), θ uniform on the sphere: SW2 <= W2 / sqrt(d), with
-            equality for a translation), "gaussian_w2" (W2 between the Gaussians with the
-            samples' means and covariances: W2 for Gaussian laws, a lower bound otherwise).
+            distance
+            :math:`\mathrm{SW}_2^2 = \mathbb{E}_\theta W_2^2(\theta \cdot P, \theta \cdot Q)`,
+            :math:`\theta` uniform on the sphere: :math:`\mathrm{SW}_2 \le W_2 / \sqrt{d}`, with
+            equality for a translation), "gaussian_w2" (:math:`W_2` between the Gaussians with
+            the samples' means and covariances: :math:`W_2` for Gaussian laws, a lower bound
+            otherwise).
         n_used: rows of a and of b that entered ``value`` (finite rows, after any subsampling).
         subsampled: True when ``value`` used a random subsample of a or b (see ``wasserstein2``).
     """
@@ -226,7 +233,8 @@ class W2:
 
 
 def bures_w2(m1, c1, m2, c2) -> float:
-    """W2 between N(m1, C1) and N(m2, C2): |m1 - m2|² + tr(C1 + C2 - 2 (C1^½ C2 C1^½)^½)."""
+    r""":math:`W_2` between :math:`\mathcal{N}(m_1, C_1)` and :math:`\mathcal{N}(m_2, C_2)`:
+    :math:`|m_1 - m_2|^2 + \operatorname{tr}(C_1 + C_2 - 2 (C_1^{1/2} C_2 C_1^{1/2})^{1/2})`."""
     m1, m2 = np.atleast_1d(np.asarray(m1, float)), np.atleast_1d(np.asarray(m2, float))
     c1, c2 = np.atleast_2d(np.asarray(c1, float)), np.atleast_2d(np.asarray(c2, float))
     r1 = _sqrtm_psd(c1)
@@ -288,35 +296,40 @@ W2_METHODS = ("auto", "sorted", "gaussian", "exact", "sliced")
 def wasserstein2(
     a, b, *, method: str = "auto", n_projections: int = 200, seed: int = 0, exact_max: int = 2000
 ) -> W2:
-    """W2 between the empirical laws of samples a (n, d) and b (m, d) (or 1-D arrays).
+    r""":math:`W_2` between the empirical laws of samples a (n, d) and b (m, d) (or 1-D arrays).
 
     Methods, and the distance each estimates (``W2.distance``):
 
-    - ``"sorted"``: exact W2 between the empirical laws in 1-D (quantile functions, any n, m);
-      refuses d > 1.
-    - ``"exact"``: W2 between the empirical laws by optimal assignment (cost ~ n³: about 1 s at
-      n = 2000 on one core, ~ n^3.3 beyond). An assignment is a transport plan only between
-      samples of equal size, so when n != m the larger sample is first subsampled, without
-      replacement, to the smaller's size.
-    - ``"sliced"``: the sliced distance SW2 (``distance="sliced_w2"``), averaged over
-      ``n_projections`` random directions. It is a *different, smaller* distance than W2 (SW2 <= W2 /
-      sqrt(d), the projections of a W2-optimal coupling being couplings): for N(0, I_d) against
-      N(e_1, I_d), W2 = 1 but SW2 = 1/sqrt(d).
-    - ``"gaussian"``: W2 between Gaussian fits (Bures formula, ``distance="gaussian_w2"``).
-    - ``"auto"`` (default) always estimates W2 itself: "sorted" in 1-D; "exact" in d > 1, on a
-      random subsample (without replacement, drawn from ``seed``) of ``min(n, m, exact_max)``
-      rows of each sample when n or m exceeds ``exact_max``; when n = m, row i of a and row i
-      of b are kept or dropped together, so coupled samples stay coupled. ``W2.subsampled`` and
-      ``W2.n_used`` say when that happened. Little is lost: the bias below shrinks like
-      n^(-1/d), and the floor is that of the subsample size. To use every row, pass
-      ``method="exact"`` (cost ~ n³) or a larger ``exact_max``. "auto" never switches to the
-      sliced distance: pass ``method="sliced"`` for that.
+    - ``"sorted"``: exact :math:`W_2` between the empirical laws in 1-D (quantile functions,
+      any n, m); refuses :math:`d > 1`.
+    - ``"exact"``: :math:`W_2` between the empirical laws by optimal assignment (cost
+      :math:`\sim n^3`: about 1 s at :math:`n = 2000` on one core, :math:`\sim n^{3.3}`
+      beyond). An assignment is a transport plan only between samples of equal size, so when
+      :math:`n \neq m` the larger sample is first subsampled, without replacement, to the
+      smaller's size.
+    - ``"sliced"``: the sliced distance :math:`\mathrm{SW}_2` (``distance="sliced_w2"``),
+      averaged over ``n_projections`` random directions. It is a *different, smaller* distance
+      than :math:`W_2` (:math:`\mathrm{SW}_2 \le W_2 / \sqrt{d}`, the projections of a
+      :math:`W_2`-optimal coupling being couplings): for :math:`\mathcal{N}(0, I_d)` against
+      :math:`\mathcal{N}(e_1, I_d)`, :math:`W_2 = 1` but :math:`\mathrm{SW}_2 = 1/\sqrt{d}`.
+    - ``"gaussian"``: :math:`W_2` between Gaussian fits (Bures formula,
+      ``distance="gaussian_w2"``).
+    - ``"auto"`` (default) always estimates :math:`W_2` itself: "sorted" in 1-D; "exact" in
+      :math:`d > 1`, on a random subsample (without replacement, drawn from ``seed``) of
+      ``min(n, m, exact_max)`` rows of each sample when n or m exceeds ``exact_max``; when
+      :math:`n = m`, row i of a and row i of b are kept or dropped together, so coupled samples
+      stay coupled. ``W2.subsampled`` and ``W2.n_used`` say when that happened. Little is lost:
+      the bias below shrinks like :math:`n^{-1/d}`, and the floor is that of the subsample
+      size. To use every row, pass ``method="exact"`` (cost :math:`\sim n^3`) or a larger
+      ``exact_max``. "auto" never switches to the sliced distance: pass ``method="sliced"`` for
+      that.
 
-    In d > 1 every empirical W2 is biased upwards, by a margin that shrinks only like n^(-1/d):
-    N(0, I_10) against N(e_1, I_10) (true W2 = 1) gives ~2.2 at n = 2000, with a same-law floor
-    ~2.1. Hence the ``floor`` reported with every value: the same estimator (same method, same
-    subsample size) between two random halves of the rows of a that the value used; a value is
-    only informative next to it.
+    In :math:`d > 1` every empirical :math:`W_2` is biased upwards, by a margin that shrinks
+    only like :math:`n^{-1/d}`: :math:`\mathcal{N}(0, I_{10})` against
+    :math:`\mathcal{N}(e_1, I_{10})` (true :math:`W_2 = 1`) gives ~2.2 at :math:`n = 2000`, with
+    a same-law floor ~2.1. Hence the ``floor`` reported with every value: the same estimator
+    (same method, same subsample size) between two random halves of the rows of a that the
+    value used; a value is only informative next to it.
 
     Args:
         a: samples (n, d) or (n,), numpy or torch.
@@ -421,7 +434,8 @@ def divergence(ds):
 
 @dataclass(frozen=True)
 class TailIndex:
-    """Hill estimate of the tail index alpha (P(|X| > t) ~ t^-alpha) with its standard error."""
+    r"""Hill estimate of the tail index :math:`\alpha` (:math:`P(|X| > t) \sim t^{-\alpha}`) with
+    its standard error."""
 
     alpha: float
     se: float
@@ -429,9 +443,11 @@ class TailIndex:
 
 
 def hill_tail_index(samples, *, k: int | None = None) -> TailIndex:
-    """Hill's estimator from the k largest |x|: alpha = k / Σ_{i<k} log(|x|_(i) / |x|_(k)).
+    r"""Hill's estimator from the k largest :math:`|x|`:
+    :math:`\alpha = k / \sum_{i<k} \log(|x|_{(i)} / |x|_{(k)})`.
 
-    ``k`` defaults to ~ sqrt(n) (a common bias/variance compromise); se = alpha / sqrt(k).
+    ``k`` defaults to :math:`\sim \sqrt{n}` (a common bias/variance compromise);
+    :math:`\mathrm{se} = \alpha / \sqrt{k}`.
     Non-finite values are dropped.
     """
     x = np.abs(
