@@ -41,16 +41,17 @@ class State:
 
 
 class Stepper:
-    """What ``run`` needs of a model: one step k -> k + 1 for all runs of a chunk.
+    r"""What ``run`` needs of a model: one step :math:`k \to k + 1` for all runs of a chunk.
 
     Attributes:
-        lr: eta > 0, the base learning rate (SDE time of one step).
-        schedule: eta_k, the dimensionless schedule factor.
+        lr: :math:`\eta > 0`, the base learning rate (SDE time of one step).
+        schedule: :math:`\eta_k`, the dimensionless schedule factor.
         n_workers: workers whose (B, N, d) tensors a step holds (the chunk memory estimate).
         extra_observables: per-run quantities kept in the State that ``run`` can record.
         couplable: True when each step draws exactly one standard normal (B, d) tensor that
-            enters as x_{k+1} = x_k - lr_k (ū(x_k) + S(x_k)^{1/2} ξ_k); only then can the draws
-            be kept (``keep_increments``) to drive an SDE with the same noise.
+            enters as
+            :math:`x_{k+1} = x_k - \mathrm{lr}_k\, (\bar u(x_k) + S(x_k)^{1/2} \xi_k)`; only then
+            can the draws be kept (``keep_increments``) to drive an SDE with the same noise.
     """
 
     lr: float
@@ -63,11 +64,13 @@ class Stepper:
         return False
 
     def init_state(self, x0: torch.Tensor, problem: Problem, rng: RandomSource) -> State:
-        """The state at k = 0 of the runs of ``rng`` (``rng.first_run`` ..), from x0 (B, d)."""
+        """The state at :math:`k = 0` of the runs of ``rng`` (``rng.first_run`` ..), from x0
+        (B, d)."""
         return State(x=x0)
 
     def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
-        """One iteration k -> k + 1 for all runs, with step size lr_k = eta * eta_k; the new state."""
+        r"""One iteration :math:`k \to k + 1` for all runs, with step size
+        :math:`\mathrm{lr}_k = \eta\,\eta_k`; the new state."""
         raise NotImplementedError
 
     def observe(self, state: State) -> torch.Tensor:
@@ -226,11 +229,12 @@ def run(
 
 
 class IncrementRecorder:
-    """A RandomSource wrapper that keeps the Gaussian draw of each step (for coupling).
+    r"""A RandomSource wrapper that keeps the Gaussian draw of each step (for coupling).
 
     Coupling needs a method whose only randomness per step is one standard normal draw of
-    shape (B, d) that enters as x_{k+1} = x_k - lr_k (ū(x_k) + S(x_k)^{1/2} ξ_k): DSGD (and
-    DCSGD without compression) with Gaussian or AffineVariance noise and shortcuts on.
+    shape (B, d) that enters as
+    :math:`x_{k+1} = x_k - \mathrm{lr}_k\, (\bar u(x_k) + S(x_k)^{1/2} \xi_k)`: DSGD (and DCSGD
+    without compression) with Gaussian or AffineVariance noise and shortcuts on.
     """
 
     def __init__(self, rng: RandomSource) -> None:
