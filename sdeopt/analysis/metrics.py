@@ -128,11 +128,10 @@ def weak_error(
 
 @dataclass(frozen=True)
 class OrderFit:
-    r"""Slope of log error against log step size, with a confidence interval.
+    """Slope of log error against log step size, with a confidence interval.
 
     Attributes:
-        slope, intercept: the least-squares line
-            :math:`\log \mathrm{err} = \mathrm{intercept} + \mathrm{slope} \cdot \log \mathrm{lr}`.
+        slope, intercept: the least-squares line log err = intercept + slope log lr.
         ci_low, ci_high: the ``level`` confidence interval of the slope (Student t).
         reliable: False when the Monte Carlo error at the finest step is not well below the bias.
     """

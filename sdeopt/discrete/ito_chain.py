@@ -51,10 +51,8 @@ class ItoChain(Method):
 
     Args:
         gamma: :math:`\gamma \in [0, 1]`.
-        drift: :math:`b` as a callable on (B, d), or None for :math:`b = -\nabla f` of the
-            problem.
-        diffusion: :math:`\sigma` as a callable on (B, d) returning (B, d), or a constant
-            :math:`\ge 0`.
+        drift: :math:`b` as a callable on (B, d), or None for :math:`b = -\nabla f` of the problem.
+        diffusion: :math:`\sigma` as a callable on (B, d) returning (B, d), or a constant >= 0.
         eps: the law of :math:`\varepsilon` (default standard normal).
         drift_error: :math:`\delta_k` as a callable on (B, d), or :math:`(c, \alpha)` for the
             constant vector of norm :math:`c\,\eta^\alpha` along :math:`(1, \dots, 1)/\sqrt{d}`

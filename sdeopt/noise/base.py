@@ -106,8 +106,7 @@ class PerWorker:
 
     Attributes:
         name: the parameter's name, for messages.
-        values: :math:`(\sigma,)` shared, or :math:`(\sigma_1, \dots, \sigma_N)` per worker; every
-            entry :math:`\ge 0`.
+        values: :math:`(\sigma,)` shared, or :math:`(\sigma_1,\dots,\sigma_N)` per worker; all >= 0.
         per_worker: True for the per-worker form (even with one entry).
     """
 

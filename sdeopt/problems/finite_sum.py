@@ -177,7 +177,7 @@ class FiniteSumProblem(Problem):
         r"""Sample ids of each worker's minibatch, distinct within a worker.
 
         Args:
-            batch_size: :math:`b`, :math:`1 \le b \le` the smallest shard size.
+            batch_size: b, :math:`1 \le b \le` the smallest shard size.
             n_workers: N (must equal ``self.n_workers`` when heterogeneous).
             rng: RandomSource for B runs.
         Returns:
@@ -199,8 +199,7 @@ class FiniteSumProblem(Problem):
 
         Args:
             x: (B, d).
-            batch_size: :math:`b`, :math:`1 \le b \le` the smallest shard size (``ValueError``
-                otherwise).
+            batch_size: b, :math:`1 \le b \le` the smallest shard size (``ValueError`` otherwise).
             n_workers: N (must equal ``self.n_workers`` when heterogeneous).
             rng: RandomSource for the same B runs.
         Returns:
@@ -226,7 +225,7 @@ class FiniteSumProblem(Problem):
 
         Args:
             x: (B, d).
-            batch_size: :math:`b`.
+            batch_size: b.
         Returns:
             (B, N, d, d), or (B, 1, d, d) if homogeneous (the same for every worker).
         """
