@@ -13,13 +13,14 @@ from sdeopt.random import seed_attr
 
 @dataclass
 class Trajectory:
-    """Recorded observables of B runs at S recorded steps.
+    r"""Recorded observables of B runs at S recorded steps.
 
     Attributes:
         model: "discrete" or the name of an SDE model.
         steps: (S,) int64 recorded iteration indices k.
-        lr: the base learning rate eta; SDE time of step k is t_k = k * lr.
-        lr_sum: (S,) float64 sum_{j<k} eta * eta_j, the learning rate actually summed.
+        lr: the base learning rate :math:`\eta`; SDE time of step k is
+            :math:`t_k = k \cdot \mathrm{lr}`.
+        lr_sum: (S,) float64 :math:`\sum_{j<k} \eta\,\eta_j`, the learning rate actually summed.
         observables: name -> (S, B) tensor ("loss", "grad_norm", "dist").
         x: (S, B, d) recorded iterates, or None.
         diverged: (B,) bool, runs frozen after a non-finite or over-threshold iterate.
@@ -27,7 +28,8 @@ class Trajectory:
         config: configuration of the run (JSON-able for library parts; user callables are
             recorded by name, marked ``"reproducible": False``).
         seed, device, dtype: how it was run.
-        increments: (n_steps, B, d) standard normal noise draws ξ_k, when kept for coupling.
+        increments: (n_steps, B, d) standard normal noise draws :math:`\xi_k`, when kept for
+            coupling.
     """
 
     model: str
@@ -46,7 +48,7 @@ class Trajectory:
 
     @property
     def time(self) -> np.ndarray:
-        """(S,) float64 SDE time t_k = k * lr."""
+        r"""(S,) float64 SDE time :math:`t_k = k \cdot \mathrm{lr}`."""
         return self.steps.astype(np.float64) * self.lr
 
     @property

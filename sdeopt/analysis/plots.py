@@ -142,14 +142,15 @@ def plot_trajectories(
     logy: bool = True,
     ax=None,
 ):
-    """Mean (or median) over runs of ``var`` against time, with a shaded quantile band per model.
+    r"""Mean (or median) over runs of ``var`` against time, with a shaded quantile band per model.
 
     Args:
         ds: Dataset with ``var(model, step, run)`` and ``diverged(model, run)``.
         var: a per-run observable ("loss", "grad_norm", "dist", ...).
         stat: "mean" or "median" over the runs that did not diverge (non-finite values skipped).
         quantiles: (lo, hi) of the shaded band, 0 <= lo < hi <= 1; None for no band.
-        x: "time" (t = k·η), "step" (k) or "lr_sum" (Σ η_j).
+        x: "time" (:math:`t = k \cdot \eta`), "step" (:math:`k`) or "lr_sum"
+            (:math:`\sum \eta_j`).
         logy: log scale on y; non-positive statistics are then left out.
         ax: Axes to draw into; a new figure when None.
 
@@ -224,15 +225,17 @@ def plot_weak_error(
     reference_slopes: Sequence[float] = (1, 2),
     floor: float | None = None,
 ):
-    """Log-log weak error against the learning rate, with ±2 se bars, slopes and the MC floor.
+    r"""Log-log weak error against the learning rate, with :math:`\pm 2` se bars, slopes and the
+    MC floor.
 
     Args:
         err: Dataset with variables ``error`` and ``se`` over the dim ``x`` (and optionally
             ``model``), e.g. one step of ``metrics.weak_error`` per learning rate, concatenated.
         x: the dim holding the step sizes.
-        reference_slopes: dotted lines error ∝ η^p, anchored at the error at the largest η.
-        floor: the Monte Carlo floor to draw; None takes ``se`` at the smallest η (the largest
-            over models).
+        reference_slopes: dotted lines :math:`\mathrm{error} \propto \eta^p`, anchored at the
+            error at the largest :math:`\eta`.
+        floor: the Monte Carlo floor to draw; None takes ``se`` at the smallest :math:`\eta` (the
+            largest over models).
         ax: Axes to draw into; a new figure when None.
 
     Returns:
@@ -341,7 +344,7 @@ def plot_marginals(
     ax=None,
     bins: int = 60,
 ):
-    """The law of ``var`` across runs at one recorded step, per model.
+    r"""The law of ``var`` across runs at one recorded step, per model.
 
     Args:
         ds: Dataset of the schema of docs/schema.md.
@@ -349,7 +352,7 @@ def plot_marginals(
         step: position along the step dim (-1 = the last recorded step).
         coord: the coordinate of x shown when ``var == "x"``.
         kind: "hist" for overlaid density histograms on common bins, "ccdf" for the empirical
-            P(|V| ≥ v) on log-log axes (tails).
+            :math:`P(|V| \ge v)` on log-log axes (tails).
         bins: number of histogram bins.
         ax: Axes to draw into; a new figure when None.
 

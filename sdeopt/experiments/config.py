@@ -1,4 +1,4 @@
-"""TOML experiment configurations: validated, turned into objects, never executed as code.
+r"""TOML experiment configurations: validated, turned into objects, never executed as code.
 
 A configuration holds a ``claim`` (what the experiment shows), an optional ``[defaults]``
 table, and one or more ``[[runs]]``. Each run (merged over the defaults) names its parts as
@@ -14,14 +14,15 @@ and the run parameters ``x0`` (a list of d numbers) or ``x0_fill`` (one number f
 coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``record_x``,
 ``models`` (SDE models, [] for the discrete method alone), ``substeps``, ``coupled``,
 ``blowup_threshold``, ``dtype`` ("float64", the default, or "float32"), ``device``, ``name``,
-``richardson``: solve the SDEs again with half the solver step and report 2 E_{h/2} - E_h
-(the Euler-Maruyama O(h) bias extrapolated away) beside the solver bias of the h figures; by
+``richardson``: solve the SDEs again with half the solver step and report
+:math:`2 E_{h/2} - E_h` (the Euler-Maruyama :math:`O(h)` bias extrapolated away) beside the
+solver bias of the h figures; by
 default done exactly where the summary quotes a closed form; and ``average_from`` (a step):
 summarise each run by its mean loss over the recorded steps from that step on (a stationary
 window), not by its loss at the last step.
 A run with ``study = "weak_order"`` instead takes ``lrs`` and
 ``horizon`` (n_steps = horizon / lr for each lr), ``observable`` and ``richardson`` (default true:
-extrapolate the SDE solver's O(h) bias away with 2 E_{h/2} - E_h).
+extrapolate the SDE solver's :math:`O(h)` bias away with :math:`2 E_{h/2} - E_h`).
 """
 
 from __future__ import annotations

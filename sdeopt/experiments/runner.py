@@ -33,18 +33,19 @@ def _compare(spec: dict, substeps: int, out: Path | None):
 
 
 def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
-    """compare() for one run: the dataset, its summary rows, and the dataset at h/2 (or None).
+    r"""compare() for one run: the dataset, its summary rows, and the dataset at h/2 (or None).
 
     Every figure is over the runs alive at the last recorded step (a diverged run is frozen at
     its last finite value, which would otherwise enter the median and the mean), and their
     number is reported (``alive``). With ``average_from`` each run's figure is its mean loss
     over the recorded steps from that step on (``_time_average``), else its loss at the last
     step. Where the run quotes a closed form (``spec["richardson"]`` None, the default) or asks
-    for it (True), the SDEs are solved again with half the solver step, h/2, on the same seed,
-    and each SDE row gets the extrapolated mean 2 E_{h/2} - E_h (the solver's O(h) bias removed)
-    with its standard error from the per-run values 2 f(X^{h/2}) - f(X^h), and the solver bias
-    of the h figure, E_h - (2 E_{h/2} - E_h) = 2 (E_h - E_{h/2}), with its se; the weak errors
-    are then those of the extrapolated values.
+    for it (True), the SDEs are solved again with half the solver step, :math:`h/2`, on the same
+    seed, and each SDE row gets the extrapolated mean :math:`2 E_{h/2} - E_h` (the solver's
+    :math:`O(h)` bias removed) with its standard error from the per-run values
+    :math:`2 f(X^{h/2}) - f(X^h)`, and the solver bias of the h figure,
+    :math:`E_h - (2 E_{h/2} - E_h) = 2 (E_h - E_{h/2})`, with its se; the weak errors are then
+    those of the extrapolated values.
 
     With ``spec["stream"]`` the datasets are streamed into ``out``/<name>_substeps<s>.zarr (one
     store per solver step) and returned without their iterates ``x``, which stay in the store.
@@ -148,7 +149,8 @@ def _error_influence(values, ok, paired: bool, reference: str = "discrete") -> d
 
 @dataclasses.dataclass(frozen=True)
 class SlopeFit:
-    """Least-squares slope of log |weak error| against log lr over the step sizes used.
+    r"""Least-squares slope of :math:`\log |\text{weak error}|` against :math:`\log \mathrm{lr}`
+    over the step sizes used.
 
     A *finite-range* slope: over a handful of step sizes it need not equal the asymptotic weak
     order. ``mc_se`` is its Monte Carlo standard error (delta method, with the covariance of the
@@ -168,10 +170,10 @@ class SlopeFit:
 
 
 def finite_range_slope(lrs, signed, ses, influence, *, level: float = 0.95) -> SlopeFit:
-    """The ``SlopeFit`` of weak errors ``signed`` (L,) with standard errors ``ses`` (L,).
+    r"""The ``SlopeFit`` of weak errors ``signed`` (L,) with standard errors ``ses`` (L,).
 
     ``influence`` (L, n): per-run influence values of each error (``_error_influence``); only
-    their correlation across step sizes is used, the variances being ``ses``².
+    their correlation across step sizes is used, the variances being :math:`\mathrm{ses}^2`.
     """
     import warnings
 
@@ -204,7 +206,7 @@ def run_weak_order(spec: dict) -> tuple:
 
     With ``richardson`` the SDEs are solved with h and h/2 and the errors are those of the
     extrapolated values (``richardson_weak_error``); the row then also gives, per lr, the solver
-    bias 2 (E_h - E_{h/2}) of the h figures (mean over runs alive at both levels).
+    bias :math:`2 (E_h - E_{h/2})` of the h figures (mean over runs alive at both levels).
     """
     import xarray as xr
 
@@ -286,12 +288,13 @@ def run_weak_order(spec: dict) -> tuple:
 
 
 def richardson_weak_error(coarse, fine, observable: str = "loss"):
-    """Weak error of the SDE models with the solver's own O(h) bias extrapolated away.
+    r"""Weak error of the SDE models with the solver's own :math:`O(h)` bias extrapolated away.
 
     ``coarse`` and ``fine`` are ``compare`` datasets of the same study (same seed, hence the same
     discrete runs) whose SDEs were solved with h and h/2. Each SDE run's value becomes
-    2 g(X^{h/2}) - g(X^h), which has mean 2 E_{h/2} - E_h = E g(X) + O(h²); the standard error
-    comes from these per-run values, so it is exact whatever the correlation of the two levels.
+    :math:`2 g(X^{h/2}) - g(X^h)`, which has mean
+    :math:`2 E_{h/2} - E_h = \mathbb{E}\, g(X) + O(h^2)`; the standard error comes from these
+    per-run values, so it is exact whatever the correlation of the two levels.
     At each step a run counts while it is alive at both levels (``metrics.alive``).
     """
     import xarray as xr
