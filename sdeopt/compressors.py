@@ -46,7 +46,7 @@ from sdeopt.random import RandomSource
 from sdeopt.registry import Registry
 
 #: RandK draws its subset by Floyd's algorithm (one integer draw per kept or dropped
-#: coordinate) when min(k, d - k) is at most this, and by the k smallest of d uniform keys
+#: coordinate) when min(k, d - k) is at most this, and by the k largest of d uniform keys
 #: otherwise. The choice depends on (k, d) only, never on the batch size, so a run's result
 #: does not depend on how many runs are drawn together.
 FLOYD_MAX_DRAWS = 64
@@ -471,7 +471,7 @@ class TopK(_KeepK):
 
     :math:`C(v) = \sum_{j \in \text{top-}k(|v|)} v_j e_j` (ties broken by ``torch.topk``).
     Deterministic, so :math:`\operatorname{Cov}[C(v)] = 0`, and biased:
-    :math:`\mathbb{E}\, C(v) = C(v) \neq v`. The k dropped entries are the smallest, so
+    :math:`\mathbb{E}\, C(v) = C(v) \neq v`. The d - k dropped entries are the smallest, so
     :math:`\|C(v) - v\|^2 \le (1 - k/d) \|v\|^2` and
 
     .. math::

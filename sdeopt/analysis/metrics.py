@@ -232,8 +232,9 @@ class W2:
 
 
 def bures_w2(m1, c1, m2, c2) -> float:
-    r""":math:`W_2` between :math:`\mathcal{N}(m_1, C_1)` and :math:`\mathcal{N}(m_2, C_2)`:
-    :math:`|m_1 - m_2|^2 + \operatorname{tr}(C_1 + C_2 - 2 (C_1^{1/2} C_2 C_1^{1/2})^{1/2})`."""
+    r""":math:`W_2` between :math:`\mathcal{N}(m_1, C_1)` and :math:`\mathcal{N}(m_2, C_2)`, the
+    square root of
+    :math:`W_2^2 = |m_1 - m_2|^2 + \operatorname{tr}(C_1 + C_2 - 2 (C_1^{1/2} C_2 C_1^{1/2})^{1/2})`."""
     m1, m2 = np.atleast_1d(np.asarray(m1, float)), np.atleast_1d(np.asarray(m2, float))
     c1, c2 = np.atleast_2d(np.asarray(c1, float)), np.atleast_2d(np.asarray(c2, float))
     r1 = _sqrtm_psd(c1)

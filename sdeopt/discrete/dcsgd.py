@@ -34,18 +34,18 @@ class DCSGD(DirectionMethod):
 
     .. math::
 
-        S = \frac{1}{N^2} \sum_i \left(\mathbb{E}_Z \operatorname{Cov}_C[C_i(\nabla f + Z_i)]
-        + \Sigma_i\right);
+        S = \frac{1}{N^2} \sum_i \left(\mathbb{E}_Z \operatorname{Cov}_C[C_i(\nabla f_i + Z_i)]
+        + \Sigma_i\right)
 
-    first order :math:`dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\, S^{1/2} dW` (weak
+    The first-order model is :math:`dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\, S^{1/2} dW` (weak
     order 1), second order and curvature-corrected drifts
     :math:`-\eta_t \bar u \mp (\eta\,\eta_t^2/2)(\nabla \bar u)\bar u`. For RandK and
     :math:`\Sigma_i = \sigma_i^2 I`,
 
     .. math::
 
-        S = \frac{1}{N^2} \sum_i \left[c_i \left(d \operatorname{diag}(\nabla f)^2
-        - \nabla f \nabla f^\top\right) + (1 + \omega_i) \sigma_i^2 I\right],
+        S = \frac{1}{N^2} \sum_i \left[c_i \left(d \operatorname{diag}(\nabla f_i)^2
+        - \nabla f_i \nabla f_i^\top\right) + (1 + \omega_i) \sigma_i^2 I\right],
         \qquad c_i = \frac{d - k}{k (d - 1)}.
 
     No Brownian SDE exists for infinite-variance noise.
