@@ -290,7 +290,10 @@ def _run_chunk(stepper, problem, x, n_steps, steps, record, record_x, threshold,
     increments = (
         torch.empty((n_steps, b, d), device=x.device, dtype=x.dtype) if keep else None
     )  # (K, B, d)
-    ones = torch.ones(state.x.shape[-1], device=x.device, dtype=x.dtype)  # (D,)
+    ones = torch.ones(d, device=x.device, dtype=x.dtype)  # (d,)
+    # A state larger than x (an SDE on (x, memory)): the threshold bounds the observed x, as for
+    # the method it is compared with; the rest of the state only has to stay finite.
+    larger = state.x.shape[-1] != d
     limit = min(threshold, math.sqrt(torch.finfo(x.dtype).max)) ** 2  # threshold² without overflow
     on_cpu = x.device.type == "cpu"
     any_diverged = False
@@ -318,9 +321,17 @@ def _run_chunk(stepper, problem, x, n_steps, steps, record, record_x, threshold,
         # Freezing is skipped while nothing has blown up: on the CPU a host-side screen is
         # free (the squared norm of all runs together bounds every run's; NaN and overflow fail
         # it); on a GPU it would sync every step, so there the per-run test always runs.
-        flat = new.x.reshape(-1)
-        if not on_cpu or any_diverged or not bool(torch.dot(flat, flat) <= limit):
-            bad = ~((new.x * new.x) @ ones <= limit)  # (B,)
+        watched = stepper.observe(new) if larger else new.x  # (B, d)
+        flat = watched.reshape(-1)
+        if (
+            not on_cpu
+            or any_diverged
+            or not bool(torch.dot(flat, flat) <= limit)
+            or (larger and not bool(torch.isfinite(new.x).all()))
+        ):
+            bad = ~((watched * watched) @ ones <= limit)  # (B,)
+            if larger:
+                bad = bad | ~torch.isfinite(new.x).all(dim=-1)
             blowup_step = torch.where(bad & ~diverged, k + 1, blowup_step)
             diverged = diverged | bad
             new.x = torch.where(diverged.unsqueeze(-1), state.x, new.x)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -136,7 +137,7 @@ class Registry(Mapping[str, Any], Generic[T]):
         if derived:  # recorded descriptions of the built object: they must describe it
             built = json.loads(json.dumps(obj.config()))
             for key, value in derived.items():
-                if built.get(key) != value:
+                if not _same(built.get(key), value):
                     raise ValueError(
                         f"Invalid config value: {where}.{key} = {value!r} (the {kind} this "
                         f"config builds has {key} = {built.get(key)!r})"
@@ -152,3 +153,13 @@ def _parameters(cls: type) -> dict[str, inspect.Parameter] | None:
     params.pop("self", None)
     # *args of a deprecated positional form (sdeopt._validation.keyword_only) is not a key.
     return {n: p for n, p in params.items() if p.kind != p.VAR_POSITIONAL}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, numbers to 1e-9 relative (a derived float, like a chain's stationary law, may be
+    computed by another BLAS or an earlier version in its last bits)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)
+    return a == b

@@ -135,3 +135,23 @@ def test_one_default_dtype_everywhere():
         "x0_fill": 1.0,
     }
     assert build(run)["dtype"] == torch.float64
+
+
+def test_divergence_of_a_larger_state_is_judged_on_the_observed_x():
+    """The threshold bounds x, as for the discrete method: a memory coordinate of 200 with
+    blowup_threshold=100 is no divergence, while a non-finite memory is (it would poison x)."""
+    big = SDE(
+        dim=2,
+        observed_dim=1,
+        drift_fn=lambda y, eta: torch.cat([torch.zeros_like(y[:, :1]), y[:, 1:] * y[:, 1:]], -1),
+        diffusion_fn=lambda y, eta: Diagonal(torch.zeros_like(y)),
+        noise_type="diagonal",
+        brownian_dim=2,
+        lift_fn=lambda x: torch.cat([x, 200.0 * torch.ones_like(x) * (x > 0)], -1),
+        observe_fn=lambda y: y[:, :1],
+    )
+    # x0 = 1: memory 200 -> 200 + 200² -> ... overflows to inf after a few steps: diverged.
+    # x0 = -1: memory 0 stays 0: never diverged, although nothing about x differs.
+    path = solve(big, torch.tensor([[1.0], [-1.0]]), n_steps=12, n_runs=2, blowup_threshold=100.0)
+    assert path.diverged.tolist() == [True, False]
+    assert path.blowup_step[0] > 1  # not at step 1, where only the memory exceeded 100

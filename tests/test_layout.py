@@ -109,13 +109,17 @@ def test_moved_modules_keep_a_deprecated_alias(old, new):
         ),
         (lambda: so.noise.GaussianAR1(0.3, 2.0), lambda: so.noise.GaussianAR1(0.3, scale=2.0)),
         (
+            lambda: so.noise.FiniteMarkov([[0.9, 0.1], [0.2, 0.8]], [-1.0, 2.0], 0.5),
+            lambda: so.noise.FiniteMarkov([[0.9, 0.1], [0.2, 0.8]], values=[-1.0, 2.0], scale=0.5),
+        ),
+        (
             lambda: so.dynamics.SDE(1, _drift, _diffusion, "diagonal", 1),
             lambda: so.dynamics.SDE(
                 1, drift_fn=_drift, diffusion_fn=_diffusion, noise_type="diagonal", brownian_dim=1
             ),
         ),
     ],
-    ids=["FunctionProblem", "TwoStateMarkov", "GaussianAR1", "SDE"],
+    ids=["FunctionProblem", "TwoStateMarkov", "GaussianAR1", "FiniteMarkov", "SDE"],
 )
 def test_constructors_are_keyword_only_after_the_first_argument(positional, keyword):
     """Parameters after the first obvious one are keywords; the positional form of the previous

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from sdeopt.compressors import Identity, RandK
 from sdeopt.discrete import DCSGD
 from sdeopt.dynamics import MODELS
@@ -82,8 +84,8 @@ def stationary_loss(
         return None
     d, n, lr = problem.dim, method.n_workers, method.lr
     omega = method.compressor.omega(d)
-    scales = noise.worker_scales(n)
-    mean_var = noise.variance * sum(s * s for s in scales) / n  # v̄
+    grads = problem.worker_grads(torch.zeros(1, d, dtype=torch.float64))  # (1, 1, d)
+    mean_var = float(noise.worker_variance(grads, n).expand(1, n).mean())  # v̄ = mean_i σ_i² Var T
     if model == "discrete":
         sign, h = 0.0, lr  # the chain is Euler's recursion with step eta on the bare rate λ
     else:

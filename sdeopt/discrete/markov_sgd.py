@@ -41,8 +41,6 @@ class MarkovEstimator(ABC):
     class name (a config's ``estimator = {type = "MLMC", batch = 4}``).
     """
 
-    #: The estimator's short name (``estimator = "mlmc"``).
-    name: ClassVar[str]
     #: Every estimator is a dataclass (``config`` reads its fields): declared for the type checker.
     __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
 
@@ -61,13 +59,11 @@ class MarkovEstimator(ABC):
         return out
 
 
-@MARKOV_ESTIMATORS.register
+@MARKOV_ESTIMATORS.register(aliases=("single",))
 @dataclass(frozen=True, kw_only=True)
 class SingleSample(MarkovEstimator):
     r"""One oracle call at the chain's current state, then one chain transition:
     :math:`\hat g = g(x, Z_k)`."""
-
-    name: ClassVar[str] = "single"
 
     def sample(self, chain: MarkovNoise, z: torch.Tensor, rng: RandomSource, dtype):
         return chain.value(z).to(dtype), chain.advance(z, rng), 1.0
@@ -76,7 +72,7 @@ class SingleSample(MarkovEstimator):
         return 1.0
 
 
-@MARKOV_ESTIMATORS.register
+@MARKOV_ESTIMATORS.register(aliases=("mlmc",))
 @dataclass(frozen=True, kw_only=True)
 class MLMC(MarkovEstimator):
     r"""The MLMC randomized batch estimator (Beznosikov et al., NeurIPS 2023, Algorithm 1).
@@ -100,7 +96,6 @@ class MLMC(MarkovEstimator):
 
     batch: int = 1
     max_batch: int = 64
-    name: ClassVar[str] = "mlmc"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch", check_int("batch", self.batch, minimum=1))
@@ -206,32 +201,41 @@ class MarkovSGD(Method):
                 f"Invalid noise: {self.noise!r} (must be an sdeopt.noise Markov chain: "
                 "TwoStateMarkov, GaussianAR1 or FiniteMarkov)"
             )
-        if isinstance(self.estimator, str) and self.estimator in _BY_NAME:
-            kwargs = {
-                k: v
-                for k, v in (("batch", self.batch), ("max_batch", self.max_batch))
-                if v is not None
-            }
-            if kwargs and self.estimator != MLMC.name:
-                key = next(iter(kwargs))
+        given = {
+            k: v for k, v in (("batch", self.batch), ("max_batch", self.max_batch)) if v is not None
+        }
+        if isinstance(self.estimator, str) and self.estimator in MARKOV_ESTIMATORS:
+            cls = MARKOV_ESTIMATORS[self.estimator]  # a class name or its short name ("mlmc")
+            if cls is not MLMC and given == {"batch": 1, "max_batch": 64}:
+                given = {}  # the defaults every config of the previous version recorded
+            if given and cls is not MLMC:
+                key = next(iter(given))
                 raise ValueError(
-                    f"Invalid {key}: {kwargs[key]!r} (a parameter of the MLMC estimator; "
+                    f"Invalid {key}: {given[key]!r} (a parameter of the MLMC estimator; "
                     f"estimator is {self.estimator!r})"
                 )
-            object.__setattr__(self, "estimator", _BY_NAME[self.estimator](**kwargs))
+            object.__setattr__(self, "estimator", cls(**given))
         elif not isinstance(self.estimator, MarkovEstimator):
             raise ValueError(
-                f"Invalid estimator: {self.estimator!r} (a MarkovEstimator or one of "
-                f"{', '.join(map(repr, _BY_NAME))})"
+                f"Invalid estimator: {self.estimator!r} (a MarkovEstimator, or one of "
+                f"{', '.join(repr(n) for n in ('single', 'mlmc', *MARKOV_ESTIMATORS))})"
             )
-        elif self.batch is not None or self.max_batch is not None:
+        elif given:
+            key = next(iter(given))
             raise ValueError(
-                f"Invalid batch: {self.batch!r} (give batch and max_batch to the estimator "
+                f"Invalid {key}: {given[key]!r} (give batch and max_batch to the estimator "
                 f"object, {self.estimator!r})"
             )
         # One home for the estimator's parameters: the object (configs record it there).
         object.__setattr__(self, "batch", None)
         object.__setattr__(self, "max_batch", None)
+
+    def config(self) -> dict:
+        out = super().config()
+        # batch and max_batch only carry estimator="mlmc" given by name into the MLMC object.
+        out.pop("batch", None)
+        out.pop("max_batch", None)
+        return out
 
     @property
     def mlmc_level(self) -> int:
@@ -265,7 +269,3 @@ class MarkovSGD(Method):
             noise_mean, alpha=-lr_k * self.noise.scale
         )
         return MarkovState(x=new, z=z, oracle_calls=state.oracle_calls + calls)
-
-
-#: Short name -> class (``estimator = "mlmc"``).
-_BY_NAME = {cls.name: cls for cls in MARKOV_ESTIMATORS.values()}

@@ -108,11 +108,10 @@ class TwoStateMarkov(MarkovNoise):
         p: flip probability in :math:`[0, 1]`. scale: :math:`s`.
     """
 
-    def __init__(self, p: float, *args, scale: float | None = None) -> None:
-        given = keyword_only(
-            "TwoStateMarkov", ("scale",), args, {} if scale is None else {"scale": scale}
-        )
-        super().__init__(given.get("scale", 1.0))
+    def __init__(self, p: float, *args, scale: float = 1.0) -> None:
+        if args and scale != 1.0:
+            raise ValueError("Invalid scale: given both by position and by keyword")
+        super().__init__(keyword_only("TwoStateMarkov", ("scale",), args, {}).get("scale", scale))
         self.p = check_in_range("p", p, 0.0, 1.0)
 
     @property
@@ -157,11 +156,10 @@ class GaussianAR1(MarkovNoise):
         rho: in :math:`(-1, 1)`. scale: :math:`s`.
     """
 
-    def __init__(self, rho: float, *args, scale: float | None = None) -> None:
-        given = keyword_only(
-            "GaussianAR1", ("scale",), args, {} if scale is None else {"scale": scale}
-        )
-        super().__init__(given.get("scale", 1.0))
+    def __init__(self, rho: float, *args, scale: float = 1.0) -> None:
+        if args and scale != 1.0:
+            raise ValueError("Invalid scale: given both by position and by keyword")
+        super().__init__(keyword_only("GaussianAR1", ("scale",), args, {}).get("scale", scale))
         self.rho = check_in_range("rho", rho, -1.0, 1.0, closed="neither")
 
     def init(self, rng, dim):
@@ -207,7 +205,12 @@ class FiniteMarkov(MarkovNoise):
     #: π is computed from the matrix; a config may carry it (``Registry.build`` checks it).
     derived_keys = ("pi",)
 
-    def __init__(self, matrix, *, values=None, scale: float = 1.0) -> None:
+    def __init__(self, matrix, *args, values=None, scale: float = 1.0) -> None:
+        if args:  # the positional form of the previous version: FiniteMarkov(P, values, scale)
+            given = keyword_only("FiniteMarkov", ("values", "scale"), args, {})
+            if values is not None or scale != 1.0:
+                raise ValueError("Invalid values: given both by position and by keyword")
+            values, scale = given.get("values"), given.get("scale", 1.0)
         super().__init__(scale)
         p = torch.as_tensor(matrix, dtype=torch.float64)
         if p.ndim != 2 or p.shape[0] != p.shape[1] or p.shape[0] < 1:
@@ -250,7 +253,6 @@ class FiniteMarkov(MarkovNoise):
 
     def config(self) -> dict:
         out = super().config()
-        out.pop("_given_values", None)
         out["values"] = self._given_values.tolist()
         return out
 

@@ -43,6 +43,11 @@ class FunctionProblem(Problem):
 
     def __init__(self, fn, *args, **kwargs) -> None:
         kwargs = keyword_only("FunctionProblem", ("dim", "minimizer", "min_value"), args, kwargs)
+        unknown = sorted(set(kwargs) - {"dim", "minimizer", "min_value"})
+        if unknown:
+            raise ValueError(f"Invalid {unknown[0]}: {kwargs[unknown[0]]!r} (not a parameter)")
+        if "dim" not in kwargs:
+            raise ValueError("Invalid dim: missing (FunctionProblem(fn, dim=d))")
         self._init(fn, **kwargs)
 
     def _init(self, fn, *, dim: int, minimizer=None, min_value: float | None = None) -> None:
