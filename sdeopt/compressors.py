@@ -42,6 +42,7 @@ from typing import ClassVar
 import torch
 
 from sdeopt._validation import check_int
+from sdeopt.covariance import StructuredCov
 from sdeopt.random import RandomSource
 from sdeopt.registry import Registry
 
@@ -50,69 +51,6 @@ from sdeopt.registry import Registry
 #: otherwise. The choice depends on (k, d) only, never on the batch size, so a run's result
 #: does not depend on how many runs are drawn together.
 FLOYD_MAX_DRAWS = 64
-
-
-@dataclass(frozen=True, eq=False)
-class StructuredCov:
-    r"""A covariance in O(d) form:
-    :math:`\operatorname{diag}(\mathrm{diag}) + \sum_r \mathrm{sign}_r\, u_r u_r^\top`.
-
-    Attributes:
-        diag: (..., d) diagonal part.
-        factors: (..., d, r) low-rank factors :math:`u_r` (r may be 0).
-        signs: (r,) tuple of +1.0 / -1.0.
-    """
-
-    diag: torch.Tensor
-    factors: torch.Tensor
-    signs: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if self.factors.shape[-1] != len(self.signs):
-            raise ValueError(
-                f"Invalid signs: {self.signs!r} (factors have rank {self.factors.shape[-1]})"
-            )
-        if self.factors.shape[-2] != self.diag.shape[-1]:
-            raise ValueError(
-                f"Invalid factors: shape {tuple(self.factors.shape)} does not match "
-                f"diag of shape {tuple(self.diag.shape)}"
-            )
-
-    @classmethod
-    def diagonal(cls, diag: torch.Tensor) -> StructuredCov:
-        r"""A purely diagonal covariance :math:`\operatorname{diag}(\mathrm{diag})` (rank-0 low-rank
-        part)."""
-        factors = diag.new_zeros((*diag.shape, 0))  # (..., d, 0)
-        return cls(diag=diag, factors=factors, signs=())
-
-    @property
-    def rank(self) -> int:
-        """:math:`r`, the number of low-rank terms."""
-        return len(self.signs)
-
-    def matvec(self, w: torch.Tensor) -> torch.Tensor:
-        r""":math:`\operatorname{Cov}\, w` for w (..., d), in O(d r)."""
-        out = self.diag * w
-        for r, s in enumerate(self.signs):
-            u = self.factors[..., r]
-            out = out + s * (u * w).sum(-1, keepdim=True) * u
-        return out
-
-    def trace(self) -> torch.Tensor:
-        r""":math:`\operatorname{tr} \operatorname{Cov}`, (...,); for an unbiased compressor this is
-        :math:`\mathbb{E}\|C(v) - v\|^2`."""
-        out = self.diag.sum(-1)
-        for r, s in enumerate(self.signs):
-            out = out + s * self.factors[..., r].square().sum(-1)
-        return out
-
-    def dense(self) -> torch.Tensor:
-        """The full (..., d, d) matrix, for tests and small d only."""
-        out = torch.diag_embed(self.diag)
-        for r, s in enumerate(self.signs):
-            u = self.factors[..., r]
-            out = out + s * u.unsqueeze(-1) * u.unsqueeze(-2)
-        return out
 
 
 #: Compressors by class name: ``compressor = {type = ...}`` in configs.
@@ -155,11 +93,11 @@ class Compressor(ABC):
     def cov(self, v: torch.Tensor) -> StructuredCov:
         r""":math:`\operatorname{Cov}[C(v)]` for fixed v (..., d), in diagonal + low-rank form."""
 
-    def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
+    def noisy_cov(self, grad: torch.Tensor, noise: StructuredCov) -> StructuredCov:
         r""":math:`\operatorname{Cov}[C(g + Z)]` over the compressor's draw and the noise, for
-        :math:`Z` with :math:`\operatorname{Cov} Z = v I`.
+        :math:`Z` with :math:`\operatorname{Cov} Z = \Sigma` (``noise``, e.g. ``Noise.worker_cov``).
 
-        For an unbiased compressor this is :math:`\mathbb E_Z \mathrm{Cov}_C[C(g + Z)] + v I`,
+        For an unbiased compressor this is :math:`\mathbb E_Z \mathrm{Cov}_C[C(g + Z)] + \Sigma`,
         the worker's share of the DCSGD SDE's diffusion (docs/models.md): the SDE builders take
         it from here, so a compressor that implements it has an SDE. The default refuses, with
         the reason: a biased compressor moves the drift (:math:`\mathbb{E}\, C(g + Z) \neq g`),
@@ -167,7 +105,7 @@ class Compressor(ABC):
 
         Args:
             grad: worker gradients :math:`g`, (B, N or 1, d).
-            noise_var: per-coordinate noise variances :math:`v`, broadcastable to (B, N or 1).
+            noise: :math:`\Sigma`, diag (B or 1, N or 1, d) and factors (B or 1, N or 1, d, r).
         Returns:
             A ``StructuredCov`` of shape (B, N or 1, d) (diag) and (B, N or 1, d, r) (factors).
         """
@@ -232,10 +170,9 @@ class Identity(Compressor):
     def cov(self, v: torch.Tensor) -> StructuredCov:
         return _zero_cov(v)
 
-    def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
-        r""":math:`\operatorname{Cov} Z = v I`."""
-        v = noise_var.unsqueeze(-1)  # (B or 1, N or 1, 1)
-        return StructuredCov.diagonal(v.expand(torch.broadcast_shapes(v.shape, grad.shape)))
+    def noisy_cov(self, grad: torch.Tensor, noise: StructuredCov) -> StructuredCov:
+        r""":math:`\operatorname{Cov} Z = \Sigma` itself."""
+        return noise
 
 
 @COMPRESSORS.register
@@ -333,20 +270,31 @@ class RandK(_KeepK):
         factors = (math.sqrt(c) * v).unsqueeze(-1)  # (..., d, 1)
         return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
 
-    def noisy_cov(self, grad: torch.Tensor, noise_var: torch.Tensor) -> StructuredCov:
-        r""":math:`c\, (d \operatorname{diag}(g^2 + v) - g g^\top - v I) + v I
-        = \operatorname{diag}(c\, d\, g^2 + (d/k)\, v) - c\, g g^\top`.
+    def noisy_cov(self, grad: torch.Tensor, noise: StructuredCov) -> StructuredCov:
+        r""":math:`c\, (d \operatorname{diag}(g^2 + \operatorname{diag}\Sigma) - g g^\top - \Sigma)
+        + \Sigma`.
 
-        :math:`\mathbb{E}_Z` of ``cov(g + Z)`` (:math:`\mathbb{E}\,(g + Z)^2 = g^2 + v`,
-        :math:`\mathbb{E}\,(g + Z)(g + Z)^\top = g g^\top + v I`) plus :math:`\operatorname{Cov} Z`;
-        :math:`c\, d - c + 1 = d/k`.
+        :math:`\mathbb{E}_Z` of ``cov(g + Z)`` (:math:`\mathbb{E}\,(g + Z)^2 = g^2 +
+        \operatorname{diag}\Sigma`, :math:`\mathbb{E}\,(g + Z)(g + Z)^\top = g g^\top + \Sigma`)
+        plus :math:`\operatorname{Cov} Z`. With :math:`\Sigma = \operatorname{diag}(D) +
+        \sum_r s_r f_r f_r^\top` this is the diagonal :math:`c\, d\, (g^2 + \sum_r s_r f_r^2) +
+        (d/k) D` (:math:`c\, d - c + 1 = d/k`), the term :math:`-c\, g g^\top` and the noise's own
+        factors scaled by :math:`\sqrt{1 - c}`.
         """
         dim = grad.shape[-1]
         self.check_dim(dim)
         c = self._c(dim)
-        diag = (c * dim) * grad.square() + (dim / self.k) * noise_var.unsqueeze(-1)
+        diag = (c * dim) * grad.square() + (dim / self.k) * noise.diag  # (B, N or 1, d)
         factors = (math.sqrt(c) * grad).unsqueeze(-1)  # (B, N or 1, d, 1)
-        return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
+        if not noise.signs:
+            return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
+        f = noise.factors  # (B or 1, N or 1, d, r)
+        diag = diag + (c * dim) * (f.square() * noise._signs()).sum(-1)
+        shape = torch.broadcast_shapes(factors.shape[:-1], f.shape[:-1])
+        stacked = torch.cat(
+            [factors.expand(*shape, 1), math.sqrt(1.0 - c) * f.expand(*shape, f.shape[-1])], -1
+        )  # (B, N or 1, d, 1 + r)
+        return StructuredCov(diag=diag, factors=stacked, signs=(-1.0, *noise.signs))
 
 
 @COMPRESSORS.register

@@ -102,18 +102,29 @@ def test_error_matches_trace_and_omega(comp):
 
 
 @pytest.mark.parametrize("comp", ALL, ids=_id)
-def test_noisy_covariance_is_the_covariance_of_compressed_noisy_gradients(comp):
-    """Cov[C(g + Z)], Z ~ N(0, v I), by Monte Carlo over both draws, against ``noisy_cov``; a
-    compressor without the closed form refuses with its own name (the SDE builders pass it on)."""
-    g, v = _vec(*V), 0.49
+@pytest.mark.parametrize("low_rank", [False, True], ids=["isotropic", "diag+low-rank"])
+def test_noisy_covariance_is_the_covariance_of_compressed_noisy_gradients(comp, low_rank):
+    """Cov[C(g + Z)] by Monte Carlo over both draws, for Z ~ N(0, v I) and for
+    Z ~ N(0, diag(D) + F Fᵀ) (minibatch-like noise), against ``noisy_cov``; a compressor without
+    the closed form refuses with its own name (the SDE builders pass it on)."""
+    g = _vec(*V)
+    diag = torch.full((1, 1, D), 0.49, dtype=torch.float64)
+    f = torch.linspace(-0.8, 0.9, 2 * D, dtype=torch.float64).view(1, 1, D, 2) if low_rank else None
+    noise = (
+        StructuredCov(diag=diag, factors=f, signs=(1.0, 1.0))
+        if low_rank
+        else StructuredCov.diagonal(diag)
+    )
     try:
-        cov = comp.noisy_cov(g.view(1, 1, D), torch.tensor([[v]], dtype=torch.float64))
+        cov = comp.noisy_cov(g.view(1, 1, D), noise)
     except ValueError as exc:
         assert type(comp).__name__ in str(exc)
         assert not comp.unbiased or not isinstance(comp, (Identity, RandK))
         return
     rng = rng_for(N_MC, seed=11)
-    noisy = g + math.sqrt(v) * rng.normal(1, D)  # (B, 1, d)
+    noisy = g + diag.sqrt()[0] * rng.normal(1, D)  # (B, 1, d)
+    if low_rank:
+        noisy = noisy + (f[0, 0] @ rng.normal(2).unsqueeze(-1)).squeeze(-1).unsqueeze(1)
     x = comp.compress(noisy, rng)[:, 0]  # (B, d)
     r = x - g  # unbiased: centred at the exact mean
     prods = r.unsqueeze(-1) * r.unsqueeze(-2)  # (B, d, d)

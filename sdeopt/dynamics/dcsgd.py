@@ -5,9 +5,17 @@ from __future__ import annotations
 import torch
 
 from sdeopt.compressors import Identity
+from sdeopt.covariance import NoiseFactor
 from sdeopt.discrete.dcsgd import DCSGD
 from sdeopt.dynamics.recipe import Moments, zero_derivative
-from sdeopt.dynamics.sde import Dense, Diagonal, DiagonalPlusRankOne, sqrt_psd
+from sdeopt.dynamics.sde import (
+    Dense,
+    Diagonal,
+    DiagonalPlusFactor,
+    DiagonalPlusRankOne,
+    LowRankOperator,
+    sqrt_psd,
+)
 from sdeopt.noise import AffineVariance, ScaledSymmetricNoise
 from sdeopt.problems import Problem
 
@@ -22,12 +30,13 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         S = \frac{1}{N^2} \sum_i \mathrm{Cov}[C_i(\nabla f_i + Z_i)],
 
     each worker's term from the compressor (``Compressor.noisy_cov``) given the noise's
-    per-coordinate variance :math:`v_i` (``Noise.worker_variance``): :math:`v_i I` without
-    compression, and for RandK
+    covariance (``Noise.worker_cov``): :math:`v_i I` for additive laws, the minibatch covariance
+    :math:`F_i F_i^\top` (centred per-sample gradients) for ``Minibatch``, and for RandK
     :math:`\mathrm{diag}(c\,d\,\nabla f_i^2 + (d/k) v_i) - c\,\nabla f_i \nabla f_i^\top`,
     :math:`c = (d-k)/(k(d-1))`. The covariance is applied in structured form: a diagonal, a
-    diagonal plus one negative rank-one term (homogeneous workers: O(d) per run), or a dense
-    square root (heterogeneous workers give rank N).
+    diagonal plus one negative rank-one term (homogeneous workers: O(d) per run), a diagonal
+    plus positive low-rank factors (minibatch noise: O(n d) per run, Brownian dimension
+    d + n), or a dense square root (rank > 1 with mixed signs: heterogeneous RandK).
 
     Raises ValueError, with the reason the noise or the compressor gives, for infinite-variance
     noise (no Brownian SDE: a Lévy-driven SDE is the right object), for laws or compressors
@@ -39,23 +48,35 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
             "Invalid method: normalised or clipped DCSGD has no closed-form SDE model here yet "
             "(E[v / (a + b||v||)] has no closed form)"
         )
-    probe = problem.worker_grads(torch.zeros(1, d, dtype=torch.float64))  # (1, N or 1, d)
-    method.compressor.noisy_cov(probe, noise.worker_variance(probe, n))  # refuses with its reason
-    if isinstance(method.compressor, Identity):
+    x_probe = torch.zeros(1, d, dtype=torch.float64)
+    g_probe = problem.worker_grads(x_probe)  # (1, N or 1, d)
+    # Refuses, with the noise's or the compressor's reason, before any SDE is built.
+    probe = method.compressor.noisy_cov(g_probe, noise.worker_cov(problem, x_probe, g_probe, n))
+    if isinstance(method.compressor, Identity) and noise.isotropic:
         return _uncompressed(method, problem)
+    factor = noise.noise_factor(problem, n)
+    if isinstance(method.compressor, Identity) and factor is not None:
+        return _factored(problem, factor, n)
+    # The structure of Σ_i Cov_i is static (its signs do not depend on x): it fixes the
+    # square root's form and the Brownian dimension.
+    signs = _sum_over_workers(probe, n)[2]
+    positive = bool(signs) and min(signs) > 0
 
     def diffusion(x: torch.Tensor, scale: float):
         grads = problem.worker_grads(x)  # (B, N or 1, d)
-        cov = method.compressor.noisy_cov(grads, noise.worker_variance(grads, n))
+        cov = method.compressor.noisy_cov(grads, noise.worker_cov(problem, x, grads, n))
         diag, factors, signs = _sum_over_workers(cov, n)  # Σ_i Cov_i: (B, d), (B, d, R)
-        diag, factors = diag * (scale / n) ** 2, factors * (scale / n)
-        if not signs:
+        diag = diag * (scale / n) ** 2
+        if factors is None:
             return Diagonal(torch.sqrt(diag))
+        factors = factors * (scale / n)
+        if positive:  # minibatch noise: [diag(√D) | F], never a d x d root
+            return DiagonalPlusFactor(torch.sqrt(diag), factors)
         if len(signs) == 1:
             return DiagonalPlusRankOne(diag, factors[..., 0], signs[0])
-        cov_dense = torch.diag_embed(diag) + (factors * torch.tensor(signs, dtype=diag.dtype)) @ (
-            factors.transpose(-1, -2)
-        )
+        # Mixed signs of rank > 1 (heterogeneous RandK, RandK on minibatch noise): dense root.
+        sign = torch.tensor(signs, dtype=diag.dtype, device=diag.device)  # (R,)
+        cov_dense = torch.diag_embed(diag) + (factors * sign) @ factors.transpose(-1, -2)
         return Dense(sqrt_psd(cov_dense))
 
     return Moments(
@@ -63,7 +84,7 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         mean_jvp=problem.hvp,
         diffusion=diffusion,
         noise_type="general",
-        brownian_dim=d,
+        brownian_dim=d + len(signs) if positive else d,
     )
 
 
@@ -82,6 +103,37 @@ def _sum_over_workers(cov, n_workers: int):
     b, w, d, r = factors.shape
     stacked = factors.permute(0, 2, 1, 3).reshape(b, d, w * r)  # (B, d, N r)
     return diag, stacked, tuple(cov.signs) * w
+
+
+def _factored(problem: Problem, factor: NoiseFactor, n: int) -> Moments:
+    r"""DSGD under noise given as a low-rank operator (minibatch noise):
+    :math:`G\,dW = \frac{1}{N} \sum_i F_i\,dW_i`, each :math:`F_i` applied to its own Brownian
+    motion of dimension r, O(n d) per run and step. A law shared by all N workers (S = 1) is
+    applied once, times :math:`\sqrt{N}`: the sum of N independent :math:`F\,dW_i` has the law of
+    :math:`\sqrt{N} F\,dW`.
+    """
+    s, r = factor.shards, factor.rank
+    shared = n**0.5 if s == 1 else 1.0
+
+    def diffusion(x: torch.Tensor, scale: float):
+        c = scale * shared / n
+
+        def apply(dw: torch.Tensor) -> torch.Tensor:
+            return factor.apply(x, dw.view(dw.shape[0], s, r)).sum(dim=1) * c  # (B, d)
+
+        def dense() -> torch.Tensor:
+            f = factor.factors(x)  # (B, S, d, r)
+            return f.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[1], s * r) * c
+
+        return LowRankOperator(apply, dense)
+
+    return Moments(
+        mean=problem.grad,
+        mean_jvp=problem.hvp,
+        diffusion=diffusion,
+        noise_type="general",
+        brownian_dim=s * r,
+    )
 
 
 def _uncompressed(method: DCSGD, problem: Problem) -> Moments:

@@ -10,6 +10,7 @@ from typing import Protocol, cast
 import torch
 
 from sdeopt._validation import check_in_range, check_int, check_positive
+from sdeopt.covariance import NoiseFactor, StructuredCov
 from sdeopt.noise.base import (
     NOISES,
     Noise,
@@ -364,8 +365,24 @@ class _MinibatchProblem(Protocol):
     """What ``Minibatch`` needs of a problem (duck-typed, e.g. ``FiniteSumProblem``)."""
 
     def minibatch_worker_grads(
-        self, x: torch.Tensor, batch_size: int, n_workers: int, rng: RandomSource
+        self,
+        x: torch.Tensor,
+        batch_size: int,
+        n_workers: int,
+        rng: RandomSource,
+        *,
+        replacement: bool = False,
     ) -> torch.Tensor: ...
+
+    def minibatch_cov_factors(
+        self, x: torch.Tensor, batch_size: int, *, replacement: bool = False
+    ) -> torch.Tensor: ...
+
+    def minibatch_noise_apply(
+        self, x: torch.Tensor, batch_size: int, w: torch.Tensor, *, replacement: bool = False
+    ) -> torch.Tensor: ...
+
+    shard_index: torch.Tensor
 
 
 @NOISES.register
@@ -380,8 +397,17 @@ class Minibatch(Noise):
     data, so this law is used only through ``oracle``/``oracle_mean``; ``sample`` raises. Its
     covariance (finite-population correction) is ``problem.minibatch_covariance``.
 
+    Without replacement (the default) the b samples are distinct and
+    :math:`\operatorname{Cov}(g_i) = \frac{n_i - b}{b (n_i - 1)} \Sigma_i(x)`; with replacement
+    they are b independent uniform draws and :math:`\operatorname{Cov}(g_i) = \Sigma_i(x)/b`,
+    :math:`\Sigma_i(x) = \frac{1}{n_i}\sum_{s \in S_i}(\nabla f_s - \nabla f_i)
+    (\nabla f_s - \nabla f_i)^\top` (``worker_cov``: its low-rank factors, the centred
+    per-sample gradients, which the SDE applies to a Brownian motion of dimension
+    :math:`n_i`).
+
     Args:
         batch_size: :math:`b`, an integer >= 1 (and <= the smallest shard, checked by the problem).
+        replacement: draw the batch with replacement (default False: distinct samples).
 
     Shapes: ``oracle`` (B, N, d); ``oracle_mean`` (B, d).
 
@@ -395,9 +421,13 @@ class Minibatch(Noise):
     """
 
     finite_variance = True
+    isotropic = False
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, *, replacement: bool = False) -> None:
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        if not isinstance(replacement, bool):
+            raise ValueError(f"Invalid replacement: {replacement!r} (must be True or False)")
+        self.replacement = replacement
 
     def check_problem(self, problem: Problem) -> None:
         # Duck-typed, so that any finite-sum problem exposing the method is accepted.
@@ -428,7 +458,38 @@ class Minibatch(Noise):
         self.check_problem(problem)
         # check_problem found the method (mypy cannot narrow on callable(getattr(...))).
         finite_sum = cast(_MinibatchProblem, problem)
-        return finite_sum.minibatch_worker_grads(x, self.batch_size, n_workers, rng)  # (B, N, d)
+        # replacement only when asked: a duck-typed problem of the previous version lacks it.
+        extra = {"replacement": True} if self.replacement else {}
+        return finite_sum.minibatch_worker_grads(
+            x, self.batch_size, n_workers, rng, **extra
+        )  # (B, N, d)
+
+    def noise_factor(self, problem: Problem, n_workers: int) -> NoiseFactor:
+        """:math:`F_i` = the centred per-sample gradients of shard i times sqrt(c_b / n_i),
+        applied by one weighted per-sample contraction (``minibatch_noise_apply``)."""
+        self.check_problem(problem)
+        finite_sum = cast(_MinibatchProblem, problem)
+        shards, rank = finite_sum.shard_index.shape  # (S, n_max)
+        b, replacement = self.batch_size, self.replacement
+        return NoiseFactor(
+            shards=int(shards),
+            rank=int(rank),
+            apply=lambda x, w: finite_sum.minibatch_noise_apply(x, b, w, replacement=replacement),
+            factors=lambda x: finite_sum.minibatch_cov_factors(x, b, replacement=replacement),
+        )
+
+    def worker_cov(
+        self, problem: Problem, x: torch.Tensor, grads: torch.Tensor, n_workers: int
+    ) -> StructuredCov:
+        """No diagonal part; factors (B, N or 1, d, n_max): the centred per-sample gradients of
+        each shard times sqrt(c_b / n_i), zero on padding (``minibatch_cov_factors``)."""
+        self.check_problem(problem)
+        finite_sum = cast(_MinibatchProblem, problem)
+        factors = finite_sum.minibatch_cov_factors(
+            x, self.batch_size, replacement=self.replacement
+        )  # (B, S, d, n_max)
+        diag = factors.new_zeros(factors.shape[:-1])  # (B, S, d)
+        return StructuredCov(diag=diag, factors=factors, signs=(1.0,) * factors.shape[-1])
 
     def oracle_mean(
         self, problem: Problem, x: torch.Tensor, n_workers: int, rng: RandomSource
@@ -437,4 +498,4 @@ class Minibatch(Noise):
         return self.oracle(problem, x, n_workers, rng).mean(dim=1)
 
     def config(self) -> dict:
-        return {"type": "Minibatch", "batch_size": self.batch_size}
+        return {"type": "Minibatch", "batch_size": self.batch_size, "replacement": self.replacement}

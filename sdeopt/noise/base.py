@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from sdeopt._validation import check_scales
+from sdeopt.covariance import NoiseFactor, StructuredCov
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
 from sdeopt.registry import Registry
@@ -28,6 +29,9 @@ class Noise(ABC):
 
     #: True when Z has finite variance (a Brownian SDE exists).
     finite_variance: bool = True
+    #: True when :math:`\operatorname{Cov} Z_i = v_i I` (``worker_variance``): then DSGD's SDE
+    #: has an isotropic diffusion, a number per run.
+    isotropic: ClassVar[bool] = True
     #: True when ``sample_worker_mean`` is one standard normal (B, d) draw times a scale
     #: (1/N) S(x)^{1/2}: a discrete run's draws can then drive the SDE (coupling).
     couplable: ClassVar[bool] = False
@@ -83,6 +87,32 @@ class Noise(ABC):
             f"Invalid noise: {self!r} (no SDE model for this noise law yet: its covariance "
             "is not available in closed form here)"
         )
+
+    def worker_cov(
+        self, problem: Problem, x: torch.Tensor, grads: torch.Tensor, n_workers: int
+    ) -> StructuredCov:
+        r""":math:`\operatorname{Cov} Z_i` of every worker at x, in structured form: what the SDE
+        builders take the noise's second moment from (``Compressor.noisy_cov`` combines it with
+        the compressor's).
+
+        The default is :math:`v_i I` from ``worker_variance``; a law whose covariance depends on
+        the data (``Minibatch``) overrides it with its low-rank factors.
+
+        Args:
+            problem: the objective (on the simulation's device and dtype).
+            x: (B, d) states.
+            grads: exact worker gradients at x, (B, N or 1, d).
+            n_workers: N.
+        Returns:
+            diag (B or 1, N or 1, d) and factors (B or 1, N or 1, d, r).
+        """
+        v = self.worker_variance(grads, n_workers).unsqueeze(-1)  # (B or 1, N or 1, 1)
+        return StructuredCov.diagonal(v.expand(torch.broadcast_shapes(v.shape, grads.shape)))
+
+    def noise_factor(self, problem: Problem, n_workers: int) -> NoiseFactor | None:
+        """The covariance as a low-rank operator :math:`F_i` (``NoiseFactor``), for laws whose
+        covariance is a data-dependent low-rank matrix (``Minibatch``); None for the others."""
+        return None
 
     def check_workers(self, n_workers: int) -> None:
         """Raise ``ValueError`` if per-worker scales do not match ``n_workers``."""

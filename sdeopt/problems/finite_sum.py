@@ -104,13 +104,18 @@ class FiniteSumProblem(Problem):
     def per_sample_losses(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`f_s(x)` for every sample, in data order. Args: x (B, d). Returns: (B, n)."""
 
-    @abstractmethod
     def per_sample_grads(self, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\nabla f_s(x)` for every sample, in data order. Args: x (B, d). Returns:
         (B, n, d).
 
-        Memory is B·n·d; chunk over runs for large B.
+        By ``torch.func`` (a Jacobian of ``per_sample_losses`` per run, vectorised over runs)
+        unless a subclass gives the closed form. Memory is B·n·d; chunk over runs for large B.
         """
+
+        def losses(point: torch.Tensor) -> torch.Tensor:  # (d,) -> (n,)
+            return self.per_sample_losses(point.unsqueeze(0))[0]
+
+        return torch.func.vmap(torch.func.jacrev(losses))(x)  # (B, n, d)
 
     def _weighted_grads(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``Σ_k weights[b, m, k] ∇f_{shard_index[m, k]}(x)`` over the padded shard layout.
@@ -161,13 +166,17 @@ class FiniteSumProblem(Problem):
         return b
 
     def _minibatch_positions(
-        self, batch_size: int, n_workers: int, rng: RandomSource
+        self, batch_size: int, n_workers: int, rng: RandomSource, replacement: bool = False
     ) -> torch.Tensor:
         """Positions in the padded shard layout of each worker's batch, (B, N, b) int64."""
         b = self._check_batch(batch_size)
         n_workers = check_int("n_workers", n_workers, minimum=1)
         self.check_workers(n_workers)
         n_max = self.shard_index.shape[1]
+        if replacement:  # b independent uniform positions among the n_i real entries
+            keys = rng.integers(1 << 62, n_workers, b)  # (B, N, b)
+            sizes = self.shard_sizes.to(keys.device)  # (S,)
+            return torch.remainder(keys, sizes.unsqueeze(-1))  # bias ~ n_i / 2**62
         keys = rng.integers(1 << 62, n_workers, n_max)  # (B, N, n_max), distinct w.p. ~1
         padding = self.shard_mask.to(keys.device) == 0  # (S, n_max)
         keys = keys.masked_fill(padding.unsqueeze(0), -1)  # padding is never among the b largest
@@ -189,7 +198,13 @@ class FiniteSumProblem(Problem):
         return torch.gather(idx, -1, pos)  # (B, N, b)
 
     def minibatch_worker_grads(
-        self, x: torch.Tensor, batch_size: int, n_workers: int, rng: RandomSource
+        self,
+        x: torch.Tensor,
+        batch_size: int,
+        n_workers: int,
+        rng: RandomSource,
+        *,
+        replacement: bool = False,
     ) -> torch.Tensor:
         r"""Minibatch gradients
         :math:`g_i = \frac{1}{b} \sum_{s \in \mathrm{batch}_i} \nabla f_s(x)` of every worker.
@@ -205,29 +220,51 @@ class FiniteSumProblem(Problem):
         Returns:
             (B, N, d).
         """
-        pos = self._minibatch_positions(batch_size, n_workers, rng).to(x.device)  # (B, N, b)
+        pos = self._minibatch_positions(batch_size, n_workers, rng, replacement).to(x.device)
         n_max = self.shard_index.shape[1]
         weights = torch.zeros(
             *pos.shape[:2], n_max, device=x.device, dtype=x.dtype
         )  # (B, N, n_max)
-        weights.scatter_(-1, pos, 1.0 / pos.shape[-1])
+        # A sample drawn twice (with replacement) counts twice.
+        weights.scatter_add_(
+            -1, pos, torch.full(pos.shape, 1.0 / pos.shape[-1], dtype=x.dtype, device=x.device)
+        )
         return self._weighted_grads(x, weights)  # (B, N, d)
 
-    def minibatch_covariance(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        r"""Covariance of the minibatch gradient :math:`g_i` of each worker.
+    @staticmethod
+    def _minibatch_scale(b: int, n_i: torch.Tensor, replacement: bool) -> torch.Tensor:
+        """sqrt(c_b / n_i) per shard: c_b = 1/b with replacement, (n_i - b)/(b (n_i - 1))
+        without (0 when b = n_i)."""
+        if replacement:
+            c_b = torch.full_like(n_i, 1.0 / b)
+        else:
+            c_b = torch.where(
+                n_i > 1, (n_i - b) / ((n_i - 1).clamp(min=1) * b), torch.zeros_like(n_i)
+            )
+        return torch.sqrt(c_b / n_i)  # (S,)
+
+    def minibatch_cov_factors(
+        self, x: torch.Tensor, batch_size: int, *, replacement: bool = False
+    ) -> torch.Tensor:
+        r"""Low-rank square roots :math:`F_i` of the minibatch covariances,
+        :math:`\operatorname{Cov}(g_i) = F_i F_i^\top`.
 
         .. math::
 
-            \operatorname{Cov}(g_i) = \frac{n_i - b}{(n_i - 1)\, b} \cdot \frac{1}{n_i}
-            \sum_{s \in S_i} (\nabla f_s - \nabla f_i)(\nabla f_s - \nabla f_i)^\top
+            F_i = \sqrt{c_b / n_i}\; \bigl[\nabla f_s - \nabla f_i\bigr]_{s \in S_i},
+            \qquad c_b = \frac{n_i - b}{b\,(n_i - 1)} \text{ (without replacement)},
+            \quad c_b = \frac{1}{b} \text{ (with)},
 
-        (zero when :math:`b = n_i`).
+        the centred per-sample gradients as columns (:math:`c_b = 0` when :math:`b = n_i`
+        without replacement). An SDE applies :math:`F_i` to a Brownian motion of dimension
+        :math:`n_i`: O(n d) per run, never a d x d factorisation.
 
         Args:
             x: (B, d).
             batch_size: b.
+            replacement: how the batch is drawn (``Minibatch(replacement=...)``).
         Returns:
-            (B, N, d, d), or (B, 1, d, d) if homogeneous (the same for every worker).
+            (B, S, d, n_max), zero on padding; S = N, or 1 if homogeneous.
         """
         b = self._check_batch(batch_size)
         g = self.per_sample_grads(x)  # (B, n, d)
@@ -236,11 +273,58 @@ class FiniteSumProblem(Problem):
         n_i = self.shard_sizes.to(x.device, x.dtype)  # (S,)
         mean = (gp * mask).sum(dim=2) / n_i.unsqueeze(-1)  # (B, S, d)
         dev = (gp - mean.unsqueeze(2)) * mask  # (B, S, n_max, d)
-        cov = torch.einsum("bskd,bske->bsde", dev, dev) / n_i[:, None, None]  # (B, S, d, d)
-        fpc = torch.where(
-            n_i > 1, (n_i - b) / ((n_i - 1).clamp(min=1) * b), torch.zeros_like(n_i)
-        )  # (S,)
-        return cov * fpc[:, None, None]
+        scale = self._minibatch_scale(b, n_i, replacement)  # (S,)
+        return (dev * scale[:, None, None]).transpose(-1, -2)  # (B, S, d, n_max)
+
+    def minibatch_noise_apply(
+        self, x: torch.Tensor, batch_size: int, w: torch.Tensor, *, replacement: bool = False
+    ) -> torch.Tensor:
+        r""":math:`F_i w_i` for every shard without forming :math:`F_i` (``minibatch_cov_factors``):
+
+        .. math::
+
+            F_i w_i = \sqrt{c_b / n_i} \sum_{s \in S_i} w_{i,s}
+            \bigl(\nabla f_s(x) - \nabla f_i(x)\bigr)
+            = \sqrt{c_b / n_i} \Bigl(\sum_s w_{i,s} \nabla f_s - \bigl(\sum_s w_{i,s}\bigr)
+            \nabla f_i\Bigr),
+
+        one weighted per-sample contraction (``_weighted_grads``, as a minibatch step costs) and
+        no (B, n, d) tensor where the problem has a closed-form contraction.
+
+        Args:
+            x: (B, d).
+            batch_size: b.
+            w: (B, S, n_max) weights (e.g. Brownian increments); padding entries are ignored.
+            replacement: how the batch is drawn.
+        Returns:
+            (B, S, d).
+        """
+        b = self._check_batch(batch_size)
+        n_i = self.shard_sizes.to(x.device, x.dtype)  # (S,)
+        scale = self._minibatch_scale(b, n_i, replacement)  # (S,)
+        w = w * _cast(self.shard_mask, x) * scale.unsqueeze(-1)  # (B, S, n_max)
+        return self._weighted_grads(x, w) - w.sum(-1, keepdim=True) * self.worker_grads(x)
+
+    def minibatch_covariance(
+        self, x: torch.Tensor, batch_size: int, *, replacement: bool = False
+    ) -> torch.Tensor:
+        r"""Covariance of the minibatch gradient :math:`g_i` of each worker,
+        :math:`F_i F_i^\top` (``minibatch_cov_factors``):
+
+        .. math::
+
+            \operatorname{Cov}(g_i) = c_b \cdot \frac{1}{n_i}
+            \sum_{s \in S_i} (\nabla f_s - \nabla f_i)(\nabla f_s - \nabla f_i)^\top.
+
+        Args:
+            x: (B, d).
+            batch_size: b.
+            replacement: how the batch is drawn.
+        Returns:
+            (B, N, d, d), or (B, 1, d, d) if homogeneous (the same for every worker).
+        """
+        f = self.minibatch_cov_factors(x, batch_size, replacement=replacement)  # (B, S, d, n_max)
+        return f @ f.transpose(-1, -2)
 
     def config(self) -> dict:
         cfg = super().config()

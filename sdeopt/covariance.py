@@ -1,0 +1,88 @@
+"""Structured covariances: a diagonal plus signed low-rank terms, applied without a d x d matrix.
+
+Compressors (``Compressor.cov``, ``noisy_cov``) and noise laws (``Noise.worker_cov``) describe
+their covariances in this form; the SDE builders sum the workers' terms and take a square root
+that keeps the structure (docs/design.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class StructuredCov:
+    r"""A covariance in O(d) form:
+    :math:`\operatorname{diag}(\mathrm{diag}) + \sum_r \mathrm{sign}_r\, u_r u_r^\top`.
+
+    Attributes:
+        diag: (..., d) diagonal part.
+        factors: (..., d, r) low-rank factors :math:`u_r` (r may be 0).
+        signs: (r,) tuple of +1.0 / -1.0.
+    """
+
+    diag: torch.Tensor
+    factors: torch.Tensor
+    signs: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.factors.shape[-1] != len(self.signs):
+            raise ValueError(
+                f"Invalid signs: {self.signs!r} (factors have rank {self.factors.shape[-1]})"
+            )
+        if self.factors.shape[-2] != self.diag.shape[-1]:
+            raise ValueError(
+                f"Invalid factors: shape {tuple(self.factors.shape)} does not match "
+                f"diag of shape {tuple(self.diag.shape)}"
+            )
+
+    @classmethod
+    def diagonal(cls, diag: torch.Tensor) -> StructuredCov:
+        r"""A purely diagonal covariance :math:`\operatorname{diag}(\mathrm{diag})` (rank-0 low-rank
+        part)."""
+        factors = diag.new_zeros((*diag.shape, 0))  # (..., d, 0)
+        return cls(diag=diag, factors=factors, signs=())
+
+    @property
+    def rank(self) -> int:
+        """:math:`r`, the number of low-rank terms."""
+        return len(self.signs)
+
+    def _signs(self) -> torch.Tensor:
+        return torch.tensor(self.signs, dtype=self.diag.dtype, device=self.diag.device)  # (r,)
+
+    def matvec(self, w: torch.Tensor) -> torch.Tensor:
+        r""":math:`\operatorname{Cov}\, w` for w (..., d), in O(d r)."""
+        proj = (self.factors * w.unsqueeze(-1)).sum(-2) * self._signs()  # (..., r)
+        return self.diag * w + (self.factors * proj.unsqueeze(-2)).sum(-1)
+
+    def trace(self) -> torch.Tensor:
+        r""":math:`\operatorname{tr} \operatorname{Cov}`, (...,); for an unbiased compressor this is
+        :math:`\mathbb{E}\|C(v) - v\|^2`."""
+        return self.diag.sum(-1) + (self.factors.square().sum(-2) * self._signs()).sum(-1)
+
+    def dense(self) -> torch.Tensor:
+        """The full (..., d, d) matrix, for tests and small d only."""
+        signed = self.factors * self._signs()  # (..., d, r)
+        return torch.diag_embed(self.diag) + signed @ self.factors.transpose(-1, -2)
+
+
+@dataclass(frozen=True)
+class NoiseFactor:
+    r""":math:`\operatorname{Cov} Z_i = F_i(x) F_i(x)^\top` as an operator: an SDE applies
+    :math:`F_i` to a Brownian motion of dimension ``rank`` per shard without forming it.
+
+    Attributes:
+        shards: S, the number of distinct laws (N, or 1 when every worker's law is the same).
+        rank: r, the columns of each :math:`F_i`.
+        apply: (x (B, d), w (B, S, r)) -> :math:`F_i w_i`, (B, S, d).
+        factors: x (B, d) -> the explicit :math:`F_i`, (B, S, d, r) (tests, dense fallbacks).
+    """
+
+    shards: int
+    rank: int
+    apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    factors: Callable[[torch.Tensor], torch.Tensor]

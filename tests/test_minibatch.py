@@ -1,0 +1,111 @@
+"""Minibatch noise on finite sums and its SDE (issue 14, item 1): the sampler against the
+covariance formula (Cochran's finite-population correction, or 1/b with replacement), and the
+SDE's low-rank diffusion against that covariance formed densely."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import norm
+
+import sdeopt as so
+from sdeopt.random import RandomSource
+
+N_MC = 40_000
+#: 2 laws x 2 splits x 2 points x 4 directions = 32 checks: family-wise level ~1e-4.
+Z = float(norm.isf(1e-4 / (2 * 32)))
+
+
+def _problem(split: str):
+    if split == "homogeneous":
+        return so.problems.LogisticRegression(dataset="breast_cancer")
+    return so.problems.LogisticRegression(3, split="label", dataset="breast_cancer")
+
+
+def _exact_step_cov(prob, x, b, replacement, n_workers):
+    """Cov of (1/N) Σ_i g_i from the per-sample gradients: (1/N²) Σ_i Cov(g_i), (d, d)."""
+    g = prob.per_sample_grads(x.unsqueeze(0))[0]  # (n, d)
+    total = torch.zeros(prob.dim, prob.dim, dtype=torch.float64)
+    owners = prob.sample_worker.tolist()
+    shards = sorted(set(owners))
+    for i in range(n_workers):
+        shard = shards[i] if len(shards) > 1 else shards[0]
+        rows = g[torch.tensor([o == shard for o in owners])]  # (n_i, d)
+        n_i = rows.shape[0]
+        dev = rows - rows.mean(0)
+        sigma = dev.T @ dev / n_i  # the population covariance of the shard
+        c_b = 1.0 / b if replacement else (n_i - b) / (b * (n_i - 1))
+        total += c_b * sigma
+    return total / n_workers**2
+
+
+@pytest.mark.parametrize("replacement", [False, True], ids=["without", "with"])
+@pytest.mark.parametrize("split", ["homogeneous", "label"])
+def test_the_minibatch_sampler_has_the_covariance_of_its_formula(split, replacement, generator):
+    """Quadratic forms vᵀ Cov v of one discrete step, by Monte Carlo, against the covariance
+    computed from the per-sample gradients at two points and four directions."""
+    prob = _problem(split)
+    # b large against the shards: the finite-population factor (n_i - b)/(n_i - 1) is 0.67-0.89,
+    # far from the 1 of drawing with replacement, so the two laws are told apart.
+    n_workers, b = 3, 64
+    noise = so.noise.Minibatch(batch_size=b, replacement=replacement)
+    for point in range(2):
+        x = 0.05 * torch.randn(prob.dim, generator=generator, dtype=torch.float64)
+        exact = _exact_step_cov(prob, x, b, replacement, n_workers)
+        rng = RandomSource(7 + point, N_MC)
+        mean = noise.oracle_mean(prob, x.expand(N_MC, -1), n_workers, rng)  # (B, d)
+        centred = mean - prob.grad(x.unsqueeze(0))  # the mean is exact: unbiased
+        for _ in range(4):
+            v = torch.randn(prob.dim, generator=generator, dtype=torch.float64)
+            q = (centred @ v).square()  # (B,): each has mean vᵀ Cov v
+            want = float(v @ exact @ v)
+            got, se = q.mean().item(), q.std().item() / math.sqrt(N_MC)
+            assert abs(got - want) <= Z * se, (split, replacement, got, want, se)
+
+
+@pytest.mark.parametrize("replacement", [False, True], ids=["without", "with"])
+@pytest.mark.parametrize("split", ["homogeneous", "label"])
+def test_the_sde_diffusion_is_the_minibatch_covariance_in_low_rank_form(split, replacement):
+    """G Gᵀ = lr · (1/N²) Σ_i Cov(g_i) (dense, from per-sample gradients), and the operator that
+    applies G without forming it agrees with the dense G."""
+    prob = _problem(split)
+    n_workers, b, lr = 3, 5, 0.2
+    opt = so.discrete.DSGD(
+        lr=lr, n_workers=n_workers, noise=so.noise.Minibatch(batch_size=b, replacement=replacement)
+    )
+    gen = torch.Generator().manual_seed(3)
+    x = 0.05 * torch.randn(2, prob.dim, generator=gen, dtype=torch.float64)
+    for model in ("first_order", "second_order", "curvature"):
+        sde = so.dynamics.sde_of(opt, prob, model)
+        diff = sde.diffusion_at(x, 1.0)
+        g = diff.dense()  # (B, d, m)
+        for row in range(2):
+            exact = lr * _exact_step_cov(prob, x[row], b, replacement, n_workers)
+            torch.testing.assert_close(g[row] @ g[row].T, exact, rtol=1e-9, atol=1e-14)
+        dw = torch.randn(2, sde.brownian_dim, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(diff.apply(dw), (g @ dw.unsqueeze(-1)).squeeze(-1))
+
+
+def test_minibatch_sde_drifts_match_the_discrete_mean_step():
+    """The drift is the exact gradient (minibatches are unbiased) and the curvature correction
+    uses the problem's Hessian-vector product (checked against autograd)."""
+    prob = _problem("label")
+    opt = so.discrete.DSGD(lr=0.1, n_workers=3, noise=so.noise.Minibatch(batch_size=4))
+    x = torch.full((1, prob.dim), 0.02, dtype=torch.float64)
+    first = so.dynamics.sde_of(opt, prob, "first_order").drift_at(x, 1.0)
+    torch.testing.assert_close(first, -prob.grad(x))
+    curv = so.dynamics.sde_of(opt, prob, "curvature").drift_at(x, 1.0)
+    hess = torch.autograd.functional.hessian(lambda y: prob.loss(y.unsqueeze(0))[0], x[0])
+    expected = -prob.grad(x) + 0.1 / 2 * (hess @ prob.grad(x)[0]).unsqueeze(0)
+    torch.testing.assert_close(curv, expected)
+
+
+def test_minibatch_bad_input():
+    with pytest.raises(ValueError, match="replacement"):
+        so.noise.Minibatch(batch_size=4, replacement="yes")
+    prob = _problem("label")
+    opt = so.discrete.DSGD(lr=0.1, n_workers=3, noise=so.noise.Minibatch(batch_size=10_000))
+    with pytest.raises(ValueError, match="batch_size"):
+        so.dynamics.sde_of(opt, prob)
