@@ -14,6 +14,7 @@ from sdeopt.problems import (
     ExpSum,
     FiniteSumProblem,
     FunctionProblem,
+    LeastSquares,
     LogisticRegression,
     Quadratic,
     QuadraticQuartic,
@@ -52,6 +53,8 @@ PROBLEMS = {
     "quadratic_quartic": (lambda: QuadraticQuartic(3), 1.0),
     "logreg_homogeneous": (lambda: LogisticRegression(), 0.3),
     "logreg_label": (lambda: LogisticRegression(3, split="label"), 0.3),
+    "leastsq_gaussian": (lambda: LeastSquares(3, n_samples=90, dim=4, reg=0.1), 1.0),
+    "leastsq_diabetes": (lambda: LeastSquares(design="diabetes"), 0.3),
     "function": (lambda: FunctionProblem(_rosenbrock, dim=3, minimizer=[1.0, 1.0, 1.0]), 1.0),
 }
 

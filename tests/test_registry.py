@@ -184,7 +184,7 @@ def _run_with(family: str, spec: dict) -> dict:
     if family == "compressor":  # on the dimension of the compressor tests
         problem = {"type": "Quadratic", "diag": [1.0] * test_compressors.D}
         return dict(RUN, problem=problem, method=dict(RUN["method"], type="DCSGD"), compressor=spec)
-    if family == "problem" and spec["type"] == "LogisticRegression":
+    if family == "problem" and "n_workers" in spec:  # a split problem fixes N
         n_workers = spec["n_workers"] or 2  # a homogeneous problem serves any number
         return dict(RUN, problem=spec, method=dict(RUN["method"], n_workers=n_workers))
     return dict(RUN, **{KEY.get(family, family): spec})

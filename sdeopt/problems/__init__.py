@@ -9,6 +9,7 @@ broadcasts over any number of workers.
 from sdeopt.problems.base import PROBLEMS, Problem
 from sdeopt.problems.finite_sum import FiniteSumProblem, LogisticRegression
 from sdeopt.problems.function import FunctionProblem
+from sdeopt.problems.least_squares import LeastSquares
 from sdeopt.problems.quadratic import Quadratic
 from sdeopt.problems.separable import (
     CoshSum,
@@ -24,6 +25,7 @@ __all__ = [
     "ExpSum",
     "FiniteSumProblem",
     "FunctionProblem",
+    "LeastSquares",
     "LogisticRegression",
     "Problem",
     "Quadratic",
