@@ -1,5 +1,6 @@
 """The whole benchmark suite in one command: discrete methods, SDE solver vs torchsde, scaling,
-W2 estimators, the cost of prefix-stable seeding and the DSignSGD headline; JSON per benchmark plus suite.json, and a summary.
+W2 estimators, the minibatch SDE against its discrete step, the cost of prefix-stable seeding and
+the DSignSGD headline; JSON per benchmark plus suite.json, and a summary.
 
     python benchmarks/run_all.py                  # CPU, full sizes (about 15-20 minutes on 2 cores)
     python benchmarks/run_all.py --device cuda    # the same suite on a GPU, headline at full size
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_discrete
 import bench_headline
+import bench_minibatch
 import bench_rng
 import bench_scaling
 import bench_sde
@@ -44,6 +46,10 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
                 [*dev, "--quick", "--steps", "5", "--repeats", "1", "--memory-repeats", "1"],
             ),
             "w2": (bench_w2, ["--quick", "--reps", "2"]),
+            "minibatch": (
+                bench_minibatch,
+                [*dev, "--runs", "200", "--steps", "5", "--repeats", "1"],
+            ),
             "rng": (bench_rng, [*dev, "--runs", "8192", "1000", "--draws", "2", "--repeats", "1"]),
             "headline": (
                 bench_headline,
@@ -66,6 +72,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         "sde": (bench_sde, [*dev, *big]),
         "scaling": (bench_scaling, dev),
         "w2": (bench_w2, []),
+        "minibatch": (bench_minibatch, dev),
         "rng": (bench_rng, dev),
         "headline": (
             bench_headline,
@@ -97,6 +104,14 @@ def headline_rows(results: dict) -> list[dict]:
         if "memory_growth_with_steps" in s:
             figure += f"; x{s['memory_growth_with_steps']:.2f} memory for 10x the steps"
         rows.append({"benchmark": "scaling", "case": s["sweep"], "figure": figure})
+    for r in results.get("minibatch", {}).get("rows", []):
+        rows.append(
+            {
+                "benchmark": "minibatch",
+                "case": f"DSGD + minibatch, {r['runs']} runs",
+                "figure": f"SDE step {r['ratio']:.2f}x the discrete step",
+            }
+        )
     for s in results.get("w2", {}).get("summary", []):
         rows.append(
             {

@@ -33,7 +33,7 @@ def positive(x) -> bool:
 
 def test_every_benchmark_writes_json_and_the_summary_prints(suite):
     out, stdout = suite
-    for name in ("discrete", "sde", "scaling", "w2", "rng", "headline", "suite"):
+    for name in ("discrete", "sde", "scaling", "w2", "minibatch", "rng", "headline", "suite"):
         data = json.loads((out / f"{name}.json").read_text())
         assert data["benchmark"] == name and data["date"] and data["torch"]
     assert "=== summary" in stdout and "headline" in stdout
@@ -91,3 +91,13 @@ def test_rng_rows_compare_both_precisions_and_every_draw(suite):
         positive(r["ratio"]) and math.isclose(r["ratio"], r["sdeopt_ms"] / r["torch_ms"])
         for r in rows
     )
+
+
+def test_minibatch_rows_time_the_sde_against_its_discrete_step(suite):
+    rows = json.loads((suite[0] / "minibatch.json").read_text())["rows"]
+    assert rows and all(
+        positive(r["ratio"]) and math.isclose(r["ratio"], r["sde_ms"] / r["discrete_ms"])
+        for r in rows
+    )
+    # the low-rank diffusion: one Brownian coordinate per sample (shards padded to a common size)
+    assert all(r["n"] <= r["brownian_dim"] <= r["n"] + r["workers"] for r in rows)
