@@ -129,6 +129,11 @@ class DistributedMethod(Method):
 class DirectionMethod(DistributedMethod):
     r"""Methods of the form :math:`x_{k+1} = x_k - \eta\,\eta_k u_k` (docs/models.md)."""
 
+    @property
+    def bounded(self) -> bool:
+        """True when every direction u_k is bounded (so it has all moments, whatever the noise)."""
+        return False
+
     @abstractmethod
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         r""":math:`u_k` for all runs, (B, d)."""

@@ -95,6 +95,11 @@ class DCSGD(DirectionMethod):
             check_positive("clip", self.clip)
 
     @property
+    def bounded(self) -> bool:
+        """Clipped or normalised: the direction is bounded."""
+        return self.clip is not None or self.normalize is not None
+
+    @property
     def couplable(self) -> bool:
         """One standard normal (B, d) draw per step, entering linearly: the uncompressed,
         unclipped average of workers whose noise law draws its mean as one scaled normal."""

@@ -56,6 +56,11 @@ class DSignSGD(DirectionMethod):
         ...                             n_steps=100, n_runs=1000)
     """
 
+    @property
+    def bounded(self) -> bool:
+        """Every coordinate of a mean of signs lies in [-1, 1]."""
+        return True
+
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         n = self.n_workers
         if (

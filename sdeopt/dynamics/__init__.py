@@ -11,6 +11,7 @@ from sdeopt.discrete.dsignsgd import DSignSGD
 from sdeopt.discrete.ito_chain import ItoChain
 from sdeopt.discrete.markov_sgd import MarkovSGD
 from sdeopt.dynamics import dcsgd, dsignsgd, ito_chain, markov_sgd
+from sdeopt.dynamics.estimated import estimated_sde
 from sdeopt.dynamics.recipe import MODELS, Moments, sde_from_moments
 from sdeopt.dynamics.sde import SDE, Dense, Diagonal, DiagonalPlusRankOne, Diffusion
 from sdeopt.dynamics.solvers import SCHEMES, GridBrownian, solve
@@ -27,8 +28,20 @@ MOMENTS: dict[type[Method], Callable[[Any, Problem], Moments]] = {
 DIRECT: dict[type[Method], Callable[[Any, Problem, str], SDE]] = {ItoChain: ito_chain.sde}
 
 
-def sde_of(method: Method, problem: Problem, model: str = "first_order") -> SDE:
+def sde_of(
+    method: Method,
+    problem: Problem,
+    model: str = "first_order",
+    *,
+    moments: str = "exact",
+    samples: int | None = None,
+) -> SDE:
     """The SDE model ``model`` ("first_order", "second_order", "curvature") of a discrete method.
+
+    ``moments="exact"`` (the default) builds the model from closed-form moments where a
+    derivation backs them and refuses otherwise; ``moments="estimated", samples=S`` builds the
+    first-order model of any direction method from S fresh draws of its direction per step
+    (``sdeopt.dynamics.estimated``: the fallback where no closed form exists, e.g. TopK).
 
     Example:
         >>> import sdeopt as so
@@ -39,6 +52,14 @@ def sde_of(method: Method, problem: Problem, model: str = "first_order") -> SDE:
     if not isinstance(method, Method):
         raise ValueError(f"Invalid method: {method!r} (must be an sdeopt.discrete method)")
     method.check_problem(problem)
+    if moments not in ("exact", "estimated"):
+        raise ValueError(f"Invalid moments: {moments!r} (choose from exact, estimated)")
+    if moments == "estimated":
+        sde = estimated_sde(method, problem, model, samples)
+        sde.rebuild = lambda p: sde_of(method, p, model, moments=moments, samples=samples)
+        return sde
+    if samples is not None:
+        raise ValueError(f"Invalid samples: {samples!r} (only with moments='estimated')")
     direct = next((DIRECT[c] for c in type(method).__mro__ if c in DIRECT), None)
     if direct is not None:
         sde = direct(method, problem, model)

@@ -27,6 +27,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
@@ -207,6 +208,9 @@ class SDE:
             when observed_dim < dim.
         observe_fn: X (B, dim) -> x (B, d), what is recorded and compared with the discrete
             method; needed when observed_dim < dim.
+        sampler: for estimated moments (``sde_of(..., moments="estimated")``), (x (B, d), rng)
+            -> S fresh draws of the method's direction, (S, B, d): the solver estimates the
+            drift and the diffusion from them at every step; None for SDEs in closed form.
 
     Example (a state larger than x: underdamped Langevin dynamics, X = (x, v)):
         >>> import torch
@@ -234,6 +238,7 @@ class SDE:
     observed_dim: int | None = None
     lift_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     observe_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    sampler: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
     sde_type = "ito"
 
     def __post_init__(self) -> None:

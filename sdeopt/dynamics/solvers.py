@@ -31,6 +31,7 @@ import torch
 from torchsde._brownian.brownian_base import BaseBrownian
 
 from sdeopt._validation import check_device, check_dtype, check_int
+from sdeopt.dynamics.estimated import estimated_step
 from sdeopt.dynamics.sde import SDE
 from sdeopt.engine import State, Stepper, run
 from sdeopt.problems import Problem
@@ -196,6 +197,24 @@ class _SDEStepper(Stepper):
         return sub.unbind(dim=1)
 
 
+class _EstimatedStepper(Stepper):
+    """Euler on an estimated-moments SDE: every substep draws the method's direction S times
+    from the run's random source (``sdeopt.dynamics.estimated``)."""
+
+    def __init__(self, sde: SDE, substeps: int) -> None:
+        self.sde, self.substeps = sde, substeps
+        self.lr, self.schedule = sde.lr, sde.schedule
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.sde.model!r}, samples={self.sde.brownian_dim})"
+
+    def step(self, problem, state, k, lr_k, rng):
+        eta, h, x = lr_k / self.lr, self.lr / self.substeps, state.x
+        for _ in range(self.substeps):
+            x = estimated_step(self.sde, x, eta, h, rng)
+        return State(x=x)
+
+
 class _TorchsdeStepper(Stepper):
     """torchsde.sdeint as a stepper of the one run loop: recording, divergence (judged at every
     step, as for the native schemes), chunking and streaming are the loop's.
@@ -352,7 +371,15 @@ def solve(
         first_run=first_run,
     )
     stepper: Stepper
-    if backend == "torchsde":
+    if sde.sampler is not None:  # estimated moments: Euler on the run's own draws
+        if backend != "native" or scheme != "euler" or coupled is not None:
+            raise ValueError(
+                f"Invalid scheme: {scheme!r} with backend={backend!r}, coupled="
+                f"{coupled is not None} (an estimated-moments SDE is integrated by the native "
+                "Euler scheme, on fresh draws of the method's direction: no coupling)"
+            )
+        stepper = _EstimatedStepper(sde, substeps)
+    elif backend == "torchsde":
         if torchsde_method in ("milstein", "srk"):
             # torchsde's strong order 1 (1.5) schemes for diagonal noise take ∂g_j/∂x_j only:
             # the same commutativity as the native Milstein scheme.
