@@ -75,3 +75,28 @@ def test_estimated_moments_bad_input():
     assert not path.diverged.any()
     with pytest.raises(ValueError, match="estimated-moments"):
         so.dynamics.solve(sde, [1.0, 1.0], n_steps=3, n_runs=4, scheme="milstein")
+
+
+def test_estimated_moments_from_compare_and_toml():
+    """compare(moments=, samples=) and the TOML keys of the same names: a TopK run, which has no
+    closed-form SDE, next to its estimated first-order model."""
+    from sdeopt.experiments.config import build, compare_spec
+
+    run = {
+        "problem": {"type": "Quadratic", "diag": [1.0, 2.0, 3.0]},
+        "noise": {"type": "Gaussian", "scale": 0.5},
+        "compressor": {"type": "TopK", "k": 1},
+        "method": {"type": "DCSGD", "lr": 0.05, "n_workers": 2},
+        "x0_fill": 1.0,
+        "n_steps": 4,
+        "n_runs": 8,
+        "models": ["first_order"],
+        "moments": "estimated",
+        "samples": 4,
+    }
+    ds = compare_spec(build(run))
+    assert list(ds.model.values) == ["discrete", "first_order"]
+    assert '"moments": "estimated"' in ds.attrs["config"]
+    for bad in ({"samples": None}, {"moments": "exact"}, {"moments": "sampled"}, {"samples": 1.5}):
+        with pytest.raises(ValueError, match=r"moments|samples"):
+            build({**run, **bad})

@@ -47,6 +47,8 @@ def compare(
     block_size: int = DEFAULT_BLOCK_SIZE,
     sde_method: str = "euler",
     out=None,
+    moments: str = "exact",
+    samples: int | None = None,
 ):
     """The discrete method and each SDE model in ``models``, side by side.
 
@@ -55,6 +57,8 @@ def compare(
         seed: the discrete run's seed; SDE model i draws from ``model_seed(seed, i)``.
         models: SDE models ("first_order", "second_order", "curvature"): a list, or one name.
         substeps: solver steps per optimizer step for the SDEs.
+        moments, samples: how the SDE models get the method's moments (``sde_of``): "exact"
+            (closed forms) or "estimated" from ``samples`` fresh draws per step.
         coupled: drive every SDE with the discrete run's Gaussian draws (DSGD with Gaussian noise;
             see ``simulate(keep_increments=True)``), so that runs are paired (strong error).
         record_every, record, record_x, device, dtype, blowup_threshold, max_memory,
@@ -82,7 +86,9 @@ def compare(
     models = list(models)
     if len(models) != len(set(models)):
         raise ValueError(f"Invalid models: {models!r} (each model at most once)")
-    sdes = [sde_of(method, problem, model) for model in models]  # validates before any work
+    sdes = [  # validates before any work
+        sde_of(method, problem, model, moments=moments, samples=samples) for model in models
+    ]
     common: dict[str, Any] = dict(
         record_every=record_every,
         record=record,
@@ -108,6 +114,8 @@ def compare(
         "blowup_threshold": blowup_threshold,
         "block_size": block_size,
         "sde_method": sde_method,
+        "moments": moments,
+        "samples": samples,
         "x0": torch.as_tensor(x0, dtype=torch.float64).tolist(),
     }
     config = jsonable(config)  # user code (a FunctionProblem's f, a chain's drift) by its name

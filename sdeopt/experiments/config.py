@@ -111,6 +111,8 @@ RUN_KEYS = {
     "dtype",
     "device",
     "stream",
+    "moments",
+    "samples",
 }
 TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
@@ -266,9 +268,23 @@ def build(run: dict, *, where: str = "run") -> dict:
     except ValueError as exc:
         raise ValueError(f"Invalid config value in {where}: {exc}") from None
     _check_names(where, "models", params["models"], tuple(MODELS))
+    moments = typed("moments", "exact", "str")
+    samples = run.get("samples")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)):
+        raise ValueError(f"Invalid config value: {where}.samples = {samples!r} (an integer >= 2)")
+    if moments not in ("exact", "estimated"):
+        raise ValueError(
+            f"Invalid config value: {where}.moments = {moments!r} (exact or estimated)"
+        )
+    if (moments == "estimated") != (samples is not None):
+        raise ValueError(
+            f"Invalid config value: {where}.samples = {samples!r} (an integer >= 2 with "
+            f"moments = 'estimated', and only then; moments = {moments!r})"
+        )
+    params["moments"], params["samples"] = moments, samples
     for model in params["models"]:
         try:
-            sde_of(method, problem, model)
+            sde_of(method, problem, model, moments=moments, samples=samples)
         except ValueError as exc:
             raise ValueError(
                 f"Invalid config value: {where}.models contains {model!r}: {exc}"
@@ -373,6 +389,8 @@ def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = Non
         spec["n_runs"],
         seed=spec["seed"],
         models=spec["models"],
+        moments=spec["moments"],
+        samples=spec["samples"],
         substeps=substeps,
         coupled=spec["coupled"],
         record_every=spec["record_every"],
