@@ -11,6 +11,7 @@ of every argument and of ``diverged`` / ``blowup_step`` for every model (docs/de
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,7 +41,7 @@ class State:
     x: torch.Tensor
 
 
-class Stepper:
+class Stepper(ABC):
     r"""What ``run`` needs of a model: one step :math:`k \to k + 1` for all runs of a chunk.
 
     Attributes:
@@ -68,10 +69,10 @@ class Stepper:
         (B, d)."""
         return State(x=x0)
 
+    @abstractmethod
     def step(self, problem: Problem, state: State, k: int, lr_k: float, rng: RandomSource) -> State:
         r"""One iteration :math:`k \to k + 1` for all runs, with step size
         :math:`\mathrm{lr}_k = \eta\,\eta_k`; the new state."""
-        raise NotImplementedError
 
     def observe(self, state: State) -> torch.Tensor:
         """The problem's iterate x (B, d) in ``state`` (what is recorded and compared)."""
