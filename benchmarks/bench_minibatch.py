@@ -5,6 +5,9 @@ d = 31, N workers on a label split, batch b): ``simulate`` (one minibatch step) 
 its first-order SDE (Euler, one substep: the drift plus the low-rank diffusion, the centred
 per-sample gradients applied to a Brownian motion of dimension n) on the same runs, timed side by
 side. "ratio" is SDE time per step over discrete time per step (the goal: within 3x).
+The estimated-moments SDE (``moments="estimated", samples=S``) of DCSGD with TopK on the same
+minibatches is timed the same way: its step draws S directions, so its ratio should be about S
+("per draw" = ratio / S).
 
     python benchmarks/bench_minibatch.py
     python benchmarks/bench_minibatch.py --device cuda --runs 100000
@@ -32,6 +35,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--samples", type=int, default=8, help="S of the estimated moments")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "minibatch.json")
     args = parser.parse_args(argv)
@@ -41,8 +45,15 @@ def main(argv=None) -> dict:
         lr=0.5, n_workers=args.workers, noise=so.noise.Minibatch(batch_size=args.batch)
     )
     sde = so.dynamics.sde_of(opt, prob, "first_order")
+    topk = so.discrete.DCSGD(
+        lr=0.5,
+        n_workers=args.workers,
+        noise=so.noise.Minibatch(batch_size=args.batch),
+        compressor=so.compressors.TopK(k=8),
+    )
+    estimated = so.dynamics.sde_of(topk, prob, moments="estimated", samples=args.samples)
     x0 = torch.zeros(prob.dim)
-    rows = []
+    rows, estimated_rows = [], []
     for n_runs in args.runs:
         kw = dict(
             n_steps=args.steps,
@@ -72,6 +83,25 @@ def main(argv=None) -> dict:
                 "ratio": best["sde"] / best["discrete"],
             }
         )
+        best = interleaved_best(
+            {
+                "discrete": lambda kw=kw: so.discrete.simulate(topk, prob, x0, **kw),
+                "sde": lambda kw=kw: so.dynamics.solve(estimated, x0, **kw),
+            },
+            args.repeats,
+            args.device,
+        )
+        ratio = best["sde"] / best["discrete"]
+        estimated_rows.append(
+            {
+                "runs": n_runs,
+                "samples": args.samples,
+                "discrete_ms": 1e3 * best["discrete"] / args.steps,
+                "sde_ms": 1e3 * best["sde"] / args.steps,
+                "ratio": ratio,
+                "ratio_per_sample": ratio / args.samples,
+            }
+        )
     info = machine(args.device)
     print(f"Minibatch DSGD vs its first-order SDE, per step, on {describe(info)}")
     print(
@@ -86,7 +116,26 @@ def main(argv=None) -> dict:
             ],
         )
     )
-    result = {"benchmark": "minibatch", "dtype": "float64", **info, "rows": rows}
+    print(f"DCSGD + TopK vs its estimated-moments SDE (S = {args.samples}), per step")
+    print(
+        summary_table(
+            estimated_rows,
+            [
+                ("runs", "runs", ""),
+                ("discrete_ms", "discrete ms", ".2f"),
+                ("sde_ms", "SDE ms", ".2f"),
+                ("ratio", "ratio", ".2f"),
+                ("ratio_per_sample", "per draw", ".2f"),
+            ],
+        )
+    )
+    result = {
+        "benchmark": "minibatch",
+        "dtype": "float64",
+        **info,
+        "rows": rows,
+        "estimated": estimated_rows,
+    }
     write(result, args.out)
     return result
 

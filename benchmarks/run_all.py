@@ -112,6 +112,14 @@ def headline_rows(results: dict) -> list[dict]:
                 "figure": f"SDE step {r['ratio']:.2f}x the discrete step",
             }
         )
+    for r in results.get("minibatch", {}).get("estimated", []):
+        rows.append(
+            {
+                "benchmark": "minibatch",
+                "case": f"estimated moments S={r['samples']}, {r['runs']} runs",
+                "figure": f"{r['ratio']:.2f}x the discrete step ({r['ratio_per_sample']:.2f}x per draw)",
+            }
+        )
     for s in results.get("w2", {}).get("summary", []):
         rows.append(
             {

@@ -101,3 +101,8 @@ def test_minibatch_rows_time_the_sde_against_its_discrete_step(suite):
     )
     # the low-rank diffusion: one Brownian coordinate per sample (shards padded to a common size)
     assert all(r["n"] <= r["brownian_dim"] <= r["n"] + r["workers"] for r in rows)
+    estimated = json.loads((suite[0] / "minibatch.json").read_text())["estimated"]
+    assert estimated and all(
+        positive(r["ratio"]) and math.isclose(r["ratio_per_sample"], r["ratio"] / r["samples"])
+        for r in estimated
+    )
