@@ -146,9 +146,9 @@ def run(
     problem = problem.to(dev, dtype)
     d = problem.dim
     chunk = spec["chunk_size"]
-    lr_sum = np.concatenate(
-        [[0.0], np.cumsum(stepper.lr * stepper.schedule.factors(n_steps).numpy())]
-    )
+    # Schedules are evaluated once, not per step (a tensor call costs tens of µs).
+    lr_k = (stepper.lr * stepper.schedule.factors(n_steps)).tolist()  # eta * eta_k, k < n_steps
+    lr_sum = np.concatenate([[0.0], np.cumsum(lr_k)])
     config = dict(
         config,
         problem=problem.config(),
@@ -205,7 +205,7 @@ def run(
             else x0.to(device=dev, dtype=dtype).expand(stop - start, d).clone()
         )
         result = _run_chunk(
-            stepper, problem, x_chunk, n_steps, steps, record, record_x, blowup_threshold, rng
+            stepper, problem, x_chunk, lr_k, steps, record, record_x, blowup_threshold, rng
         )
         at = slice(start, stop) if sink is None else slice(0, stop - start)
         for name in record:
@@ -274,8 +274,10 @@ class IncrementRecorder:
         return drawn
 
 
-def _run_chunk(stepper, problem, x, n_steps, steps, record, record_x, threshold, rng) -> dict:
-    """The step loop for one chunk of runs x0 (B, d), all on the simulation device."""
+def _run_chunk(stepper, problem, x, lr_k, steps, record, record_x, threshold, rng) -> dict:
+    """The step loop for one chunk of runs x0 (B, d), all on the simulation device; lr_k is the
+    step size of each of the n_steps steps (the schedule evaluated once per study)."""
+    n_steps = len(lr_k)
     b, d = x.shape
     n_rec = len(steps)
     obs = {
@@ -299,8 +301,6 @@ def _run_chunk(stepper, problem, x, n_steps, steps, record, record_x, threshold,
     on_cpu = x.device.type == "cpu"
     any_diverged = False
     record_slot = {s: i for i, s in enumerate(steps)}
-    # Schedules are evaluated once, not per step (a tensor call costs tens of µs).
-    lr_k = (stepper.lr * stepper.schedule.factors(n_steps)).tolist()
     for k in range(n_steps + 1):
         if k in record_slot:
             i = record_slot[k]

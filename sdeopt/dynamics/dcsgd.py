@@ -11,7 +11,6 @@ from sdeopt.dynamics.recipe import Moments, zero_derivative
 from sdeopt.dynamics.sde import (
     Dense,
     Diagonal,
-    DiagonalPlusFactor,
     DiagonalPlusRankOne,
     LowRankOperator,
     sqrt_psd,
@@ -34,9 +33,9 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     :math:`F_i F_i^\top` (centred per-sample gradients) for ``Minibatch``, and for RandK
     :math:`\mathrm{diag}(c\,d\,\nabla f_i^2 + (d/k) v_i) - c\,\nabla f_i \nabla f_i^\top`,
     :math:`c = (d-k)/(k(d-1))`. The covariance is applied in structured form: a diagonal, a
-    diagonal plus one negative rank-one term (homogeneous workers: O(d) per run), a diagonal
-    plus positive low-rank factors (minibatch noise: O(n d) per run, Brownian dimension
-    d + n), or a dense square root (rank > 1 with mixed signs: heterogeneous RandK).
+    diagonal plus one negative rank-one term (homogeneous workers: O(d) per run), the minibatch
+    noise's factors applied as an operator (``_factored``: O(n d) per run, Brownian dimension
+    n), or a dense square root (rank > 1: heterogeneous RandK, RandK on minibatch noise).
 
     Raises ValueError, with the reason the noise or the compressor gives, for infinite-variance
     noise (no Brownian SDE: a Lévy-driven SDE is the right object), for laws or compressors
@@ -51,16 +50,12 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     x_probe = torch.zeros(1, d, dtype=torch.float64)
     g_probe = problem.worker_grads(x_probe)  # (1, N or 1, d)
     # Refuses, with the noise's or the compressor's reason, before any SDE is built.
-    probe = method.compressor.noisy_cov(g_probe, noise.worker_cov(problem, x_probe, g_probe, n))
+    method.compressor.noisy_cov(g_probe, noise.worker_cov(problem, x_probe, g_probe, n))
     if isinstance(method.compressor, Identity) and noise.isotropic:
         return _uncompressed(method, problem)
     factor = noise.noise_factor(problem, n)
     if isinstance(method.compressor, Identity) and factor is not None:
         return _factored(problem, factor, n)
-    # The structure of Σ_i Cov_i is static (its signs do not depend on x): it fixes the
-    # square root's form and the Brownian dimension.
-    signs = _sum_over_workers(probe, n)[2]
-    positive = bool(signs) and min(signs) > 0
 
     def diffusion(x: torch.Tensor, scale: float):
         grads = problem.worker_grads(x)  # (B, N or 1, d)
@@ -70,11 +65,9 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         if factors is None:
             return Diagonal(torch.sqrt(diag))
         factors = factors * (scale / n)
-        if positive:  # minibatch noise: [diag(√D) | F], never a d x d root
-            return DiagonalPlusFactor(torch.sqrt(diag), factors)
         if len(signs) == 1:
             return DiagonalPlusRankOne(diag, factors[..., 0], signs[0])
-        # Mixed signs of rank > 1 (heterogeneous RandK, RandK on minibatch noise): dense root.
+        # Rank > 1 (heterogeneous RandK, RandK on minibatch noise): a dense root.
         sign = torch.tensor(signs, dtype=diag.dtype, device=diag.device)  # (R,)
         cov_dense = torch.diag_embed(diag) + (factors * sign) @ factors.transpose(-1, -2)
         return Dense(sqrt_psd(cov_dense))
@@ -84,7 +77,7 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         mean_jvp=problem.hvp,
         diffusion=diffusion,
         noise_type="general",
-        brownian_dim=d + len(signs) if positive else d,
+        brownian_dim=d,
     )
 
 

@@ -110,31 +110,6 @@ class DiagonalPlusRankOne(Diffusion):
 
 
 @dataclass
-class DiagonalPlusFactor(Diffusion):
-    r""":math:`G = [\operatorname{diag}(r) \mid F]`, so
-    :math:`G G^\top = \operatorname{diag}(r^2) + F F^\top`: applied in O(d (1 + R)) per run.
-
-    A positive low-rank covariance (minibatch noise: F is the centred per-sample gradients)
-    with a diagonal part, never a d x d factorisation; m = d + R.
-
-    Attributes:
-        root: (B, d) :math:`r \ge 0`. factor: (B, d, R).
-    """
-
-    root: torch.Tensor
-    factor: torch.Tensor
-    noise_type = "general"
-
-    def apply(self, dw: torch.Tensor) -> torch.Tensor:
-        d = self.root.shape[-1]
-        low_rank = torch.einsum("bdr,br->bd", self.factor, dw[:, d:])  # (B, d)
-        return self.root * dw[:, :d] + low_rank
-
-    def dense(self) -> torch.Tensor:
-        return torch.cat([torch.diag_embed(self.root), self.factor], dim=-1)  # (B, d, d + R)
-
-
-@dataclass
 class LowRankOperator(Diffusion):
     """G given as an operator on dW (B, m) -> (B, d), with its dense form on demand: minibatch
     noise, whose G is the centred per-sample gradients, applied by one contraction per step.
