@@ -42,7 +42,7 @@ from typing import ClassVar
 import torch
 
 from sdeopt._validation import check_int
-from sdeopt.covariance import StructuredCov
+from sdeopt.covariance import CoordinateLaw, StructuredCov
 from sdeopt.random import RandomSource
 from sdeopt.registry import Registry
 
@@ -93,9 +93,13 @@ class Compressor(ABC):
     def cov(self, v: torch.Tensor) -> StructuredCov:
         r""":math:`\operatorname{Cov}[C(v)]` for fixed v (..., d), in diagonal + low-rank form."""
 
-    def noisy_cov(self, grad: torch.Tensor, noise: StructuredCov) -> StructuredCov:
+    def noisy_cov(
+        self, grad: torch.Tensor, noise: StructuredCov, law: CoordinateLaw | None = None
+    ) -> StructuredCov:
         r""":math:`\operatorname{Cov}[C(g + Z)]` over the compressor's draw and the noise, for
-        :math:`Z` with :math:`\operatorname{Cov} Z = \Sigma` (``noise``, e.g. ``Noise.worker_cov``).
+        :math:`Z` with :math:`\operatorname{Cov} Z = \Sigma` (``noise``, e.g. ``Noise.worker_cov``)
+        and, where the noise gives it, the law of its coordinates (``law``,
+        ``Noise.coordinate_law``: what a covariance nonlinear in v needs beyond :math:`\Sigma`).
 
         For an unbiased compressor this is :math:`\mathbb E_Z \mathrm{Cov}_C[C(g + Z)] + \Sigma`,
         the worker's share of the DCSGD SDE's diffusion (docs/models.md): the SDE builders take
@@ -106,6 +110,7 @@ class Compressor(ABC):
         Args:
             grad: worker gradients :math:`g`, (B, N or 1, d).
             noise: :math:`\Sigma`, diag (B or 1, N or 1, d) and factors (B or 1, N or 1, d, r).
+            law: the coordinates' law, or None.
         Returns:
             A ``StructuredCov`` of shape (B, N or 1, d) (diag) and (B, N or 1, d, r) (factors).
         """
@@ -170,7 +175,9 @@ class Identity(Compressor):
     def cov(self, v: torch.Tensor) -> StructuredCov:
         return _zero_cov(v)
 
-    def noisy_cov(self, grad: torch.Tensor, noise: StructuredCov) -> StructuredCov:
+    def noisy_cov(
+        self, grad: torch.Tensor, noise: StructuredCov, law: CoordinateLaw | None = None
+    ) -> StructuredCov:
         r""":math:`\operatorname{Cov} Z = \Sigma` itself."""
         return noise
 
@@ -270,7 +277,9 @@ class RandK(_KeepK):
         factors = (math.sqrt(c) * v).unsqueeze(-1)  # (..., d, 1)
         return StructuredCov(diag=diag, factors=factors, signs=(-1.0,))
 
-    def noisy_cov(self, grad: torch.Tensor, noise: StructuredCov) -> StructuredCov:
+    def noisy_cov(
+        self, grad: torch.Tensor, noise: StructuredCov, law: CoordinateLaw | None = None
+    ) -> StructuredCov:
         r""":math:`c\, (d \operatorname{diag}(g^2 + \operatorname{diag}\Sigma) - g g^\top - \Sigma)
         + \Sigma`.
 
@@ -356,6 +365,67 @@ class Natural(Compressor):
         # (2^{a+1} - |v|)(|v| - 2^a) = 2^{2a} (1 - p) p with |v| = 2^a (1 + p).
         return StructuredCov.diagonal(low.square() * p * (1.0 - p))  # (..., d)
 
+    def noisy_cov(
+        self, grad: torch.Tensor, noise: StructuredCov, law: CoordinateLaw | None = None
+    ) -> StructuredCov:
+        r""":math:`\operatorname{diag}\big(\mathbb E_Z \operatorname{Var} C(g + Z)_j\big) + \Sigma`,
+        exact for noise with independent coordinates :math:`Z_j = \sigma T_j` of a law with
+        closed-form partial moments (``law``: Gaussian, Student-t with :math:`\nu > 2`, affine
+        variance).
+
+        :math:`C` rounds each coordinate independently, so :math:`\operatorname{Cov}_C` is
+        diagonal and its :math:`\mathbb E_Z` needs only the marginal of :math:`v = g_j + \sigma T`.
+        On :math:`|v| \in [L, 2L)`, :math:`L = 2^a`,
+        :math:`\operatorname{Var} C(v) = (2L - |v|)(|v| - L) = L^2/4 - (|v| - 3L/2)^2`, a
+        quadratic in T on each side of 0, so
+
+        .. math::
+
+            \mathbb E_T \operatorname{Var} C(v) = \sum_a \sum_{\pm}
+                \Big(\tfrac{L^2}{4} P - \big(c^2 P + 2 c \sigma M_1 + \sigma^2 M_2\big)\Big),
+            \qquad c = g_j \mp \tfrac32 L,
+
+        with :math:`(P, M_1, M_2)` the partial moments of T over the interval where
+        :math:`\pm v \in [L, 2L)`. The sum runs over the dyadic intervals from
+        :math:`2^{\lfloor \log_2 \ell \rfloor}`, :math:`\ell = \max(|g_j| - \sigma t_{\max},
+        2^{-16} \sigma)`, up to past :math:`|g_j| + \sigma t_{\max}`: the intervals below hold
+        at most :math:`\ell^2/16 \le 2^{-36} \sigma^2` of variance (:math:`\operatorname{Var}
+        C \le L^2/4` there), those above a share below 1e-12 of the law's second moment
+        (docs/models.md). Coordinates with :math:`\sigma = 0` take ``cov(g)`` itself.
+
+        Raises ValueError without ``law`` (minibatch noise, infinite variance, a law without
+        partial moments): ``sde_of(..., moments="estimated")`` serves those.
+        """
+        if law is None or not math.isfinite(law.t_max) or noise.rank:
+            raise ValueError(
+                f"Invalid compressor: {self!r} (E_Z Cov_C[C(g + Z)] is exact here only for noise "
+                "with independent coordinates of a law with closed-form partial moments: "
+                "Gaussian, Student-t with nu > 2, AffineVariance; for other noise use "
+                "sde_of(..., moments='estimated', samples=S))"
+            )
+        sigma = law.scales  # (B or 1, N or 1, 1)
+        positive = sigma > 0
+        s = torch.where(positive, sigma, torch.ones_like(sigma))
+        a = grad.abs()  # (B, N or 1, d)
+        lowest = torch.maximum(a - s * law.t_max, s * 2.0**-16)
+        a0 = torch.floor(torch.log2(lowest))
+        n_intervals = 18 + math.ceil(math.log2(law.t_max))
+        # Every interval and both sides at once, on a last axis of 2K: (B, N or 1, d, 2K).
+        powers = torch.arange(n_intervals, dtype=a.dtype, device=a.device)  # (K,)
+        big_l = torch.exp2(a0.unsqueeze(-1) + powers).repeat(*(1,) * a0.dim(), 2)  # L = 2^a
+        side = torch.ones(2 * n_intervals, dtype=a.dtype, device=a.device)  # (2K,): +1 then -1
+        side[n_intervals:] = -1.0
+        g, s = grad.unsqueeze(-1), s.unsqueeze(-1)
+        # side * v in [L, 2L), v = g + s T: T between (side L - g)/s and (2 side L - g)/s.
+        near, far = (side * big_l - g) / s, (2.0 * side * big_l - g) / s
+        p, m1, m2 = law.partial_moments(torch.minimum(near, far), torch.maximum(near, far))
+        c = g - 1.5 * side * big_l
+        total = (
+            0.25 * big_l.square() * p - (c.square() * p + 2.0 * c * s * m1 + s.square() * m2)
+        ).sum(-1)
+        expected = torch.where(positive, total.clamp_min(0.0), self.cov(grad).diag)
+        return StructuredCov.diagonal(expected + noise.diag)
+
 
 @COMPRESSORS.register
 @dataclass(frozen=True, kw_only=True)
@@ -410,6 +480,26 @@ class QSGD(Compressor):
     def cov(self, v: torch.Tensor) -> StructuredCov:
         unit, _, frac = self._levels(v)
         return StructuredCov.diagonal(unit.square() * frac * (1.0 - frac))  # (..., d)
+
+    def noisy_cov(
+        self, grad: torch.Tensor, noise: StructuredCov, law: CoordinateLaw | None = None
+    ) -> StructuredCov:
+        r"""``cov(g)`` when the noise is zero (compression the only randomness); refused
+        otherwise.
+
+        With noise, :math:`\operatorname{Var} C(g + Z)_j` depends on :math:`\|g + Z\|` (the level
+        spacing :math:`\|v\|/s` couples every coordinate), so :math:`\mathbb E_Z
+        \operatorname{Cov}_C` is a d-dimensional integral without a closed form even for Gaussian
+        Z; ``sde_of(..., moments="estimated")`` is the model then (docs/models.md).
+        """
+        zero = not noise.rank and not bool(noise.diag.any())
+        if not zero:
+            raise ValueError(
+                f"Invalid compressor: {self!r} (with gradient noise, QSGD's E_Z Cov_C[C(g + Z)] "
+                "couples every coordinate through ||g + Z|| and has no closed form; use "
+                "sde_of(..., moments='estimated', samples=S))"
+            )
+        return self.cov(grad)
 
 
 @COMPRESSORS.register

@@ -86,3 +86,26 @@ class NoiseFactor:
     rank: int
     apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     factors: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CoordinateLaw:
+    r"""The law of a noise with independent coordinates: :math:`Z_{ij} = \sigma_i T_{ij}`, the
+    :math:`T_{ij}` i.i.d. of one standard law with closed-form partial moments.
+
+    What a compressor whose covariance is nonlinear in its input needs to take
+    :math:`\mathbb E_Z` of it exactly (``Natural.noisy_cov``): the covariance alone does not
+    determine :math:`\mathbb E_Z h(g + Z)` for a nonlinear h.
+
+    Attributes:
+        scales: :math:`\sigma_i`, broadcastable to (B, N, 1): (1, N or 1, 1) for fixed scales,
+            (B, N or 1, 1) for state-dependent ones (affine variance).
+        partial_moments: (lo, hi) -> :math:`(P, \mathbb E[T 1_I], \mathbb E[T^2 1_I])` over
+            :math:`I = [\mathrm{lo}, \mathrm{hi})`, elementwise.
+        t_max: beyond :math:`|T| > t_{\max}` the law holds a share below 1e-12 of its second
+            moment (what a quadrature over :math:`|T| \le t_{\max}` may ignore).
+    """
+
+    scales: torch.Tensor
+    partial_moments: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
+    t_max: float

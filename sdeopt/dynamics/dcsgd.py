@@ -32,7 +32,10 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     covariance (``Noise.worker_cov``): :math:`v_i I` for additive laws, the minibatch covariance
     :math:`F_i F_i^\top` (centred per-sample gradients) for ``Minibatch``, and for RandK
     :math:`\mathrm{diag}(c\,d\,\nabla f_i^2 + (d/k) v_i) - c\,\nabla f_i \nabla f_i^\top`,
-    :math:`c = (d-k)/(k(d-1))`. The covariance is applied in structured form: a diagonal, a
+    :math:`c = (d-k)/(k(d-1))`; for Natural the diagonal
+    :math:`\mathbb E_Z \operatorname{Var} C(\nabla f_i + Z_i) + \operatorname{diag} \Sigma_i`
+    from the partial moments of the noise's coordinate law (``Noise.coordinate_law``). The
+    covariance is applied in structured form: a diagonal, a
     diagonal plus one negative rank-one term (homogeneous workers: O(d) per run), the minibatch
     noise's factors applied as an operator (``_factored``: O(n d) per run, Brownian dimension
     n), or a dense square root (rank > 1: heterogeneous RandK, RandK on minibatch noise).
@@ -50,7 +53,11 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     x_probe = torch.zeros(1, d, dtype=torch.float64)
     g_probe = problem.worker_grads(x_probe)  # (1, N or 1, d)
     # Refuses, with the noise's or the compressor's reason, before any SDE is built.
-    method.compressor.noisy_cov(g_probe, noise.worker_cov(problem, x_probe, g_probe, n))
+    method.compressor.noisy_cov(
+        g_probe,
+        noise.worker_cov(problem, x_probe, g_probe, n),
+        noise.coordinate_law(g_probe, n),
+    )
     if isinstance(method.compressor, Identity) and noise.isotropic:
         return _uncompressed(method, problem)
     factor = noise.noise_factor(problem, n)
@@ -59,7 +66,9 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
 
     def diffusion(x: torch.Tensor, scale: float):
         grads = problem.worker_grads(x)  # (B, N or 1, d)
-        cov = method.compressor.noisy_cov(grads, noise.worker_cov(problem, x, grads, n))
+        cov = method.compressor.noisy_cov(
+            grads, noise.worker_cov(problem, x, grads, n), noise.coordinate_law(grads, n)
+        )
         diag, factors, signs = _sum_over_workers(cov, n)  # Σ_i Cov_i: (B, d), (B, d, R)
         diag = diag * (scale / n) ** 2
         if factors is None:

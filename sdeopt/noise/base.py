@@ -3,6 +3,7 @@ and the symmetric scale families every law of ``additive`` belongs to."""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from sdeopt._validation import check_scales
-from sdeopt.covariance import NoiseFactor, StructuredCov
+from sdeopt.covariance import CoordinateLaw, NoiseFactor, StructuredCov
 from sdeopt.problems import Problem
 from sdeopt.random import RandomSource
 from sdeopt.registry import Registry
@@ -108,6 +109,17 @@ class Noise(ABC):
         """
         v = self.worker_variance(grads, n_workers).unsqueeze(-1)  # (B or 1, N or 1, 1)
         return StructuredCov.diagonal(v.expand(torch.broadcast_shapes(v.shape, grads.shape)))
+
+    def coordinate_law(self, grads: torch.Tensor, n_workers: int) -> CoordinateLaw | None:
+        r"""The law of :math:`Z_i` coordinate by coordinate (``CoordinateLaw``) where its
+        coordinates are independent scaled copies of one standard law with closed-form partial
+        moments (Gaussian, Student-t with :math:`\nu > 2`, affine variance); None otherwise.
+
+        Args:
+            grads: exact worker gradients, (B, N or 1, d) (state-dependent scales use them).
+            n_workers: N.
+        """
+        return None
 
     def noise_factor(self, problem: Problem, n_workers: int) -> NoiseFactor | None:
         """The covariance as a low-rank operator :math:`F_i` (``NoiseFactor``), for laws whose
@@ -252,6 +264,29 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
     @abstractmethod
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         r""":math:`F(y) = P(T \le y)`, elementwise, same shape, dtype and device as y."""
+
+    def standard_partial_moments(
+        self, lo: torch.Tensor, hi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        r""":math:`(P, \mathbb E[T 1_I], \mathbb E[T^2 1_I])` of the standard law over
+        :math:`I = [\mathrm{lo}, \mathrm{hi})` in closed form, or None for a law without them
+        (then ``coordinate_law`` is None)."""
+        return None
+
+    #: :math:`t_{\max}` of ``CoordinateLaw``: the standard law's share of :math:`\mathbb E T^2`
+    #: beyond :math:`|T| > t_{\max}` is below 1e-12.
+    t_max: float = math.inf
+
+    def coordinate_law(self, grads: torch.Tensor, n_workers: int) -> CoordinateLaw | None:
+        probe = torch.zeros(1, dtype=grads.dtype, device=grads.device)
+        if not self.finite_variance or self.standard_partial_moments(probe, probe) is None:
+            return None
+        s = self.scales(n_workers, grads.device, grads.dtype)  # (N or 1,)
+        return CoordinateLaw(
+            scales=s.view(1, -1, 1),
+            partial_moments=self.standard_partial_moments,  # type: ignore[arg-type]
+            t_max=self.t_max,
+        )
 
     def sign_probabilities(
         self, grads: torch.Tensor, n_workers: int
