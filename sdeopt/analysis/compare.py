@@ -9,7 +9,7 @@ import torch
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
 from sdeopt._stream import ZarrSink, check_output_memory, comparison_bytes
 from sdeopt._validation import check_device, check_dtype, check_int
-from sdeopt.discrete import Method, simulate
+from sdeopt.discrete import MarkovSGD, Method, simulate
 from sdeopt.dynamics import sde_of, solve
 from sdeopt.problems import Problem
 from sdeopt.random import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
@@ -72,7 +72,9 @@ def compare(
         ``xarray.Dataset`` with dims (model, step, run[, coord]), model = ["discrete", *models],
         and attrs: ``config`` (JSON of everything above; user code recorded by name),
         ``reproducible`` (0 when the config records user code), ``seed``, ``coupled``, versions,
-        device. With ``out``, opened lazily from the store.
+        device; for MarkovSGD ``oracle_calls_per_step``, the expected oracle calls per step
+        (``MarkovSGD.expected_calls()``), the cost axis ``step * oracle_calls_per_step`` of
+        every model. With ``out``, opened lazily from the store.
     """
     import xarray as xr
 
@@ -132,6 +134,10 @@ def compare(
         "torch_version": torch.__version__,
         "xarray_version": xr.__version__,
     }
+    if isinstance(method, MarkovSGD):
+        # The cost axis of every model, SDEs included: step k has used k times this many oracle
+        # calls in expectation (the discrete run's own count is its oracle_calls observable).
+        attrs["oracle_calls_per_step"] = float(method.expected_calls())
     if out is None:
         check_output_memory(
             comparison_bytes(
