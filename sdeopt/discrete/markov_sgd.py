@@ -170,11 +170,15 @@ class MarkovSGD(Method):
     the default) or the MLMC randomized batch estimator (``MLMC``; docs/methods.md). The chain
     is never restarted; ``oracle_calls`` is recorded per run.
 
-    SDE model (``sdeopt.dynamics``, single-sample estimator):
+    SDE model (``sdeopt.dynamics``, first order, both estimators):
     :math:`dX = -\eta_t \nabla f\,dt + \eta_t \sqrt{\eta}\,\Sigma_{\rm eff}^{1/2} dW` with
-    :math:`\Sigma_{\rm eff} = s^2 \sigma_{\rm eff}^2 I`, :math:`\sigma_{\rm eff}^2` the chain's
-    asymptotic variance (for autocorrelation :math:`\rho`: :math:`(1 + \rho)/(1 - \rho)`);
-    valid when :math:`\eta \tau \lambda_{\max} \ll 1` (docs/models.md).
+    :math:`\Sigma_{\rm eff} = s^2 \sigma^2 I`, :math:`\sigma^2` the long-run variance per step
+    of the estimator's noise: the chain's asymptotic variance for ``SingleSample`` (for
+    autocorrelation :math:`\rho`: :math:`(1 + \rho)/(1 - \rho)`), a lag kernel of the random
+    blocks summed against the chain's autocovariance for ``MLMC``
+    (``sdeopt.dynamics.markov_sgd.long_run_variance``); valid when
+    :math:`\eta \lambda_{\max} (1 + \tau / b_0) \ll 1`, :math:`b_0` the MLMC base batch (1 for
+    ``SingleSample``; docs/models.md).
 
     Shapes: x, z (B, d); oracle_calls (B,).
 
