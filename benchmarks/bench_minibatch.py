@@ -4,7 +4,8 @@ DSGD with minibatch noise on logistic regression (scikit-learn's breast-cancer d
 d = 31, N workers on a label split, batch b): ``simulate`` (one minibatch step) and ``solve`` of
 its first-order SDE (Euler, one substep: the drift plus the low-rank diffusion, the centred
 per-sample gradients applied to a Brownian motion of dimension n) on the same runs, timed side by
-side. "ratio" is SDE time per step over discrete time per step (the goal: within 3x).
+side; likewise DCSGD + RandK (k = 8), whose diffusion adds RandK's diagonal and rank-one terms to
+the per-sample factors (the downdated root of docs/models.md, Brownian dimension N (d + n_i)). "ratio" is SDE time per step over discrete time per step (the goal: within 3x).
 The estimated-moments SDE (``moments="estimated", samples=S``) of DCSGD with TopK on the same
 minibatches is timed the same way: its step draws S directions, so its ratio should be about S
 ("per draw" = ratio / S).
@@ -45,6 +46,13 @@ def main(argv=None) -> dict:
         lr=0.5, n_workers=args.workers, noise=so.noise.Minibatch(batch_size=args.batch)
     )
     sde = so.dynamics.sde_of(opt, prob, "first_order")
+    randk = so.discrete.DCSGD(
+        lr=0.5,
+        n_workers=args.workers,
+        noise=so.noise.Minibatch(batch_size=args.batch),
+        compressor=so.compressors.RandK(k=8),
+    )
+    pairs = {"DSGD": (opt, sde), "DCSGD+RandK": (randk, so.dynamics.sde_of(randk, prob))}
     topk = so.discrete.DCSGD(
         lr=0.5,
         n_workers=args.workers,
@@ -62,27 +70,29 @@ def main(argv=None) -> dict:
             device=args.device,
             dtype=torch.float64,
         )
-        best = interleaved_best(
-            {
-                "discrete": lambda kw=kw: so.discrete.simulate(opt, prob, x0, **kw),
-                "sde": lambda kw=kw: so.dynamics.solve(sde, x0, **kw),
-            },
-            args.repeats,
-            args.device,
-        )
-        rows.append(
-            {
-                "runs": n_runs,
-                "n": prob.n_samples,
-                "d": prob.dim,
-                "workers": args.workers,
-                "batch": args.batch,
-                "brownian_dim": sde.brownian_dim,
-                "discrete_ms": 1e3 * best["discrete"] / args.steps,
-                "sde_ms": 1e3 * best["sde"] / args.steps,
-                "ratio": best["sde"] / best["discrete"],
-            }
-        )
+        for name, (method, model) in pairs.items():
+            best = interleaved_best(
+                {
+                    "discrete": lambda kw=kw, m=method: so.discrete.simulate(m, prob, x0, **kw),
+                    "sde": lambda kw=kw, s=model: so.dynamics.solve(s, x0, **kw),
+                },
+                args.repeats,
+                args.device,
+            )
+            rows.append(
+                {
+                    "method": name,
+                    "runs": n_runs,
+                    "n": prob.n_samples,
+                    "d": prob.dim,
+                    "workers": args.workers,
+                    "batch": args.batch,
+                    "brownian_dim": model.brownian_dim,
+                    "discrete_ms": 1e3 * best["discrete"] / args.steps,
+                    "sde_ms": 1e3 * best["sde"] / args.steps,
+                    "ratio": best["sde"] / best["discrete"],
+                }
+            )
         best = interleaved_best(
             {
                 "discrete": lambda kw=kw: so.discrete.simulate(topk, prob, x0, **kw),
@@ -103,11 +113,14 @@ def main(argv=None) -> dict:
             }
         )
     info = machine(args.device)
-    print(f"Minibatch DSGD vs its first-order SDE, per step, on {describe(info)}")
+    print(
+        f"Minibatch DSGD and DCSGD + RandK vs their first-order SDEs, per step, on {describe(info)}"
+    )
     print(
         summary_table(
             rows,
             [
+                ("method", "method", ""),
                 ("runs", "runs", ""),
                 ("brownian_dim", "m", ""),
                 ("discrete_ms", "discrete ms", ".2f"),

@@ -42,7 +42,7 @@ from typing import ClassVar
 import torch
 
 from sdeopt._validation import check_int
-from sdeopt.covariance import CoordinateLaw, StructuredCov
+from sdeopt.covariance import CoordinateLaw, FactoredCov, StructuredCov
 from sdeopt.random import RandomSource
 from sdeopt.registry import Registry
 
@@ -123,6 +123,21 @@ class Compressor(ABC):
             f"Invalid compressor: {self!r} (the SDE needs E_Z Cov_C[C(∇f + Z)] in closed form, "
             f"which {type(self).__name__} does not provide yet)"
         )
+
+    def factored_noisy_cov(
+        self, grad: torch.Tensor, factor_diag: torch.Tensor
+    ) -> FactoredCov | None:
+        r""":math:`\operatorname{Cov}[C(g + Z)]` for noise given as a factor,
+        :math:`\operatorname{Cov} Z = F F^\top` with F kept as an operator (minibatch noise),
+        in the form :math:`\operatorname{diag} + a^2 F F^\top - u u^\top` (``FactoredCov``), or None
+        where the compressor's covariance does not take that form (then ``noisy_cov`` with F
+        formed is used).
+
+        Args:
+            grad: worker gradients, (B, N or 1, d).
+            factor_diag: :math:`\operatorname{diag}(F F^\top)`, (B, N or 1, d).
+        """
+        return None
 
     def check_dim(self, dim: int) -> None:
         """Raise ``ValueError`` if the compressor cannot act on vectors of length ``dim``."""
@@ -304,6 +319,19 @@ class RandK(_KeepK):
             [factors.expand(*shape, 1), math.sqrt(1.0 - c) * f.expand(*shape, f.shape[-1])], -1
         )  # (B, N or 1, d, 1 + r)
         return StructuredCov(diag=diag, factors=stacked, signs=(-1.0, *noise.signs))
+
+    def factored_noisy_cov(self, grad: torch.Tensor, factor_diag: torch.Tensor) -> FactoredCov:
+        r"""``noisy_cov`` for :math:`\Sigma = F F^\top` with F an operator:
+        :math:`\operatorname{diag}(c\, d\, (g^2 + \operatorname{diag} F F^\top)) + (1 - c) F F^\top
+        - c\, g g^\top`."""
+        dim = grad.shape[-1]
+        self.check_dim(dim)
+        c = self._c(dim)
+        return FactoredCov(
+            diag=(c * dim) * (grad.square() + factor_diag),
+            down=math.sqrt(c) * grad,
+            factor_scale=math.sqrt(1.0 - c),
+        )
 
 
 @COMPRESSORS.register

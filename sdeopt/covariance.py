@@ -80,12 +80,32 @@ class NoiseFactor:
         rank: r, the columns of each :math:`F_i`.
         apply: (x (B, d), w (B, S, r)) -> :math:`F_i w_i`, (B, S, d).
         factors: x (B, d) -> the explicit :math:`F_i`, (B, S, d, r) (tests, dense fallbacks).
+        diag: x (B, d) -> :math:`\operatorname{diag}(F_i F_i^\top)`, (B, S, d), without forming
+            :math:`F_i` (what a compressor's ``factored_noisy_cov`` needs), or None.
     """
 
     shards: int
     rank: int
     apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     factors: Callable[[torch.Tensor], torch.Tensor]
+    diag: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class FactoredCov:
+    r""":math:`\operatorname{diag}(\mathrm{diag}) + a^2 F F^\top - u u^\top`, with F the noise's
+    factor (``NoiseFactor``) kept as an operator: a compressor's covariance on noise given that
+    way (``Compressor.factored_noisy_cov``).
+
+    Attributes:
+        diag: (B, S, d).
+        down: u, (B, S, d), the one negative rank-one term.
+        factor_scale: a, the number F is multiplied by.
+    """
+
+    diag: torch.Tensor
+    down: torch.Tensor
+    factor_scale: float
 
 
 @dataclass(frozen=True)

@@ -99,8 +99,12 @@ def test_minibatch_rows_time_the_sde_against_its_discrete_step(suite):
         positive(r["ratio"]) and math.isclose(r["ratio"], r["sde_ms"] / r["discrete_ms"])
         for r in rows
     )
-    # the low-rank diffusion: one Brownian coordinate per sample (shards padded to a common size)
-    assert all(r["n"] <= r["brownian_dim"] <= r["n"] + r["workers"] for r in rows)
+    # the low-rank diffusion: one Brownian coordinate per sample (shards padded to a common size);
+    # with RandK also d per worker (its diagonal term)
+    assert {r["method"] for r in rows} == {"DSGD", "DCSGD+RandK"}
+    for r in rows:
+        extra = r["workers"] * r["d"] if r["method"] == "DCSGD+RandK" else 0
+        assert r["n"] + extra <= r["brownian_dim"] <= r["n"] + extra + r["workers"]
     estimated = json.loads((suite[0] / "minibatch.json").read_text())["estimated"]
     assert estimated and all(
         positive(r["ratio"]) and math.isclose(r["ratio_per_sample"], r["ratio"] / r["samples"])

@@ -436,8 +436,9 @@ def test_ito_chain_callable_errors_are_recorded_and_library_chains_are_reproduci
             lambda: sde_of(
                 MarkovSGD(lr=0.1, noise=so.noise.TwoStateMarkov(p=0.1), estimator="mlmc"),
                 so.problems.Quadratic(diag=[1.0]),
+                "second_order",
             ),
-            "estimator",
+            "Invalid model",
         ),
         (
             lambda: sde_of(

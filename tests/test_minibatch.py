@@ -89,6 +89,56 @@ def test_the_sde_diffusion_is_the_minibatch_covariance_in_low_rank_form(split, r
         torch.testing.assert_close(diff.apply(dw), (g @ dw.unsqueeze(-1)).squeeze(-1))
 
 
+@pytest.mark.parametrize("split", ["homogeneous", "label"])
+def test_randk_on_minibatch_noise_diffusion_is_the_one_step_covariance(split, generator):
+    """DCSGD + RandK on minibatch noise (diag + positive low rank - one rank-one term, applied by
+    the downdated root without a d x d factorisation): lr · G Gᵀ against the Monte Carlo
+    covariance of one discrete step, in quadratic forms vᵀ Cov v."""
+    prob = _problem(split)
+    lr, n_workers = 0.2, 3
+    opt = so.discrete.DCSGD(
+        lr=lr, n_workers=n_workers, noise=so.noise.Minibatch(batch_size=16),
+        compressor=so.compressors.RandK(k=10),
+    )  # fmt: skip
+    x = 0.05 * torch.randn(prob.dim, generator=generator, dtype=torch.float64)
+    g = so.dynamics.sde_of(opt, prob, "second_order").diffusion_at(x.unsqueeze(0), 1.0).dense()[0]
+    model = lr * g @ g.T  # (d, d): Cov of one step, lr² S
+    traj = so.discrete.simulate(opt, prob, x, n_steps=1, n_runs=N_MC, seed=4, record_x=True)
+    centred = traj.x[-1] - x - (traj.x[-1] - x).mean(0)  # (B, d)
+    for _ in range(4):
+        v = torch.randn(prob.dim, generator=generator, dtype=torch.float64)
+        q = (centred @ v).square()
+        got, se = q.mean().item(), q.std().item() / math.sqrt(N_MC)
+        assert abs(got - float(v @ model @ v)) <= Z * se, (split, got, float(v @ model @ v), se)
+
+
+@pytest.mark.parametrize(
+    "prob",
+    [
+        so.problems.LogisticRegression(3, split="label", dataset="breast_cancer", reg=0.1),
+        so.problems.LeastSquares(n_samples=40, dim=3, n_workers=2, reg=0.3),
+        so.problems.LeastSquares(n_samples=40, dim=3),
+    ],
+    ids=["logistic-label-reg", "least-squares-2-reg", "least-squares-1"],
+)
+def test_minibatch_cov_diag_is_the_diagonal_of_the_factors(prob, generator):
+    """The closed-form diagonal (two contractions per shard) equals the squared row norms of the
+    factors formed from per-sample gradients by autograd (torch.func)."""
+    x = 0.1 * torch.randn(3, prob.dim, generator=generator, dtype=torch.float64)
+    factors = so.problems.FiniteSumProblem.minibatch_cov_factors.__get__(prob)(x, 4)
+    autograd = torch.func.vmap(
+        torch.func.jacrev(lambda p: prob.per_sample_losses(p.unsqueeze(0))[0])
+    )(x)  # (B, n, d)
+    gp = autograd[:, prob.shard_index]  # (B, S, n_max, d)
+    mask = prob.shard_mask.unsqueeze(-1)
+    mean = (gp * mask).sum(2) / prob.shard_sizes.unsqueeze(-1)
+    n_i = prob.shard_sizes.to(torch.float64)
+    c_b = (n_i - 4) / (4 * (n_i - 1))
+    want = c_b.view(1, -1, 1) / n_i.view(1, -1, 1) * (((gp - mean.unsqueeze(2)) * mask) ** 2).sum(2)
+    torch.testing.assert_close(prob.minibatch_cov_diag(x, 4), want, rtol=1e-10, atol=1e-15)
+    torch.testing.assert_close(factors.square().sum(-1), want, rtol=1e-10, atol=1e-15)
+
+
 def test_minibatch_sde_drifts_match_the_discrete_mean_step():
     """The drift is the exact gradient (minibatches are unbiased) and the curvature correction
     uses the problem's Hessian-vector product (checked against autograd)."""

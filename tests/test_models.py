@@ -392,7 +392,11 @@ def test_models_compute_in_the_dtype_of_x(case, generator):
     sde = sde_of(opt, prob.to("cpu", torch.float32))
     x = points(prob.dim, generator).float()
     diffusion = sde.diffusion_at(x, ETA)
-    outputs = [sde.drift_at(x, ETA), diffusion.apply(torch.ones_like(x)), diffusion.cov()]
+    outputs = [
+        sde.drift_at(x, ETA),
+        diffusion.apply(x.new_ones(x.shape[0], sde.brownian_dim)),
+        diffusion.cov(),
+    ]
     if sde.diffusion_derivative_fn is not None:
         outputs.append(sde.diffusion_derivative_fn(x, ETA))
     assert all(out.dtype == torch.float32 for out in outputs), [out.dtype for out in outputs]

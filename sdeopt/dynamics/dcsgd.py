@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from sdeopt.compressors import Identity
-from sdeopt.covariance import NoiseFactor
+from sdeopt.covariance import NoiseFactor, StructuredCov
 from sdeopt.discrete.dcsgd import DCSGD
 from sdeopt.dynamics.recipe import Moments, zero_derivative
 from sdeopt.dynamics.sde import (
@@ -53,7 +55,7 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     x_probe = torch.zeros(1, d, dtype=torch.float64)
     g_probe = problem.worker_grads(x_probe)  # (1, N or 1, d)
     # Refuses, with the noise's or the compressor's reason, before any SDE is built.
-    method.compressor.noisy_cov(
+    probe = method.compressor.noisy_cov(
         g_probe,
         noise.worker_cov(problem, x_probe, g_probe, n),
         noise.coordinate_law(g_probe, n),
@@ -63,12 +65,29 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     factor = noise.noise_factor(problem, n)
     if isinstance(method.compressor, Identity) and factor is not None:
         return _factored(problem, factor, n)
+    if factor is not None and factor.diag is not None:
+        if method.compressor.factored_noisy_cov(g_probe, factor.diag(x_probe)) is not None:
+            return _factored_downdate(method, problem, factor, n)
+
+    shards = max(probe.diag.shape[1], probe.factors.shape[1])
+    downdated = _is_downdate(probe) and (shards > 1 or probe.rank > 1)
 
     def diffusion(x: torch.Tensor, scale: float):
         grads = problem.worker_grads(x)  # (B, N or 1, d)
         cov = method.compressor.noisy_cov(
             grads, noise.worker_cov(problem, x, grads, n), noise.coordinate_law(grads, n)
         )
+        if downdated:
+            positive = cov.factors[..., 1:]  # (B or 1, S, d, r)
+            return _downdated_root(
+                cov.diag,
+                cov.factors[..., 0],
+                positive.shape[-1],
+                lambda z: (positive @ z.unsqueeze(-1)).squeeze(-1),
+                lambda: positive,
+                n,
+                scale,
+            )
         diag, factors, signs = _sum_over_workers(cov, n)  # Σ_i Cov_i: (B, d), (B, d, R)
         diag = diag * (scale / n) ** 2
         if factors is None:
@@ -76,7 +95,7 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         factors = factors * (scale / n)
         if len(signs) == 1:
             return DiagonalPlusRankOne(diag, factors[..., 0], signs[0])
-        # Rank > 1 (heterogeneous RandK, RandK on minibatch noise): a dense root.
+        # Rank > 1 of another sign pattern than _downdated_root serves: a dense root.
         sign = torch.tensor(signs, dtype=diag.dtype, device=diag.device)  # (R,)
         cov_dense = torch.diag_embed(diag) + (factors * sign) @ factors.transpose(-1, -2)
         return Dense(sqrt_psd(cov_dense))
@@ -86,7 +105,106 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         mean_jvp=problem.hvp,
         diffusion=diffusion,
         noise_type="general",
-        brownian_dim=d,
+        brownian_dim=shards * (d + probe.rank - 1) if downdated else d,
+    )
+
+
+def _is_downdate(cov: StructuredCov) -> bool:
+    """True for :math:`D + P P^\top - u u^\top`: one negative first factor, the others positive
+    (RandK's ``noisy_cov``), the structure ``_downdated_root`` factors without a d x d matrix."""
+    return len(cov.signs) >= 1 and cov.signs[0] < 0 and all(s > 0 for s in cov.signs[1:])
+
+
+def _downdated_root(
+    diag: torch.Tensor,
+    down: torch.Tensor,
+    rank: int,
+    positive_apply: Callable[[torch.Tensor], torch.Tensor],
+    positive_dense: Callable[[], torch.Tensor],
+    n_workers: int,
+    scale: float,
+) -> LowRankOperator:
+    r"""The diffusion :math:`\frac{\mathrm{scale}}{N} \sum_i G_i\,dW_i` with
+    :math:`G_i G_i^\top = M_i = D_i + P_i P_i^\top - u_i u_i^\top` (worker i's covariance in
+    RandK's form), each :math:`G_i` applied in :math:`O(d)` plus one application of
+    :math:`P_i`, no factorisation.
+
+    With :math:`L = [D^{1/2}, P]` (d x (d + r)) and :math:`w = [D^{-1/2} u; 0]`, :math:`L w = u`,
+    so :math:`M = L (I - w w^\top) L^\top` and, for :math:`\|w\|^2 \le 1`,
+
+    .. math::
+
+        G = L (I - \beta w w^\top) = L - \beta\, u\, w^\top, \qquad
+        \beta = \frac{1}{1 + \sqrt{1 - \|w\|^2}}
+
+    (:math:`(I - \beta w w^\top)^2 = I - w w^\top` for this :math:`\beta`). For RandK,
+    :math:`u = \sqrt{c}\, g` and :math:`D \ge c\, d\, g^2` give :math:`\|w\|^2 \le
+    \#\{j: g_j \neq 0\}/d \le 1`; coordinates with :math:`D_j = 0` have :math:`u_j = 0`. A law
+    shared by all N workers (one shard) is applied once times :math:`\sqrt N`, as in
+    ``_factored``. The Brownian motion has dimension (shards)(d + r).
+
+    Args:
+        diag: D, (B or 1, S, d). down: u, (B or 1, S, d). rank: r, the columns of P.
+        positive_apply: z (B, S, r) -> P z (B, S, d); positive_dense: () -> P (B or 1, S, d, r).
+    """
+    b, s, d = torch.broadcast_shapes(diag.shape, down.shape)
+    diag, u = diag.expand(b, s, d), down.expand(b, s, d)
+    r = rank
+    root = torch.sqrt(diag)
+    w = torch.where(diag > 0, u / torch.where(diag > 0, root, torch.ones_like(root)), 0.0)
+    norm2 = w.square().sum(-1, keepdim=True).clamp_(max=1.0)  # (B, S, 1)
+    beta_u = u / (1.0 + torch.sqrt(1.0 - norm2))  # β u, (B, S, d)
+    c = scale * (n_workers**0.5 if s == 1 else 1.0) / n_workers
+
+    def apply(dw: torch.Tensor) -> torch.Tensor:
+        dw = dw.view(b, s, d + r)
+        xi = dw[..., :d]
+        out = root * xi - beta_u * (w * xi).sum(-1, keepdim=True)  # (B, S, d)
+        if r:
+            out = out + positive_apply(dw[..., d:])
+        return out.sum(dim=1) * c  # (B, d)
+
+    def dense() -> torch.Tensor:
+        positive = positive_dense().expand(b, s, d, r)
+        ell = torch.cat([torch.diag_embed(root), positive], dim=-1)  # (B, S, d, d + r)
+        w_full = torch.cat([w, w.new_zeros(b, s, r)], dim=-1)  # (B, S, d + r)
+        g = ell - beta_u.unsqueeze(-1) * w_full.unsqueeze(-2)
+        return g.permute(0, 2, 1, 3).reshape(b, d, s * (d + r)) * c
+
+    return LowRankOperator(apply, dense)
+
+
+def _factored_downdate(method: DCSGD, problem: Problem, factor: NoiseFactor, n: int) -> Moments:
+    r"""DCSGD whose compressor has a ``factored_noisy_cov`` (RandK) on noise given as a factor
+    (minibatch noise): :math:`M_i = D_i + a^2 F_i F_i^\top - u_i u_i^\top`, its root by
+    ``_downdated_root`` with :math:`P_i = a F_i` applied as the noise's operator. O(n d) per run
+    and step, as the minibatch SDE of DSGD; no per-sample gradient tensor is formed where the
+    problem contracts in closed form."""
+    s, r = factor.shards, factor.rank
+    factor_diag = factor.diag
+    assert factor_diag is not None  # checked by the caller
+
+    def diffusion(x: torch.Tensor, scale: float):
+        grads = problem.worker_grads(x)  # (B, S, d)
+        cov = method.compressor.factored_noisy_cov(grads, factor_diag(x))
+        assert cov is not None
+        a = cov.factor_scale
+        return _downdated_root(
+            cov.diag,
+            cov.down,
+            r,
+            lambda z: factor.apply(x, z) * a,
+            lambda: factor.factors(x) * a,
+            n,
+            scale,
+        )
+
+    return Moments(
+        mean=problem.grad,
+        mean_jvp=problem.hvp,
+        diffusion=diffusion,
+        noise_type="general",
+        brownian_dim=s * (problem.dim + r),
     )
 
 

@@ -428,6 +428,10 @@ class _MinibatchProblem(Protocol):
         self, x: torch.Tensor, batch_size: int, w: torch.Tensor, *, replacement: bool = False
     ) -> torch.Tensor: ...
 
+    def minibatch_cov_diag(
+        self, x: torch.Tensor, batch_size: int, *, replacement: bool = False
+    ) -> torch.Tensor: ...
+
     shard_index: torch.Tensor
 
 
@@ -522,6 +526,7 @@ class Minibatch(Noise):
             rank=int(rank),
             apply=lambda x, w: finite_sum.minibatch_noise_apply(x, b, w, replacement=replacement),
             factors=lambda x: finite_sum.minibatch_cov_factors(x, b, replacement=replacement),
+            diag=lambda x: finite_sum.minibatch_cov_diag(x, b, replacement=replacement),
         )
 
     def worker_cov(

@@ -276,6 +276,61 @@ class FiniteSumProblem(Problem):
         scale = self._minibatch_scale(b, n_i, replacement)  # (S,)
         return (dev * scale[:, None, None]).transpose(-1, -2)  # (B, S, d, n_max)
 
+    def _shard_square_sums(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_{s \in S_i} \nabla f_s(x)^2` (entrywise squares) per shard, (B, S, d).
+
+        From ``per_sample_grads`` (a (B, n, d) tensor); generalised linear problems override it
+        with two contractions (``_glm_square_sums``)."""
+        gp = self.per_sample_grads(x)[:, self.shard_index.to(x.device)]  # (B, S, n_max, d)
+        return (gp.square() * _cast(self.shard_mask, x).unsqueeze(-1)).sum(dim=2)
+
+    def _glm_square_sums(
+        self, x: torch.Tensor, coef: torch.Tensor, feats: torch.Tensor, reg: float
+    ) -> torch.Tensor:
+        r""":math:`\sum_{s \in S_i} (c_s z_s + \lambda x)^2` for per-sample gradients
+        :math:`c_s(x) z_s + \lambda x`: :math:`\sum c_s^2 z_s^2 + 2 \lambda x \sum c_s z_s +
+        n_i \lambda^2 x^2`, each sum one (B, n) x (n, d) contraction per shard, (B, S, d).
+
+        Args:
+            coef: (B, n) the :math:`c_s(x)`; feats: (n, d) the :math:`z_s`; reg: :math:`\lambda`.
+        """
+        idx = self.shard_index.to(x.device)  # (S, n_max)
+        mask = _cast(self.shard_mask, x)  # (S, n_max)
+        cp = coef[:, idx] * mask  # (B, S, n_max), zero on padding
+        zp = feats[idx]  # (S, n_max, d)
+        out = torch.einsum("bik,ikd->bid", cp.square(), zp.square())  # (B, S, d)
+        if reg:
+            linear = torch.einsum("bik,ikd->bid", cp, zp)  # (B, S, d)
+            n_i = self.shard_sizes.to(x.device, x.dtype).view(1, -1, 1)  # (1, S, 1)
+            out = out + 2.0 * reg * x.unsqueeze(1) * linear + n_i * reg**2 * x.square().unsqueeze(1)
+        return out
+
+    def minibatch_cov_diag(
+        self, x: torch.Tensor, batch_size: int, *, replacement: bool = False
+    ) -> torch.Tensor:
+        r"""The diagonal of :math:`F_i F_i^\top` (``minibatch_cov_factors``) without forming
+        :math:`F_i`:
+
+        .. math::
+
+            \operatorname{diag}(F_i F_i^\top) = \frac{c_b}{n_i} \Big(\sum_{s \in S_i}
+            \nabla f_s^2 - n_i\, \nabla f_i^2\Big),
+
+        the per-coordinate minibatch variance (what RandK's covariance adds to its diagonal).
+
+        Args:
+            x: (B, d).
+            batch_size: b.
+            replacement: how the batch is drawn.
+        Returns:
+            (B, S, d), S = N, or 1 if homogeneous.
+        """
+        b = self._check_batch(batch_size)
+        n_i = self.shard_sizes.to(x.device, x.dtype)  # (S,)
+        scale = self._minibatch_scale(b, n_i, replacement)  # (S,): sqrt(c_b / n_i)
+        spread = self._shard_square_sums(x) - n_i.view(1, -1, 1) * self.worker_grads(x).square()
+        return (scale.square().view(1, -1, 1) * spread).clamp_(min=0.0)  # (B, S, d)
+
     def minibatch_noise_apply(
         self, x: torch.Tensor, batch_size: int, w: torch.Tensor, *, replacement: bool = False
     ) -> torch.Tensor:
@@ -557,6 +612,10 @@ class LogisticRegression(FiniteSumProblem):
     def per_sample_grads(self, x: torch.Tensor) -> torch.Tensor:
         c = -torch.sigmoid(-self._margins(x))  # (B, n), dℓ/dm
         return c.unsqueeze(-1) * _cast(self._signed, x) + self.reg * x.unsqueeze(1)  # (B, n, d)
+
+    def _shard_square_sums(self, x: torch.Tensor) -> torch.Tensor:
+        c = -torch.sigmoid(-self._margins(x))  # (B, n)
+        return self._glm_square_sums(x, c, _cast(self._signed, x), self.reg)
 
     def _weighted_grads(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         c = -torch.sigmoid(-self._margins(x))  # (B, n)

@@ -129,6 +129,9 @@ class LeastSquares(FiniteSumProblem):
         r = self._residuals(x)  # (B, n)
         return r.unsqueeze(-1) * _cast(self.features, x) + self.reg * x.unsqueeze(1)  # (B, n, d)
 
+    def _shard_square_sums(self, x: torch.Tensor) -> torch.Tensor:
+        return self._glm_square_sums(x, self._residuals(x), _cast(self.features, x), self.reg)
+
     def _weighted_grads(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         r = self._residuals(x)  # (B, n)
         feats = _cast(self.features, x)  # (n, d)
