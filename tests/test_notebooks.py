@@ -23,7 +23,12 @@ NOTEBOOKS = sorted(
 
 
 def test_the_documented_notebooks_exist():
-    assert {"quickstart.ipynb", "heavy_tails.ipynb", "weak_error_w2.ipynb"} <= set(NOTEBOOKS)
+    assert {
+        "quickstart.ipynb",
+        "heavy_tails.ipynb",
+        "weak_error_w2.ipynb",
+        "real_data.ipynb",
+    } <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
