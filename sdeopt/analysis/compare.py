@@ -91,6 +91,13 @@ def compare(
     sdes = [  # validates before any work
         sde_of(method, problem, model, moments=moments, samples=samples) for model in models
     ]
+    own = [name for name in record if name in getattr(method, "extra_observables", ())]
+    if own and models:
+        raise ValueError(
+            f"Invalid record: {own[0]!r} (the discrete method's own observable; SDE models do "
+            "not have it. Record it with models=[], or use the dataset attribute "
+            "oracle_calls_per_step where it is a cost axis)"
+        )
     common: dict[str, Any] = dict(
         record_every=record_every,
         record=record,
