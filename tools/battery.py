@@ -1102,10 +1102,18 @@ def _args_cases() -> None:
         ("noise", "alpha", "SymmetricStable"),
     )
     c(
-        "sde-natural",
-        "sde_of(DCSGD(compressor=Natural()), Quadratic)",
-        lambda: sde(method=dcsgd(compressor=so.compressors.Natural())),
+        "sde-natural-t22",
+        "sde_of(DCSGD(compressor=Natural(), noise=StudentT(nu=2.2)), Quadratic): tails too heavy",
+        lambda: sde(
+            method=dcsgd(compressor=so.compressors.Natural(), noise=so.noise.StudentT(nu=2.2))
+        ),
         ("compressor", "Natural"),
+    )
+    c(
+        "sde-qsgd-noisy",
+        "sde_of(DCSGD(compressor=QSGD(s=2)), Quadratic) under Gaussian noise",
+        lambda: sde(method=dcsgd(compressor=so.compressors.QSGD(s=2))),
+        ("compressor", "QSGD"),
     )
     c(
         "sde-normalized",
