@@ -16,24 +16,30 @@ from sdeopt.analysis.metrics import (
 from sdeopt.analysis.plots import (
     plot_divergence,
     plot_marginals,
+    plot_smoothness,
     plot_trajectories,
     plot_weak_error,
 )
+from sdeopt.analysis.smoothness import Envelope, fit_envelope, smoothness_profile
 
 __all__ = [
     "W2",
+    "Envelope",
     "OrderFit",
     "TailIndex",
     "bures_w2",
     "compare",
     "divergence",
+    "fit_envelope",
     "hill_tail_index",
     "model_seed",
     "order_fit",
     "plot_divergence",
     "plot_marginals",
+    "plot_smoothness",
     "plot_trajectories",
     "plot_weak_error",
+    "smoothness_profile",
     "stationary_loss",
     "wasserstein2",
     "weak_error",

@@ -477,3 +477,84 @@ def plot_divergence(ds, *, x: str = "time", ax=None):
     ax.set_title("Divergence: runs blown up by each step")
     _legend(ax)
     return ax
+
+
+# --------------------------------------------------------------------------------------------
+# 5. (L0, L1)-smoothness
+
+
+def plot_smoothness(profile, *, log: bool = False, ax=None):
+    r"""Hessian norm against gradient norm at every point of a smoothness profile, with the fitted
+    envelope :math:`L_0 + L_1 \|\nabla f\|` and the constant :math:`L = \max \|\nabla^2 f\|`.
+
+    Args:
+        profile: Dataset from ``smoothness.smoothness_profile``: ``grad_norm`` and
+            ``hessian_norm`` over ``point``, the 0-d ``L0``, ``L1``, ``L``; points are coloured
+            by their ``model`` coordinate when it has one (discrete black, SDE models in their
+            colours), and points whose power iteration did not converge (``converged`` False)
+            are drawn as hollow red circles.
+        log: log-log axes (points with a zero norm are then not drawn).
+        ax: Axes to draw into; a new figure when None.
+
+    Returns:
+        The Axes: one scatter per model (or one), the envelope line, and L as a dotted
+        horizontal line.
+    """
+    needed = ("grad_norm", "hessian_norm", "L0", "L1", "L")
+    if not hasattr(profile, "data_vars") or any(v not in profile.data_vars for v in needed):
+        raise ValueError(
+            f"Invalid profile: expected a Dataset from smoothness_profile with {list(needed)}"
+        )
+    if not isinstance(log, bool):
+        raise ValueError(f"Invalid log: {log!r} (must be True or False)")
+    g = np.asarray(profile["grad_norm"].values, dtype=np.float64)  # (n,)
+    h = np.asarray(profile["hessian_norm"].values, dtype=np.float64)  # (n,)
+    l0, l1, big_l = (float(profile[v]) for v in ("L0", "L1", "L"))
+    converged = (
+        np.asarray(profile["converged"].values, dtype=bool)
+        if "converged" in profile.data_vars
+        else np.ones(g.shape, dtype=bool)
+    )
+    ax = _new_axes(ax)
+    if "model" in profile.coords and profile["model"].dims == ("point",):
+        models = np.asarray(profile["model"].values).astype(str)  # (n,)
+        names = list(dict.fromkeys(models.tolist()))
+    else:
+        models, names = np.full(g.shape, ""), [""]
+    for i, model in enumerate(names):
+        mine = (models == model) & converged
+        color = _style(model, i)["color"] if model else "C0"
+        ax.scatter(g[mine], h[mine], s=10, alpha=0.6, color=color, label=model or "points")
+    if not converged.all():
+        ax.scatter(
+            g[~converged],
+            h[~converged],
+            s=28,
+            facecolors="none",
+            edgecolors="red",
+            label=f"not converged ({int((~converged).sum())})",
+        )
+    top = float(g.max()) if g.size else 1.0
+    positive = g[g > 0]
+    if log and positive.size:
+        grid = np.geomspace(float(positive.min()), top, 200)
+    else:
+        grid = np.linspace(0.0, top, 200)
+    ax.plot(
+        grid,
+        l0 + l1 * grid,
+        color="black",
+        linewidth=1.6,
+        label=f"envelope L0 + L1‖∇f‖: L0 = {l0:.3g}, L1 = {l1:.3g}",
+    )
+    ax.axhline(
+        big_l, color="0.4", linestyle=":", linewidth=1.4, label=f"L = max ‖∇²f‖ = {big_l:.3g}"
+    )
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel("gradient norm ‖∇f(x)‖₂")
+    ax.set_ylabel("Hessian norm ‖∇²f(x)‖₂")
+    ax.set_title("(L0, L1)-smoothness: ‖∇²f‖ ≤ L0 + L1 ‖∇f‖")
+    _legend(ax)
+    return ax
