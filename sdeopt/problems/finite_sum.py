@@ -480,9 +480,13 @@ class LogisticRegression(FiniteSumProblem):
 
     :math:`\mathrm{reg} > 0` makes f reg-strongly convex with a unique minimiser (the
     intercept is regularised too), computed at construction by damped Newton in float64 and
-    stored as ``minimizer``/``min_value``. f is L-smooth with
-    :math:`L \le \lambda_{\max}(\sum_s w_s z_s z_s^\top)/4 + \mathrm{reg}` (``smoothness``) and
-    :math:`(L_0, L_1)`-smooth with small :math:`L_0`.
+    stored as ``minimizer``/``min_value``. f is L-smooth, i.e. :math:`(L, 0)`-smooth, with
+    :math:`L = \lambda_{\max}(\sum_s w_s z_s z_s^\top)/4 + \mathrm{reg}` (``smoothness``): as
+    :math:`\sigma(m)\sigma(-m) \le 1/4`, :math:`\nabla^2 f(x) \preceq \nabla^2 f(0)` (every
+    margin is 0 at x = 0), so L is the largest Hessian norm, attained at 0. Pairs with
+    :math:`L_1 > 0` may lower :math:`L_0`, never below :math:`\|\nabla^2 f(x^*)\|_2` (the
+    gradient vanishes at the minimiser); they have no closed form:
+    ``sdeopt.analysis.smoothness_profile`` measures them.
 
     Splits (``split``), all seeded by ``seed`` through a numpy Generator:
       - ``"iid"``: a random permutation cut into N near-equal shards.

@@ -21,7 +21,10 @@ class LeastSquares(FiniteSumProblem):
 
     with :math:`f = \sum_s w_s f_s` (``FiniteSumProblem``: every worker weighs :math:`1/N`).
     The Hessian :math:`\sum_s w_s a_s a_s^\top + \mathrm{reg}\, I` is constant, the minimiser the
-    weighted normal equations' solution. Per-sample gradients and their weighted sums have
+    weighted normal equations' solution. f is L-smooth, i.e. :math:`(L, 0)`-smooth, with
+    :math:`L = \lambda_{\max}(\sum_s w_s a_s a_s^\top) + \mathrm{reg}` (``smoothness``), and no
+    :math:`(L_0, L_1)` pair does better (the gradient vanishes at the minimiser, so
+    :math:`L_0 \ge L`). Per-sample gradients and their weighted sums have
     closed forms (a minibatch step and its SDE's low-rank diffusion cost O(n d) per run).
 
     Designs:

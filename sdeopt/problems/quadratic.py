@@ -23,9 +23,11 @@ class Quadratic(Problem):
     r"""Strongly convex quadratic :math:`f(x) = \tfrac12 (x - x^*)^\top H (x - x^*)`.
 
     :math:`\nabla f(x) = H (x - x^*)`, :math:`\nabla^2 f(x) = H`; minimiser :math:`x^*`,
-    minimum 0. The problem is :math:`(L, 0)`-smooth with :math:`L = \lambda_{\max}(H)` and
-    :math:`\mu`-strongly convex with :math:`\mu = \lambda_{\min}(H) > 0`. Homogeneous: every
-    worker sees the same f.
+    minimum 0. The problem is L-smooth, i.e. :math:`(L, 0)`-smooth, with
+    :math:`L = \lambda_{\max}(H)` (``smoothness``), and :math:`\mu`-strongly convex with
+    :math:`\mu = \lambda_{\min}(H) > 0`. No :math:`(L_0, L_1)` pair does better: the gradient
+    vanishes at :math:`x^*`, so :math:`L_0 \ge \|H\|_2 = L`. Homogeneous: every worker sees the
+    same f.
 
     H is given either as its diagonal (``diag``: all entries > 0, so that H is symmetric
     positive definite and :math:`x^*` is the unique minimiser) or as a dense symmetric positive

@@ -25,6 +25,14 @@ class SeparableProblem(Problem):
     Every operation is elementwise, so row b of a batch equals run b alone. Subclasses define
     ``_phi``, ``_dphi`` and ``_d2phi`` (elementwise on tensors). Homogeneous.
 
+    Smoothness in d dimensions: :math:`\|\nabla^2 f(x)\|_2 = \max_j |\varphi''(x_j)|` and
+    :math:`\|\nabla f(x)\|_2 \ge \max_j |\varphi'(x_j)|`, so a one-dimensional bound
+    :math:`|\varphi''(t)| \le L_0 + L_1 |\varphi'(t)|`, applied at the coordinate with the
+    largest :math:`|\varphi''|`, gives the same :math:`(L_0, L_1)` in every dimension. Conversely,
+    where :math:`\varphi'(0) = 0` the point :math:`t e_1` has :math:`\|\nabla f\|_2 = |\varphi'(t)|`
+    and :math:`\|\nabla^2 f\|_2 \ge |\varphi''(t)|`, so a pair valid in d dimensions is valid in
+    one: the valid pairs do not depend on d.
+
     Args:
         dim: :math:`d \ge 1`.
     """
@@ -66,9 +74,12 @@ class Quartic(SeparableProblem):
     r""":math:`f(x) = \tfrac14 \sum_j x_j^4`: :math:`\nabla f = x^3`,
     :math:`\nabla^2 f = \operatorname{diag}(3 x^2)`; minimiser 0, minimum 0.
 
-    Not L-smooth (the curvature grows without bound), but :math:`(L_0, L_1)`-smooth per
-    coordinate: :math:`3x^2 \le L_0 + L_1 |x|^3` holds e.g. with :math:`L_0 = L_1 = 3`;
-    :math:`x^4` itself is :math:`(4, 3)`-smooth.
+    Not L-smooth (the curvature grows without bound), but :math:`(4/L_1^2, L_1)`-smooth for
+    every :math:`L_1 > 0`, e.g. :math:`(1, 2)` or :math:`(4/9, 3)`: the least :math:`L_0` for a
+    given :math:`L_1` is :math:`\max_{t \ge 0} (3t^2 - L_1 t^3) = 4/L_1^2`, attained at
+    :math:`t = 2/L_1`. These least pairs form the curve :math:`L_0 L_1^2 = 4`, a trade-off with
+    no least element (neither :math:`L_1 = 0` nor :math:`L_0 = 0` is possible), the same in
+    every dimension (see ``SeparableProblem``).
     Its minimiser is degenerate (zero curvature), so convergence is sublinear.
 
     Args:
@@ -102,9 +113,13 @@ class QuadraticQuartic(SeparableProblem):
     :math:`\nabla^2 f = \operatorname{diag}(1 + 3x^2)`; min 0 at 0.
 
     A quadratic bowl with quartic walls: strongly convex (:math:`\mu = 1`) with a
-    non-degenerate minimiser, like ``Quadratic``, but not L-smooth, like ``Quartic``;
-    :math:`(4, 3)`-smooth per coordinate, since
-    :math:`1 + 3x^2 \le 4 + 3|x|^3 \le 4 + 3|x + x^3|`. The smallest smooth objective on which
+    non-degenerate minimiser, like ``Quadratic``, but not L-smooth, like ``Quartic``.
+    :math:`(1, 3/2)`-smooth: :math:`1 + 3t^2 \le 1 + \tfrac32 |t + t^3|`, as
+    :math:`3|t| \le \tfrac32 (1 + t^2)`, with equality at :math:`t = 0` and :math:`t = \pm 1`.
+    :math:`L_0 = 1` is the least possible (at t = 0), and :math:`3/2` the least :math:`L_1`
+    with it; a smaller :math:`L_1 > 0` needs
+    :math:`L_0 = \max_{t \ge 0} (1 + 3t^2 - L_1 (t + t^3)) > 1`. The same in every dimension
+    (see ``SeparableProblem``). The smallest smooth objective on which
     the SDE models' drift corrections are not linear in x (weak-order studies).
 
     Args:
@@ -136,8 +151,11 @@ class CoshSum(SeparableProblem):
     r""":math:`f(x) = \sum_j \cosh(x_j) - d`: :math:`\nabla f = \sinh(x)`,
     :math:`\nabla^2 f = \operatorname{diag}(\cosh(x))`; min 0 at 0.
 
-    :math:`(1, 1)`-smooth: :math:`\cosh(t) \le 1 + |\sinh(t)|`. Strongly convex
-    (:math:`\mu = 1`), not L-smooth. The value is computed as
+    :math:`(1, 1)`-smooth: :math:`\cosh(t) = |\sinh(t)| + e^{-|t|} \le 1 + |\sinh(t)|`. The
+    valid pairs are exactly :math:`L_0 \ge 1, L_1 \ge 1`, in every dimension (see
+    ``SeparableProblem``): :math:`L_0 \ge \cosh 0 = 1`, and for :math:`L_1 < 1`,
+    :math:`\cosh(t) - L_1 |\sinh(t)| \to \infty`. Strongly convex (:math:`\mu = 1`), not
+    L-smooth. The value is computed as
     :math:`\sum_j 2 \sinh^2(x_j / 2)`, equal to :math:`\cosh(x_j) - 1` but free of the
     cancellation of :math:`\cosh(x) - 1` near the minimiser.
 
@@ -170,6 +188,8 @@ class ExpSum(SeparableProblem):
     :math:`\nabla^2 f = \operatorname{diag}(\exp(x))`.
 
     :math:`(0, 1)`-smooth: :math:`\|\nabla^2 f(x)\|_2 = \max_j e^{x_j} \le \|\nabla f(x)\|_2`.
+    The valid pairs are exactly :math:`L_0 \ge 0, L_1 \ge 1` (for :math:`L_1 < 1` the bound
+    fails at :math:`t e_1` as :math:`t \to \infty`); not L-smooth.
     Convex and bounded below with infimum 0, which is not attained (no minimiser:
     ``minimizer`` and ``min_value`` are None). A :math:`(0, L_1)`-smooth function with a
     minimiser would be constant (Grönwall), so this is the typical member of the class.
