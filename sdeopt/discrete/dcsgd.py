@@ -23,11 +23,15 @@ class DCSGD(DirectionMethod):
 
     .. math::
 
-        v_k = \frac{1}{N} \sum_i C_i(g_i), \qquad x_{k+1} = x_k - \eta\,\eta_k u_k,
+        v_k = \frac{1}{N} \sum_i C_i(\kappa(g_i)), \qquad x_{k+1} = x_k - \eta\,\eta_k u_k,
 
-    where :math:`u_k = v_k`, or with clipping at level :math:`\lambda`
+    where :math:`u_k = v_k`, or with (global, server-side) clipping at level :math:`\lambda`
     :math:`u_k = \min(1, \lambda / \|v_k\|)\, v_k`, and with normalisation
-    :math:`u_k = v_k / (a + b \|v_k\|)` (clipping first when both are given).
+    :math:`u_k = v_k / (a + b \|v_k\|)` (clipping first when both are given). Each worker
+    clips its own stochastic gradient before compressing it: :math:`\kappa(g) = g` by default,
+    :math:`\kappa(g) = \min(1, \tau / \|g\|)\, g` with per-worker norm clipping
+    (``worker_clip`` :math:`= \tau`), or :math:`\kappa(g)_j = \max(-\tau, \min(\tau, g_j))`
+    with coordinate-wise clipping (``coord_clip`` :math:`= \tau`).
 
     SDE models (docs/models.md; built in ``sdeopt.dynamics``): for an unbiased compressor,
     :math:`\bar u = \nabla f` and
@@ -55,7 +59,11 @@ class DCSGD(DirectionMethod):
     Args:
         compressor: :math:`C`, applied per worker after the noise (default: no compression).
         normalize: :math:`(a, b)` with :math:`a, b \ge 0` and :math:`a + b > 0`, or None.
-        clip: :math:`\lambda > 0`, or None.
+        clip: :math:`\lambda > 0` (global clipping of the average), or None.
+        worker_clip: :math:`\tau > 0`, each worker's gradient clipped to norm :math:`\tau`
+            before compression, or None.
+        coord_clip: :math:`\tau > 0`, each coordinate of each worker's gradient clipped to
+            :math:`[-\tau, \tau]` before compression, or None (not with ``worker_clip``).
 
     References:
         Compagnoni et al., ICML 2026, arXiv 2506.00181 v2 (DCSGD and its SDEs, curvature
@@ -74,6 +82,8 @@ class DCSGD(DirectionMethod):
     compressor: Compressor = field(default_factory=Identity)
     normalize: tuple[float, float] | None = None
     clip: float | None = None
+    worker_clip: float | None = None
+    coord_clip: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,13 +101,25 @@ class DCSGD(DirectionMethod):
             if a + b == 0:
                 raise ValueError(f"Invalid normalize: {self.normalize!r} (a + b must be > 0)")
             object.__setattr__(self, "normalize", (a, b))
-        if self.clip is not None:
-            check_positive("clip", self.clip)
+        for name in ("clip", "worker_clip", "coord_clip"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_positive(name, value))
+        if self.worker_clip is not None and self.coord_clip is not None:
+            raise ValueError(
+                f"Invalid coord_clip: {self.coord_clip!r} (give one worker-side clipping: "
+                f"worker_clip = {self.worker_clip!r} is set too)"
+            )
 
     @property
     def bounded(self) -> bool:
-        """Clipped or normalised: the direction is bounded."""
-        return self.clip is not None or self.normalize is not None
+        """Clipped (at any stage) or normalised: the direction has all moments."""
+        return self.clip is not None or self.normalize is not None or self.worker_clipped
+
+    @property
+    def worker_clipped(self) -> bool:
+        """Each worker clips its gradient (``worker_clip`` or ``coord_clip``)."""
+        return self.worker_clip is not None or self.coord_clip is not None
 
     @property
     def couplable(self) -> bool:
@@ -108,6 +130,7 @@ class DCSGD(DirectionMethod):
             and isinstance(self.compressor, Identity)
             and self.clip is None
             and self.normalize is None
+            and not self.worker_clipped
             and self.noise.couplable
         )
 
@@ -117,10 +140,15 @@ class DCSGD(DirectionMethod):
 
     def direction(self, problem: Problem, x: torch.Tensor, rng: RandomSource) -> torch.Tensor:
         n = self.n_workers
-        if self.shortcuts and isinstance(self.compressor, Identity):
+        if self.shortcuts and isinstance(self.compressor, Identity) and not self.worker_clipped:
             v = self.noise.oracle_mean(problem, x, n, rng)  # (B, d)
         else:
             g = self.noise.oracle(problem, x, n, rng)  # (B, N, d)
+            if self.worker_clip is not None:
+                norm = torch.linalg.vector_norm(g, dim=-1, keepdim=True)  # (B, N, 1)
+                g = g * torch.clamp(self.worker_clip / norm, max=1.0)
+            elif self.coord_clip is not None:
+                g = g.clamp(-self.coord_clip, self.coord_clip)
             v = self.compressor.compress(g, rng).mean(dim=1)  # (B, d)
         if self.clip is not None:
             norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)  # (B, 1)

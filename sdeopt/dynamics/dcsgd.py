@@ -17,7 +17,7 @@ from sdeopt.dynamics.sde import (
     LowRankOperator,
     sqrt_psd,
 )
-from sdeopt.noise import AffineVariance, ScaledSymmetricNoise
+from sdeopt.noise import AffineVariance, ScaledSymmetricNoise, SymmetricCDFNoise
 from sdeopt.problems import Problem
 
 
@@ -47,11 +47,14 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     without a closed-form covariance, and for normalised or clipped steps.
     """
     noise, n, d = method.noise, method.n_workers, problem.dim
-    if method.normalize is not None or method.clip is not None:
+    if method.normalize is not None or method.clip is not None or method.worker_clip is not None:
         raise ValueError(
-            "Invalid method: normalised or clipped DCSGD has no closed-form SDE model here yet "
-            "(E[v / (a + b||v||)] has no closed form)"
+            "Invalid method: normalised or norm-clipped DCSGD has no closed-form SDE model here "
+            "(the mean of v / max(1, ||v||/λ) or v / (a + b||v||) couples every coordinate); "
+            "sde_of(..., moments='estimated', samples=S) builds its first-order model"
         )
+    if method.coord_clip is not None:
+        return _coordinate_clipped(method, problem)
     x_probe = torch.zeros(1, d, dtype=torch.float64)
     g_probe = problem.worker_grads(x_probe)  # (1, N or 1, d)
     # Refuses, with the noise's or the compressor's reason, before any SDE is built.
@@ -69,14 +72,87 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         if method.compressor.factored_noisy_cov(g_probe, factor.diag(x_probe)) is not None:
             return _factored_downdate(method, problem, factor, n)
 
+    def worker_cov(x: torch.Tensor) -> StructuredCov:
+        grads = problem.worker_grads(x)  # (B, N or 1, d)
+        return method.compressor.noisy_cov(
+            grads, noise.worker_cov(problem, x, grads, n), noise.coordinate_law(grads, n)
+        )
+
+    diffusion, brownian_dim = _structured_diffusion(worker_cov, probe, n, d)
+    return Moments(
+        mean=problem.grad,
+        mean_jvp=problem.hvp,
+        diffusion=diffusion,
+        noise_type="general",
+        brownian_dim=brownian_dim,
+    )
+
+
+def _coordinate_clipped(method: DCSGD, problem: Problem) -> Moments:
+    r"""DCSGD whose workers clip each coordinate to :math:`[-\tau, \tau]` before compressing:
+    :math:`u = \frac1N \sum_i C_i(\kappa(\nabla f_i + Z_i))`.
+
+    Given x the clipped coordinates are independent, with mean :math:`m_i` and variance
+    :math:`V_i` in closed form (``SymmetricCDFNoise.clipped_moments``, every Student-t
+    :math:`\nu > 0`). An unbiased compressor whose covariance depends on its input's first two
+    moments only (Identity, RandK) then gives :math:`\bar u = \frac1N \sum_i m_i` and
+    :math:`S = \frac{1}{N^2} \sum_i \operatorname{Cov}[C(m_i + (y_i - m_i))]`, the compressor's
+    ``noisy_cov(m_i, diag V_i)``; other compressors refuse with their reason. For homogeneous
+    workers :math:`(\nabla \bar u) v = \frac1N \sum_i P_i \odot \nabla^2 f\, v`,
+    :math:`P_i = \partial m_i / \partial g` the probability of the interval. First and second
+    order; the curvature model is refused (no derivation for a nonlinear mean, as for
+    DSignSGD).
+    """
+    noise, n, d, tau = method.noise, method.n_workers, problem.dim, method.coord_clip
+    assert tau is not None
+    if not isinstance(noise, SymmetricCDFNoise):
+        raise ValueError(
+            f"Invalid noise: {noise!r} (coordinate-wise clipping has a closed-form SDE for "
+            "Gaussian and StudentT noise; sde_of(..., moments='estimated') serves other laws)"
+        )
+
+    def worker_cov(x: torch.Tensor) -> StructuredCov:
+        mean, var, _ = noise.clipped_moments(problem.worker_grads(x), n, tau)
+        return method.compressor.noisy_cov(mean, StructuredCov.diagonal(var))
+
+    def average(t: torch.Tensor) -> torch.Tensor:  # (B, N or 1, d) -> (B, d)
+        return t[:, 0] if t.shape[1] == 1 else t.mean(dim=1)
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return average(noise.clipped_moments(problem.worker_grads(x), n, tau)[0])
+
+    def mean_jvp(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        slope = noise.clipped_moments(problem.worker_grads(x), n, tau)[2]
+        return average(slope) * problem.hvp(x, v)
+
+    probe = worker_cov(torch.zeros(1, d, dtype=torch.float64))  # refuses before any SDE
+    diffusion, brownian_dim = _structured_diffusion(worker_cov, probe, n, d)
+    return Moments(
+        mean=mean,
+        mean_jvp=None if problem.heterogeneous else mean_jvp,
+        diffusion=diffusion,
+        noise_type="diagonal" if probe.rank == 0 else "general",
+        brownian_dim=brownian_dim,
+        refused={
+            "curvature": "coordinate-wise clipped DCSGD has no curvature-corrected model: the "
+            "+(eta/2)(∇ū)ū correction matches the stationary second moment of gradient steps "
+            "on quadratics, where ū is linear in x; the clipped mean is not (docs/models.md); "
+            "use 'first_order' or 'second_order'"
+        },
+    )
+
+
+def _structured_diffusion(worker_cov, probe: StructuredCov, n: int, d: int):
+    r"""The diffusion :math:`\frac{\mathrm{scale}}{N} (\sum_i \mathrm{Cov}_i)^{1/2}` from the
+    workers' structured covariances ``worker_cov(x)`` (B, N or 1, d), in the cheapest exact form
+    the structure allows (``probe``: its value at one point): a diagonal, diagonal plus one
+    rank-one term, the downdated root, or a dense square root. Returns (diffusion, Brownian
+    dimension)."""
     shards = max(probe.diag.shape[1], probe.factors.shape[1])
     downdated = _is_downdate(probe) and (shards > 1 or probe.rank > 1)
 
     def diffusion(x: torch.Tensor, scale: float):
-        grads = problem.worker_grads(x)  # (B, N or 1, d)
-        cov = method.compressor.noisy_cov(
-            grads, noise.worker_cov(problem, x, grads, n), noise.coordinate_law(grads, n)
-        )
+        cov = worker_cov(x)
         if downdated:
             positive = cov.factors[..., 1:]  # (B or 1, S, d, r)
             return _downdated_root(
@@ -100,13 +176,7 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
         cov_dense = torch.diag_embed(diag) + (factors * sign) @ factors.transpose(-1, -2)
         return Dense(sqrt_psd(cov_dense))
 
-    return Moments(
-        mean=problem.grad,
-        mean_jvp=problem.hvp,
-        diffusion=diffusion,
-        noise_type="general",
-        brownian_dim=shards * (d + probe.rank - 1) if downdated else d,
-    )
+    return diffusion, shards * (d + probe.rank - 1) if downdated else d
 
 
 def _is_downdate(cov: StructuredCov) -> bool:

@@ -191,9 +191,10 @@ class StudentT(SymmetricCDFNoise):
 
     def standard_partial_moments(
         self, lo: torch.Tensor, hi: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Closed forms of ``special.student_t_partial_moments`` for nu > 2; None otherwise."""
-        return student_t_partial_moments(lo, hi, self.nu) if self.nu > 2.0 else None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Closed forms of ``special.student_t_partial_moments``: every nu > 0 on finite bounds
+        (clipped laws), nu > 2 where a bound is infinite."""
+        return student_t_partial_moments(lo, hi, self.nu)
 
     def _tail_cutoff(self) -> float:
         r"""``t_max``: the first :math:`t = 2^j` whose two tails hold below 1e-12 of :math:`\mathbb E T^2`

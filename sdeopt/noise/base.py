@@ -269,8 +269,9 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         self, lo: torch.Tensor, hi: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         r""":math:`(P, \mathbb E[T 1_I], \mathbb E[T^2 1_I])` of the standard law over
-        :math:`I = [\mathrm{lo}, \mathrm{hi})` in closed form, or None for a law without them
-        (then ``coordinate_law`` is None)."""
+        :math:`I = [\mathrm{lo}, \mathrm{hi})` in closed form (finite bounds always; infinite
+        ones where the moment exists), or None for a law without them (then
+        ``coordinate_law`` is None, and coordinate-wise clipping has no closed-form SDE)."""
         return None
 
     #: :math:`t_{\max}` of ``CoordinateLaw``: the standard law's share of :math:`\mathbb E T^2`
@@ -316,6 +317,68 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
             positive, torch.where(up, tail, 1.0 - tail), (grads < 0).to(grads.dtype)
         )
         return p_plus, p_minus
+
+    def clipped_moments(
+        self, grads: torch.Tensor, n_workers: int, tau: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""Mean, variance and slope of :math:`\kappa(\nabla f_i + \sigma_i T)`, coordinate-wise
+        clipping :math:`\kappa(v) = \max(-\tau, \min(\tau, v))`, in closed form for every law
+        with ``standard_partial_moments`` (docs/models.md).
+
+        With :math:`v = g + \sigma T`, the interval :math:`|v| \le \tau` is
+        :math:`T \in [\ell, h] = [(-\tau - g)/\sigma, (\tau - g)/\sigma]`, with partial moments
+        :math:`P, M_1, M_2` there and the atoms :math:`P_+ = F(-h)` at :math:`\tau`,
+        :math:`P_- = F(\ell)` at :math:`-\tau`:
+
+        .. math::
+
+            m = \tau (P_+ - P_-) + g P + \sigma M_1, \qquad
+            \operatorname{Var} = \mathbb E(\kappa - y_0)^2 - (m - y_0)^2,
+
+        :math:`\mathbb E(\kappa - y_0)^2 = (\tau - y_0)^2 P_+ + (\tau + y_0)^2 P_-
+        + (g - y_0)^2 P + 2 (g - y_0) \sigma M_1 + \sigma^2 M_2`, taken about
+        :math:`y_0 = \kappa(g)` (no cancellation when the noise is small against
+        :math:`|g - y_0|`). The slope :math:`\partial m / \partial g = P` (the chain rule's
+        factor in :math:`(\nabla \bar u) v`). :math:`\sigma_i = 0` gives
+        :math:`(\kappa(g), 0, 1_{|g| < \tau})`. Every :math:`\nu > 0` of Student-t is served:
+        the clipped law has all moments.
+
+        Args:
+            grads: (B, N or 1, d).
+            n_workers: N.
+            tau: :math:`\tau > 0`.
+        Returns:
+            mean, variance, slope, each (B, N or 1, d) ((B, N, d) for per-worker scales).
+        """
+        probe = grads.new_zeros(1)
+        if self.standard_partial_moments(probe, probe) is None:
+            raise ValueError(
+                f"Invalid noise: {self!r} (coordinate-wise clipping's SDE needs the law's "
+                "partial moments in closed form: Gaussian or StudentT)"
+            )
+        s = self.scales(n_workers, grads.device, grads.dtype).view(1, -1, 1)  # (1, N or 1, 1)
+        positive = s > 0
+        s_safe = torch.where(positive, s, torch.ones_like(s))
+        lo, hi = (-tau - grads) / s_safe, (tau - grads) / s_safe
+        p, m1, m2 = self.standard_partial_moments(lo, hi)  # type: ignore[misc]
+        p_up, p_down = self.standard_cdf(-hi), self.standard_cdf(lo)
+        y0 = grads.clamp(-tau, tau)
+        off = grads - y0
+        mean = tau * (p_up - p_down) + grads * p + s * m1
+        second = (
+            (tau - y0).square() * p_up
+            + (tau + y0).square() * p_down
+            + off.square() * p
+            + 2.0 * off * s * m1
+            + s.square() * m2
+        )
+        var = (second - (mean - y0).square()).clamp_(min=0.0)
+        inside = (grads.abs() < tau).to(grads.dtype)
+        return (
+            torch.where(positive, mean, y0),
+            torch.where(positive, var, torch.zeros_like(var)),
+            torch.where(positive, p, inside),
+        )
 
     def sign_tails(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
         r"""For scales :math:`\sigma_i > 0`: the minority sign's probability
