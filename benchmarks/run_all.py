@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bench_clipping
 import bench_discrete
 import bench_headline
 import bench_minibatch
@@ -50,6 +51,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
                 bench_minibatch,
                 [*dev, "--runs", "200", "--steps", "5", "--repeats", "1"],
             ),
+            "clipping": (bench_clipping, [*dev, "--runs", "500", "--steps", "5", "--repeats", "1"]),
             "rng": (bench_rng, [*dev, "--runs", "8192", "1000", "--draws", "2", "--repeats", "1"]),
             "headline": (
                 bench_headline,
@@ -73,6 +75,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         "scaling": (bench_scaling, dev),
         "w2": (bench_w2, []),
         "minibatch": (bench_minibatch, dev),
+        "clipping": (bench_clipping, [*dev, *big]),
         "rng": (bench_rng, dev),
         "headline": (
             bench_headline,
@@ -118,6 +121,14 @@ def headline_rows(results: dict) -> list[dict]:
                 "benchmark": "minibatch",
                 "case": f"estimated moments S={r['samples']}, {r['runs']} runs",
                 "figure": f"{r['ratio']:.2f}x the discrete step ({r['ratio_per_sample']:.2f}x per draw)",
+            }
+        )
+    for r in results.get("clipping", {}).get("rows", []):
+        rows.append(
+            {
+                "benchmark": "clipping",
+                "case": f"coordinate-clipped DSGD, {r['noise']}, {r['runs']} runs",
+                "figure": f"closed-form SDE step {r['ratio']:.2f}x the discrete step",
             }
         )
     for s in results.get("w2", {}).get("summary", []):

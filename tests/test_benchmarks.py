@@ -33,7 +33,9 @@ def positive(x) -> bool:
 
 def test_every_benchmark_writes_json_and_the_summary_prints(suite):
     out, stdout = suite
-    for name in ("discrete", "sde", "scaling", "w2", "minibatch", "rng", "headline", "suite"):
+    for name in (
+        "discrete", "sde", "scaling", "w2", "minibatch", "clipping", "rng", "headline", "suite",
+    ):  # fmt: skip
         data = json.loads((out / f"{name}.json").read_text())
         assert data["benchmark"] == name and data["date"] and data["torch"]
     assert "=== summary" in stdout and "headline" in stdout
@@ -109,4 +111,13 @@ def test_minibatch_rows_time_the_sde_against_its_discrete_step(suite):
     assert estimated and all(
         positive(r["ratio"]) and math.isclose(r["ratio_per_sample"], r["ratio"] / r["samples"])
         for r in estimated
+    )
+
+
+def test_clipping_rows_time_the_closed_form_sde_against_its_discrete_step(suite):
+    rows = json.loads((suite[0] / "clipping.json").read_text())["rows"]
+    assert {r["noise"] for r in rows} == {"Gaussian", "Student-t 1.5", "Cauchy"}
+    assert all(
+        positive(r["ratio"]) and math.isclose(r["ratio"], r["sde_ms"] / r["discrete_ms"])
+        for r in rows
     )

@@ -111,19 +111,29 @@ def _coordinate_clipped(method: DCSGD, problem: Problem) -> Moments:
             "Gaussian and StudentT noise; sde_of(..., moments='estimated') serves other laws)"
         )
 
+    last: dict = {}
+
+    def clipped(x: torch.Tensor):
+        """The clipped law's moments at x, computed once per state: the solver asks for the
+        drift and the diffusion at the same x (same tensor, same version)."""
+        if last.get("x") is not x or last.get("version") != x._version:
+            last.update(x=x, version=x._version, value=noise.clipped_moments(
+                problem.worker_grads(x), n, tau
+            ))  # fmt: skip
+        return last["value"]
+
     def worker_cov(x: torch.Tensor) -> StructuredCov:
-        mean, var, _ = noise.clipped_moments(problem.worker_grads(x), n, tau)
+        mean, var, _ = clipped(x)
         return method.compressor.noisy_cov(mean, StructuredCov.diagonal(var))
 
     def average(t: torch.Tensor) -> torch.Tensor:  # (B, N or 1, d) -> (B, d)
         return t[:, 0] if t.shape[1] == 1 else t.mean(dim=1)
 
     def mean(x: torch.Tensor) -> torch.Tensor:
-        return average(noise.clipped_moments(problem.worker_grads(x), n, tau)[0])
+        return average(clipped(x)[0])
 
     def mean_jvp(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        slope = noise.clipped_moments(problem.worker_grads(x), n, tau)[2]
-        return average(slope) * problem.hvp(x, v)
+        return average(clipped(x)[2]) * problem.hvp(x, v)
 
     probe = worker_cov(torch.zeros(1, d, dtype=torch.float64))  # refuses before any SDE
     diffusion, brownian_dim = _structured_diffusion(worker_cov, probe, n, d)

@@ -92,9 +92,9 @@ class Gaussian(SymmetricCDFNoise):
         return torch.exp(-0.5 * y * y) * (1.0 / math.sqrt(2.0 * math.pi))
 
     def standard_partial_moments(
-        self, lo: torch.Tensor, hi: torch.Tensor
+        self, lo: torch.Tensor, hi: torch.Tensor, p: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return gaussian_partial_moments(lo, hi)
+        return gaussian_partial_moments(lo, hi, p)
 
     #: :math:`\mathbb E[T^2 1_{|T| > 9}] \approx 2 \cdot 9\, \varphi(9) \approx 2e\text{-}17`,
     #: below 1e-12 (the criterion of ``CoordinateLaw.t_max``).
@@ -190,11 +190,11 @@ class StudentT(SymmetricCDFNoise):
         return student_t_cdf(y, self.nu)
 
     def standard_partial_moments(
-        self, lo: torch.Tensor, hi: torch.Tensor
+        self, lo: torch.Tensor, hi: torch.Tensor, p: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Closed forms of ``special.student_t_partial_moments``: every nu > 0 on finite bounds
         (clipped laws), nu > 2 where a bound is infinite."""
-        return student_t_partial_moments(lo, hi, self.nu)
+        return student_t_partial_moments(lo, hi, self.nu, p)
 
     def _tail_cutoff(self) -> float:
         r"""``t_max``: the first :math:`t = 2^j` whose two tails hold below 1e-12 of :math:`\mathbb E T^2`
