@@ -95,6 +95,9 @@ def test_unstable_and_inapplicable_cases():
     assert stationary_loss(heavy, prob) is None  # infinite variance: no stationary second moment
     sign = so.discrete.DSignSGD(lr=0.01, noise=so.noise.Gaussian())
     assert stationary_loss(sign, prob) is None
+    for clipping in ({"clip": 1.0}, {"worker_clip": 1.0}, {"coord_clip": 1.0}):
+        clipped = so.discrete.DSGD(lr=0.01, noise=so.noise.Gaussian(), **clipping)
+        assert stationary_loss(clipped, prob) is None  # the closed form is for unclipped steps
     with pytest.raises(ValueError, match="model"):
         stationary_loss(heavy, prob, "third_order")
     with pytest.raises(ValueError, match="substeps"):

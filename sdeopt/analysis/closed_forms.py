@@ -79,6 +79,7 @@ def stationary_loss(
         and isinstance(method.schedule, Constant)
         and method.normalize is None
         and method.clip is None
+        and not method.worker_clipped
         and isinstance(method.compressor, (Identity, RandK))
     ):
         return None

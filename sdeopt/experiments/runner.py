@@ -70,6 +70,12 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
             if extrapolate
             else weak_error(coarse_s, "loss")
         )
+    # An unbounded direction under infinite-variance noise: the loss has no finite variance
+    # (on a quadratic, no finite mean), so a standard error would be meaningless.
+    method = spec["method"]
+    heavy = not getattr(getattr(method, "noise", None), "finite_variance", True) and not getattr(
+        method, "bounded", True
+    )
     rows = []
     for model in ds["model"].values:
         ok = ~coarse_s["diverged"].sel(model=model).values  # (run,): alive at the last step
@@ -83,6 +89,8 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
             final = coarse_s["loss"].sel(model=model).isel(step=-1).values  # (run,)
             row["median_loss"] = float(np.median(final[ok])) if ok.any() else math.nan
             row["mean_loss"], row["mean_se"] = _mean_se(final[ok])
+            if heavy:  # no finite variance: no standard error (n/a), the mean only as measured
+                row["mean_se"] = math.nan
             if fine_s is not None and model != "discrete":
                 both = ok & ~fine_s["diverged"].sel(model=model).values
                 f_h = final[both]
