@@ -10,6 +10,7 @@ same runs, timed side by side. "ratio" is SDE time per step over discrete time p
 goal: within 2x).
 
     python benchmarks/bench_clipping.py
+    python benchmarks/bench_clipping.py --fuse      # the t CDF compiled (torch.compile)
     python benchmarks/bench_clipping.py --device cuda --runs 100000
 """
 
@@ -36,9 +37,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--fuse", action="store_true", help="configure_torch(fuse=True): the t CDF compiled"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "clipping.json")
     args = parser.parse_args(argv)
-    so.configure_torch()
+    so.configure_torch(fuse=True if args.fuse else None)
     diag = torch.linspace(1.0, 10.0, args.dim).tolist()
     prob = so.problems.Quadratic(diag=diag)
     laws = {
@@ -93,7 +97,7 @@ def main(argv=None) -> dict:
             ],
         )
     )
-    result = {"benchmark": "clipping", "dtype": "float32", **info, "rows": rows}
+    result = {"benchmark": "clipping", "dtype": "float32", "fused": args.fuse, **info, "rows": rows}
     write(result, args.out)
     return result
 
