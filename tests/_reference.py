@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 import sdeopt as so
 
 
@@ -18,3 +20,25 @@ class HalfSquarePlusQuartic(so.problems.Problem):
 
     def hvp(self, x, v):
         return (1 + 3 * x**2) * v
+
+
+class TwoCenters(so.problems.Problem):
+    """Heterogeneous workers: f_i = |x - c_i|²/2 with two centres c_i, the rows of ``centers``."""
+
+    n_workers = 2
+
+    def __init__(self, centers=((1.0, -1.0, 0.5), (-0.5, 2.0, 0.0))):
+        self.centers = torch.tensor(centers)  # (2, d)
+        self.dim = self.centers.shape[1]
+
+    def loss(self, x):
+        return 0.5 * ((x.unsqueeze(1) - self.centers) ** 2).sum(-1).mean(1)
+
+    def grad(self, x):
+        return x - self.centers.mean(0)
+
+    def hvp(self, x, v):
+        return v
+
+    def worker_grads(self, x):
+        return x.unsqueeze(1) - self.centers  # (B, 2, d)

@@ -14,6 +14,7 @@ from scipy.stats import norm
 
 import sdeopt as so
 from sdeopt.random import RandomSource
+from tests._reference import TwoCenters
 
 F64 = torch.float64
 LAWS = {
@@ -31,36 +32,12 @@ PAIRS = [(0.0, 1.0), (0.3, 1.0), (-1.7, 1.0), (1.0, 0.5), (25.0, 1.0), (-4.0, 0.
 # --- the discrete rules -------------------------------------------------------------------------
 
 
-class TwoCenters(so.problems.Problem):
-    """Heterogeneous workers: f_i = |x - c_i|²/2, gradients x - c_i."""
-
-    n_workers = 2
-    dim = 3
-    centers = torch.tensor([[3.0, -1.0, 0.5], [-0.5, 2.0, 0.0]], dtype=F64)
-
-    def loss(self, x):
-        return 0.5 * ((x.unsqueeze(1) - self.centers) ** 2).sum(-1).mean(1)
-
-    def grad(self, x):
-        return x - self.centers.mean(0)
-
-    def hvp(self, x, v):
-        return v
-
-    def worker_grads(self, x):
-        return x.unsqueeze(1) - self.centers
-
-    @property
-    def heterogeneous(self) -> bool:
-        return True
-
-
 @pytest.mark.parametrize("kind", ["worker_clip", "coord_clip", "clip"])
 def test_clipping_rules_on_noise_free_gradients(kind):
     """One step without noise against the rule written out by hand: per-worker norm clipping
     and coordinate-wise clipping act on each worker's gradient before averaging; ``clip`` on
     the average."""
-    prob, tau, lr = TwoCenters(), 1.5, 0.1
+    prob, tau, lr = TwoCenters(((3.0, -1.0, 0.5), (-0.5, 2.0, 0.0))), 1.5, 0.1
     opt = so.discrete.DCSGD(lr=lr, n_workers=2, noise=so.noise.Gaussian(scale=0.0), **{kind: tau})
     x = torch.zeros(3, dtype=F64)
     step = so.discrete.simulate(opt, prob, x, n_steps=1, n_runs=1, record_x=True).x[-1, 0] - x

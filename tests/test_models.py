@@ -20,32 +20,10 @@ from scipy import interpolate, linalg, stats
 import sdeopt as so
 from sdeopt.discrete import DCSGD, DSGD, DSignSGD, ItoChain, MarkovSGD
 from sdeopt.dynamics import sde_of
-from tests._reference import HalfSquarePlusQuartic
+from tests._reference import HalfSquarePlusQuartic, TwoCenters
 
 ETA = 0.7  # a schedule factor != 1, so that every power of eta_t is pinned too
 LR = 0.3
-
-
-class TwoCenters(so.problems.Problem):
-    """Heterogeneous workers: f_i = |x - c_i|²/2 with two centres c_i, the rows of ``centers``."""
-
-    n_workers = 2
-
-    def __init__(self, centers=((1.0, -1.0, 0.5), (-0.5, 2.0, 0.0))):
-        self.centers = torch.tensor(centers)  # (2, d)
-        self.dim = self.centers.shape[1]
-
-    def loss(self, x):
-        return 0.5 * ((x.unsqueeze(1) - self.centers) ** 2).sum(-1).mean(1)
-
-    def grad(self, x):
-        return x - self.centers.mean(0)
-
-    def hvp(self, x, v):
-        return v
-
-    def worker_grads(self, x):
-        return x.unsqueeze(1) - self.centers  # (B, 2, d)
 
 
 DENSE = [[2.0, 0.5, 0.0], [0.5, 1.0, -0.3], [0.0, -0.3, 3.0]]
