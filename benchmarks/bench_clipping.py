@@ -7,7 +7,8 @@ has a Brownian SDE. ``simulate`` (one discrete step: N noise draws per coordinat
 averaging) and ``solve`` of its first-order SDE (Euler, one substep: the clipped law's mean and
 variance in closed form per coordinate and worker, from the noise CDF and partial moments) on the
 same runs, timed side by side. "ratio" is SDE time per step over discrete time per step (the
-goal: within 2x).
+goal: within 2x). With --fuse the clipped law is one compiled kernel (``configure_torch(fuse=True)``;
+the compile happens in the untimed warm-up call).
 
     python benchmarks/bench_clipping.py
     python benchmarks/bench_clipping.py --fuse      # the t CDF compiled (torch.compile)

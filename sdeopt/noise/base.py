@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from sdeopt import _fuse
 from sdeopt._validation import check_scales
 from sdeopt.covariance import CoordinateLaw, NoiseFactor, StructuredCov
 from sdeopt.problems import Problem
@@ -358,31 +359,8 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
                 "partial moments in closed form: Gaussian or StudentT)"
             )
         s = self.scales(n_workers, grads.device, grads.dtype).view(1, -1, 1)  # (1, N or 1, 1)
-        positive = s > 0
-        s_safe = torch.where(positive, s, torch.ones_like(s))
-        lo, hi = (-tau - grads) / s_safe, (tau - grads) / s_safe
-        # Two CDF evaluations: the atoms' tails, each computed directly (never as 1 - F), and
-        # the interval's probability from them (absolute error ~1e-16 where it is tiny).
-        p_up, p_down = self.standard_cdf(-hi), self.standard_cdf(lo)
-        inside_p = (1.0 - p_up - p_down).clamp_(min=0.0)
-        p, m1, m2 = self.standard_partial_moments(lo, hi, inside_p)  # type: ignore[misc]
-        y0 = grads.clamp(-tau, tau)
-        off = grads - y0
-        mean = tau * (p_up - p_down) + grads * p + s * m1
-        second = (
-            (tau - y0).square() * p_up
-            + (tau + y0).square() * p_down
-            + off.square() * p
-            + 2.0 * off * s * m1
-            + s.square() * m2
-        )
-        var = (second - (mean - y0).square()).clamp_(min=0.0)
-        inside = (grads.abs() < tau).to(grads.dtype)
-        return (
-            torch.where(positive, mean, y0),
-            torch.where(positive, var, torch.zeros_like(var)),
-            torch.where(positive, p, inside),
-        )
+        # One compiled kernel with configure_torch(fuse=True) (sdeopt._fuse), else eager.
+        return _fuse.fused(_clipped_law)(grads, s, self, tau)
 
     def sign_tails(self, grads: torch.Tensor, n_workers: int) -> tuple[torch.Tensor, torch.Tensor]:
         r"""For scales :math:`\sigma_i > 0`: the minority sign's probability
@@ -407,6 +385,38 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         = 2 F(\nabla f_i / \sigma_i) - 1` (docs/models.md), shaped like grads."""
         p_plus, p_minus = self.sign_probabilities(grads, n_workers)
         return p_plus - p_minus
+
+
+def _clipped_law(
+    grads: torch.Tensor, s: torch.Tensor, noise: SymmetricCDFNoise, tau: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The body of ``SymmetricCDFNoise.clipped_moments`` (scales s, (1, N or 1, 1)), a module
+    function so that ``sdeopt._fuse`` compiles it once per law."""
+    positive = s > 0
+    s_safe = torch.where(positive, s, torch.ones_like(s))
+    lo, hi = (-tau - grads) / s_safe, (tau - grads) / s_safe
+    # Two CDF evaluations: the atoms' tails, each computed directly (never as 1 - F), and
+    # the interval's probability from them (absolute error ~1e-16 where it is tiny).
+    p_up, p_down = noise.standard_cdf(-hi), noise.standard_cdf(lo)
+    inside_p = (1.0 - p_up - p_down).clamp_(min=0.0)
+    p, m1, m2 = noise.standard_partial_moments(lo, hi, inside_p)  # type: ignore[misc]
+    y0 = grads.clamp(-tau, tau)
+    off = grads - y0
+    mean = tau * (p_up - p_down) + grads * p + s * m1
+    second = (
+        (tau - y0).square() * p_up
+        + (tau + y0).square() * p_down
+        + off.square() * p
+        + 2.0 * off * s * m1
+        + s.square() * m2
+    )
+    var = (second - (mean - y0).square()).clamp_(min=0.0)
+    inside = (grads.abs() < tau).to(grads.dtype)
+    return (
+        torch.where(positive, mean, y0),
+        torch.where(positive, var, torch.zeros_like(var)),
+        torch.where(positive, p, inside),
+    )
 
 
 def _check_grads(grads: torch.Tensor, n_workers: int) -> None:
