@@ -276,13 +276,17 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         the interval's probability when the caller has it (saves two CDF evaluations)."""
         return None
 
+    @property
+    def has_partial_moments(self) -> bool:
+        """True when the law gives ``standard_partial_moments`` (a subclass overrides it)."""
+        return type(self).standard_partial_moments is not SymmetricCDFNoise.standard_partial_moments
+
     #: :math:`t_{\max}` of ``CoordinateLaw``: the standard law's share of :math:`\mathbb E T^2`
     #: beyond :math:`|T| > t_{\max}` is below 1e-12.
     t_max: float = math.inf
 
     def coordinate_law(self, grads: torch.Tensor, n_workers: int) -> CoordinateLaw | None:
-        probe = torch.zeros(1, dtype=grads.dtype, device=grads.device)
-        if not self.finite_variance or self.standard_partial_moments(probe, probe) is None:
+        if not self.finite_variance or not self.has_partial_moments:
             return None
         s = self.scales(n_workers, grads.device, grads.dtype)  # (N or 1,)
         return CoordinateLaw(
@@ -352,8 +356,7 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         Returns:
             mean, variance, slope, each (B, N or 1, d) ((B, N, d) for per-worker scales).
         """
-        probe = grads.new_zeros(1)
-        if self.standard_partial_moments(probe, probe) is None:
+        if not self.has_partial_moments:
             raise ValueError(
                 f"Invalid noise: {self!r} (coordinate-wise clipping's SDE needs the law's "
                 "partial moments in closed form: Gaussian or StudentT)"
