@@ -40,11 +40,14 @@ def moments(method: DCSGD, problem: Problem) -> Moments:
     covariance is applied in structured form: a diagonal, a
     diagonal plus one negative rank-one term (homogeneous workers: O(d) per run), the minibatch
     noise's factors applied as an operator (``_factored``: O(n d) per run, Brownian dimension
-    n), or a dense square root (rank > 1: heterogeneous RandK, RandK on minibatch noise).
+    n), the downdated root of ``_downdated_root`` (heterogeneous RandK, RandK on minibatch
+    noise: no d x d factorisation), or a dense square root (any other structure). With
+    ``coord_clip`` the moments are the clipped law's (``_coordinate_clipped``).
 
     Raises ValueError, with the reason the noise or the compressor gives, for infinite-variance
     noise (no Brownian SDE: a Lévy-driven SDE is the right object), for laws or compressors
-    without a closed-form covariance, and for normalised or clipped steps.
+    without a closed-form covariance, and for normalised or norm-clipped steps (estimated
+    moments serve those).
     """
     noise, n, d = method.noise, method.n_workers, problem.dim
     if method.normalize is not None or method.clip is not None or method.worker_clip is not None:
