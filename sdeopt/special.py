@@ -248,22 +248,27 @@ def student_t_partial_moments(
     """
     if not nu > 0.0:
         raise ValueError(f"Invalid nu: {nu!r} (must be > 0)")
-    a, b = _lower_side(lo, hi)
-    if p is None:
-        p = student_t_cdf(b, nu) - student_t_cdf(a, nu)
-    m1 = _t_first_moment(lo, hi, nu)
     near = 1e-3
+    if p is None:
+        p = _t_interval_probability(lo, hi, nu)
+    m1 = _t_first_moment(lo, hi, nu)
     if abs(nu - 2.0) >= near:
         return p, m1, _t_second_moment(lo, hi, nu, p)
     at_two = _t_second_moment_nu2(lo, hi)
     if nu == 2.0:
         return p, m1, at_two
     below, above = (
-        _t_second_moment(lo, hi, v, student_t_cdf(b, v) - student_t_cdf(a, v))
+        _t_second_moment(lo, hi, v, _t_interval_probability(lo, hi, v))
         for v in (2.0 - near, 2.0 + near)
     )
     s = (nu - 2.0) / near  # in (-1, 1): the quadratic through 2 - near, 2, 2 + near
     return p, m1, at_two + 0.5 * s * (above - below) + 0.5 * s * s * (above - 2.0 * at_two + below)
+
+
+def _t_interval_probability(lo: torch.Tensor, hi: torch.Tensor, nu: float) -> torch.Tensor:
+    """P(lo <= T < hi) for t_nu, on the side of the smaller tail (``_lower_side``)."""
+    a, b = _lower_side(lo, hi)
+    return student_t_cdf(b, nu) - student_t_cdf(a, nu)
 
 
 def _t_first_moment(lo: torch.Tensor, hi: torch.Tensor, nu: float) -> torch.Tensor:
