@@ -49,10 +49,11 @@ class Stepper(ABC):
         schedule: :math:`\eta_k`, the dimensionless schedule factor.
         n_workers: workers whose (B, N, d) tensors a step holds (the chunk memory estimate).
         extra_observables: per-run quantities kept in the State that ``run`` can record.
-        couplable: True when each step draws exactly one standard normal (B, d) tensor that
-            enters as
-            :math:`x_{k+1} = x_k - \mathrm{lr}_k\, (\bar u(x_k) + S(x_k)^{1/2} \xi_k)`; only then
-            can the draws be kept (``keep_increments``) to drive an SDE with the same noise.
+        couplable: True when each step draws exactly one standard (B, d) tensor
+            :math:`\xi_k` (normal, or symmetric stable: ``increment_law``) that enters as
+            :math:`x_{k+1} = x_k - \mathrm{lr}_k\, (\bar u(x_k) + S(x_k)^{1/2} \xi_k)`
+            (:math:`S^{1/2}` a scale for stable draws); only then can the draws be kept
+            (``keep_increments``) to drive an SDE with the same noise.
     """
 
     lr: float
@@ -63,6 +64,13 @@ class Stepper(ABC):
     @property
     def couplable(self) -> bool:
         return False
+
+    @property
+    def increment_law(self) -> dict:
+        """The law of the kept draw ξ_k of a couplable stepper: ``{"law": "normal"}``, or
+        ``{"law": "stable", "alpha": α}`` (a standard symmetric α-stable draw, which drives the
+        Lévy model); recorded in the trajectory's config as ``increments``."""
+        return {"law": "normal"}
 
     def init_state(self, x0: torch.Tensor, problem: Problem, rng: RandomSource) -> State:
         """The state at :math:`k = 0` of the runs of ``rng`` (``rng.first_run`` ..), from x0
@@ -115,9 +123,9 @@ def run(
     if keep_increments and not stepper.couplable:
         raise ValueError(
             f"Invalid keep_increments: True ({type(stepper).__name__} here is not couplable: coupling needs "
-            "exactly one standard normal (B, d) draw per step entering as "
-            "x - lr(ū + S^{1/2} ξ), as DSGD and DCSGD without compression make with Gaussian "
-            "or AffineVariance noise and shortcuts=True)"
+            "exactly one standard normal or stable (B, d) draw per step entering as "
+            "x - lr(ū + S^{1/2} ξ), as DSGD and DCSGD without compression make with Gaussian, "
+            "AffineVariance or SymmetricStable (alpha < 2) noise and shortcuts=True)"
         )
     extras = stepper.extra_observables
     spec = validate_run(
@@ -158,6 +166,8 @@ def run(
         first_run=first_run,
         blowup_threshold=blowup_threshold,
     )
+    if keep_increments:
+        config["increments"] = stepper.increment_law
 
     def trajectory(observables, x, diverged, blowup_step, increments=None) -> Trajectory:
         return Trajectory(
@@ -198,7 +208,7 @@ def run(
             dtype=dtype,
         )
         if keep_increments:
-            rng = IncrementRecorder(rng)
+            rng = IncrementRecorder(rng, stepper.increment_law["law"])
         x_chunk = (
             x0[start:stop].to(device=dev, dtype=dtype)
             if x0.shape[0] > 1
@@ -230,16 +240,18 @@ def run(
 
 
 class IncrementRecorder:
-    r"""A RandomSource wrapper that keeps the Gaussian draw of each step (for coupling).
+    r"""A RandomSource wrapper that keeps the one standard draw of each step (for coupling).
 
-    Coupling needs a method whose only randomness per step is one standard normal draw of
-    shape (B, d) that enters as
+    Coupling needs a method whose only randomness per step is one standard normal or standard
+    symmetric stable draw of shape (B, d) that enters as
     :math:`x_{k+1} = x_k - \mathrm{lr}_k\, (\bar u(x_k) + S(x_k)^{1/2} \xi_k)`: DSGD (and DCSGD
-    without compression) with Gaussian or AffineVariance noise and shortcuts on.
+    without compression) with Gaussian, AffineVariance or SymmetricStable noise and shortcuts
+    on.
     """
 
-    def __init__(self, rng: RandomSource) -> None:
+    def __init__(self, rng: RandomSource, kind: str = "normal") -> None:
         self._rng = rng
+        self.kind = kind  # "normal" or "stable": the stepper's increment_law
         self.n_runs = rng.n_runs
         self.draws: list[tuple[str, torch.Tensor | None]] = []
 
@@ -248,6 +260,11 @@ class IncrementRecorder:
         # A copy: the caller owns ``out`` and may scale it in place (AffineVariance draws
         # ξ and multiplies it by std(x)); a kept reference would then record std(x)·ξ.
         self.draws.append(("normal", out.clone()))
+        return out
+
+    def stable(self, alpha: float, *shape: int) -> torch.Tensor:
+        out = self._rng.stable(alpha, *shape)  # its uniform/exponential draws are not recorded
+        self.draws.append(("stable", out.clone()))  # a copy, as for normal
         return out
 
     def __getattr__(self, name):
@@ -261,14 +278,15 @@ class IncrementRecorder:
         return getattr(self._rng, name)
 
     def take(self, dim: int) -> torch.Tensor:
-        """The one (B, d) normal draw of the step just made; ValueError for anything else."""
+        """The one (B, d) draw (of the declared kind) of the step just made; ValueError for
+        anything else."""
         draws, self.draws = self.draws, []
-        drawn = draws[0][1] if len(draws) == 1 and draws[0][0] == "normal" else None
+        drawn = draws[0][1] if len(draws) == 1 and draws[0][0] == self.kind else None
         if drawn is None or tuple(drawn.shape) != (self.n_runs, dim):
             kinds = [f"{k}{tuple(t.shape) if t is not None else ''}" for k, t in draws]
             raise ValueError(
                 f"Invalid keep_increments: True (the method declares itself couplable but drew "
-                f"{kinds or 'nothing'} in one step; coupling needs exactly one standard normal "
+                f"{kinds or 'nothing'} in one step; coupling needs exactly one standard {self.kind} "
                 "(B, d) draw per step)"
             )
         return drawn

@@ -303,3 +303,51 @@ def _t_second_moment_nu2(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         return torch.asinh(t / math.sqrt(2.0)) - t / torch.sqrt(2.0 + t * t)
 
     return antiderivative(hi) - antiderivative(lo)
+
+
+def stable_scale_from_tail(alpha: float, tail_constant: float) -> float:
+    r"""The scale :math:`\gamma` of the symmetric :math:`\alpha`-stable limit of
+    :math:`n^{-1/\alpha} \sum_{i \le n} X_i` for i.i.d. symmetric :math:`X_i` with
+    :math:`P(X > x) \sim P(X < -x) \sim c\, x^{-\alpha}`, :math:`0 < \alpha < 2` (the
+    generalised central limit theorem; docs/models.md, "The Lévy model"):
+
+    .. math::
+
+        \gamma^\alpha = \frac{\pi c}{\Gamma(\alpha) \sin(\pi\alpha/2)},
+
+    the stable law of characteristic function :math:`\exp(-\gamma^\alpha |u|^\alpha)`. (Its
+    Lévy measure :math:`c\alpha |x|^{-1-\alpha} dx` gives the exponent
+    :math:`2c\alpha |u|^\alpha \int_0^\infty (1 - \cos y) y^{-1-\alpha} dy
+    = 2c\,\Gamma(1-\alpha) \cos(\pi\alpha/2) |u|^\alpha`, and
+    :math:`\Gamma(1-\alpha)\Gamma(\alpha) = \pi / \sin(\pi\alpha)`.) The Cauchy law,
+    :math:`c = 1/\pi`, has :math:`\gamma = 1`.
+
+    References:
+        Samorodnitsky & Taqqu, *Stable Non-Gaussian Random Processes* (1994), §1.8 and
+        Property 1.2.15 (the tail constant :math:`C_\alpha` of a stable law); Nolan,
+        *Univariate Stable Distributions* (2020), Thm 1.2 and Thm 3.12.
+    """
+    if not 0.0 < alpha < 2.0:
+        raise ValueError(f"Invalid alpha: {alpha!r} (the stable limit needs 0 < alpha < 2)")
+    if not (tail_constant > 0.0 and math.isfinite(tail_constant)):
+        raise ValueError(f"Invalid tail_constant: {tail_constant!r} (must be finite and > 0)")
+    power = math.pi * tail_constant / (math.gamma(alpha) * math.sin(math.pi * alpha / 2.0))
+    return power ** (1.0 / alpha)
+
+
+def student_t_tail_constant(nu: float) -> float:
+    r""":math:`c_\nu` of :math:`P(T > x) \sim c_\nu x^{-\nu}` for :math:`T \sim t_\nu`: the
+    density :math:`\frac{\Gamma((\nu+1)/2)}{\sqrt{\nu\pi}\,\Gamma(\nu/2)}
+    (1 + t^2/\nu)^{-(\nu+1)/2} \sim \frac{\Gamma((\nu+1)/2)\, \nu^{(\nu+1)/2}}
+    {\sqrt{\nu\pi}\,\Gamma(\nu/2)} t^{-\nu-1}`, integrated:
+    :math:`c_\nu = \Gamma((\nu+1)/2)\, \nu^{\nu/2 - 1} / (\sqrt\pi\, \Gamma(\nu/2))`
+    (:math:`1/\pi` for the Cauchy law, :math:`\nu = 1`)."""
+    if not (nu > 0.0 and math.isfinite(nu)):
+        raise ValueError(f"Invalid nu: {nu!r} (must be finite and > 0)")
+    log_c = (
+        math.lgamma((nu + 1.0) / 2.0)
+        + (nu / 2.0 - 1.0) * math.log(nu)
+        - 0.5 * math.log(math.pi)
+        - math.lgamma(nu / 2.0)
+    )
+    return math.exp(log_c)

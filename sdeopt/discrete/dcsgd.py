@@ -123,8 +123,9 @@ class DCSGD(DirectionMethod):
 
     @property
     def couplable(self) -> bool:
-        """One standard normal (B, d) draw per step, entering linearly: the uncompressed,
-        unclipped average of workers whose noise law draws its mean as one scaled normal."""
+        """One standard (B, d) draw per step (normal, or stable: ``increment_law``), entering
+        linearly: the uncompressed, unclipped average of workers whose noise law draws its mean
+        as one scaled standard draw."""
         return (
             self.shortcuts
             and isinstance(self.compressor, Identity)
@@ -133,6 +134,11 @@ class DCSGD(DirectionMethod):
             and not self.worker_clipped
             and self.noise.couplable
         )
+
+    @property
+    def increment_law(self) -> dict:
+        """The law of the kept draw: the noise's (normal, or stable for SymmetricStable)."""
+        return self.noise.increment_law
 
     def check_problem(self, problem: Problem) -> None:
         super().check_problem(problem)

@@ -17,7 +17,8 @@ class DSGD(DCSGD):
     Update: :math:`x_{k+1} = x_k - (\eta\,\eta_k / N) \sum_i g_i`,
     :math:`g_i = \nabla f_i(x_k) + Z_i`. For Gaussian noise the mean of the N worker noises is
     drawn as one Gaussian of variance :math:`\sum_i \sigma_i^2 / N^2` (exact in law), so a step
-    costs one (B, d) normal draw.
+    costs one (B, d) normal draw; for symmetric α-stable noise as one stable draw of scale
+    :math:`(\sum_i \sigma_i^\alpha)^{1/\alpha} / N`.
 
     SDE models (docs/models.md): :math:`\bar u = \nabla f`, :math:`S = \hat\Sigma / N` with
     :math:`\hat\Sigma = \frac{1}{N} \sum_i \Sigma_i`; first order

@@ -24,8 +24,10 @@ from sdeopt.random import RandomSource
 from sdeopt.special import (
     gaussian_partial_moments,
     log_beta_half,
+    stable_scale_from_tail,
     student_t_cdf,
     student_t_partial_moments,
+    student_t_tail_constant,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +161,26 @@ class StudentT(SymmetricCDFNoise):
         self.finite_variance = self.nu > 2.0
         self.t_max = self._tail_cutoff()
 
+    def stable_limit(self, n_workers: int) -> tuple[float, float, bool]:
+        r"""For :math:`\nu < 2`, :math:`t_\nu` is in the domain of attraction of
+        :math:`S\nu S`: :math:`P(\sigma T > x) \sim c_\nu \sigma^\nu x^{-\nu}`
+        (``student_t_tail_constant``), the workers' average has tail constant
+        :math:`c_\nu \sum_i \sigma_i^\nu / N^\nu`, and the stable law with that tail
+        (``stable_scale_from_tail``) has scale
+        :math:`\gamma_\nu (\sum_i \sigma_i^\nu)^{1/\nu} / N`. Exact for :math:`\nu = 1`
+        (Cauchy, :math:`\gamma_1 = 1`), a limit otherwise (docs/models.md)."""
+        if self.nu >= 2.0:
+            raise ValueError(
+                f"Invalid noise: StudentT nu = {self.nu!r} is in the Gaussian domain of "
+                "attraction (finite variance for nu > 2, a logarithmic correction at nu = 2): "
+                "the 'levy' model needs nu < 2; use the Brownian models 'first_order', "
+                "'second_order' or 'curvature'"
+            )
+        gamma = stable_scale_from_tail(self.nu, student_t_tail_constant(self.nu))
+        scales = self.worker_scales(n_workers)
+        power = sum(s**self.nu for s in scales)
+        return self.nu, gamma * power ** (1.0 / self.nu) / n_workers, self.nu == 1.0
+
     @property
     def variance(self) -> float:
         r""":math:`\operatorname{Var} T = \nu/(\nu-2)` for :math:`\nu > 2`, else inf."""
@@ -237,7 +259,7 @@ class SymmetricStable(ScaledSymmetricNoise):
     a finite variance (:math:`\operatorname{Var} S = 2`); :math:`\mathbb{E}|S| < \infty` iff
     :math:`\alpha > 1`. This is ``scipy.stats.levy_stable(alpha, 0, scale=σ)``.
 
-    Sampler (Chambers-Mallows-Stuck, :math:`\beta = 0`): :math:`V = \pi(U - 1/2)` uniform on
+    Sampler (``sdeopt.random.RandomSource.stable``, Chambers-Mallows-Stuck, :math:`\beta = 0`): :math:`V = \pi(U - 1/2)` uniform on
     :math:`(-\pi/2, \pi/2)`, :math:`W \sim \mathrm{Exp}(1)` independent,
 
     .. math::
@@ -282,19 +304,37 @@ class SymmetricStable(ScaledSymmetricNoise):
         return 2.0 if self.alpha == 2.0 else math.inf
 
     def sample_standard(self, rng: RandomSource, *shape: int) -> torch.Tensor:
-        alpha = self.alpha
-        if alpha == 2.0:
-            return rng.normal(*shape).mul_(math.sqrt(2.0))  # (B, *shape)
-        # Uniform draws lie on a grid of step eps/2 (24 or 53 bits); half a step keeps
-        # U in (0, 1) and symmetric about 1/2.
-        half_step = torch.finfo(rng.dtype).eps / 4.0
-        v = rng.uniform(*shape).add_(half_step - 0.5).mul_(math.pi)  # (B, *shape), V
-        if alpha == 1.0:
-            return torch.tan(v)
-        w = rng.exponential(*shape)  # (B, *shape), W
-        out = torch.cos(v * (1.0 - alpha)).div_(w).pow_((1.0 - alpha) / alpha)
-        out.div_(torch.cos(v).pow_(1.0 / alpha))
-        return out.mul_(v.mul_(alpha).sin_())
+        return rng.stable(self.alpha, *shape)  # (B, *shape)
+
+    def mean_scale(self, n_workers: int) -> float:
+        r"""The scale of the workers' average noise
+        :math:`\frac1N \sum_i \sigma_i S_i \sim (\sum_i \sigma_i^\alpha)^{1/\alpha} / N
+        \cdot S` (stability: the characteristic functions multiply)."""
+        scales = self.worker_scales(n_workers)
+        return sum(s**self.alpha for s in scales) ** (1.0 / self.alpha) / n_workers
+
+    def sample_worker_mean(
+        self, rng: RandomSource, grads: torch.Tensor, n_workers: int
+    ) -> torch.Tensor:
+        r""":math:`\frac{1}{N} \sum_i \sigma_i S_i` drawn as one standard draw times
+        ``mean_scale`` (exact in law), (B, d): N times fewer draws, and the one (B, d) draw that
+        coupling keeps."""
+        return rng.stable(self.alpha, grads.shape[-1]).mul_(self.mean_scale(n_workers))
+
+    def stable_limit(self, n_workers: int) -> tuple[float, float, bool]:
+        """(alpha, ``mean_scale``, True): the workers' average is exactly stable."""
+        return self.alpha, self.mean_scale(n_workers), True
+
+    @property
+    def couplable(self) -> bool:  # type: ignore[override]  # per instance: alpha < 2
+        """The workers' average is one standard stable (B, d) draw times a scale: its draws can
+        drive a Lévy SDE (for :math:`\alpha = 2` use ``Gaussian``, whose draws drive the
+        Brownian models)."""
+        return self.alpha < 2.0
+
+    @property
+    def increment_law(self) -> dict:
+        return {"law": "stable", "alpha": self.alpha}
 
     def config(self) -> dict:
         return {"type": "SymmetricStable", "alpha": self.alpha, "scale": self._scale.jsonable()}

@@ -34,9 +34,17 @@ class Noise(ABC):
     #: True when :math:`\operatorname{Cov} Z_i = v_i I` (``worker_variance``): then DSGD's SDE
     #: has an isotropic diffusion, a number per run.
     isotropic: ClassVar[bool] = True
-    #: True when ``sample_worker_mean`` is one standard normal (B, d) draw times a scale
-    #: (1/N) S(x)^{1/2}: a discrete run's draws can then drive the SDE (coupling).
-    couplable: ClassVar[bool] = False
+    #: True when ``sample_worker_mean`` is one standard (B, d) draw :math:`\xi` of the law
+    #: ``increment_law`` times a scale: a discrete run's draws can then drive the SDE
+    #: (coupling): (1/N) S(x)^{1/2} ξ with ξ standard normal for the Brownian models, a
+    #: stable ξ for the Lévy model.
+    couplable: bool = False
+
+    @property
+    def increment_law(self) -> dict:
+        """The law of the one standard draw per step that coupling keeps: ``{"law": "normal"}``
+        here; ``{"law": "stable", "alpha": α}`` for ``SymmetricStable``."""
+        return {"law": "normal"}
 
     @abstractmethod
     def sample(self, rng: RandomSource, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
@@ -121,6 +129,23 @@ class Noise(ABC):
             n_workers: N.
         """
         return None
+
+    def stable_limit(self, n_workers: int) -> tuple[float, float, bool]:
+        r"""The symmetric :math:`\alpha`-stable law that the workers' average noise
+        :math:`\frac1N \sum_i Z_i` is (or, summed over many steps, behaves like): what the
+        ``"levy"`` model is driven by (docs/models.md, "The Lévy model").
+
+        Returns:
+            (alpha, scale, exact): the average is :math:`\mathrm{scale} \cdot S`, S standard
+            :math:`S\alpha S` per coordinate, exactly in law when ``exact``, else in the
+            domain-of-attraction limit. Raises ``ValueError`` for laws with finite variance
+            (the Brownian models apply) or without a stable limit here.
+        """
+        raise ValueError(
+            f"Invalid noise: {self!r} has finite variance, so the central limit theorem gives "
+            "a Brownian SDE: use the models 'first_order', 'second_order' or 'curvature' (the "
+            "'levy' model is for SymmetricStable noise and StudentT with nu < 2)"
+        )
 
     def noise_factor(self, problem: Problem, n_workers: int) -> NoiseFactor | None:
         """The covariance as a low-rank operator :math:`F_i` (``NoiseFactor``), for laws whose
