@@ -10,8 +10,9 @@ from sdeopt.discrete.dcsgd import DCSGD
 from sdeopt.discrete.dsignsgd import DSignSGD
 from sdeopt.discrete.ito_chain import ItoChain
 from sdeopt.discrete.markov_sgd import MarkovSGD
-from sdeopt.dynamics import dcsgd, dsignsgd, ito_chain, markov_sgd
+from sdeopt.dynamics import dcsgd, dsignsgd, ito_chain, levy, markov_sgd
 from sdeopt.dynamics.estimated import estimated_sde
+from sdeopt.dynamics.levy import LevySDE
 from sdeopt.dynamics.recipe import MODELS, Moments, sde_from_moments
 from sdeopt.dynamics.sde import SDE, Dense, Diagonal, DiagonalPlusRankOne, Diffusion
 from sdeopt.dynamics.solvers import SCHEMES, GridBrownian, solve
@@ -36,12 +37,16 @@ def sde_of(
     moments: str = "exact",
     samples: int | None = None,
 ) -> SDE:
-    """The SDE model ``model`` ("first_order", "second_order", "curvature") of a discrete method.
+    """The SDE model ``model`` ("first_order", "second_order", "curvature", "levy") of a discrete
+    method.
 
     ``moments="exact"`` (the default) builds the model from closed-form moments where a
     derivation backs them and refuses otherwise; ``moments="estimated", samples=S`` builds the
     first-order model of any direction method from S fresh draws of its direction per step
     (``sdeopt.dynamics.estimated``: the fallback where no closed form exists, e.g. TopK).
+    ``model="levy"`` is the α-stable-driven SDE of DSGD and DCSGD (Identity, RandK) under
+    heavy-tailed noise (``SymmetricStable``, ``StudentT`` with nu < 2), a ``LevySDE``
+    (``sdeopt.dynamics.levy``); the other models refuse such noise.
 
     Example:
         >>> import sdeopt as so
@@ -54,6 +59,15 @@ def sde_of(
     method.check_problem(problem)
     if moments not in ("exact", "estimated"):
         raise ValueError(f"Invalid moments: {moments!r} (choose from exact, estimated)")
+    if model == levy.MODEL:
+        if moments != "exact" or samples is not None:
+            raise ValueError(
+                f"Invalid moments: {moments!r} (the 'levy' model is built from the noise's "
+                "stable limit in closed form: moments='exact', no samples)"
+            )
+        levy_sde = levy.sde(method, problem)
+        levy_sde.rebuild = lambda p: sde_of(method, p, model)
+        return levy_sde
     if moments == "estimated":
         sde = estimated_sde(method, problem, model, samples)
         sde.rebuild = lambda p: sde_of(method, p, model, moments=moments, samples=samples)
@@ -72,7 +86,9 @@ def sde_of(
             f"(models exist for {', '.join(c.__name__ for c in [*MOMENTS, *DIRECT])})"
         )
     if model not in MODELS:
-        raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(MODELS)})")
+        raise ValueError(
+            f"Invalid model: {model!r} (choose from {', '.join([*MODELS, levy.MODEL])})"
+        )
     sde = sde_from_moments(
         builder(method, problem),
         model=model,
@@ -95,6 +111,7 @@ __all__ = [
     "DiagonalPlusRankOne",
     "Diffusion",
     "GridBrownian",
+    "LevySDE",
     "Moments",
     "sde_of",
     "solve",

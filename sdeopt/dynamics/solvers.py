@@ -32,6 +32,7 @@ from torchsde._brownian.brownian_base import BaseBrownian
 
 from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.dynamics.estimated import estimated_step
+from sdeopt.dynamics.levy import LevySDE, check_scheme, euler_step, stable_ou_step
 from sdeopt.dynamics.sde import SDE
 from sdeopt.engine import State, Stepper, run
 from sdeopt.problems import Problem
@@ -197,6 +198,67 @@ class _SDEStepper(Stepper):
         return sub.unbind(dim=1)
 
 
+class _LevyStepper(Stepper):
+    r"""A ``LevySDE`` with the Euler or the exact (stable Ornstein–Uhlenbeck) scheme, on fresh
+    stable (and normal) increments or, coupled, on the discrete run's own stable draws ξ_k: the
+    driver's increment over step k is :math:`L(t_{k+1}) - L(t_k) = -\mathrm{lr}^{1/\alpha} \xi_k`
+    (the Brownian convention's sign), one substep per step (a stable bridge given the sum has
+    no closed form)."""
+
+    def __init__(
+        self,
+        sde: LevySDE,
+        scheme: str,
+        substeps: int,
+        increments: torch.Tensor | None,
+        first_run: int,
+    ) -> None:
+        self.sde, self.scheme, self.substeps = sde, scheme, substeps
+        self.lr, self.schedule = sde.lr, sde.schedule
+        self.increments = increments  # (K, B_all, d) standard stable draws on the CPU, or None
+        self.first_run = first_run
+        self._exact: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # eta -> decay, noise
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alpha={self.sde.alpha}, scheme={self.scheme!r})"
+
+    init_state = _SDEStepper.init_state
+    observe = _SDEStepper.observe
+
+    def step(self, problem, state, k, lr_k, rng):
+        sde, n = self.sde, self.substeps
+        eta, h = lr_k / self.lr, self.lr / n
+        d = sde.dim
+        if state.xi is not None:  # coupled: one step of size lr on -ξ_k
+            jumps = [-state.xi[k]]
+        else:
+            jumps = rng.stable(sde.alpha, d).unsqueeze(1) if n == 1 else rng.stable(sde.alpha, n, d)
+            jumps = jumps.unbind(dim=1)  # n x (B, d)
+        x = state.x
+        if self.scheme == "exact":
+            decay, noise = self._exact_factors(eta, h, x)
+            center = sde.linear[1]  # type: ignore[index]  # check_scheme: linear is set
+            for s in jumps:
+                x = torch.addcmul(center, decay, x - center).addcmul_(noise, s)
+            return _CoupledState(x=x, xi=state.xi)
+        if sde.brownian:
+            m = sde.brownian_dim
+            dws = (rng.normal(n, m) * math.sqrt(h)).unbind(dim=1)
+        else:
+            dws = (None,) * n
+        for dw, s in zip(dws, jumps, strict=True):
+            x = euler_step(sde, x, eta, h, dw, s)
+        return _CoupledState(x=x, xi=state.xi)
+
+    def _exact_factors(self, eta, h, x):
+        """(e^{-ηλh}, η c ρ) of the exact step at schedule factor eta, cached per eta."""
+        if eta not in self._exact:
+            rate, _ = self.sde.linear  # type: ignore[misc]  # check_scheme: linear is set
+            decay, rho = stable_ou_step(self.sde.alpha, eta * rate.to(x), h)
+            self._exact[eta] = (decay, rho.mul_(eta * self.sde.jump_scale))
+        return self._exact[eta]
+
+
 class _EstimatedStepper(Stepper):
     """Euler on an estimated-moments SDE: every substep draws the method's direction S times
     from the run's random source (``sdeopt.dynamics.estimated``)."""
@@ -305,7 +367,9 @@ def solve(
         seed: random stream (the same block-based seeding as ``simulate``).
         substeps: solver steps per optimizer step
             (:math:`h = \mathrm{lr} / \mathrm{substeps}`).
-        scheme: "euler" or "milstein" (native); for ``backend="torchsde"``, ``torchsde_method``
+        scheme: "euler" or "milstein" (native); for a ``LevySDE`` (the "levy" model),
+            "euler" or "exact" (the stable Ornstein–Uhlenbeck step, exact in law at any step
+            size, for linear drifts with additive noise); for ``backend="torchsde"``, ``torchsde_method``
             (default "euler") names torchsde's solver.
         backend: "native" (this module's schemes) or "torchsde" (torchsde.sdeint on a
             fixed-grid Brownian motion of pre-drawn increments, dt = h, float64 times). Both run
@@ -338,7 +402,9 @@ def solve(
                 f"Invalid method: {method!r} (the deprecated name of scheme, given as {scheme!r})"
             )
         scheme = method
-    if scheme not in SCHEMES:
+    if isinstance(sde, LevySDE):
+        check_scheme(sde, scheme)
+    elif scheme not in SCHEMES:
         raise ValueError(f"Invalid scheme: {scheme!r} (choose from {', '.join(SCHEMES)})")
     if sde.problem is not None and sde.rebuild is not None:
         moved = sde.problem.to(check_device(device), check_dtype(dtype))
@@ -371,7 +437,19 @@ def solve(
         first_run=first_run,
     )
     stepper: Stepper
-    if sde.sampler is not None:  # estimated moments: Euler on the run's own draws
+    if isinstance(sde, LevySDE):
+        if backend != "native":
+            raise ValueError(
+                f"Invalid backend: {backend!r} (torchsde has no α-stable driver: a Lévy SDE is "
+                "solved by the native schemes)"
+            )
+        if coupled is not None and substeps != 1:
+            raise ValueError(
+                f"Invalid substeps: {substeps!r} (coupling a Lévy SDE to the discrete draws "
+                "needs substeps=1: a stable increment split given its sum has no closed form)"
+            )
+        stepper = _LevyStepper(sde, scheme, substeps, increments, first_run)
+    elif sde.sampler is not None:  # estimated moments: Euler on the run's own draws
         if backend != "native" or scheme != "euler" or coupled is not None:
             raise ValueError(
                 f"Invalid scheme: {scheme!r} with backend={backend!r}, coupled="
@@ -405,6 +483,16 @@ def _coupling_increments(coupled, sde, n_steps, n_runs, first_run):
     if not isinstance(coupled, Trajectory) or coupled.increments is None:
         raise ValueError(
             "Invalid coupled: needs a Trajectory from simulate(..., keep_increments=True)"
+        )
+    law = coupled.config.get("increments", {"law": "normal"})
+    needed = (
+        {"law": "stable", "alpha": sde.alpha} if isinstance(sde, LevySDE) else {"law": "normal"}
+    )
+    if law != needed:
+        raise ValueError(
+            f"Invalid coupled: its draws follow {law}, this SDE is driven by {needed} (a "
+            "Brownian model couples to Gaussian noise, the Lévy model to SymmetricStable noise "
+            "of the same alpha)"
         )
     inc = coupled.increments
     if inc.shape[0] < n_steps or inc.shape[1] != n_runs or inc.shape[2] != sde.brownian_dim:
