@@ -1,5 +1,6 @@
 """Comparing the discrete methods with their SDE models: datasets, metrics, figures."""
 
+from sdeopt.analysis import observables
 from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.analysis.compare import compare, model_seed
 from sdeopt.analysis.metrics import (
@@ -10,9 +11,12 @@ from sdeopt.analysis.metrics import (
     divergence,
     hill_tail_index,
     order_fit,
+    quantile_error,
+    stable_tail_index,
     wasserstein2,
     weak_error,
 )
+from sdeopt.analysis.observables import arctan_coordinate, arctan_norm, exceedance
 from sdeopt.analysis.plots import (
     plot_divergence,
     plot_marginals,
@@ -27,19 +31,25 @@ __all__ = [
     "Envelope",
     "OrderFit",
     "TailIndex",
+    "arctan_coordinate",
+    "arctan_norm",
     "bures_w2",
     "compare",
     "divergence",
+    "exceedance",
     "fit_envelope",
     "hill_tail_index",
     "model_seed",
+    "observables",
     "order_fit",
     "plot_divergence",
     "plot_marginals",
     "plot_smoothness",
     "plot_trajectories",
     "plot_weak_error",
+    "quantile_error",
     "smoothness_profile",
+    "stable_tail_index",
     "stationary_loss",
     "wasserstein2",
     "weak_error",

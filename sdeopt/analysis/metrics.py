@@ -123,6 +123,153 @@ def weak_error(
     return result
 
 
+# --- quantile error ---------------------------------------------------------------------------
+
+
+def _quantiles_with_se(x: np.ndarray, quantiles: np.ndarray, z: float):
+    """Empirical quantiles of x (..., R) over its last axis, NaN entries left out, with the se of
+    each from its distribution-free interval.
+
+    Returns (quantile (..., Q), se (..., Q), n (...)). The quantile interpolates linearly between
+    order statistics (numpy's default); the se is half the distance between the order
+    statistics of ranks floor(n q - z s) and ceil(n q + z s), s = sqrt(n q (1 - q)), over z: inf
+    where a rank falls outside 1..n (too few values for a two-sided interval), NaN where n = 0.
+    """
+    xs = np.sort(x, axis=-1)  # NaN sort last
+    n = np.sum(~np.isnan(x), axis=-1)  # (...)
+    nq = n[..., None].astype(float)  # (..., 1)
+    q = quantiles  # (Q,)
+    h = (nq - 1) * q  # (..., Q): 0-based fractional position
+    lo = np.clip(np.floor(h), 0, None).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(nq - 1, 0)).astype(np.int64)
+    x_lo = np.take_along_axis(xs, lo, axis=-1)
+    x_hi = np.take_along_axis(xs, hi, axis=-1)
+    value = x_lo + (h - lo) * (x_hi - x_lo)
+    spread = z * np.sqrt(nq * q * (1 - q))
+    r = np.floor(nq * q - spread).astype(np.int64)  # 1-based ranks
+    s = np.ceil(nq * q + spread).astype(np.int64)
+    bounded = (r >= 1) & (s <= nq)
+    x_r = np.take_along_axis(xs, np.clip(r - 1, 0, xs.shape[-1] - 1), axis=-1)
+    x_s = np.take_along_axis(xs, np.clip(s - 1, 0, xs.shape[-1] - 1), axis=-1)
+    se = np.where(bounded, (x_s - x_r) / (2 * z), np.inf)
+    empty = n[..., None] == 0
+    return np.where(empty, np.nan, value), np.where(empty, np.nan, se), n
+
+
+def quantile_error(
+    ds,
+    observable: str | Callable = "loss",
+    quantiles=(0.1, 0.25, 0.5, 0.75, 0.9),
+    *,
+    reference: str = "discrete",
+    level: float = 0.95,
+):
+    r"""The difference between each model's and the reference's quantiles of an observable, with
+    distribution-free standard errors.
+
+    Quantiles exist for every law, so this is the comparison for laws without moments (where
+    ``weak_error`` of an unbounded observable has no expectation to estimate and its se does
+    not shrink). At each step and for each quantile level q,
+    :math:`\hat\xi_q` is the empirical q-quantile (linear interpolation between order
+    statistics, numpy's default) of the observable over the runs alive at that step (as in
+    ``weak_error``: a run blown up at step b counts before b), and
+    ``signed`` :math:`= \hat\xi_q^\mathrm{model} - \hat\xi_q^\mathrm{reference}`.
+
+    Standard error: the number of values at or below :math:`\xi_q` is Binomial(n, q), so the
+    order statistics of ranks :math:`r = \lfloor nq - z\sqrt{nq(1-q)}\rfloor` and
+    :math:`s = \lceil nq + z\sqrt{nq(1-q)}\rceil` bracket :math:`\xi_q` with probability about
+    ``level`` (:math:`z = \Phi^{-1}((1 + \mathrm{level})/2)`), whatever the law. Half that
+    interval over z is the se of one quantile
+    (:math:`\approx \sqrt{q(1-q)/n} / f(\xi_q)`, f the density, without estimating f), and the
+    two samples' se² add. That treats the model's and the reference's runs as independent;
+    with coupled runs (``ds.attrs["coupled"]``) the two quantiles usually err together and the
+    se is then conservative. Where a rank falls outside 1..n (few runs, extreme q) the interval
+    is unbounded on one side and the se is inf.
+
+    Args:
+        ds: a Dataset from ``compare`` (or any with the schema of docs/schema.md).
+        observable: a (model, step, run) variable ("loss", "grad_norm", "dist"), "x2", or a
+            callable mapping x (..., d) to values (...), as in ``weak_error``. NaN values are
+            left out like runs that are not alive.
+        quantiles: the levels q, each in (0, 1).
+        reference: the model the others are measured against.
+        level: the coverage of the order-statistic interval behind the se, in (0, 1).
+
+    Returns:
+        ``xarray.Dataset`` over (model, step, quantile), the reference model excluded, with
+        ``error`` (:math:`|\mathrm{signed}|`), ``signed``, ``se``, ``value`` (the model's
+        quantile), ``reference_value`` and ``n_used`` (the fewer of the two samples' alive runs;
+        over (model, step)). Where either sample is empty the values are NaN.
+
+    Example:
+        >>> import xarray as xr
+        >>> rng = np.random.default_rng(0)
+        >>> loss = np.stack([rng.standard_cauchy(4000), 2.0 * rng.standard_cauchy(4000)])
+        >>> ds = xr.Dataset(
+        ...     {"loss": (("model", "step", "run"), loss[:, None, :]),
+        ...      "diverged": (("model", "run"), np.zeros((2, 4000), bool))},
+        ...     coords={"model": ["discrete", "sde"], "step": [0]})
+        >>> err = quantile_error(ds, quantiles=[0.75]).sel(model="sde", step=0, quantile=0.75)
+        >>> bool(abs(err.signed - 1.0) < 4 * err.se)  # Cauchy(2) minus Cauchy(1): 2 - 1 at q = 3/4
+        True
+    """
+    import xarray as xr
+
+    if reference not in ds["model"].values:
+        raise ValueError(f"Invalid reference: {reference!r} (models: {list(ds['model'].values)})")
+    qs = np.atleast_1d(np.asarray(quantiles, dtype=float))
+    if qs.ndim != 1 or len(qs) == 0 or not np.all((qs > 0) & (qs < 1)):
+        raise ValueError(
+            f"Invalid quantiles: {quantiles!r} (need one or more levels, each in (0, 1))"
+        )
+    if len(set(qs.tolist())) != len(qs):
+        raise ValueError(f"Invalid quantiles: {quantiles!r} (the levels must be distinct)")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"Invalid level: {level!r} (must be in (0, 1))")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    values = observable_values(ds, observable).where(alive(ds))  # (model, step, run), NaN: left out
+
+    def per_model(v):
+        return xr.apply_ufunc(
+            lambda a: _quantiles_with_se(a, qs, z),
+            v,
+            input_core_dims=[["run"]],
+            output_core_dims=[["quantile"], ["quantile"], []],
+        )
+
+    ref_value, ref_se, ref_n = per_model(values.sel(model=reference, drop=True))
+    out = []
+    for model in ds["model"].values:
+        if model == reference:
+            continue
+        value, se, n = per_model(values.sel(model=model, drop=True))
+        signed = value - ref_value
+        out.append(
+            xr.Dataset(
+                {
+                    "error": abs(signed),
+                    "signed": signed,
+                    "se": np.sqrt(se**2 + ref_se**2),
+                    "value": value,
+                    "reference_value": ref_value,
+                    "n_used": np.minimum(n, ref_n),
+                }
+            ).expand_dims(model=[model])
+        )
+    if not out:
+        raise ValueError("Invalid ds: it holds no model besides the reference")
+    result = xr.concat(out, dim="model").assign_coords(quantile=qs)
+    result = result.transpose("model", ..., "quantile", missing_dims="ignore")
+    result.attrs = {
+        "observable": observable if isinstance(observable, str) else qualified_name(observable),
+        "reference": reference,
+        "level": float(level),
+        "paired": 0,
+        "quantile_method": "linear",
+    }
+    return result
+
+
 # --- order fits ------------------------------------------------------------------------------
 
 
@@ -294,7 +441,14 @@ W2_METHODS = ("auto", "sorted", "gaussian", "exact", "sliced")
 
 
 def wasserstein2(
-    a, b, *, method: str = "auto", n_projections: int = 200, seed: int = 0, exact_max: int = 2000
+    a,
+    b,
+    *,
+    method: str = "auto",
+    n_projections: int = 200,
+    seed: int = 0,
+    exact_max: int = 2000,
+    check_tails: bool = True,
 ) -> W2:
     r""":math:`W_2` between the empirical laws of samples a (n, d) and b (m, d) (or 1-D arrays).
 
@@ -339,9 +493,26 @@ def wasserstein2(
         seed: seeds the one ``numpy.random.Generator`` behind every random choice (directions,
             subsamples, the floor's halves); no global state is read or changed.
         exact_max: the largest sample size ``"auto"`` hands to exact assignment in d > 1.
+        check_tails: refuse samples whose law has no second moment (below).
 
     Returns:
         ``W2`` with ``value``, ``floor``, ``method``, ``distance``, ``n_used``, ``subsampled``.
+
+    Laws without a second moment (Cauchy, :math:`\alpha`-stable with :math:`\alpha < 2`, Student
+    t with :math:`\nu \le 2`) are at infinite :math:`W_2` from every law with one, and the
+    estimate between their samples grows with n instead of converging. With ``check_tails``
+    (default), a sample of at least ``TAIL_CHECK_MIN_ROWS`` (300) finite rows is refused
+    (``ValueError`` naming ``a`` or ``b``) when Hill's estimate of the tail index of its row
+    norms :math:`\|x_i - \mathrm{median}\|` (coordinate-wise median), from the
+    :math:`k = \lfloor n^{0.6}\rceil` largest, satisfies :math:`\hat\alpha + 2\,\mathrm{se} < 2`.
+    Measured: Gaussian samples are never refused, Student t with :math:`\nu = 3` in about 5 in
+    10^4 samples of 300 rows and none from 1000 rows on; Cauchy samples of 300 rows are refused
+    96-98 % of the time, :math:`S\alpha S(1.5)` samples of 10^4 rows 98-99 % (of 10^3 rows
+    33-47 %).
+    It is a screen, not a test: tails with :math:`\alpha` just below 2 pass at moderate n (Hill
+    reads :math:`S\alpha S(1.9)` as above 2), and a far cluster of about k rows can look like a
+    heavy tail. Compare such laws with ``quantile_error`` or bounded observables
+    (``sdeopt.analysis.observables``); ``check_tails=False`` skips the check.
 
     Rows with a non-finite value are dropped. Runs that diverged in ``simulate``/``solve`` are
     frozen at finite values and are *not* dropped here: leave them out first (e.g.
@@ -358,9 +529,14 @@ def wasserstein2(
         raise ValueError(f"Invalid method: {method!r} (choose from {', '.join(W2_METHODS)})")
     if isinstance(exact_max, bool) or not isinstance(exact_max, (int, np.integer)) or exact_max < 4:
         raise ValueError(f"Invalid exact_max: {exact_max!r} (must be an integer >= 4)")
+    if not isinstance(check_tails, bool):
+        raise ValueError(f"Invalid check_tails: {check_tails!r} (must be True or False)")
     a, b = (_as_samples(name, s) for name, s in (("a", a), ("b", b)))
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"Invalid b: dimension {b.shape[1]} differs from a's {a.shape[1]}")
+    if check_tails:
+        _refuse_infinite_variance("a", a)
+        _refuse_infinite_variance("b", b)
     if method == "sorted" and a.shape[1] > 1:
         raise ValueError(
             f"Invalid method: 'sorted' is for 1-D samples; these have d = {a.shape[1]} "
@@ -394,6 +570,29 @@ def wasserstein2(
         n_used=(len(a), len(b)),
         subsampled=bool(subsampled),
     )
+
+
+#: The fewest finite rows ``wasserstein2`` checks for a second moment (fewer: no check).
+TAIL_CHECK_MIN_ROWS = 300
+
+
+def _refuse_infinite_variance(name: str, s: np.ndarray) -> None:
+    """ValueError when Hill's tail index of the row norms of s (n, d) is below 2 by 2 se."""
+    r = np.linalg.norm(s - np.median(s, axis=0), axis=1)  # (n,)
+    r = r[r > 0]
+    if len(r) < TAIL_CHECK_MIN_ROWS:
+        return
+    # k = n^0.6, more than Hill's default sqrt(n): at n = 10^4 it refuses 98 % of SαS(1.5)
+    # samples (sqrt(n): 75 %), while Student t (nu = 3) is refused in ~5e-4 of samples of 300
+    # rows and never measured from 1000 rows on.
+    tail = hill_tail_index(r, k=round(len(r) ** 0.6))
+    if tail.alpha + 2 * tail.se < 2:
+        raise ValueError(
+            f"Invalid {name}: its Hill tail index {tail.alpha:.3g} ± {tail.se:.2g} is below 2: "
+            "the law has no second moment, so W2 is infinite; compare quantiles "
+            "(quantile_error) or bounded observables (sdeopt.analysis.observables) instead, "
+            "or pass check_tails=False"
+        )
 
 
 def _as_samples(name, s) -> np.ndarray:
@@ -434,12 +633,29 @@ def divergence(ds):
 
 @dataclass(frozen=True)
 class TailIndex:
-    r"""Hill estimate of the tail index :math:`\alpha` (:math:`P(|X| > t) \sim t^{-\alpha}`) with
-    its standard error."""
+    r"""An estimate of the tail index :math:`\alpha` (:math:`P(|X| > t) \sim t^{-\alpha}`) with
+    its standard error.
+
+    Attributes:
+        alpha: the estimate :math:`\hat\alpha`.
+        se: its standard error.
+        k: the estimator's tuning integer: for ``"hill"`` the number of upper order statistics
+            used; for ``"stable"`` the block size :math:`K_1` (the number of samples summed per
+            block).
+        method: the estimator that made it: ``"hill"`` (``hill_tail_index``) or ``"stable"``
+            (``stable_tail_index``).
+    """
 
     alpha: float
     se: float
     k: int
+    method: str = "hill"
+
+
+def _as_array(samples) -> np.ndarray:
+    return np.asarray(
+        samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, dtype=float
+    )
 
 
 def hill_tail_index(samples, *, k: int | None = None) -> TailIndex:
@@ -449,12 +665,14 @@ def hill_tail_index(samples, *, k: int | None = None) -> TailIndex:
     ``k`` defaults to :math:`\sim \sqrt{n}` (a common bias/variance compromise);
     :math:`\mathrm{se} = \alpha / \sqrt{k}`.
     Non-finite values are dropped.
+
+    On an exact Pareto tail the k log-ratios are i.i.d. exponential of rate :math:`\alpha`, so
+    the estimate is unbiased up to a factor :math:`k/(k-1)` and the se is exact to first order.
+    Elsewhere the tail is only asymptotically a power law and the estimate carries a bias that
+    depends on k (on symmetric :math:`\alpha`-stable samples with :math:`\alpha` near 2 it
+    reads too high at moderate n; see docs/analysis.md).
     """
-    x = np.abs(
-        np.asarray(
-            samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, dtype=float
-        ).ravel()
-    )
+    x = np.abs(_as_array(samples).ravel())
     x = x[np.isfinite(x) & (x > 0)]
     n = len(x)
     if n < 10:
@@ -466,4 +684,113 @@ def hill_tail_index(samples, *, k: int | None = None) -> TailIndex:
         raise ValueError(f"Invalid k: {k!r} (must satisfy 2 <= k < n = {n})")
     top = np.sort(x)[::-1][: k + 1]
     alpha = k / np.sum(np.log(top[:k] / top[k]))
-    return TailIndex(alpha=float(alpha), se=float(alpha / math.sqrt(k)), k=k)
+    return TailIndex(alpha=float(alpha), se=float(alpha / math.sqrt(k)), k=k, method="hill")
+
+
+#: The fewest samples ``stable_tail_index`` accepts, and the fewest blocks it forms.
+STABLE_MIN_BLOCKS = 10
+STABLE_MIN_SAMPLES = 2 * STABLE_MIN_BLOCKS
+
+
+def stable_tail_index(samples, *, block: int | None = None) -> TailIndex:
+    r"""The stability index :math:`\alpha` of i.i.d. strictly stable samples, from block sums
+    (Mohammadi, Mohammadpour & Ogata 2015), with its standard error.
+
+    If :math:`X_1, \dots, X_{K_1}` are i.i.d. strictly :math:`\alpha`-stable, their sum
+    :math:`Y` has the law of :math:`K_1^{1/\alpha} X_1`, so
+    :math:`\mathbb{E}\log\|Y\| - \mathbb{E}\log\|X\| = \log(K_1) / \alpha`, for vectors as
+    for scalars (:math:`\|\cdot\|` the Euclidean norm). The n samples are cut into
+    :math:`K_2 = \lfloor n / K_1 \rfloor` blocks of :math:`K_1` = ``block`` consecutive samples
+    (the last :math:`n - K_1 K_2` are left out); with :math:`Y_i` the sum of block i,
+
+    .. math::
+
+        a_i = \log\|Y_i\| - \frac{1}{K_1} \sum_{j \in \text{block } i} \log\|X_j\|,
+        \qquad \widehat{1/\alpha} = \frac{\bar a}{\log K_1},
+        \qquad \hat\alpha = 1 / \widehat{1/\alpha}.
+
+    The :math:`a_i` are i.i.d. across blocks and have every moment (:math:`\log\|X\|` of a
+    stable law does), so :math:`\mathrm{se}(\widehat{1/\alpha}) = s_a / (\sqrt{K_2}\,\log K_1)`
+    with :math:`s_a` the sample standard deviation of the :math:`a_i`, and by the delta method
+    :math:`\mathrm{se}(\hat\alpha) = \hat\alpha^2\, \mathrm{se}(\widehat{1/\alpha})`.
+
+    Assumptions: the samples are i.i.d. and *strictly* stable: centred (location 0), e.g.
+    symmetric :math:`\alpha`-stable, for which the estimate is unbiased in
+    :math:`1/\alpha` for every block size. A Gaussian is stable with :math:`\alpha = 2`. For a
+    law only in the domain of attraction of a stable law (a Student t with :math:`\nu < 2`, a
+    Pareto tail) the identity holds only as :math:`K_1 \to \infty` and the estimate is biased
+    at finite block sizes; for samples off centre the sums drift and the estimate is wrong.
+
+    ``block`` defaults to :math:`K_1 = \lfloor\sqrt{n}\rceil` (about the choice of Şimşekli et
+    al. 2019), capped so that there are at least 10 blocks: both :math:`K_1` and :math:`K_2`
+    then grow with n, which a law in a domain of attraction needs (on Student t samples with
+    :math:`\nu = 1.5`, n = 10^5, it gives 1.37 where block 10 gives 1.28). For exactly stable
+    samples a small block is more precise (:math:`\operatorname{Var} a \propto 1 + 1/K_1`, so
+    the se scales like :math:`\sqrt{K_1 + 1} / \log K_1`, least near :math:`K_1 \approx 10`):
+    at :math:`n = 10^5`, ``block=10`` gives 0.4 times the default's se.
+
+    Args:
+        samples: (n,) values or (n, d) rows, numpy or torch, in their sampling order. Rows with a
+            non-finite value, and rows that are exactly zero, are dropped first.
+        block: :math:`K_1`, an integer >= 2 leaving at least 10 blocks.
+
+    Returns:
+        ``TailIndex`` with ``alpha``, ``se``, ``k`` = :math:`K_1` and ``method="stable"``.
+        Where the blocks' mean :math:`\bar a` is not positive (by chance, on samples far lighter
+        than stable), ``alpha`` and ``se`` are inf.
+
+    Example:
+        >>> from scipy import stats
+        >>> x = stats.levy_stable.rvs(1.5, 0.0, size=100_000, random_state=0)
+        >>> t = stable_tail_index(x)
+        >>> abs(t.alpha - 1.5) < 4 * t.se, t.k, t.method
+        (True, 316, 'stable')
+
+    References:
+        Mohammadi, Mohammadpour & Ogata, "On estimating the tail index and the spectral measure
+        of multivariate :math:`\alpha`-stable distributions", Metrika 78:549-561, 2015
+        (Corollary 2.4, the estimator).
+        Şimşekli, Sagun & Gürbüzbalaban, "A tail-index analysis of stochastic gradient noise in
+        deep neural networks", ICML 2019 (its use on gradient noise, with blocks of about
+        :math:`\sqrt{n}`).
+    """
+    x = _as_array(samples)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"Invalid samples: shape {x.shape} (need (n,) or (n, d))")
+    norms = np.linalg.norm(x, axis=1)  # (n,)
+    keep = np.isfinite(x).all(axis=1) & (norms > 0)
+    x, norms = x[keep], norms[keep]
+    n = len(x)
+    if n < STABLE_MIN_SAMPLES:
+        raise ValueError(
+            f"Invalid samples: {n} finite non-zero rows (the stable estimator needs "
+            f">= {STABLE_MIN_SAMPLES})"
+        )
+    if block is None:
+        block = max(2, min(round(math.sqrt(n)), n // STABLE_MIN_BLOCKS))
+    elif (
+        isinstance(block, bool)
+        or not isinstance(block, (int, np.integer))
+        or not 2 <= block <= n // STABLE_MIN_BLOCKS
+    ):
+        raise ValueError(
+            f"Invalid block: {block!r} (must be an integer with 2 <= block and at least "
+            f"{STABLE_MIN_BLOCKS} blocks, so <= {n // STABLE_MIN_BLOCKS} for n = {n})"
+        )
+    k1 = int(block)
+    k2 = n // k1
+    rows = x[: k1 * k2].reshape(k2, k1, -1)  # (K2, K1, d)
+    with np.errstate(divide="ignore"):  # a block summing to exactly 0: dropped below
+        log_y = np.log(np.linalg.norm(rows.sum(axis=1), axis=1))  # (K2,)
+    a = log_y - np.log(norms[: k1 * k2]).reshape(k2, k1).mean(axis=1)  # (K2,)
+    a = a[np.isfinite(a)]  # a block summing exactly to zero (probability 0) carries no scale
+    if len(a) < 2:
+        raise ValueError("Invalid samples: fewer than 2 blocks with a non-zero sum")
+    inv = float(a.mean()) / math.log(k1)
+    se_inv = float(a.std(ddof=1)) / math.sqrt(len(a)) / math.log(k1)
+    if inv <= 0:
+        return TailIndex(alpha=math.inf, se=math.inf, k=k1, method="stable")
+    alpha = 1.0 / inv
+    return TailIndex(alpha=alpha, se=alpha**2 * se_inv, k=k1, method="stable")
