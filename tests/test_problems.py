@@ -11,6 +11,7 @@ from scipy.stats import norm
 
 from sdeopt.problems import (
     CoshSum,
+    DoubleWell,
     ExpSum,
     FiniteSumProblem,
     FunctionProblem,
@@ -51,6 +52,7 @@ PROBLEMS = {
     "coshsum": (lambda: CoshSum(3), 1.0),
     "expsum": (lambda: ExpSum(3), 1.0),
     "quadratic_quartic": (lambda: QuadraticQuartic(3), 1.0),
+    "double_well": (lambda: DoubleWell(width=1.5, dim=3), 2.0),
     "logreg_homogeneous": (lambda: LogisticRegression(), 0.3),
     "logreg_label": (lambda: LogisticRegression(3, split="label"), 0.3),
     "leastsq_gaussian": (lambda: LeastSquares(3, n_samples=90, dim=4, reg=0.1), 1.0),
@@ -564,3 +566,16 @@ def test_bad_minibatch_and_worker_input(logreg_label):
         Quartic(2).to("cpu", torch.int64)
     with pytest.raises(ValueError, match="device"):
         Quartic(2).to("nonsense", torch.float32)
+
+
+def test_double_well_shape_does_not_change_with_its_width():
+    """Minima 0 at 0 and 2w with curvature 1, the barrier at w with height w²/8 and curvature
+    -1/2, for every width (hand-computed values)."""
+    for w in (0.5, 1.0, 3.0):
+        prob = DoubleWell(width=w)
+        x = torch.tensor([[0.0], [w], [2.0 * w]])
+        assert prob.loss(x).tolist() == pytest.approx([0.0, w * w / 8.0, 0.0])
+        assert prob.grad(x)[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.0])
+        assert prob.hvp(x, torch.ones_like(x))[:, 0].tolist() == pytest.approx([1.0, -0.5, 1.0])
+    with pytest.raises(ValueError, match="Invalid width"):
+        DoubleWell(width=0.0)

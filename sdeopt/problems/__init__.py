@@ -13,6 +13,7 @@ from sdeopt.problems.least_squares import LeastSquares
 from sdeopt.problems.quadratic import Quadratic
 from sdeopt.problems.separable import (
     CoshSum,
+    DoubleWell,
     ExpSum,
     QuadraticQuartic,
     Quartic,
@@ -22,6 +23,7 @@ from sdeopt.problems.separable import (
 __all__ = [
     "PROBLEMS",
     "CoshSum",
+    "DoubleWell",
     "ExpSum",
     "FiniteSumProblem",
     "FunctionProblem",

@@ -1,5 +1,5 @@
 r"""Separable objectives :math:`f(x) = \sum \varphi(x_j)`: quartic, quadratic + quartic, cosh and
-exp sums."""
+exp sums, double wells."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from abc import abstractmethod
 
 import torch
 
-from sdeopt._validation import check_int
+from sdeopt._validation import check_int, check_positive
 from sdeopt.problems.base import (
     PROBLEMS,
     Problem,
@@ -212,3 +212,51 @@ class ExpSum(SeparableProblem):
     @staticmethod
     def _d2phi(x):
         return torch.exp(x)
+
+
+@PROBLEMS.register
+class DoubleWell(SeparableProblem):
+    r""":math:`f(x) = \sum_j \frac{x_j^2 (x_j - 2w)^2}{8 w^2}`: two wells per coordinate, at 0 and
+    :math:`2w`, separated by a barrier at :math:`w` of height :math:`w^2/8`.
+
+    :math:`\nabla f = x (x - w)(x - 2w) / (2w^2)`,
+    :math:`\nabla^2 f = \operatorname{diag}((3x^2 - 6wx + 2w^2) / (2w^2))`: curvature 1 at both
+    minima and :math:`-1/2` on the barrier, whatever the width, so the width :math:`w` (the
+    distance from a minimum to the barrier) and the barrier's height :math:`w^2/8` are the only
+    things that change with it. This is the potential of the first-exit studies: a Brownian
+    SDE leaves the well at 0 after a time exponential in the height (Kramers), a Lévy-driven
+    one after a time polynomial in the width (one jump, :math:`\propto w^\alpha`; Imkeller &
+    Pavlyukevich 2006). Minimiser 0 (the other, :math:`2w e`, has the same value 0); not
+    L-smooth (the curvature grows like :math:`x^2`).
+
+    Args:
+        width: :math:`w > 0`.
+        dim: :math:`d \ge 1`.
+
+    References:
+        Imkeller & Pavlyukevich, "First exit times of SDEs driven by stable Lévy processes",
+        Stoch. Proc. Appl. 116(4), 2006; Şimşekli, Sagun & Gürbüzbalaban, ICML 2019 (wide
+        minima under heavy-tailed noise).
+    """
+
+    minimum_at_zero = True
+
+    def __init__(self, width: float = 1.0, dim: int = 1) -> None:
+        self.width = check_positive("width", width)
+        super().__init__(dim)
+
+    def _phi(self, x):
+        w = self.width
+        y = x * (x - 2.0 * w)
+        return y * y / (8.0 * w * w)
+
+    def _dphi(self, x):
+        w = self.width
+        return x * (x - w) * (x - 2.0 * w) / (2.0 * w * w)
+
+    def _d2phi(self, x):
+        w = self.width
+        return (3.0 * x * x - 6.0 * w * x + 2.0 * w * w) / (2.0 * w * w)
+
+    def config(self) -> dict:
+        return {**super().config(), "width": self.width}
