@@ -165,3 +165,76 @@ def test_finite_range_slope_ci_carries_the_monte_carlo_error():
     # perfectly correlated errors with equal relative se move every log error alike: no slope error
     together = np.ones((4, 1000))
     assert finite_range_slope(lrs, exact, ses, together).mc_se == pytest.approx(0.0, abs=1e-9)
+
+
+# --- heavy tails: the Lévy model, quantiles and exit times in configs --------------------------
+
+
+def _heavy_run(**extra):
+    return {
+        "name": "h",
+        "problem": {"type": "Quadratic", "diag": [1.0]},
+        "noise": {"type": "SymmetricStable", "alpha": 1.5, "scale": 1.0},
+        "method": {"type": "DSGD", "lr": 0.05, "n_workers": 2},
+        "x0": [0.0],
+        "n_steps": 60,
+        "n_runs": 2000,
+        "record_every": 20,
+        "record": ["loss"],
+        "models": ["levy"],
+        "scheme": "exact",
+        **extra,
+    }
+
+
+def test_quantile_rows_are_the_quantiles_of_the_final_loss_with_gaps_to_the_discrete_ones():
+    qs = [0.25, 0.5, 0.9]
+    ds, rows, _ = run_trajectories(build(_heavy_run(quantiles=qs)))
+    for row in rows:
+        final = ds["loss"].sel(model=row["model"]).isel(step=-1).values
+        assert [float(v) for v in row["quantiles"].split()] == pytest.approx(
+            np.quantile(final, qs).tolist(), rel=1e-2
+        )
+    gaps = rows[1]["quantile_gaps"].split()
+    assert len(gaps) == len(qs) and all("±" in g for g in gaps)
+
+
+def test_exit_radius_makes_the_blowup_step_an_exit_time():
+    """exit_radius = w stops each run at its first step with |x| > w: the rows' median exit step
+    is the median of blowup_step (every run exits within 800 steps here: the median is ~28)."""
+    run = _heavy_run(
+        problem={"type": "DoubleWell", "width": 0.5},
+        method={"type": "DSGD", "lr": 0.05, "n_workers": 1},
+        exit_radius=0.5,
+        n_steps=800,
+        n_runs=500,
+        record_every=100,
+        scheme="euler",
+        substeps=2,
+        richardson=True,
+    )
+    spec = build(run)
+    assert spec["blowup_threshold"] == 0.5
+    ds, rows, fine = run_trajectories(spec)
+    for row in rows:
+        steps = ds["blowup_step"].sel(model=row["model"]).values
+        assert row["exited"] == 1.0 and (steps > 0).all()
+        assert row["exit_median"] == np.sort(steps)[math.ceil(len(steps) / 2) - 1]
+        assert row["exit_mean"] == pytest.approx(steps.mean())
+    assert "exit_median_h2" in rows[1] and fine is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"quantiles": [0.5, 1.0]}, "quantiles"),
+        ({"quantiles": []}, "quantiles"),
+        ({"exit_radius": 0.0}, "exit_radius"),
+        ({"exit_radius": 1.0, "blowup_threshold": 5.0}, "exit_radius"),
+        ({"scheme": "milstein"}, "scheme"),
+        ({"models": ["first_order"]}, "models"),
+    ],
+)
+def test_heavy_tail_config_keys_are_validated(extra, key):
+    with pytest.raises(ValueError, match=key):
+        validate({"runs": [_heavy_run(**extra)]})

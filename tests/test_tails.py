@@ -17,6 +17,7 @@ from sdeopt.analysis import (
     arctan_coordinate,
     arctan_norm,
     exceedance,
+    exit_times,
     hill_tail_index,
     quantile_error,
     stable_tail_index,
@@ -363,3 +364,38 @@ def test_w2_tail_check_rarely_refuses_laws_with_a_second_moment():
             assert refused["gauss"] == 0, (n, d)
             # 2 reps samples each: the bounds allow rates ~10x those measured.
             assert refused["t3"] <= (5 if n == 300 else 2), (n, d, refused)
+
+
+# --- first exit times ------------------------------------------------------------------------------
+
+
+def _exit_dataset(steps_by_model):
+    models = list(steps_by_model)
+    blow = np.array([steps_by_model[m] for m in models], dtype=np.int64)
+    return xr.Dataset(
+        {"blowup_step": (("model", "run"), blow), "diverged": (("model", "run"), blow >= 0)},
+        coords={"model": models},
+    )
+
+
+def test_exit_times_of_an_exponential_law():
+    """Geometric exit steps of mean 1/p (an exponential clock): the mean within 4 se of 1/p, the
+    median's interval covering the closed-form median ceil(log(1/2)/log(1-p)), and censoring:
+    a model with a quarter of its runs still inside keeps a finite median but no mean."""
+    rng = np.random.default_rng(11)
+    p = 0.01
+    steps = rng.geometric(p, 20_000)
+    censored = steps.copy()
+    censored[: len(steps) // 4] = -1
+    out = exit_times(_exit_dataset({"discrete": steps, "levy": censored}))
+    full = out.sel(model="discrete")
+    assert abs(float(full["mean"]) - 1 / p) < 4 * float(full["mean_se"])
+    true_median = math.ceil(math.log(0.5) / math.log(1 - p))
+    assert float(full["median_low"]) <= true_median <= float(full["median_high"])
+    cens = out.sel(model="levy")
+    assert float(cens["fraction"]) == 0.75 and math.isnan(float(cens["mean"]))
+    assert math.isfinite(float(cens["median"]))
+    mostly_inside = exit_times(_exit_dataset({"discrete": np.where(steps > 5, -1, steps)}))
+    assert math.isinf(float(mostly_inside["median"].sel(model="discrete")))
+    with pytest.raises(ValueError, match="Invalid level"):
+        exit_times(_exit_dataset({"discrete": steps}), level=1.0)

@@ -631,6 +631,71 @@ def divergence(ds):
     )
 
 
+def _order_statistic(sorted_values: np.ndarray, rank: int) -> float:
+    """The rank-th smallest value (1-based); -inf below rank 1, inf above n."""
+    n = len(sorted_values)
+    if rank < 1:
+        return -math.inf
+    return float(sorted_values[rank - 1]) if rank <= n else math.inf
+
+
+def exit_times(ds, *, level: float = 0.95):
+    r"""First exit times: per model, the step at which each run first left the ball
+    :math:`\lVert x \rVert \le r` of a run with ``blowup_threshold`` r (``blowup_step``), with
+    censoring at the last step for the runs still inside.
+
+    Returns an ``xarray.Dataset`` over ``model`` with
+
+    - ``fraction`` and ``count``: the runs that exited;
+    - ``median`` and its distribution-free confidence interval ``median_low``,
+      ``median_high`` (the order statistics of ranks :math:`n/2 \mp z\sqrt n / 2`,
+      :math:`z = \Phi^{-1}((1 + \mathrm{level})/2)`; the count below the median is
+      Binomial(n, 1/2)). Censored runs count as exiting after every observed time, so the median
+      and its bounds stay valid while they are finite, and are inf where more than about half
+      the runs never exited;
+    - ``mean`` and ``mean_se`` over the runs, NaN unless every run exited (a mean of censored
+      times would be biased low).
+
+    Times are in steps (multiply by ``lr`` for SDE time).
+
+    Args:
+        ds: a Dataset with ``blowup_step`` (model, run), -1 for a run that never exited.
+        level: the coverage of the median's interval, in (0, 1).
+    """
+    import xarray as xr
+    from scipy import stats
+
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"Invalid level: {level!r} (must be in (0, 1))")
+    if "blowup_step" not in ds:
+        raise ValueError("Invalid ds: it has no blowup_step (a compare() or simulate() dataset)")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    out: dict[str, list[float]] = {
+        k: []
+        for k in ("fraction", "count", "median", "median_low", "median_high", "mean", "mean_se")
+    }
+    models = ds["model"].values
+    for model in models:
+        steps = np.asarray(ds["blowup_step"].sel(model=model).values, dtype=float)
+        n = len(steps)
+        t = np.sort(np.where(steps >= 0, steps, np.inf))
+
+        exited = int(np.isfinite(t).sum())
+        out["fraction"].append(exited / n)
+        out["count"].append(exited)
+        out["median"].append(_order_statistic(t, math.ceil(n / 2)))
+        out["median_low"].append(_order_statistic(t, math.floor(n / 2 - z * math.sqrt(n) / 2)))
+        out["median_high"].append(_order_statistic(t, math.ceil(n / 2 + z * math.sqrt(n) / 2)))
+        full = exited == n and n >= 2
+        out["mean"].append(float(t.mean()) if full else math.nan)
+        out["mean_se"].append(float(t.std(ddof=1) / math.sqrt(n)) if full else math.nan)
+    return xr.Dataset(
+        {k: ("model", np.asarray(v)) for k, v in out.items()},
+        coords={"model": models},
+        attrs={"level": level, "unit": "steps"},
+    )
+
+
 @dataclass(frozen=True)
 class TailIndex:
     r"""An estimate of the tail index :math:`\alpha` (:math:`P(|X| > t) \sim t^{-\alpha}`) with

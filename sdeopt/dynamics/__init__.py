@@ -18,6 +18,9 @@ from sdeopt.dynamics.sde import SDE, Dense, Diagonal, DiagonalPlusRankOne, Diffu
 from sdeopt.dynamics.solvers import SCHEMES, GridBrownian, solve
 from sdeopt.problems import Problem
 
+#: Every model name ``sde_of`` knows: the moment-matched Brownian models and the Lévy model.
+SDE_MODELS = (*MODELS, levy.MODEL)
+
 # Each builder takes an instance of its key class: Any, as a dict type cannot tie the two.
 #: Method class -> its moments builder (subclasses such as DSGD resolve through the MRO).
 MOMENTS: dict[type[Method], Callable[[Any, Problem], Moments]] = {
@@ -86,9 +89,7 @@ def sde_of(
             f"(models exist for {', '.join(c.__name__ for c in [*MOMENTS, *DIRECT])})"
         )
     if model not in MODELS:
-        raise ValueError(
-            f"Invalid model: {model!r} (choose from {', '.join([*MODELS, levy.MODEL])})"
-        )
+        raise ValueError(f"Invalid model: {model!r} (choose from {', '.join(SDE_MODELS)})")
     sde = sde_from_moments(
         builder(method, problem),
         model=model,
@@ -106,6 +107,7 @@ __all__ = [
     "MOMENTS",
     "SCHEMES",
     "SDE",
+    "SDE_MODELS",
     "Dense",
     "Diagonal",
     "DiagonalPlusRankOne",

@@ -19,7 +19,10 @@ coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``
 solver bias of the h figures; by
 default done exactly where the summary quotes a closed form; and ``average_from`` (a step):
 summarise each run by its mean loss over the recorded steps from that step on (a stationary
-window), not by its loss at the last step.
+window), not by its loss at the last step; ``scheme`` (the SDE solver, "euler" by default);
+``quantiles`` (levels whose quantiles of the final loss are reported with their gaps to the
+discrete ones); ``exit_radius`` (runs stop at their first step outside the ball of that radius,
+and the rows report first exit times).
 A run with ``study = "weak_order"`` instead takes ``lrs`` and
 ``horizon`` (n_steps = horizon / lr for each lr), ``observable`` and ``richardson`` (default true:
 extrapolate the SDE solver's :math:`O(h)` bias away with :math:`2 E_{h/2} - E_h`).
@@ -43,7 +46,7 @@ from sdeopt._stream import comparison_bytes, memory_shortfall
 from sdeopt._validation import check_device, check_int, check_positive
 from sdeopt.analysis.compare import compare
 from sdeopt.discrete import MARKOV_ESTIMATORS, METHODS
-from sdeopt.dynamics import MODELS, sde_of
+from sdeopt.dynamics import SDE_MODELS, sde_of
 from sdeopt.engine import OBSERVABLES
 from sdeopt.random import check_seed
 
@@ -113,6 +116,9 @@ RUN_KEYS = {
     "stream",
     "moments",
     "samples",
+    "scheme",
+    "quantiles",
+    "exit_radius",
 }
 TOP_KEYS = {"claim", "description", "defaults", "runs"}
 STUDIES = ("trajectories", "weak_order")
@@ -241,6 +247,7 @@ def build(run: dict, *, where: str = "run") -> dict:
         "coupled": typed("coupled", False, "bool"),
         "stream": typed("stream", False, "bool"),
         "blowup_threshold": float(typed("blowup_threshold", 1e10, "number")),
+        "scheme": typed("scheme", "euler", "str"),
     }
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     dtype = typed("dtype", "float64", "str")
@@ -267,7 +274,7 @@ def build(run: dict, *, where: str = "run") -> dict:
         check_positive("blowup_threshold", params["blowup_threshold"])
     except ValueError as exc:
         raise ValueError(f"Invalid config value in {where}: {exc}") from None
-    _check_names(where, "models", params["models"], tuple(MODELS))
+    _check_names(where, "models", params["models"], SDE_MODELS)
     moments = typed("moments", "exact", "str")
     samples = run.get("samples")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)):
@@ -310,6 +317,30 @@ def build(run: dict, *, where: str = "run") -> dict:
             f"Invalid config value: {where}.average_from = {average_from!r} (a step in "
             f"[0, n_steps = {params['n_steps']}], trajectory studies only)"
         )
+    quantiles = run.get("quantiles")
+    if quantiles is not None and (
+        study != "trajectories"
+        or not isinstance(quantiles, list)
+        or not quantiles
+        or not all(_is_number(q) and 0 < q < 1 for q in quantiles)
+    ):
+        raise ValueError(
+            f"Invalid config value: {where}.quantiles = {quantiles!r} (a non-empty list of levels "
+            "in (0, 1), trajectory studies only)"
+        )
+    exit_radius = run.get("exit_radius")
+    if exit_radius is not None:
+        if study != "trajectories" or not _is_number(exit_radius) or not exit_radius > 0:
+            raise ValueError(
+                f"Invalid config value: {where}.exit_radius = {exit_radius!r} (a radius > 0, "
+                "trajectory studies only)"
+            )
+        if "blowup_threshold" in run:
+            raise ValueError(
+                f"Invalid config value: {where}.exit_radius = {exit_radius!r} (it sets the "
+                f"blow-up threshold; blowup_threshold = {run['blowup_threshold']!r} is given too)"
+            )
+        params["blowup_threshold"] = float(exit_radius)
     out = {
         "name": typed("name", "run", "str"),
         "problem": problem,
@@ -319,6 +350,8 @@ def build(run: dict, *, where: str = "run") -> dict:
         **params,
         "richardson": richardson,
         "average_from": average_from,
+        "quantiles": None if quantiles is None else [float(q) for q in quantiles],
+        "exit_radius": None if exit_radius is None else float(exit_radius),
     }
     if study == "weak_order":
         lrs = run.get("lrs")
@@ -392,6 +425,7 @@ def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = Non
         moments=spec["moments"],
         samples=spec["samples"],
         substeps=substeps,
+        sde_method=spec["scheme"],
         coupled=spec["coupled"],
         record_every=spec["record_every"],
         record=spec["record"],

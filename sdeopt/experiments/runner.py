@@ -13,7 +13,14 @@ import numpy as np
 from sdeopt import io
 from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.analysis.compare import compare
-from sdeopt.analysis.metrics import divergence, observable_values, order_fit, weak_error
+from sdeopt.analysis.metrics import (
+    divergence,
+    exit_times,
+    observable_values,
+    order_fit,
+    quantile_error,
+    weak_error,
+)
 from sdeopt.engine import OBSERVABLES
 from sdeopt.experiments.config import build, compare_spec, slug
 
@@ -76,6 +83,12 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     heavy = not getattr(getattr(method, "noise", None), "finite_variance", True) and not getattr(
         method, "bounded", True
     )
+    quant = None
+    if spec.get("quantiles") and "loss" in ds and len(ds["model"]) > 1:
+        quant = quantile_error(coarse_s, "loss", spec["quantiles"]).isel(step=-1)
+    exits = exit_times(ds) if spec.get("exit_radius") is not None else None
+    # The SDEs' exit times again at h/2: their change is the solver's share of the figure.
+    exits_fine = exit_times(fine) if exits is not None and fine is not None else None
     rows = []
     for model in ds["model"].values:
         ok = ~coarse_s["diverged"].sel(model=model).values  # (run,): alive at the last step
@@ -97,6 +110,22 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
                 f_h2 = fine_s["loss"].sel(model=model).isel(step=-1).values[both]
                 row["extrap_loss"], row["extrap_se"] = _mean_se(2 * f_h2 - f_h)
                 row["solver_bias"], row["bias_se"] = _mean_se(2 * (f_h - f_h2))
+        if spec.get("quantiles") and "loss" in ds:
+            final = coarse_s["loss"].sel(model=model).isel(step=-1).values[ok]
+            row["quantiles"] = " ".join(f"{v:.3g}" for v in np.quantile(final, spec["quantiles"]))
+            if quant is not None and model != "discrete":
+                q = quant.sel(model=model)
+                row["quantile_gaps"] = " ".join(
+                    f"{v:+.2g}±{u:.1g}" for v, u in zip(q["signed"].values, q["se"].values)
+                )
+        if exits is not None:
+            e = exits.sel(model=model)
+            row["exited"] = float(e["fraction"])
+            row["exit_median"] = float(e["median"])
+            row["exit_ci"] = f"[{float(e['median_low']):.0f}, {float(e['median_high']):.0f}]"
+            row["exit_mean"], row["exit_se"] = float(e["mean"]), float(e["mean_se"])
+            if exits_fine is not None and model != "discrete":
+                row["exit_median_h2"] = float(exits_fine["median"].sel(model=model))
         if closed is not None:
             row["closed_form"] = closed
         if err is not None and model != "discrete":
@@ -237,6 +266,7 @@ def run_weak_order(spec: dict) -> tuple:
                 seed=spec["seed"],
                 models=spec["models"],
                 substeps=substeps,
+                sde_method=spec["scheme"],
                 coupled=spec["coupled"],
                 record_every=n_steps,
                 record=record,

@@ -47,17 +47,14 @@ class SeparableProblem(Problem):
             self.minimizer = torch.zeros(self.dim, dtype=torch.float64)  # (d,)
             self.min_value = 0.0
 
-    @staticmethod
     @abstractmethod
-    def _phi(x: torch.Tensor) -> torch.Tensor: ...
+    def _phi(self, x: torch.Tensor) -> torch.Tensor: ...
 
-    @staticmethod
     @abstractmethod
-    def _dphi(x: torch.Tensor) -> torch.Tensor: ...
+    def _dphi(self, x: torch.Tensor) -> torch.Tensor: ...
 
-    @staticmethod
     @abstractmethod
-    def _d2phi(x: torch.Tensor) -> torch.Tensor: ...
+    def _d2phi(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         return self._phi(x).sum(dim=-1)  # (B,)
@@ -245,16 +242,16 @@ class DoubleWell(SeparableProblem):
         self.width = check_positive("width", width)
         super().__init__(dim)
 
-    def _phi(self, x):
+    def _phi(self, x: torch.Tensor) -> torch.Tensor:
         w = self.width
         y = x * (x - 2.0 * w)
         return y * y / (8.0 * w * w)
 
-    def _dphi(self, x):
+    def _dphi(self, x: torch.Tensor) -> torch.Tensor:
         w = self.width
         return x * (x - w) * (x - 2.0 * w) / (2.0 * w * w)
 
-    def _d2phi(self, x):
+    def _d2phi(self, x: torch.Tensor) -> torch.Tensor:
         w = self.width
         return (3.0 * x * x - 6.0 * w * x + 2.0 * w * w) / (2.0 * w * w)
 
