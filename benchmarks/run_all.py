@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_clipping
 import bench_discrete
 import bench_headline
+import bench_levy
 import bench_minibatch
 import bench_rng
 import bench_scaling
@@ -53,6 +54,10 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
             ),
             "clipping": (bench_clipping, [*dev, "--runs", "500", "--steps", "5", "--repeats", "1"]),
             "rng": (bench_rng, [*dev, "--runs", "8192", "1000", "--draws", "2", "--repeats", "1"]),
+            "levy": (
+                bench_levy,
+                [*dev, "--runs", "500", "--steps", "5", "--draws", "10000", "--repeats", "1"],
+            ),
             "headline": (
                 bench_headline,
                 [
@@ -77,6 +82,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         "minibatch": (bench_minibatch, dev),
         "clipping": (bench_clipping, [*dev, *big]),
         "rng": (bench_rng, dev),
+        "levy": (bench_levy, [*dev, *big]),
         "headline": (
             bench_headline,
             [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4)), "--fuse"],
@@ -131,6 +137,16 @@ def headline_rows(results: dict) -> list[dict]:
                 "figure": f"closed-form SDE step {r['ratio']:.2f}x the discrete step",
             }
         )
+    levy = results.get("levy")
+    if levy:
+        rows.append(
+            {
+                "benchmark": "levy",
+                "case": f"Lévy SDE step, α = {levy['alpha']}, {levy['runs']} runs",
+                "figure": f"{levy['levy_over_brownian']:.2f}x the Brownian SDE step; stable "
+                f"sampler {levy['scipy_over_ours']:.1f}x faster than scipy's levy_stable.rvs",
+            }
+        )
     for s in results.get("w2", {}).get("summary", []):
         rows.append(
             {
@@ -173,7 +189,17 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=("discrete", "sde", "scaling", "w2", "rng", "headline"),
+        choices=(
+            "discrete",
+            "sde",
+            "scaling",
+            "w2",
+            "minibatch",
+            "clipping",
+            "rng",
+            "levy",
+            "headline",
+        ),
         help="run these benchmarks only (suite.json keeps the others' last results)",
     )
     parser.add_argument("--headline-runs", type=int, default=None)

@@ -34,7 +34,8 @@ def positive(x) -> bool:
 def test_every_benchmark_writes_json_and_the_summary_prints(suite):
     out, stdout = suite
     for name in (
-        "discrete", "sde", "scaling", "w2", "minibatch", "clipping", "rng", "headline", "suite",
+        "discrete", "sde", "scaling", "w2", "minibatch", "clipping", "rng", "levy", "headline",
+        "suite",
     ):  # fmt: skip
         data = json.loads((out / f"{name}.json").read_text())
         assert data["benchmark"] == name and data["date"] and data["torch"]
@@ -121,3 +122,11 @@ def test_clipping_rows_time_the_closed_form_sde_against_its_discrete_step(suite)
         positive(r["ratio"]) and math.isclose(r["ratio"], r["sde_ms"] / r["discrete_ms"])
         for r in rows
     )
+
+
+def test_levy_benchmark_times_the_levy_step_against_the_brownian_one_and_scipy(suite):
+    data = json.loads((suite[0] / "levy.json").read_text())
+    cases = " | ".join(r["case"] for r in data["rows"] + data["samplers"])
+    for case in ("Lévy SDE, Euler", "exact OU step", "Brownian SDE", "scipy.stats.levy_stable"):
+        assert case in cases
+    assert positive(data["levy_over_brownian"]) and positive(data["scipy_over_ours"])
