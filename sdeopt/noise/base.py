@@ -263,8 +263,9 @@ class ScaledSymmetricNoise(Noise):
             raise ValueError(
                 f"Invalid noise: {self!r} has infinite variance, so no Brownian SDE "
                 "approximates this method (the central limit theorem behind the diffusion "
-                "fails); a Lévy-driven SDE is the right model for heavy tails. Use "
-                "DSignSGD, whose sign SDE exists for every nu > 0, or noise with nu > 2"
+                "fails); a Lévy-driven SDE is the right model for heavy tails: "
+                "sde_of(..., model='levy') builds it for DSGD and DCSGD (Identity, RandK). Or "
+                "use DSignSGD, whose sign SDE exists for every nu > 0, or noise with nu > 2"
             )
         s = self.scales(n_workers, grads.device, grads.dtype)  # (N or 1,)
         return (s * s * self.variance).unsqueeze(0)
