@@ -1,4 +1,4 @@
-"""The bad-input battery of issue 12 (tools/battery.py, 335 inputs in about 40 s): every bad input
+"""The bad-input battery of issue 12 (tools/battery.py, 342 inputs in about 40 s): every bad input
 is refused with a ValueError naming it, every tricky valid one gives the right result; no silent
 acceptance, unclear message, traceback or hang."""
 

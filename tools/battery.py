@@ -1102,6 +1102,58 @@ def _args_cases() -> None:
         ("noise", "alpha", "SymmetricStable"),
     )
     c(
+        "levy-gaussian",
+        "sde_of(DSGD(noise=Gaussian(1)), Quadratic, 'levy'): finite variance",
+        lambda: sde(model="levy"),
+        ("noise", "finite variance"),
+    )
+    c(
+        "levy-t3",
+        "sde_of(DSGD(noise=StudentT(nu=3)), Quadratic, 'levy'): the Gaussian domain",
+        lambda: sde(method=dsgd(noise=N.StudentT(nu=3.0)), model="levy"),
+        ("noise", "nu"),
+    )
+    c(
+        "levy-t2",
+        "sde_of(DSGD(noise=StudentT(nu=2)), Quadratic, 'levy'): nu = 2 needs a log correction",
+        lambda: sde(method=dsgd(noise=N.StudentT(nu=2.0)), model="levy"),
+        ("noise", "nu"),
+    )
+    c(
+        "levy-dsign",
+        "sde_of(DSignSGD(noise=SymmetricStable(1.5)), Quadratic, 'levy')",
+        lambda: sde(method=dsign(noise=N.SymmetricStable(alpha=1.5)), model="levy"),
+        ("model", "levy"),
+    )
+    c(
+        "levy-milstein",
+        "solve(levy SDE, scheme='milstein')",
+        lambda: solve(
+            sde(method=dsgd(noise=N.SymmetricStable(alpha=1.5)), model="levy"), scheme="milstein"
+        ),
+        ("scheme", "milstein"),
+    )
+    c(
+        "levy-exact-randk",
+        "solve(levy SDE of DCSGD + RandK, scheme='exact'): multiplicative Brownian part",
+        lambda: solve(
+            sde(
+                method=dcsgd(
+                    compressor=so.compressors.RandK(k=1), noise=N.SymmetricStable(alpha=1.5)
+                ),
+                model="levy",
+            ),
+            scheme="exact",
+        ),
+        ("scheme", "exact"),
+    )
+    c(
+        "levy-exact-on-brownian",
+        "solve(first-order SDE, scheme='exact'): no exact step for Brownian models yet",
+        lambda: solve(scheme="exact"),
+        ("scheme", "exact"),
+    )
+    c(
         "sde-natural-t22",
         "sde_of(DCSGD(compressor=Natural(), noise=StudentT(nu=2.2)), Quadratic): tails too heavy",
         lambda: sde(
