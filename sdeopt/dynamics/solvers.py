@@ -139,27 +139,19 @@ class _TorchsdeState(State):
     window: tuple[int, torch.Tensor | None] = (0, None)
 
 
-class _SDEStepper(Stepper):
-    """An SDE, a native scheme and a Brownian source, as a stepper of the one run loop.
-
-    The state is the SDE's X (B, D) (D = ``sde.dim`` >= d); ``observe`` gives the problem's x.
-    """
+class _DrivenStepper(Stepper):
+    """An SDE with ``substeps`` solver steps per optimizer step, driven by fresh draws or,
+    coupled, by a discrete run's kept draws ``increments``: what the Brownian and the Lévy
+    steppers share. The state is the SDE's X (B, D) (D = ``sde.dim`` >= d); ``observe`` gives
+    the problem's x."""
 
     def __init__(
-        self,
-        sde: SDE,
-        scheme: Scheme,
-        substeps: int,
-        increments: torch.Tensor | None,
-        first_run: int,
+        self, sde: SDE, substeps: int, increments: torch.Tensor | None, first_run: int
     ) -> None:
-        self.sde, self.scheme, self.substeps = sde, scheme, substeps
+        self.sde, self.substeps = sde, substeps
         self.lr, self.schedule = sde.lr, sde.schedule
         self.increments = increments  # (K, B_all, d) on the CPU, or None
         self.first_run = first_run  # of the study: rng.first_run - first_run indexes increments
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.sde.model!r})"
 
     def init_state(self, x0, problem, rng):
         state = _CoupledState(x=self.sde.lift(x0))
@@ -171,6 +163,24 @@ class _SDEStepper(Stepper):
 
     def observe(self, state):
         return self.sde.observe(state.x)
+
+
+class _SDEStepper(_DrivenStepper):
+    """An SDE, a native scheme and a Brownian source, as a stepper of the one run loop."""
+
+    def __init__(
+        self,
+        sde: SDE,
+        scheme: Scheme,
+        substeps: int,
+        increments: torch.Tensor | None,
+        first_run: int,
+    ) -> None:
+        super().__init__(sde, substeps, increments, first_run)
+        self.scheme = scheme
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.sde.model!r})"
 
     def step(self, problem, state, k, lr_k, rng):
         eta = lr_k / self.lr
@@ -198,7 +208,7 @@ class _SDEStepper(Stepper):
         return sub.unbind(dim=1)
 
 
-class _LevyStepper(Stepper):
+class _LevyStepper(_DrivenStepper):
     r"""A ``LevySDE`` with the Euler or the exact (stable Ornstein–Uhlenbeck) scheme, on fresh
     stable (and normal) increments or, coupled, on the discrete run's own stable draws ξ_k: the
     driver's increment over step k is :math:`L(t_{k+1}) - L(t_k) = -\mathrm{lr}^{1/\alpha} \xi_k`
@@ -213,20 +223,15 @@ class _LevyStepper(Stepper):
         increments: torch.Tensor | None,
         first_run: int,
     ) -> None:
-        self.sde, self.scheme, self.substeps = sde, scheme, substeps
-        self.lr, self.schedule = sde.lr, sde.schedule
-        self.increments = increments  # (K, B_all, d) standard stable draws on the CPU, or None
-        self.first_run = first_run
+        super().__init__(sde, substeps, increments, first_run)  # increments: stable draws
+        self.levy, self.scheme = sde, scheme
         self._exact: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # eta -> decay, noise
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(alpha={self.sde.alpha}, scheme={self.scheme!r})"
-
-    init_state = _SDEStepper.init_state
-    observe = _SDEStepper.observe
+        return f"{type(self).__name__}(alpha={self.levy.alpha}, scheme={self.scheme!r})"
 
     def step(self, problem, state, k, lr_k, rng):
-        sde, n = self.sde, self.substeps
+        sde, n = self.levy, self.substeps
         eta, h = lr_k / self.lr, self.lr / n
         d = sde.dim
         if state.xi is not None:  # coupled: one step of size lr on -ξ_k
@@ -253,9 +258,9 @@ class _LevyStepper(Stepper):
     def _exact_factors(self, eta, h, x):
         """(e^{-ηλh}, η c ρ) of the exact step at schedule factor eta, cached per eta."""
         if eta not in self._exact:
-            rate, _ = self.sde.linear  # type: ignore[misc]  # check_scheme: linear is set
-            decay, rho = stable_ou_step(self.sde.alpha, eta * rate.to(x), h)
-            self._exact[eta] = (decay, rho.mul_(eta * self.sde.jump_scale))
+            rate, _ = self.levy.linear  # type: ignore[misc]  # check_scheme: linear is set
+            decay, rho = stable_ou_step(self.levy.alpha, eta * rate.to(x), h)
+            self._exact[eta] = (decay, rho.mul_(eta * self.levy.jump_scale))
         return self._exact[eta]
 
 
