@@ -55,15 +55,18 @@ def compare(
     Args:
         method, problem, x0, n_steps, n_runs: as in ``sdeopt.discrete.simulate``.
         seed: the discrete run's seed; SDE model i draws from ``model_seed(seed, i)``.
-        models: SDE models ("first_order", "second_order", "curvature"): a list, or one name.
+        models: SDE models ("first_order", "second_order", "curvature", "levy"): a list, or one
+            name.
         substeps: solver steps per optimizer step for the SDEs.
         moments, samples: how the SDE models get the method's moments (``sde_of``): "exact"
             (closed forms) or "estimated" from ``samples`` fresh draws per step.
-        coupled: drive every SDE with the discrete run's Gaussian draws (DSGD with Gaussian noise;
-            see ``simulate(keep_increments=True)``), so that runs are paired (strong error).
+        coupled: drive every SDE with the discrete run's own draws (DSGD with Gaussian noise for
+            the Brownian models, with SymmetricStable noise for "levy"; see
+            ``simulate(keep_increments=True)``), so that runs are paired (strong error).
         record_every, record, record_x, device, dtype, blowup_threshold, max_memory,
         block_size: as in ``simulate``.
-        sde_method: "euler" or "milstein".
+        sde_method: the scheme of ``solve``: "euler" or "milstein"; "euler" or "exact" for
+            "levy".
         out: a new zarr store path: every model streams its results there chunk by chunk (see
             ``simulate``); not with ``coupled``. Without it, results that would not fit in the
             available memory (all models, and the copy that joins them) are refused up front.
