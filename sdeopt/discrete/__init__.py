@@ -19,6 +19,7 @@ from sdeopt.discrete.markov_sgd import (
     MarkovSGD,
     SingleSample,
 )
+from sdeopt.discrete.svag import SVAG
 from sdeopt.trajectory import Trajectory
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "MARKOV_ESTIMATORS",
     "METHODS",
     "MLMC",
+    "SVAG",
     "DSignSGD",
     "DirectionMethod",
     "DistributedMethod",
