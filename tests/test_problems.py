@@ -20,6 +20,7 @@ from sdeopt.problems import (
     Quadratic,
     QuadraticQuartic,
     Quartic,
+    StreamingLeastSquares,
 )
 from tests.conftest import rng_for
 
@@ -53,6 +54,10 @@ PROBLEMS = {
     "expsum": (lambda: ExpSum(3), 1.0),
     "quadratic_quartic": (lambda: QuadraticQuartic(3), 1.0),
     "double_well": (lambda: DoubleWell(width=1.5, dim=3), 2.0),
+    "streaming": (
+        lambda: StreamingLeastSquares.power_law(3, 1.0, x_star=[0.1, -0.2, 0.3]),
+        1.0,
+    ),
     "logreg_homogeneous": (lambda: LogisticRegression(), 0.3),
     "logreg_label": (lambda: LogisticRegression(3, split="label"), 0.3),
     "leastsq_gaussian": (lambda: LeastSquares(3, n_samples=90, dim=4, reg=0.1), 1.0),

@@ -83,7 +83,8 @@ CONTRACT_CASES = {
         [law() for law in test_noise.LAWS.values()]
         + [chain for chain, _, _ in test_chains.CHAINS]
         + [so.noise.Minibatch(batch_size=4)]
-    ),  # its contract: tests/test_problems.py (finite sums)
+        + [so.noise.Streaming(2, label=so.noise.StudentT(nu=1.5, scale=0.3))]
+    ),  # their contracts: tests/test_problems.py (finite sums), tests/test_equivalents.py
     "unit law": lambda: [law for law, _ in test_chains.UNIT_LAW_CASES],
     "compressor": lambda: list(test_compressors.ALL),
     "schedule": lambda: list(test_schedules.SCHEDULES),
@@ -132,6 +133,9 @@ def _behaviour(obj) -> list[torch.Tensor]:
         return [obj.sample(rng, 3)]
     if isinstance(obj, MarkovEstimator):
         return [torch.tensor(obj.expected_calls())]
+    if isinstance(obj, so.noise.Streaming):
+        prob = so.problems.StreamingLeastSquares([1.0, 2.0, 0.5])
+        return [obj.oracle(prob, torch.ones(4, 3, dtype=torch.float64), 2, rng)]
     if isinstance(obj, Noise) and not isinstance(obj, so.noise.Minibatch):
         n_workers = len(obj.scale) if isinstance(getattr(obj, "scale", None), tuple) else 3
         return [obj.sample(rng, torch.ones(4, 1, 5, dtype=torch.float64), n_workers)]
@@ -176,6 +180,10 @@ def _run_with(family: str, spec: dict) -> dict:
         return dict(MARKOV_RUN, method=dict(MARKOV_RUN["method"], estimator=spec))
     if family == "noise" and spec["type"] in ("TwoStateMarkov", "GaussianAR1", "FiniteMarkov"):
         return dict(MARKOV_RUN, noise=spec)
+    if family == "noise" and spec["type"] == "Streaming":
+        return dict(
+            RUN, problem={"type": "StreamingLeastSquares", "spectrum": [1.0, 2.0]}, noise=spec
+        )
     if family == "noise" and spec["type"] == "Minibatch":
         return dict(RUN, problem={"type": "LogisticRegression", "n_workers": 2}, noise=spec)
     if family == "unit law":

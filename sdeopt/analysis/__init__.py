@@ -3,6 +3,7 @@
 from sdeopt.analysis import observables
 from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.analysis.compare import compare, model_seed
+from sdeopt.analysis.equivalents import clipping_factors, risk_ode
 from sdeopt.analysis.metrics import (
     W2,
     OrderFit,
@@ -35,6 +36,7 @@ __all__ = [
     "arctan_coordinate",
     "arctan_norm",
     "bures_w2",
+    "clipping_factors",
     "compare",
     "divergence",
     "exceedance",
@@ -50,6 +52,7 @@ __all__ = [
     "plot_trajectories",
     "plot_weak_error",
     "quantile_error",
+    "risk_ode",
     "smoothness_profile",
     "stable_tail_index",
     "stationary_loss",

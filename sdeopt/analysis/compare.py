@@ -9,6 +9,7 @@ import torch
 from sdeopt._jsonable import is_reproducible, jsonable, to_json
 from sdeopt._stream import ZarrSink, check_output_memory, comparison_bytes
 from sdeopt._validation import check_device, check_dtype, check_int
+from sdeopt.analysis.equivalents import ODE, ODE_OBSERVABLES, check_equivalent, risk_ode
 from sdeopt.discrete import MarkovSGD, Method, simulate
 from sdeopt.dynamics import sde_of, solve
 from sdeopt.problems import Problem
@@ -55,7 +56,9 @@ def compare(
     Args:
         method, problem, x0, n_steps, n_runs: as in ``sdeopt.discrete.simulate``.
         seed: the discrete run's seed; SDE model i draws from ``model_seed(seed, i)``.
-        models: SDE models ("first_order", "second_order", "curvature", "levy"): a list, or one
+        models: SDE models ("first_order", "second_order", "curvature", "levy"), and "ode" (the
+            deterministic equivalent of streaming SGD on Gaussian least squares,
+            ``risk_ode``: one curve, the same value in every run, no iterates): a list, or one
             name.
         substeps: solver steps per optimizer step for the SDEs.
         moments, samples: how the SDE models get the method's moments (``sde_of``): "exact"
@@ -91,9 +94,24 @@ def compare(
     models = list(models)
     if len(models) != len(set(models)):
         raise ValueError(f"Invalid models: {models!r} (each model at most once)")
-    sdes = [  # validates before any work
-        sde_of(method, problem, model, moments=moments, samples=samples) for model in models
-    ]
+    sdes = {  # validates before any work
+        model: sde_of(method, problem, model, moments=moments, samples=samples)
+        for model in models
+        if model != ODE
+    }
+    if ODE in models:
+        check_equivalent(method, problem)
+        if out is not None:
+            raise ValueError(
+                "Invalid out: the 'ode' model (a deterministic curve) is not streamed; "
+                "compare in memory"
+            )
+        unknown = [name for name in record if name not in ODE_OBSERVABLES]
+        if unknown:
+            raise ValueError(
+                f"Invalid record: {unknown[0]!r} (the 'ode' model gives "
+                f"{', '.join(ODE_OBSERVABLES)})"
+            )
     own = [name for name in record if name in getattr(method, "extra_observables", ())]
     if own and models:
         raise ValueError(
@@ -167,9 +185,12 @@ def compare(
         method, problem, x0, n_steps, n_runs, seed=seed, keep_increments=coupled, out=sink, **common
     )
     datasets = [disc] if sink is not None else [disc.to_dataset()]
-    for i, sde in enumerate(sdes, start=1):
+    for i, model in enumerate(models, start=1):
+        if model == ODE:
+            datasets.append(_ode_dataset(method, problem, x0, n_steps, datasets[0], record_every))
+            continue
         path = solve(
-            sde,
+            sdes[model],
             x0,
             n_steps,
             n_runs,
@@ -186,3 +207,27 @@ def compare(
     ds = xr.concat(datasets, dim="model", combine_attrs="override", data_vars="all")
     ds.attrs = attrs
     return ds
+
+
+def _ode_dataset(method, problem, x0, n_steps, like, record_every):
+    """``risk_ode``'s curve in the schema of the runs' dataset ``like``: every run holds the
+    deterministic value, none diverges, and the iterates (when recorded) are NaN."""
+    import numpy as np
+    import xarray as xr
+
+    curve = risk_ode(method, problem, x0, n_steps, record_every=record_every)
+    runs = like["run"]
+    out = xr.Dataset(
+        {
+            name: curve[name].expand_dims(run=runs.values).transpose("model", "step", "run")
+            for name in like.data_vars
+            if name in ODE_OBSERVABLES
+        },
+        coords={"time": like["time"], "lr_sum": like["lr_sum"]},
+    )
+    out["diverged"] = xr.zeros_like(like["diverged"]).assign_coords(model=["ode"])
+    out["blowup_step"] = xr.full_like(like["blowup_step"], -1).assign_coords(model=["ode"])
+    if "x" in like:
+        out["x"] = xr.full_like(like["x"], np.nan).assign_coords(model=["ode"])
+    out.attrs = dict(curve.attrs)
+    return out

@@ -1,7 +1,8 @@
 r"""Gradient-noise laws: worker i returns :math:`g_i = \nabla f_i(x) + Z_i`.
 
 One module per family: ``base`` (the ``Noise`` interface and the symmetric scale families),
-``additive`` (Gaussian, Student-t, alpha-stable, affine variance, minibatch), ``unit`` (the unit
+``additive`` (Gaussian, Student-t, alpha-stable, affine variance, minibatch), ``streaming``
+(fresh Gaussian data for least squares), ``unit`` (the unit
 laws :math:`\varepsilon` of Itô chains) and ``markov`` (Markov chains for ``MarkovSGD``).
 """
 
@@ -14,6 +15,7 @@ from sdeopt.noise.additive import (
 )
 from sdeopt.noise.base import NOISES, Noise, ScaledSymmetricNoise, SymmetricCDFNoise
 from sdeopt.noise.markov import FiniteMarkov, GaussianAR1, MarkovNoise, TwoStateMarkov
+from sdeopt.noise.streaming import Streaming
 from sdeopt.noise.unit import (
     UNIT_LAWS,
     CenteredExponential,
@@ -42,6 +44,7 @@ __all__ = [
     "ScaledUniform",
     "StandardNormal",
     "StandardizedStudentT",
+    "Streaming",
     "StudentT",
     "SymmetricCDFNoise",
     "SymmetricStable",

@@ -19,6 +19,7 @@ from sdeopt.problems.separable import (
     Quartic,
     SeparableProblem,
 )
+from sdeopt.problems.streaming import StreamingLeastSquares
 
 __all__ = [
     "PROBLEMS",
@@ -34,4 +35,5 @@ __all__ = [
     "QuadraticQuartic",
     "Quartic",
     "SeparableProblem",
+    "StreamingLeastSquares",
 ]
