@@ -4,6 +4,7 @@ from sdeopt.analysis import observables
 from sdeopt.analysis.closed_forms import stationary_loss
 from sdeopt.analysis.compare import compare, model_seed
 from sdeopt.analysis.equivalents import clipping_factors, risk_ode
+from sdeopt.analysis.kesten import KestenIndex, kesten_tail_index, sde_tail_index
 from sdeopt.analysis.metrics import (
     W2,
     OrderFit,
@@ -31,6 +32,7 @@ from sdeopt.analysis.smoothness import Envelope, fit_envelope, smoothness_profil
 __all__ = [
     "W2",
     "Envelope",
+    "KestenIndex",
     "OrderFit",
     "TailIndex",
     "arctan_coordinate",
@@ -43,6 +45,7 @@ __all__ = [
     "exit_times",
     "fit_envelope",
     "hill_tail_index",
+    "kesten_tail_index",
     "model_seed",
     "observables",
     "order_fit",
@@ -53,6 +56,7 @@ __all__ = [
     "plot_weak_error",
     "quantile_error",
     "risk_ode",
+    "sde_tail_index",
     "smoothness_profile",
     "stable_tail_index",
     "stationary_loss",
