@@ -28,6 +28,7 @@ from sdeopt.analysis.plots import (
     plot_weak_error,
 )
 from sdeopt.analysis.smoothness import Envelope, fit_envelope, smoothness_profile
+from sdeopt.analysis.validity import ladder_seed, plot_validity_ladder, validity_ladder
 
 __all__ = [
     "W2",
@@ -46,6 +47,7 @@ __all__ = [
     "fit_envelope",
     "hill_tail_index",
     "kesten_tail_index",
+    "ladder_seed",
     "model_seed",
     "observables",
     "order_fit",
@@ -53,6 +55,7 @@ __all__ = [
     "plot_marginals",
     "plot_smoothness",
     "plot_trajectories",
+    "plot_validity_ladder",
     "plot_weak_error",
     "quantile_error",
     "risk_ode",
@@ -60,6 +63,7 @@ __all__ = [
     "smoothness_profile",
     "stable_tail_index",
     "stationary_loss",
+    "validity_ladder",
     "wasserstein2",
     "weak_error",
 ]
