@@ -42,6 +42,8 @@ FAMILIES = {
 #: Public concrete classes deliberately outside a registry, and why.
 NOT_CONFIGURABLE = {
     so.problems.FunctionProblem: "its objective is user code (a callable), not data a config holds",
+    so.discrete.SVAG: "wraps another method object (the validity ladder's rungs); a config would "
+    "need a nested method table",
 }
 
 

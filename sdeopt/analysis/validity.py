@@ -115,8 +115,8 @@ def validity_ladder(
 
     References:
         Li, Malladi & Arora, "On the validity of modeling SGD with stochastic differential
-        equations (SDEs)", NeurIPS 2021, arXiv 2102.12470 (SVAG and its convergence, Sec. 4,
-        Thm 4.3); docs/validity.md.
+        equations (SDEs)", NeurIPS 2021, arXiv 2102.12470 (SVAG and its convergence, Sec. 4);
+        docs/validity.md.
 
     Example:
         >>> import sdeopt as so

@@ -35,7 +35,7 @@ class SVAG(Method):
     :math:`O(1/\ell)` for every :math:`k \ge 3`. For a direction with finite moments SVAG(ℓ) is
     therefore a weak order 1 scheme, of step :math:`\eta / \ell`, for the method's first-order
     SDE :math:`dX = -\eta_t \bar u\,dt + \eta_t \sqrt{\eta}\, S^{1/2} dW`,
-    :math:`S = \operatorname{Cov} u` (Li, Malladi & Arora 2021, Thm 4.3): a statistic that moves
+    :math:`S = \operatorname{Cov} u` (Li, Malladi & Arora 2021, Sec. 4): a statistic that moves
     along ℓ = 1, 2, 4, 8, ... shows that the first-order SDE does not model the method at
     ℓ = 1, without solving an SDE (``sdeopt.analysis.validity_ladder``). SVAG(1) is the method
     itself, draw for draw: it never draws the second direction.
@@ -58,7 +58,7 @@ class SVAG(Method):
 
     References:
         Li, Malladi & Arora, "On the validity of modeling SGD with stochastic differential
-        equations (SDEs)", NeurIPS 2021, arXiv 2102.12470, Sec. 4 (SVAG, eq. (5); Thm 4.3);
+        equations (SDEs)", NeurIPS 2021, arXiv 2102.12470, Sec. 4 (SVAG and its convergence to the SDE);
         docs/validity.md.
 
     Example:
