@@ -311,3 +311,52 @@ def test_clipping_factors_quadrature_against_nested_scipy_quad():
             limit=200,
         )[0]
         assert value == pytest.approx(ref, abs=1e-6)
+
+
+# --- signSGD --------------------------------------------------------------------------------------
+
+
+def test_residual_density_at_zero_against_scipy_convolution():
+    """g0(R) = density at 0 of √(2R) Z - ε: closed form for Gaussian labels, Gauss–Hermite for
+    Cauchy labels, against scipy's quadrature of the convolution."""
+    from sdeopt.analysis.equivalents import residual_density_at_zero
+
+    for label, law in (
+        (so.noise.Gaussian(0.5), stats.norm(scale=0.5)),
+        (so.noise.StudentT(nu=1.0, scale=0.5), stats.cauchy(scale=0.5)),
+        (so.noise.StudentT(nu=3.0, scale=0.3), stats.t(3.0, scale=0.3)),
+    ):
+        for risk in (1e-3, 0.1, 2.0):
+            s = math.sqrt(2 * risk)
+            ref = integrate.quad(
+                lambda e, s=s, law=law: stats.norm.pdf(e / s) / s * law.pdf(e), -np.inf, np.inf
+            )[0]
+            value = residual_density_at_zero(so.noise.Streaming(label=label), risk)[0]
+            assert value == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_sign_ode_reaches_its_closed_form_limit(workers):
+    """signSGD, Gaussian labels: v_i = γ/(2dNκ√λ_i) at stationarity with κ = 2/(π√(2R + σ²)),
+    so R = c² + c√(c² + σ²), c = γπ mean(√λ)/(8N)."""
+    d, gamma = 200, 1.0
+    prob = _streaming(d, exponent=0.5)
+    opt = so.discrete.DSignSGD(
+        lr=gamma / d, n_workers=workers, noise=so.noise.Streaming(label=so.noise.Gaussian(0.5))
+    )
+    final = float(risk_ode(opt, prob, _x0(d), 80 * d, record_every=80 * d).loss[0, -1])
+    c = gamma * math.pi * float(prob.spectrum.sqrt().mean()) / (8 * workers)
+    assert final == pytest.approx(c * c + c * math.sqrt(c * c + 0.25), rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "label", [so.noise.Gaussian(0.5), so.noise.StudentT(nu=1.0, scale=0.5)], ids=["gauss", "cauchy"]
+)
+def test_sign_sgd_concentrates_on_its_ode(label):
+    """DSignSGD (4 workers, γ = 1) at d = 400: the mean risk of 40 runs within 4 % of the ODE
+    over t = 0..5 (measured 1.8 % Gaussian, 2.0 % Cauchy with one worker)."""
+
+    def opt_of(d):
+        return so.discrete.DSignSGD(lr=1.0 / d, n_workers=4, noise=so.noise.Streaming(label=label))
+
+    assert _path_error(400, opt_of) < 0.04

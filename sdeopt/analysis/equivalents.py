@@ -15,7 +15,10 @@ with :math:`\mu = 1`, :math:`\nu = 2R + \sigma^2` for plain SGD (:math:`\sigma^2
 variance) and, for SGD whose per-sample gradient is clipped at norm c (b = 1),
 :math:`\mu(R) = P(|r| \le \tau)`, :math:`\nu(R) = \mathbb E \min(r^2, \tau^2)`,
 :math:`r = \sqrt{2R}\,Z - \varepsilon`, :math:`\tau = c / \sqrt{\operatorname{tr} K}` (finite
-for every label law, Cauchy included). Its limit for plain SGD is
+for every label law, Cauchy included). For DSignSGD (N workers, one sample each) the rate is
+:math:`2\gamma\kappa(R)\sqrt{\lambda_i}` with :math:`\kappa = 2\sqrt{2/\pi}\,g_0(R)`,
+:math:`g_0` the density at 0 of r, and the forcing :math:`\gamma^2/(dN)`. Its limit for plain
+SGD is
 :math:`R_\infty = \frac{\gamma \sigma^2 \bar\lambda / (4m)}{1 - \gamma\bar\lambda / (2m)}`,
 :math:`\bar\lambda = \operatorname{tr} K / d`, which diverges at :math:`\gamma\bar\lambda = 2m`.
 
@@ -25,6 +28,8 @@ References:
     trajectories of SGD in high dimensions", NeurIPS 2022, arXiv:2206.07252.
     Marshall, Xiao, Agarwala & Paquette, "To clip or not to clip: the dynamics of SGD with
     gradient clipping in high-dimensions", arXiv:2406.11733.
+    Xiao, Marshall, Agarwala & Paquette, "Exact risk curves of signSGD in high-dimensions",
+    arXiv:2411.12135.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +46,7 @@ from scipy import special, stats
 from sdeopt._validation import check_int
 from sdeopt.discrete.base import Method
 from sdeopt.discrete.dcsgd import DCSGD
+from sdeopt.discrete.dsignsgd import DSignSGD
 from sdeopt.noise import Gaussian, StudentT, SymmetricStable
 from sdeopt.noise.streaming import Streaming
 from sdeopt.problems import Problem, StreamingLeastSquares
@@ -54,22 +61,45 @@ _NODES = 64
 _GRID = 400
 
 
-def check_equivalent(method: Method, problem: Problem) -> tuple[Streaming, int, float | None]:
+@dataclass(frozen=True)
+class _Case:
+    """What the equivalent needs of a (method, problem) pair: the noise law, samples (SGD) or
+    workers (sign) averaged per step, the clipping threshold on the residual (or None), and
+    whether the steps are signs."""
+
+    noise: Streaming
+    m: int
+    tau: float | None
+    sign: bool = False
+
+
+def check_equivalent(method: Method, problem: Problem) -> _Case:
     """Raise ``ValueError`` unless the deterministic equivalent is derived for ``method`` on
-    ``problem``; else (noise, samples per step m, the clipping threshold on the residual tau or
-    None)."""
+    ``problem``; else what the solver needs of them."""
     if not isinstance(problem, StreamingLeastSquares):
         raise ValueError(
             f"Invalid problem: {type(problem).__name__} (the deterministic equivalent is "
             "derived for sdeopt.problems.StreamingLeastSquares)"
         )
-    if not isinstance(method, DCSGD) or not isinstance(method.noise, Streaming):
+    if not isinstance(method, (DCSGD, DSignSGD)) or not isinstance(method.noise, Streaming):
         raise ValueError(
-            f"Invalid method: {method!r} (DSGD or uncompressed DCSGD with Streaming noise)"
+            f"Invalid method: {method!r} (DSGD, uncompressed DCSGD or DSignSGD with Streaming "
+            "noise)"
         )
+    if method.schedule.config().get("type") not in (None, "Constant"):
+        raise ValueError(
+            f"Invalid method: schedule {method.schedule!r} (a constant learning rate only)"
+        )
+    noise = method.noise
+    if isinstance(method, DSignSGD):
+        if noise.batch_size != 1:
+            raise ValueError(
+                f"Invalid noise: batch_size = {noise.batch_size!r} with DSignSGD (derived for "
+                "the sign of one sample's gradient per worker)"
+            )
+        return _Case(noise, method.n_workers, None, sign=True)
     from sdeopt.compressors import Identity
 
-    noise = method.noise
     if not isinstance(method.compressor, Identity) or method.normalize is not None:
         raise ValueError(
             f"Invalid method: {method!r} (no compression or normalisation: the equivalent is "
@@ -78,10 +108,6 @@ def check_equivalent(method: Method, problem: Problem) -> tuple[Streaming, int, 
     if method.coord_clip is not None:
         raise ValueError(
             f"Invalid method: coord_clip = {method.coord_clip!r} (per-sample norm clipping only)"
-        )
-    if method.schedule.config().get("type") not in (None, "Constant"):
-        raise ValueError(
-            f"Invalid method: schedule {method.schedule!r} (a constant learning rate only)"
         )
     m = method.n_workers * noise.batch_size
     clip = method.worker_clip if method.worker_clip is not None else method.clip
@@ -96,14 +122,14 @@ def check_equivalent(method: Method, problem: Problem) -> tuple[Streaming, int, 
                 f"Invalid noise: {noise!r} (label noise without a variance makes the risk "
                 "infinite; clip the steps)"
             )
-        return noise, m, None
+        return _Case(noise, m, None)
     if noise.batch_size != 1:
         raise ValueError(
             f"Invalid noise: batch_size = {noise.batch_size!r} with clipping (derived for one "
             "sample per clipped gradient)"
         )
     tau = float(clip) / math.sqrt(float(problem.spectrum.sum()))
-    return noise, m, tau
+    return _Case(noise, m, tau)
 
 
 def _label_law(label) -> tuple[float, Any]:
@@ -161,6 +187,33 @@ def clipping_factors(noise: Streaming, tau: float, risk) -> tuple[np.ndarray, np
     return mu, nu
 
 
+def residual_density_at_zero(noise: Streaming, risk) -> np.ndarray:
+    r""":math:`g_0(R)`, the density at 0 of :math:`r = \sqrt{2R}\,Z - \varepsilon` (Z standard
+    normal, :math:`\varepsilon` the label noise): what sets signSGD's drift. Gaussian labels:
+    :math:`1/\sqrt{2\pi(2R + \sigma^2)}`; otherwise
+    :math:`\mathbb E_Z f_\varepsilon(\sqrt{2R}\,Z)` by Gauss–Hermite quadrature (128 nodes)
+    where the normal factor is the narrower (:math:`\sqrt{2R}` below the label scale), else
+    :math:`\mathbb E_\varepsilon \varphi(\varepsilon/\sqrt{2R})/\sqrt{2R}` by Gauss–Legendre in
+    :math:`u = F(\varepsilon)` (256 nodes)."""
+    risk = np.atleast_1d(np.asarray(risk, dtype=float))
+    scale, law = _label_law(noise.label)
+    if scale == 0.0 or isinstance(noise.label, Gaussian):
+        return 1.0 / np.sqrt(2.0 * math.pi * (2.0 * risk + scale * scale))
+    s = np.sqrt(2.0 * risk)  # (R,)
+    # E_Z f_eps(sZ) by Gauss–Hermite where the normal is the narrower factor (s < scale),
+    # E_eps phi(eps/s)/s by Gauss–Legendre in u = F(eps) where the label law is
+    z, wz = np.polynomial.hermite_e.hermegauss(128)  # weight exp(-z²/2)
+    wz = wz / math.sqrt(2.0 * math.pi)
+    by_z = (law.pdf(s[:, None] * z[None, :] / scale) / scale) @ wz
+    x, wu = np.polynomial.legendre.leggauss(256)
+    eps = scale * law.ppf((x + 1.0) / 2.0)  # (Q,)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        by_eps = (
+            np.exp(-0.5 * (eps[None, :] / s[:, None]) ** 2) / (s[:, None] * math.sqrt(2 * math.pi))
+        ) @ (wu / 2.0)
+    return np.where(s < scale, by_z, by_eps)
+
+
 def risk_ode(
     method: Method,
     problem: Problem,
@@ -184,7 +237,7 @@ def risk_ode(
     Args:
         method: DSGD or uncompressed DCSGD with ``Streaming`` noise, lr :math:`= \gamma/d`,
             constant schedule; plain, or with per-sample norm clipping (``worker_clip``, or
-            ``clip`` with one worker; batch size 1).
+            ``clip`` with one worker; batch size 1); or DSignSGD (batch size 1).
         problem: a ``StreamingLeastSquares``.
         x0: the start, (d,) (every run starts there: :math:`v_i(0) = (x_0 - x^*)_i^2`).
         n_steps: optimizer steps.
@@ -206,7 +259,8 @@ def risk_ode(
 
     from sdeopt.engine import check_x0, record_steps
 
-    noise, m, tau = check_equivalent(method, problem)
+    case = check_equivalent(method, problem)
+    noise, m, tau = case.noise, case.m, case.tau
     assert isinstance(problem, StreamingLeastSquares)  # check_equivalent
     d = problem.dim
     lam = problem.spectrum.double().numpy()  # (d,)
@@ -217,7 +271,31 @@ def risk_ode(
     sigma2 = noise.label_variance
     steps = record_steps(n_steps, record_every)
     limit = math.nan
-    if tau is None:
+    # v_i' = -2γ μ(R) slope_i v_i + coupling_i ν(R): slope λ and coupling γ²λ/(dm) for SGD,
+    # slope √λ and coupling γ²/(dN) for signs (docs/equivalents.md)
+    slope = lam
+    coupling = gamma * gamma * lam / (d * m)  # (d,)
+    if case.sign:
+        slope = np.sqrt(lam)
+        coupling = np.full(d, gamma * gamma / (d * m))
+        kappa_scale = 2.0 * math.sqrt(2.0 / math.pi)
+        if isinstance(noise.label, Gaussian) or noise.label_variance == 0.0:
+            # the closed form of residual_density_at_zero, inline: one call per solver step
+
+            def factors(r):
+                return kappa_scale / math.sqrt(2.0 * math.pi * (2.0 * r + sigma2)), 1.0
+
+        else:
+            r0 = max(0.5 * float(lam @ v), 1e-300)
+            grid = np.geomspace(r0 * 1e-12, r0 * 1e6, _GRID)
+            kappa_grid = kappa_scale * residual_density_at_zero(noise, grid)
+            log_grid = np.log(grid)
+
+            def factors(r):
+                x = math.log(min(max(r, grid[0]), grid[-1]))
+                return float(np.interp(x, log_grid, kappa_grid)), 1.0
+
+    elif tau is None:
         threshold = 2.0 * m / lbar
         limit = (
             gamma * sigma2 * lbar / (4 * m) / (1 - gamma * lbar / (2 * m))
@@ -247,7 +325,6 @@ def risk_ode(
 
     substeps = check_int("substeps", substeps, minimum=1)
     dt = 1.0 / (d * substeps)
-    coupling = gamma * gamma * lam / (d * m)  # (d,)
     out: dict[str, list[float]] = {"loss": [], "dist": [], "grad_norm": []}
     wanted = set(steps)
 
@@ -256,13 +333,14 @@ def risk_ode(
         out["dist"].append(math.sqrt(float(v.sum())))
         out["grad_norm"].append(math.sqrt(float((lam * lam) @ v)))
 
-    if tau is None:
+    plain = tau is None and not case.sign
+    if plain:
         # mu = 1: the linear part's factors are fixed, and the trapezoid rule's implicit
         # equation for R(t + dt) is scalar and linear: solved exactly, no predictor.
-        decay, gain = _exp_factors(lam, gamma, 1.0, dt)
+        decay, gain = _exp_factors(2.0 * gamma * lam, dt)
         push = gain * coupling  # (d,)
         a = 0.5 * float(lam @ push)
-    last: tuple[float, float] | None = None  # the clipped law's (mu, nu) one solver step back
+    last: tuple[float, float] | None = None  # (mu, nu) one solver step back
     for k in range(n_steps + 1):
         if k in wanted:
             record(v)
@@ -270,7 +348,7 @@ def risk_ode(
             break
         for _ in range(substeps):
             r = 0.5 * float(lam @ v)
-            if tau is None:
+            if plain:
                 # v' = D v + push (R + R' + σ²), R' = ½ λ·v'
                 #   =>  R' = (½ λ·D v + a (R + σ²)) / (1 - a)
                 dv = decay * v
@@ -283,7 +361,7 @@ def risk_ode(
             last = (mu, nu) if last is None else last
             mid_mu, mid_nu = 1.5 * mu - 0.5 * last[0], 1.5 * nu - 0.5 * last[1]
             last = (mu, nu)
-            v = _exp_step(v, lam, gamma, mid_mu, coupling * mid_nu, dt)
+            v = _exp_step(v, 2.0 * gamma * mid_mu * slope, coupling * mid_nu, dt)
     n = len(steps)
     lr_sum = np.asarray(steps, dtype=float) * method.lr
     return xr.Dataset(
@@ -304,17 +382,16 @@ def risk_ode(
     )
 
 
-def _exp_factors(lam, gamma, mu, dt):
-    r"""(:math:`e^{-\rho\, dt}`, :math:`(1 - e^{-\rho\, dt})/\rho`) for
-    :math:`\rho = 2\gamma\mu\lambda` (d,): the exact step of :math:`v' = -\rho v + c` with c
-    constant over the step."""
-    rate = 2.0 * gamma * mu * lam  # (d,)
+def _exp_factors(rate, dt):
+    r"""(:math:`e^{-\rho\, dt}`, :math:`(1 - e^{-\rho\, dt})/\rho`) for the rates
+    :math:`\rho` (d,): the exact step of :math:`v' = -\rho v + c` with c constant over the
+    step."""
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = np.where(rate > 0, -np.expm1(-rate * dt) / rate, dt)
     return np.exp(-rate * dt), gain
 
 
-def _exp_step(v, lam, gamma, mu, forcing, dt):
-    """v at t + dt of v' = -2γμλ v + forcing (forcing (d,) constant over the step), exactly."""
-    decay, gain = _exp_factors(lam, gamma, mu, dt)
+def _exp_step(v, rate, forcing, dt):
+    """v at t + dt of v' = -rate v + forcing (both (d,), constant over the step), exactly."""
+    decay, gain = _exp_factors(rate, dt)
     return decay * v + forcing * gain
