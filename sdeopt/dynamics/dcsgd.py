@@ -18,7 +18,7 @@ from sdeopt.dynamics.sde import (
     sqrt_psd,
 )
 from sdeopt.noise import AffineVariance, ScaledSymmetricNoise, SymmetricCDFNoise
-from sdeopt.problems import Problem
+from sdeopt.problems import Problem, Quadratic
 
 
 def moments(method: DCSGD, problem: Problem) -> Moments:
@@ -355,6 +355,9 @@ def _uncompressed(method: DCSGD, problem: Problem) -> Moments:
                 torch.full((1, 1), std * scale, dtype=x.dtype, device=x.device).expand_as(x)
             )
 
+        linear = None
+        if isinstance(problem, Quadratic) and problem.diag is not None:
+            linear = (problem.diag, problem.center)
         return Moments(
             mean=problem.grad,
             mean_jvp=problem.hvp,
@@ -362,6 +365,8 @@ def _uncompressed(method: DCSGD, problem: Problem) -> Moments:
             noise_type="diagonal",
             brownian_dim=d,
             diffusion_derivative=zero_derivative,
+            additive=True,
+            linear=linear,
         )
 
     def diffusion(x: torch.Tensor, scale: float):

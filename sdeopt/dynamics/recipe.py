@@ -60,6 +60,11 @@ class Moments:
     diffusion_derivative: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     #: model name -> why no derivation backs it for this method (sde_of refuses it with that).
     refused: dict[str, str] = field(default_factory=dict)
+    #: True when the diffusion does not depend on x.
+    additive: bool = False
+    #: (λ (d,), center (d,)) when :math:`\bar u(x) = \lambda \odot (x - \mathrm{center})` (a
+    #: diagonal quadratic), else None: every model's drift is then linear and diagonal.
+    linear: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def zero_derivative(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -102,6 +107,14 @@ def sde_from_moments(
         def derivative(x: torch.Tensor, eta: float) -> torch.Tensor:
             return diffusion_derivative(x, eta * sqrt_lr)
 
+    linear_fn = None
+    if moments.linear is not None:
+        lam, center = moments.linear
+
+        def linear_fn(eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+            # -eta λ e + sign (lr eta²/2) λ² e: the models' drifts on a diagonal quadratic
+            return lam * eta - (sign * lr * eta * eta / 2.0) * lam * lam, center
+
     return SDE(
         dim=problem.dim,
         drift_fn=drift,
@@ -114,4 +127,6 @@ def sde_from_moments(
         problem=problem,
         config=config,
         diffusion_derivative_fn=derivative,
+        additive=moments.additive,
+        linear_fn=linear_fn,
     )

@@ -186,6 +186,12 @@ class SDE:
         sampler: for estimated moments (``sde_of(..., moments="estimated")``), (x (B, d), rng)
             -> S fresh draws of the method's direction, (S, B, d): the solver estimates the
             drift and the diffusion from them at every step; None for SDEs in closed form.
+        additive: True when G does not depend on x (the Leimkuhler–Matthews and exact schemes
+            need it; a weak order 2 scheme then needs no derivative of G).
+        linear_fn: eta -> (rate (d,), center (d,)) when the drift is exactly
+            :math:`-\mathrm{rate} \odot (x - \mathrm{center})` at schedule factor eta (a
+            diagonal quadratic), else None: with ``additive`` and diagonal noise, the exact
+            Ornstein–Uhlenbeck scheme applies.
 
     Example (a state larger than x: underdamped Langevin dynamics, X = (x, v)):
         >>> import torch
@@ -214,6 +220,8 @@ class SDE:
     lift_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     observe_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     sampler: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
+    additive: bool = False
+    linear_fn: Callable[[float], tuple[torch.Tensor, torch.Tensor]] | None = None
     sde_type = "ito"
 
     def __post_init__(self) -> None:

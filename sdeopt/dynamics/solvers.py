@@ -1,4 +1,6 @@
-r"""How an SDE is integrated: native batched Euler–Maruyama and Milstein, and a torchsde backend.
+r"""How an SDE is integrated: native batched schemes (Euler–Maruyama, Milstein, Platen's weak
+order 2, Leimkuhler–Matthews, the exact OU step; ``SCHEMES``, orders in docs/models.md) and a
+torchsde backend (every torchsde solver, SRK with drawn space-time Lévy areas).
 
 Every optimizer step :math:`k \to k+1` (SDE time lr) is split into ``substeps`` steps of size
 :math:`h = \mathrm{lr} / \mathrm{substeps}`; outputs sit at the exact integer steps
@@ -41,11 +43,17 @@ from sdeopt.trajectory import Trajectory
 
 
 class Scheme(ABC):
-    """One step of size h of an SDE solver. Attributes: strong and weak order, Itô or Stratonovich."""
+    """One step of size h of an SDE solver. Attributes: strong and weak order, the order of its
+    invariant law's error (``invariant_order``: the weak order unless the scheme does better at
+    stationarity), Itô or Stratonovich."""
 
     strong_order: float
     weak_order: float
+    invariant_order: float | None = None  # None: the weak order
     sde_type: str = "ito"
+    #: True when a step needs the next step's Gaussian draw (Leimkuhler–Matthews): the stepper
+    #: then hands it increments (ξ_n + ξ_{n+1}) √h / 2, and coupling is refused.
+    averaged_increments: bool = False
 
     @abstractmethod
     def step(
@@ -118,16 +126,141 @@ class Milstein(Scheme):
         return x + sde.drift_at(x, eta) * h + g * dw + 0.5 * g * dg * (dw * dw - h)
 
 
+class ExactOU(Scheme):
+    r"""The exact step of a linear drift with additive diagonal noise (Ornstein–Uhlenbeck):
+    per coordinate, :math:`x' = c + e^{-\rho h}(x - c) + g \sqrt{(1 - e^{-2\rho h})/(2\rho)}\, z`,
+    :math:`z = dW/\sqrt h`, for the drift :math:`-\rho \odot (x - c)` of ``sde.linear_fn``
+    (DSGD's three models on a diagonal quadratic under additive noise). Exact in law at any
+    step size, so a quadratic's figures carry no solver error; with coupling it uses the
+    discrete run's draw as its z.
+    """
+
+    strong_order = math.inf
+    weak_order = math.inf
+
+    def check(self, sde: SDE) -> None:
+        if sde.linear_fn is None or not sde.additive or sde.noise_type != "diagonal":
+            raise ValueError(
+                "Invalid scheme: 'exact' (the Ornstein–Uhlenbeck step needs a linear diagonal "
+                "drift with additive diagonal noise: DSGD under Gaussian or Student-t noise on a "
+                "diagonal Quadratic; use 'weak2' or 'euler')"
+            )
+
+    def step(self, sde, x, eta, h, dw):
+        rate, center = sde.linear_fn(eta)
+        rate, center = rate.to(x), center.to(x)  # (d,)
+        small = rate.abs() * h < 1e-12
+        safe = torch.where(small, torch.ones_like(rate), rate)
+        # (1 - e^{-2ρh}) / (2ρh): the variance of the OU increment over h, relative to h
+        ratio = torch.where(small, 1.0 - rate * h, -torch.expm1(-2.0 * safe * h) / (2.0 * safe * h))
+        noise = sde.diffusion_at(x, eta).g * ratio.sqrt()  # (B, d)
+        return torch.addcmul(center, torch.exp(-rate * h), x - center).addcmul_(noise, dw)
+
+
+class LeimkuhlerMatthews(Scheme):
+    r"""Leimkuhler–Matthews for additive noise:
+    :math:`x_{n+1} = x_n + h\, b(x_n) + G \sqrt h\, (\xi_n + \xi_{n+1})/2`. The cost of Euler;
+    weak order 1 on a finite horizon, but its invariant law is second-order accurate (exact for
+    the OU process: stationary variance :math:`\sigma^2/(2a)` at every stable h, against Euler's
+    :math:`\sigma^2/(2a(1 - ah/2))`). The first step uses :math:`(\xi_0 + \xi_1)/2`, a fresh
+    :math:`\xi_0` included. Coupling is refused: a step uses two draws.
+
+    References:
+        Leimkuhler & Matthews, "Rational construction of stochastic numerical methods for
+        molecular sampling", AMRX 2013(1); Leimkuhler, Matthews & Stoltz, IMA J. Numer. Anal.
+        36(1), 2016.
+    """
+
+    strong_order = 0.5
+    weak_order = 1.0
+    invariant_order = 2.0
+    averaged_increments = True
+
+    def check(self, sde: SDE) -> None:
+        if not sde.additive:
+            raise ValueError(
+                "Invalid scheme: 'leimkuhler_matthews' (needs additive noise: this SDE's "
+                "diffusion depends on x; use 'weak2' or 'euler')"
+            )
+
+    def step(self, sde, x, eta, h, dw):
+        return torch.add(x, sde.drift_at(x, eta), alpha=h).add_(sde.diffusion_at(x, eta).apply(dw))
+
+
+class PlatenWeak2(Scheme):
+    r"""Platen's explicit order 2.0 weak scheme (Kloeden & Platen 1992, eq. 15.1.1), with
+    Gaussian increments :math:`\Delta W`:
+
+    .. math::
+
+        \bar x = x + b h + g \Delta W, \quad x^\pm = x + b h \pm g \sqrt h, \\
+        x' = x + \tfrac12 (b(\bar x) + b) h + \tfrac14 (g(x^+) + g(x^-) + 2g) \Delta W
+             + \tfrac14 (g(x^+) - g(x^-)) (\Delta W^2 - h) / \sqrt h .
+
+    Derivative-free and weak order 2 for smooth coefficients. For additive noise it is the
+    stochastic Heun step :math:`x + \frac12 (b(x) + b(\bar x)) h + G \Delta W` (two drift
+    evaluations, any noise structure); otherwise it needs diagonal, commutative noise
+    (:math:`g_j` depending on :math:`x_j` alone, as Milstein does), where the multi-dimensional
+    scheme's cross terms vanish and the formula acts coordinate by coordinate. Chosen over
+    Talay–Tubaro extrapolation because it gives weak order 2 path by path (one solve, any
+    statistic, coupling kept), where extrapolation needs two solves and acts on expectations
+    only.
+    """
+
+    strong_order = 1.0
+    weak_order = 2.0
+
+    def check(self, sde: SDE) -> None:
+        if sde.additive:
+            return
+        try:
+            SCHEMES["milstein"].check(sde)
+        except ValueError as err:
+            raise ValueError(
+                str(err)
+                .replace("'milstein'", "'weak2'")
+                .replace(
+                    "strong order 1 would then need Lévy areas",
+                    "weak order 2 would then need the cross terms of non-commutative noise",
+                )
+            ) from None
+
+    def step(self, sde, x, eta, h, dw):
+        b = sde.drift_at(x, eta)
+        diff = sde.diffusion_at(x, eta)
+        if sde.additive:
+            noise = diff.apply(dw)
+            bar = torch.add(x, b, alpha=h).add_(noise)
+            return torch.add(x, b + sde.drift_at(bar, eta), alpha=0.5 * h).add_(noise)
+        g = diff.g
+        sq = math.sqrt(h)
+        base = torch.add(x, b, alpha=h)
+        g_up = sde.diffusion_at(base + g * sq, eta).g
+        g_dn = sde.diffusion_at(base - g * sq, eta).g
+        bar = base + g * dw
+        out = torch.add(x, b + sde.drift_at(bar, eta), alpha=0.5 * h)
+        out += 0.25 * (g_up + g_dn + 2.0 * g) * dw
+        return out.add_(0.25 * (g_up - g_dn) * (dw * dw - h) / sq)
+
+
 #: Native schemes by name.
-SCHEMES = {"euler": EulerMaruyama(), "milstein": Milstein()}
+SCHEMES = {
+    "euler": EulerMaruyama(),
+    "milstein": Milstein(),
+    "weak2": PlatenWeak2(),
+    "leimkuhler_matthews": LeimkuhlerMatthews(),
+    "exact": ExactOU(),
+}
 BACKENDS = ("native", "torchsde")
 
 
 @dataclass
 class _CoupledState(State):
-    """X plus, when coupled, the discrete run's Gaussian draws ξ_k of this chunk, (K, B, d)."""
+    """X plus, when coupled, the discrete run's Gaussian draws ξ_k of this chunk, (K, B, d); and
+    for Leimkuhler–Matthews the last Gaussian draw, (B, m)."""
 
     xi: torch.Tensor | None = None
+    carry: torch.Tensor | None = None
 
 
 @dataclass
@@ -137,6 +270,7 @@ class _TorchsdeState(State):
 
     dw: torch.Tensor | None = None
     window: tuple[int, torch.Tensor | None] = (0, None)
+    area: torch.Tensor | None = None  # (n, B, m) space-time Lévy areas H, for 'srk'
 
 
 class _DrivenStepper(Stepper):
@@ -185,11 +319,20 @@ class _SDEStepper(_DrivenStepper):
     def step(self, problem, state, k, lr_k, rng):
         eta = lr_k / self.lr
         h = self.lr / self.substeps
-        dws = self._brownian(state, k, h, rng)  # substeps x (B, m)
+        carry = state.carry
+        if self.scheme.averaged_increments:  # (ξ_n + ξ_{n+1}) √h / 2, ξ_{n+1} carried on
+            z = rng.normal(self.substeps, self.sde.brownian_dim)  # (B, n, m)
+            if carry is None:
+                carry = rng.normal(self.sde.brownian_dim)  # ξ_0
+            draws = torch.cat([carry.unsqueeze(1), z], dim=1)  # (B, n + 1, m)
+            dws = ((draws[:, :-1] + draws[:, 1:]) * (0.5 * math.sqrt(h))).unbind(dim=1)
+            carry = z[:, -1]
+        else:
+            dws = self._brownian(state, k, h, rng)  # substeps x (B, m)
         x = state.x
         for dw in dws:
             x = self.scheme.step(self.sde, x, eta, h, dw)
-        return _CoupledState(x=x, xi=state.xi)
+        return _CoupledState(x=x, xi=state.xi, carry=carry)
 
     def _brownian(self, state, k, h, rng):
         m, n = self.sde.brownian_dim, self.substeps
@@ -306,7 +449,11 @@ class _TorchsdeStepper(Stepper):
     def init_state(self, x0, problem, rng):
         h = self.lr / self.substeps
         dw = rng.normal(self.n_steps * self.substeps, self.sde.brownian_dim)  # (B, n, m)
-        return _TorchsdeState(x=self.sde.lift(x0), dw=dw.transpose(0, 1) * math.sqrt(h))
+        area = None
+        if self.ts_method == "srk":  # H ~ N(0, h/12), independent of the increment
+            area = rng.normal(self.n_steps * self.substeps, self.sde.brownian_dim)
+            area = area.transpose(0, 1) * math.sqrt(h / 12.0)
+        return _TorchsdeState(x=self.sde.lift(x0), dw=dw.transpose(0, 1) * math.sqrt(h), area=area)
 
     def observe(self, state):
         return self.sde.observe(state.x)
@@ -314,17 +461,18 @@ class _TorchsdeStepper(Stepper):
     def step(self, problem, state, k, lr_k, rng):
         start, ys = state.window
         if ys is None or not start <= k < start + ys.shape[0] - 1:
-            start, ys = k, self._integrate(state.x, k, state.dw)
-        return _TorchsdeState(x=ys[k + 1 - start], dw=state.dw, window=(start, ys))
+            start, ys = k, self._integrate(state.x, k, state.dw, state.area)
+        return _TorchsdeState(x=ys[k + 1 - start], dw=state.dw, window=(start, ys), area=state.area)
 
-    def _integrate(self, x, k, dw):
+    def _integrate(self, x, k, dw, area=None):
         """sdeint from x at step k over the next window of steps; outputs at each, (W + 1, B, D)."""
         import torchsde
 
         n, h = self.substeps, self.lr / self.substeps
         width = max(1, min(self.n_steps - k, self.WINDOW_VALUES // max(1, x.numel())))
         ts = torch.tensor([(k + j) * self.lr for j in range(width + 1)], dtype=torch.float64)
-        bm = GridBrownian(k * self.lr, h, dw[k * n : (k + width) * n])
+        window = slice(k * n, (k + width) * n)
+        bm = GridBrownian(k * self.lr, h, dw[window], None if area is None else area[window])
         return torchsde.sdeint(
             self.adapter,
             x,
@@ -372,7 +520,9 @@ def solve(
         seed: random stream (the same block-based seeding as ``simulate``).
         substeps: solver steps per optimizer step
             (:math:`h = \mathrm{lr} / \mathrm{substeps}`).
-        scheme: "euler" or "milstein" (native); for a ``LevySDE`` (the "levy" model),
+        scheme: "euler", "milstein", "weak2" (weak order 2), "leimkuhler_matthews" (additive
+            noise: Euler's cost, a second-order invariant law) or "exact" (linear drift, additive
+            noise: the OU law at any step) (native; ``SCHEMES``); for a ``LevySDE`` (the "levy" model),
             "euler" or "exact" (the stable Ornstein–Uhlenbeck step, exact in law at any step
             size, for linear drifts with additive noise); for ``backend="torchsde"``, ``torchsde_method``
             (default "euler") names torchsde's solver.
@@ -476,6 +626,12 @@ def solve(
         stepper = _TorchsdeStepper(sde, substeps, torchsde_method or "euler", n_steps)
     else:
         SCHEMES[scheme].check(sde)
+        if coupled is not None and SCHEMES[scheme].averaged_increments:
+            raise ValueError(
+                f"Invalid coupled: scheme {scheme!r} averages two Gaussian draws per step, so the "
+                "discrete run's one draw per step cannot drive it; use 'euler', 'weak2' or "
+                "'exact'"
+            )
         stepper = _SDEStepper(sde, SCHEMES[scheme], substeps, increments, first_run)
     return run(
         stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common
@@ -542,9 +698,12 @@ class GridBrownian(BaseBrownian):
     RecursionError on long runs (benchmarks/bench_sde.py measures it).
     """
 
-    def __init__(self, t0: float, h: float, increments: torch.Tensor) -> None:
+    def __init__(
+        self, t0: float, h: float, increments: torch.Tensor, areas: torch.Tensor | None = None
+    ) -> None:
         self.t0, self.h = t0, h
         self.increments = increments  # (n, B, m); one-step queries index it, no running sum
+        self.areas = areas  # (n, B, m) space-time Lévy areas H ~ N(0, h/12), or None
 
     def _index(self, t) -> int:
         i = (float(t) - self.t0) / self.h
@@ -554,11 +713,23 @@ class GridBrownian(BaseBrownian):
         return j
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
-        if return_U or return_A:
-            raise ValueError("GridBrownian has no Lévy area; use an Itô method such as 'euler'")
+        if return_A or (return_U and self.areas is None):
+            raise ValueError(
+                "GridBrownian has no Lévy area (space-time areas only when drawn, for 'srk'); "
+                "use an Itô method such as 'euler'"
+            )
         if tb is None:
             ta, tb = self.t0, ta
         i, j = self._index(ta), self._index(tb)
+        if return_U:
+            if j == i:  # a step of rounding size at an output time: nothing moves
+                zero = torch.zeros_like(self.increments[0])
+                return zero, zero
+            if j != i + 1:
+                raise ValueError("GridBrownian gives space-time Lévy areas over one step only")
+            assert self.areas is not None  # checked above
+            # torchsde's U = h (W/2 + H): the time integral of W - W(ta) over the step
+            return self.increments[i], self.h * (0.5 * self.increments[i] + self.areas[i])
         if j == i + 1:  # the solver's usual query
             return self.increments[i]
         return self.increments[i:j].sum(dim=0) if j > i else -self.increments[j:i].sum(dim=0)
@@ -569,4 +740,4 @@ class GridBrownian(BaseBrownian):
     dtype = property(lambda self: self.increments.dtype)
     device = property(lambda self: self.increments.device)
     shape = property(lambda self: self.increments.shape[1:])
-    levy_area_approximation = property(lambda self: "none")
+    levy_area_approximation = property(lambda self: "none" if self.areas is None else "space-time")
