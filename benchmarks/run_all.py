@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import bench_accuracy
 import bench_clipping
 import bench_discrete
 import bench_headline
@@ -58,6 +59,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
                 bench_levy,
                 [*dev, "--runs", "500", "--steps", "5", "--draws", "10000", "--repeats", "1"],
             ),
+            "accuracy": (bench_accuracy, ["--quick"]),
             "headline": (
                 bench_headline,
                 [
@@ -83,6 +85,7 @@ def plan(device: str, quick: bool, headline_runs: int | None) -> dict:
         "clipping": (bench_clipping, [*dev, *big]),
         "rng": (bench_rng, dev),
         "levy": (bench_levy, [*dev, *big]),
+        "accuracy": (bench_accuracy, []),  # CPU: it compares CPU libraries
         "headline": (
             bench_headline,
             [*dev, "--runs", str(headline_runs or (10**6 if on_gpu else 10**4)), "--fuse"],
@@ -137,6 +140,16 @@ def headline_rows(results: dict) -> list[dict]:
                 "figure": f"closed-form SDE step {r['ratio']:.2f}x the discrete step",
             }
         )
+    for r in results.get("accuracy", {}).get("rows", []):
+        if r.get("ratio_1e-3") is not None:
+            rows.append(
+                {
+                    "benchmark": "accuracy",
+                    "case": f"{r['task']}: {r['solver']}",
+                    "figure": f"{r['cost_1e-3']:.3g} s to 1e-3 (fitted), "
+                    f"{r['ratio_1e-3']:.1f}x sdeopt's best",
+                }
+            )
     levy = results.get("levy")
     if levy:
         rows.append(
@@ -198,6 +211,7 @@ def main(argv=None) -> dict:
             "clipping",
             "rng",
             "levy",
+            "accuracy",
             "headline",
         ),
         help="run these benchmarks only (suite.json keeps the others' last results)",

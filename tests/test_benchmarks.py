@@ -34,8 +34,8 @@ def positive(x) -> bool:
 def test_every_benchmark_writes_json_and_the_summary_prints(suite):
     out, stdout = suite
     for name in (
-        "discrete", "sde", "scaling", "w2", "minibatch", "clipping", "rng", "levy", "headline",
-        "suite",
+        "discrete", "sde", "scaling", "w2", "minibatch", "clipping", "rng", "levy", "accuracy",
+        "headline", "suite",
     ):  # fmt: skip
         data = json.loads((out / f"{name}.json").read_text())
         assert data["benchmark"] == name and data["date"] and data["torch"]
@@ -130,3 +130,14 @@ def test_levy_benchmark_times_the_levy_step_against_the_brownian_one_and_scipy(s
     for case in ("Lévy SDE, Euler", "exact OU step", "Brownian SDE", "scipy.stats.levy_stable"):
         assert case in cases
     assert positive(data["levy_over_brownian"]) and positive(data["scipy_over_ours"])
+
+
+def test_accuracy_benchmark_covers_every_applicable_solver(suite):
+    """Every task lists sdeopt's schemes and torchsde's solvers (and diffrax's, when installed),
+    each with a relative error and a time per solve for every step size."""
+    data = json.loads((suite[0] / "accuracy.json").read_text())
+    solvers = {(r["task"][0], r["solver"]) for r in data["rows"]}
+    for task in "abc":
+        assert (task, "sdeopt euler") in solvers and (task, "torchsde euler") in solvers
+    assert ("b", "sdeopt weak2") in solvers and ("c", "torchsde srk") in solvers
+    assert all(len(v) == 2 and all(positive(p[3]) for p in v) for v in data["curves"].values())

@@ -481,6 +481,9 @@ class _TorchsdeStepper(Stepper):
             dt=h,
             method=self.ts_method,
             adaptive=False,
+            # derivative-free Milstein: sdeopt's diffusions need not support autograd (the t
+            # CDF's in-place continued fraction does not)
+            options={"grad_free": True} if self.ts_method == "milstein" else None,
         )
 
 
