@@ -1148,9 +1148,9 @@ def _args_cases() -> None:
         ("scheme", "exact"),
     )
     c(
-        "levy-exact-on-brownian",
-        "solve(first-order SDE, scheme='exact'): no exact step for Brownian models yet",
-        lambda: solve(scheme="exact"),
+        "exact-on-nonlinear-drift",
+        "solve(first-order SDE on the quartic, scheme='exact'): the OU step needs a linear drift",
+        lambda: solve(sde(problem=so.problems.Quartic(2)), scheme="exact"),
         ("scheme", "exact"),
     )
     c(
