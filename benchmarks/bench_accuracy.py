@@ -32,34 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import interpolate, linalg
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, describe, machine, write
 
 import sdeopt as so
+from sdeopt.analysis.closed_forms import kolmogorov_expectation
 from sdeopt.cli import summary_table
 
 LR = 0.1
-
-
-def kolmogorov_expectation(drift, diffusion2, g, x0, t_end, lo, hi, n_x=4001, n_t=4000):
-    """E g(X_T | X_0 = x0) of a 1-D SDE: u_t = b u_x + (a/2) u_xx, Crank–Nicolson on [lo, hi]."""
-    x = np.linspace(lo, hi, n_x)
-    dx, dt = x[1] - x[0], t_end / n_t
-    b, a = drift(x), diffusion2(x)
-    lower, diag, upper = a / (2 * dx**2) - b / (2 * dx), -a / dx**2, a / (2 * dx**2) + b / (2 * dx)
-    banded = np.zeros((3, n_x))
-    banded[0, 2:] = -0.5 * dt * upper[1:-1]
-    banded[1] = 1 - 0.5 * dt * diag
-    banded[2, :-2] = -0.5 * dt * lower[1:-1]
-    banded[1, [0, -1]] = 1.0
-    u = g(x)
-    for _ in range(n_t):
-        rhs = u.copy()
-        rhs[1:-1] += 0.5 * dt * (lower[1:-1] * u[:-2] + diag[1:-1] * u[1:-1] + upper[1:-1] * u[2:])
-        u = linalg.solve_banded((1, 1), banded, rhs)
-    return float(interpolate.CubicSpline(x, u)(x0))
 
 
 def _tasks():
@@ -94,21 +75,15 @@ def _tasks():
 
 
 def _reference_1d(sde, t_end):
-    def drift(x):
-        return sde.drift_at(torch.tensor(x)[:, None], 1.0)[:, 0].numpy()
-
-    def diffusion2(x):
-        xt = torch.tensor(x)[:, None]
-        return sde.diffusion_at(xt, 1.0).g.expand_as(xt)[:, 0].numpy() ** 2
-
     return kolmogorov_expectation(
-        drift,
-        diffusion2,
+        sde,
         lambda x: sde.problem.loss(torch.tensor(x)[:, None]).numpy(),
         1.0,
         t_end,
-        -4.0,
-        4.0,
+        lo=-4.0,
+        hi=4.0,
+        n_x=4001,
+        n_t=4000,
     )
 
 

@@ -15,9 +15,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import interpolate, linalg, stats
+from scipy import interpolate, stats
 
 import sdeopt as so
+from sdeopt.analysis.closed_forms import kolmogorov_expectation
 from sdeopt.discrete import DCSGD, DSGD, DSignSGD, ItoChain, MarkovSGD
 from sdeopt.dynamics import sde_of
 from tests._reference import HalfSquarePlusQuartic, TwoCenters
@@ -480,25 +481,9 @@ def test_models_record_what_they_are(make):
 
 
 def sde_expectation(sde, g, x0, t_end, lo, hi, n_x=2001, n_t=400):
-    """E g(X_T | X_0 = x0) of a 1-D SDE: u_t = b u_x + (G²/2) u_xx, u(0) = g, Crank–Nicolson on
-    [lo, hi] with u held at the ends (the drift points inwards there; no mass gets near them)."""
-    x = np.linspace(lo, hi, n_x)
-    dx, dt = x[1] - x[0], t_end / n_t
-    xt = torch.tensor(x).unsqueeze(-1)
-    b = sde.drift_at(xt, 1.0)[:, 0].numpy()
-    a = sde.diffusion_at(xt, 1.0).g.expand_as(xt)[:, 0].numpy() ** 2
-    lower, diag, upper = a / (2 * dx**2) - b / (2 * dx), -a / dx**2, a / (2 * dx**2) + b / (2 * dx)
-    banded = np.zeros((3, n_x))
-    banded[0, 2:] = -0.5 * dt * upper[1:-1]
-    banded[1] = 1 - 0.5 * dt * diag
-    banded[2, :-2] = -0.5 * dt * lower[1:-1]
-    banded[1, [0, -1]] = 1.0
-    u = g(x)
-    for _ in range(n_t):
-        rhs = u.copy()
-        rhs[1:-1] += 0.5 * dt * (lower[1:-1] * u[:-2] + diag[1:-1] * u[1:-1] + upper[1:-1] * u[2:])
-        u = linalg.solve_banded((1, 1), banded, rhs)
-    return float(interpolate.CubicSpline(x, u)(x0))
+    """E g(X_T | X_0 = x0) of a 1-D SDE by Crank–Nicolson on its backward Kolmogorov equation
+    (``closed_forms.kolmogorov_expectation``)."""
+    return kolmogorov_expectation(sde, g, x0, t_end, lo=lo, hi=hi, n_x=n_x, n_t=n_t)
 
 
 def dsgd_expectation(grad, lr, sigma, g, x0, n_steps, lo, hi, n_x=3001, n_nodes=40):

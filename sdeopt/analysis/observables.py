@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,7 @@ def _distance(x: torch.Tensor, center: tuple[float, ...] | None) -> torch.Tensor
     return torch.linalg.vector_norm(x, dim=-1)
 
 
-class _Named:
+class _Named(ABC):
     """Names an observable instance by the call that builds it (``repr``, ``__name__``,
     ``__qualname__``); subclasses define ``_call_repr``."""
 
@@ -99,8 +100,9 @@ class _Named:
         object.__setattr__(self, "__name__", name)
         object.__setattr__(self, "__qualname__", name)
 
+    @abstractmethod
     def _call_repr(self) -> str:
-        raise NotImplementedError
+        """The call that builds this observable, e.g. ``exceedance(c=1.5)``."""
 
     def __repr__(self) -> str:
         return self._call_repr()
