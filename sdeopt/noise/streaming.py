@@ -103,7 +103,7 @@ class Streaming(Noise):
         b, d = self.batch_size, problem.dim
         root = problem.spectrum.to(x).sqrt()  # (d,)
         a = rng.normal(n_workers, b, d).mul_(root)  # (B, N, b, d)
-        e = problem.grad(x) / problem.spectrum.to(x)  # (B, d): x - x*
+        e = x - problem.center.to(x)  # (B, d): x - x*, not recovered from the gradient
         scale = float(self.label.scale)  # type: ignore[arg-type]  # shared: a number
         residual = (a * e[:, None, None, :]).sum(-1)  # (B, N, b)
         if scale != 0.0:
