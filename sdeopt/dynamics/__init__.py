@@ -11,6 +11,7 @@ from sdeopt.discrete.dsignsgd import DSignSGD
 from sdeopt.discrete.ito_chain import ItoChain
 from sdeopt.discrete.markov_sgd import MarkovSGD
 from sdeopt.dynamics import dcsgd, dsignsgd, ito_chain, levy, markov_sgd
+from sdeopt.dynamics.accuracy import SubstepChoice, best_scheme, choose_substeps
 from sdeopt.dynamics.estimated import estimated_sde
 from sdeopt.dynamics.levy import LevySDE
 from sdeopt.dynamics.recipe import MODELS, Moments, sde_from_moments
@@ -115,6 +116,9 @@ __all__ = [
     "GridBrownian",
     "LevySDE",
     "Moments",
+    "SubstepChoice",
+    "best_scheme",
+    "choose_substeps",
     "sde_of",
     "solve",
 ]

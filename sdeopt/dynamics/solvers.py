@@ -23,6 +23,7 @@ Brownian sources (randomness kept apart from the solver):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from abc import ABC, abstractmethod
@@ -38,7 +39,7 @@ from sdeopt.dynamics.levy import LevySDE, check_scheme, euler_step, stable_ou_st
 from sdeopt.dynamics.sde import SDE
 from sdeopt.engine import State, Stepper, run
 from sdeopt.problems import Problem
-from sdeopt.random import DEFAULT_BLOCK_SIZE
+from sdeopt.random import DEFAULT_BLOCK_SIZE, RandomSource, check_seed, derived_seed
 from sdeopt.trajectory import Trajectory
 
 
@@ -261,6 +262,9 @@ class _CoupledState(State):
 
     xi: torch.Tensor | None = None
     carry: torch.Tensor | None = None
+    #: with ``solve(path_seed=...)``: the sources of the Brownian path shared by solves with
+    #: different substeps, level 0 (whole optimizer steps) first, then one per dyadic level
+    path: tuple[RandomSource, ...] = ()
 
 
 @dataclass
@@ -280,12 +284,18 @@ class _DrivenStepper(Stepper):
     the problem's x."""
 
     def __init__(
-        self, sde: SDE, substeps: int, increments: torch.Tensor | None, first_run: int
+        self,
+        sde: SDE,
+        substeps: int,
+        increments: torch.Tensor | None,
+        first_run: int,
+        path_seed: int | None = None,
     ) -> None:
         self.sde, self.substeps = sde, substeps
         self.lr, self.schedule = sde.lr, sde.schedule
         self.increments = increments  # (K, B_all, d) on the CPU, or None
         self.first_run = first_run  # of the study: rng.first_run - first_run indexes increments
+        self.path_seed = path_seed
 
     def init_state(self, x0, problem, rng):
         state = _CoupledState(x=self.sde.lift(x0))
@@ -293,6 +303,20 @@ class _DrivenStepper(Stepper):
             start = rng.first_run - self.first_run
             chunk = self.increments[:, start : start + rng.n_runs]
             state.xi = chunk.to(device=x0.device, dtype=x0.dtype)  # (K, B, d)
+        if self.path_seed is not None:  # the same runs' path whatever the substeps
+            n = self.substeps
+            levels = n.bit_length() - 1 if n & (n - 1) == 0 else 0  # log2 n when a power of 2
+            state.path = tuple(
+                RandomSource(
+                    derived_seed(self.path_seed, level) if level else self.path_seed,
+                    rng.n_runs,
+                    first_run=rng.first_run,
+                    block_size=rng.block_size,
+                    device=rng.device,
+                    dtype=rng.dtype,
+                )
+                for level in range(levels + 1)
+            )
         return state
 
     def observe(self, state):
@@ -309,8 +333,9 @@ class _SDEStepper(_DrivenStepper):
         substeps: int,
         increments: torch.Tensor | None,
         first_run: int,
+        path_seed: int | None = None,
     ) -> None:
-        super().__init__(sde, substeps, increments, first_run)
+        super().__init__(sde, substeps, increments, first_run, path_seed)
         self.scheme = scheme
 
     def __repr__(self) -> str:
@@ -332,23 +357,44 @@ class _SDEStepper(_DrivenStepper):
         x = state.x
         for dw in dws:
             x = self.scheme.step(self.sde, x, eta, h, dw)
-        return _CoupledState(x=x, xi=state.xi, carry=carry)
+        return dataclasses.replace(state, x=x, carry=carry)
 
     def _brownian(self, state, k, h, rng):
         m, n = self.sde.brownian_dim, self.substeps
-        if self.increments is None:
-            if n == 1:
-                return [rng.normal(m) * math.sqrt(h)]
+        if state.xi is not None:  # coupled: init_state kept the chunk's draws
+            total = -math.sqrt(self.lr) * state.xi[k]  # (B, d): W(t_{k+1}) - W(t_k)
+        elif len(state.path) > 1:  # a power of 2: the dyadic refinement of the shared path
+            return _dyadic_bridge(state.path, self.lr, m)
+        elif state.path:
+            total = state.path[0].normal(m) * math.sqrt(self.lr)
+        elif n == 1:
+            return [rng.normal(m) * math.sqrt(h)]
+        else:
             z = rng.normal(n, m) * math.sqrt(h)  # (B, n, m)
             return z.unbind(dim=1)
-        assert state.xi is not None  # coupled: init_state kept the chunk's draws
-        total = -math.sqrt(self.lr) * state.xi[k]  # (B, d): W(t_{k+1}) - W(t_k)
         if n == 1:
             return [total]
         # Brownian bridge: n i.i.d. N(0, h) increments conditioned on their sum.
         z = rng.normal(n, m) * math.sqrt(h)  # (B, n, m)
         sub = total.unsqueeze(1) / n + (z - z.mean(dim=1, keepdim=True))
         return sub.unbind(dim=1)
+
+
+def _dyadic_bridge(sources: tuple[RandomSource, ...], lr: float, m: int) -> list[torch.Tensor]:
+    r"""The Brownian increments over the :math:`2^J` substeps of one optimizer step, J =
+    len(sources) - 1: the whole step's increment from ``sources[0]``, then each level's
+    midpoints from its own source (an interval of length :math:`	au` with increment I splits
+    into :math:`I/2 \pm 	frac12 \sqrt	au\, z`, the Brownian bridge's midpoint). A solve with
+    :math:`2^{J+1}` substeps refines exactly this path: its pairwise sums are these increments.
+    """
+    inc = (sources[0].normal(m) * math.sqrt(lr)).unsqueeze(1)  # (B, 1, m)
+    tau = lr
+    for source in sources[1:]:
+        half = inc * 0.5
+        dev = source.normal(inc.shape[1], m) * (0.5 * math.sqrt(tau))  # (B, n, m)
+        inc = torch.stack([half + dev, half - dev], dim=2).flatten(1, 2)  # (B, 2n, m)
+        tau *= 0.5
+    return list(inc.unbind(dim=1))
 
 
 class _LevyStepper(_DrivenStepper):
@@ -511,6 +557,7 @@ def solve(
     torchsde_method: str | None = None,
     out=None,
     method: str | None = None,
+    path_seed: int | None = None,
 ):
     r"""Integrate ``sde`` for ``n_steps`` optimizer steps (SDE time n_steps * lr), batched over
     runs.
@@ -539,6 +586,16 @@ def solve(
         max_memory, block_size, first_run, out: as in ``sdeopt.discrete.simulate``. Observables
             need ``sde.problem``.
         method: deprecated name of ``scheme`` (``method`` is the optimizer everywhere else).
+        path_seed: draw the Brownian increment of every whole optimizer step,
+            :math:`W(t_{k+1}) - W(t_k)`, from this seed's stream (and split it over the
+            substeps by the Brownian bridge): solves with the same ``path_seed`` follow the
+            same Brownian path, so the difference of their results measures the solver's
+            error with little Monte Carlo noise (``choose_substeps``). With substeps a power
+            of 2 the bridge is dyadic, each level from its own stream of ``path_seed``, so a
+            solve with 2s substeps refines the very path of the solve with s; otherwise only
+            the increments over whole optimizer steps are shared (the bridge draws from
+            ``seed``). Native schemes that
+            take one Gaussian draw per substep; not with ``coupled``.
 
     Returns:
         A ``Trajectory`` whose ``model`` is the SDE's model name; with ``out``, its dataset
@@ -594,6 +651,13 @@ def solve(
         block_size=block_size,
         first_run=first_run,
     )
+    if path_seed is not None and (
+        isinstance(sde, LevySDE) or sde.sampler is not None or backend != "native"
+    ):
+        raise ValueError(
+            f"Invalid path_seed: {path_seed!r} (a shared Brownian path is for the native "
+            "schemes of a Brownian SDE with closed-form moments)"
+        )
     stepper: Stepper
     if isinstance(sde, LevySDE):
         if backend != "native":
@@ -629,13 +693,26 @@ def solve(
         stepper = _TorchsdeStepper(sde, substeps, torchsde_method or "euler", n_steps)
     else:
         SCHEMES[scheme].check(sde)
+        if path_seed is not None and (coupled is not None or SCHEMES[scheme].averaged_increments):
+            raise ValueError(
+                f"Invalid path_seed: {path_seed!r} (a shared Brownian path needs a scheme with "
+                "one Gaussian draw per substep and no coupling; this solve has "
+                f"scheme={scheme!r}, coupled={coupled is not None})"
+            )
         if coupled is not None and SCHEMES[scheme].averaged_increments:
             raise ValueError(
                 f"Invalid coupled: scheme {scheme!r} averages two Gaussian draws per step, so the "
                 "discrete run's one draw per step cannot drive it; use 'euler', 'weak2' or "
                 "'exact'"
             )
-        stepper = _SDEStepper(sde, SCHEMES[scheme], substeps, increments, first_run)
+        stepper = _SDEStepper(
+            sde,
+            SCHEMES[scheme],
+            substeps,
+            increments,
+            first_run,
+            None if path_seed is None else check_seed("path_seed", path_seed),
+        )
     return run(
         stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common
     )
