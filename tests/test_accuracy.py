@@ -5,6 +5,7 @@ recursion (m' = (1 - λh)² m + g² h) against the OU law's closed form; Brownia
 summed exactly; Richardson weights against the closed form of an exact and a weak order 2 level.
 """
 
+import itertools
 import json
 import math
 
@@ -159,7 +160,7 @@ def test_compare_records_its_choices_and_keeps_the_discrete_runs():
     np.testing.assert_array_equal(
         auto["loss"].sel(model="discrete").values, fixed["loss"].sel(model="discrete").values
     )
-    with pytest.raises(ValueError, match="Invalid substeps.*'curvature'"):
+    with pytest.raises(ValueError, match=r"Invalid substeps.*'curvature'"):
         so.analysis.compare(opt, prob, [1.0, 1.0], 2, 4, substeps={"curvature": 2})
     with pytest.raises(ValueError, match="Invalid tolerance"):
         so.analysis.compare(opt, prob, [1.0, 1.0], 2, 4, tolerance=0.0)
@@ -197,5 +198,5 @@ def test_dyadic_path_seed_refines_the_same_path():
 
     ends = {s: end(s) for s in (2, 4, 8, 16)}
     gaps = [float((ends[s] - ends[2 * s]).abs().mean()) for s in (2, 4, 8)]
-    for coarse, fine in zip(gaps, gaps[1:]):
+    for coarse, fine in itertools.pairwise(gaps):
         assert 0.4 < fine / coarse < 0.6, gaps

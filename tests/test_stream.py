@@ -185,16 +185,17 @@ name = "a"
 def test_a_toml_run_with_stream_writes_stores_equal_to_the_run_in_memory(tmp_path):
     from sdeopt.cli import main
 
-    (tmp_path / "s.toml").write_text(TOML.format(extra="stream = true"))
-    (tmp_path / "m.toml").write_text(TOML.format(extra=""))
+    euler = 'scheme = "euler"\nsubsteps = 1'  # an inexact scheme: a second, h/2 solve
+    (tmp_path / "s.toml").write_text(TOML.format(extra=f"stream = true\n{euler}"))
+    (tmp_path / "m.toml").write_text(TOML.format(extra=euler))
     assert main(["run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "s")]) == 0
     assert main(["run", str(tmp_path / "m.toml"), "--out", str(tmp_path / "m")]) == 0
     # Quadratic + DSGD has a closed form: the SDE is solved again at h/2, a second store.
     assert sorted(p.name for p in (tmp_path / "s").glob("*.zarr")) == [
-        "a_substeps1.zarr",
-        "a_substeps2.zarr",
+        "a_h.zarr",
+        "a_h2.zarr",
     ]
-    streamed = so.io.open_stream(tmp_path / "s" / "a_substeps1.zarr").load()
+    streamed = so.io.open_stream(tmp_path / "s" / "a_h.zarr").load()
     memory = so.io.load(tmp_path / "m" / "a.nc")
     assert streamed.attrs["claim"] == "streamed" and "x" in streamed
     xr.testing.assert_equal(streamed.drop_attrs(), memory.drop_attrs())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -11,9 +12,36 @@ from sdeopt._stream import ZarrSink, check_output_memory, comparison_bytes
 from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.analysis.equivalents import ODE, ODE_OBSERVABLES, check_equivalent, risk_ode
 from sdeopt.discrete import MarkovSGD, Method, simulate
-from sdeopt.dynamics import sde_of, solve
+from sdeopt.dynamics import SCHEMES, LevySDE, best_scheme, choose_substeps, sde_of, solve
+from sdeopt.dynamics.levy import MODEL as LEVY
 from sdeopt.problems import Problem
-from sdeopt.random import DEFAULT_BLOCK_SIZE, derived_seed, seed_attr
+from sdeopt.random import DEFAULT_BLOCK_SIZE, check_seed, derived_seed, seed_attr
+
+#: The pilots of substeps="auto" draw from derived_seed(seed, PILOT_STREAM + model index).
+PILOT_STREAM = 1000
+
+
+def _per_model(name: str, value, model: str, models) -> Any:
+    """``value`` for ``model``: itself, or its entry in a dict by model name ("auto" if absent;
+    a key that names no SDE model of the comparison is refused)."""
+    if isinstance(value, dict):
+        unknown = [key for key in value if key not in models]
+        if unknown:
+            raise ValueError(
+                f"Invalid {name}: {value!r} (its key {unknown[0]!r} is not an SDE model of this "
+                f"comparison: {', '.join(models)})"
+            )
+        return value.get(model, "auto")
+    return value
+
+
+def _model_path_seed(path_seed, index, sde, scheme, coupled) -> int | None:
+    """The shared-path seed of SDE model ``index``, where its solve can take one."""
+    if path_seed is None or coupled or isinstance(sde, LevySDE) or sde.sampler is not None:
+        return None
+    if SCHEMES[scheme].averaged_increments:
+        return None
+    return derived_seed(path_seed, index)
 
 
 def model_seed(seed: int, index: int) -> int:
@@ -36,7 +64,7 @@ def compare(
     *,
     seed: int = 0,
     models: tuple[str, ...] | list[str] = ("first_order",),
-    substeps: int = 1,
+    substeps: int | str | dict[str, int] = "auto",
     coupled: bool = False,
     record_every: int = 1,
     record: tuple[str, ...] | list[str] = ("loss", "grad_norm"),
@@ -46,10 +74,13 @@ def compare(
     blowup_threshold: float = 1e10,
     max_memory: float = 2**30,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    sde_method: str = "euler",
+    sde_method: str | dict[str, str] = "auto",
     out=None,
     moments: str = "exact",
     samples: int | None = None,
+    tolerance: float = 0.01,
+    pilot_runs: int = 500,
+    path_seed: int | None = None,
 ):
     """The discrete method and each SDE model in ``models``, side by side.
 
@@ -60,7 +91,21 @@ def compare(
             deterministic equivalent of streaming SGD on Gaussian least squares,
             ``risk_ode``: one curve, the same value in every run, no iterates): a list, or one
             name.
-        substeps: solver steps per optimizer step for the SDEs.
+        substeps: solver steps per optimizer step for the SDEs: a number, one per model (a
+            dict), or "auto" (the default): per model, the fewest of 1, 2, 4, ... whose
+            estimated solver bias on the mean of the first recorded observable is within
+            ``tolerance`` (relative) at every recorded step, found by a pilot of
+            ``min(pilot_runs, n_runs)`` runs on its own streams (the Lévy model's Euler
+            scheme is not estimated: 1 substep and a warning)
+            (``sdeopt.dynamics.choose_substeps``; docs/models.md, "Choosing the scheme and
+            the substeps").
+        tolerance, pilot_runs: the relative solver-bias tolerance of ``substeps="auto"`` and
+            its pilot's runs per level.
+        path_seed: SDE model i draws its Brownian path from ``derived_seed(path_seed, i)``
+            (``solve(path_seed=...)``), where its scheme can share one: two comparisons with
+            the same ``path_seed`` and substeps s and 2s then solve each model on the same
+            path, refined, so that the difference of their figures (a Richardson
+            extrapolation) carries little Monte Carlo error. Default: no shared path.
         moments, samples: how the SDE models get the method's moments (``sde_of``): "exact"
             (closed forms) or "estimated" from ``samples`` fresh draws per step.
         coupled: drive every SDE with the discrete run's own draws (DSGD with Gaussian noise for
@@ -68,8 +113,10 @@ def compare(
             ``simulate(keep_increments=True)``), so that runs are paired (strong error).
         record_every, record, record_x, device, dtype, blowup_threshold, max_memory,
         block_size: as in ``simulate``.
-        sde_method: the scheme of ``solve``: "euler" or "milstein"; "euler" or "exact" for
-            "levy".
+        sde_method: the scheme of ``solve`` (``sdeopt.dynamics.SCHEMES``; "euler" or "exact"
+            for "levy"), one per model (a dict), or "auto" (the default): per model the most
+            accurate scheme that applies (``sdeopt.dynamics.best_scheme``: the exact OU step,
+            else Platen's weak order 2, else Euler).
         out: a new zarr store path: every model streams its results there chunk by chunk (see
             ``simulate``); not with ``coupled``. Without it, results that would not fit in the
             available memory (all models, and the copy that joins them) are refused up front.
@@ -78,7 +125,8 @@ def compare(
         ``xarray.Dataset`` with dims (model, step, run[, coord]), model = ["discrete", *models],
         and attrs: ``config`` (JSON of everything above; user code recorded by name),
         ``reproducible`` (0 when the config records user code), ``seed``, ``coupled``, versions,
-        device; for MarkovSGD ``oracle_calls_per_step``, the expected oracle calls per step
+        device, ``solver`` (JSON: per SDE model its scheme, its substeps and, where chosen
+        by a pilot, the ``SubstepChoice``: estimated relative bias, its se, levels tried); for MarkovSGD ``oracle_calls_per_step``, the expected oracle calls per step
         (``MarkovSGD.expected_calls()``), the cost axis ``step * oracle_calls_per_step`` of
         every model. With ``out``, opened lazily from the store.
     """
@@ -99,6 +147,15 @@ def compare(
         for model in models
         if model != ODE
     }
+    schemes = {
+        model: _per_model("sde_method", sde_method, model, sdes)
+        for model in sdes  # resolved below
+    }
+    schemes = {
+        model: best_scheme(sde, coupled=coupled) if schemes[model] == "auto" else schemes[model]
+        for model, sde in sdes.items()
+    }
+    wanted = {model: _per_model("substeps", substeps, model, sdes) for model in sdes}
     if ODE in models:
         check_equivalent(method, problem)
         if out is not None:
@@ -146,6 +203,7 @@ def compare(
         "sde_method": sde_method,
         "moments": moments,
         "samples": samples,
+        "path_seed": None if path_seed is None else check_seed("path_seed", path_seed),
         "x0": torch.as_tensor(x0, dtype=torch.float64).tolist(),
     }
     config = jsonable(config)  # user code (a FunctionProblem's f, a chain's drift) by its name
@@ -166,6 +224,37 @@ def compare(
         # The cost axis of every model, SDEs included: step k has used k times this many oracle
         # calls in expectation (the discrete run's own count is its oracle_calls observable).
         attrs["oracle_calls_per_step"] = float(method.expected_calls())
+    solver: dict[str, dict] = {}
+    observable = record[0] if record and record[0] in ("loss", "grad_norm") else "loss"
+    for i, (model, sde) in enumerate(sdes.items(), start=1):
+        if wanted[model] == "auto" and n_steps == 0:
+            solver[model] = {"scheme": schemes[model], "substeps": 1}
+        elif wanted[model] == "auto" and model == LEVY and schemes[model] != "exact":
+            warnings.warn(
+                "compare: the 'levy' model's Euler solver bias cannot be estimated by a pilot "
+                "(choose_substeps); it is solved with 1 substep: pass substeps= to choose",
+                stacklevel=2,
+            )
+            solver[model] = {"scheme": schemes[model], "substeps": 1, "estimated": False}
+        elif wanted[model] == "auto":
+            choice = choose_substeps(
+                sde,
+                x0,
+                check_int("n_steps", n_steps, minimum=1),
+                tolerance=tolerance,
+                scheme=schemes[model],
+                observable=observable,
+                pilot_runs=min(check_int("pilot_runs", pilot_runs, minimum=2), max(n_runs, 2)),
+                seed=derived_seed(seed, PILOT_STREAM + i),
+                coupled=coupled,
+                device=device,
+                dtype=dtype,
+                blowup_threshold=blowup_threshold,
+            )
+            solver[model] = choice.config()
+        else:
+            solver[model] = {"scheme": schemes[model], "substeps": wanted[model]}
+    attrs["solver"] = to_json(solver)
     if out is None:
         check_output_memory(
             comparison_bytes(
@@ -195,8 +284,9 @@ def compare(
             n_steps,
             n_runs,
             seed=model_seed(seed, i),
-            substeps=substeps,
-            scheme=sde_method,
+            substeps=solver[model]["substeps"],
+            scheme=solver[model]["scheme"],
+            path_seed=_model_path_seed(path_seed, i, sdes[model], solver[model]["scheme"], coupled),
             coupled=disc if coupled else None,
             out=sink,
             **common,

@@ -12,14 +12,18 @@ tables with a ``type`` and keyword arguments:
 
 and the run parameters ``x0`` (a list of d numbers) or ``x0_fill`` (one number for every
 coordinate), ``n_steps``, ``n_runs``, ``seed``, ``record_every``, ``record``, ``record_x``,
-``models`` (SDE models, [] for the discrete method alone), ``substeps``, ``coupled``,
+``models`` (SDE models, [] for the discrete method alone), ``substeps`` (a number, or "auto",
+the default: the fewest whose estimated solver bias is within ``tolerance``, relative, default
+0.01; ``compare``), ``coupled``,
 ``blowup_threshold``, ``dtype`` ("float64", the default, or "float32"), ``device``, ``name``,
 ``richardson``: solve the SDEs again with half the solver step and report
-:math:`2 E_{h/2} - E_h` (the Euler-Maruyama :math:`O(h)` bias extrapolated away) beside the
-solver bias of the h figures; by
+:math:`(2^p E_{h/2} - E_h)/(2^p - 1)` (the :math:`O(h^p)` bias of a scheme of weak order p
+extrapolated away; nothing to remove for an exact scheme) beside the solver bias of the h
+figures; by
 default done exactly where the summary quotes a closed form; and ``average_from`` (a step):
 summarise each run by its mean loss over the recorded steps from that step on (a stationary
-window), not by its loss at the last step; ``scheme`` (the SDE solver, "euler" by default);
+window), not by its loss at the last step; ``scheme`` (the SDE solver, "auto" by default: the
+most accurate that applies, ``sdeopt.dynamics.best_scheme``);
 ``quantiles`` (levels whose quantiles of the final loss are reported with their gaps to the
 discrete ones); ``exit_radius`` (runs stop at their first step outside the ball of that radius,
 and the rows report first exit times).
@@ -117,6 +121,7 @@ RUN_KEYS = {
     "moments",
     "samples",
     "scheme",
+    "tolerance",
     "quantiles",
     "exit_radius",
 }
@@ -243,11 +248,12 @@ def build(run: dict, *, where: str = "run") -> dict:
         "record": tuple(typed("record", ["loss", "grad_norm"], "names")),
         "record_x": typed("record_x", False, "bool"),
         "models": list(typed("models", [], "names")),
-        "substeps": typed("substeps", 1, "int"),
+        "substeps": typed("substeps", "auto", "int_or_auto"),
         "coupled": typed("coupled", False, "bool"),
         "stream": typed("stream", False, "bool"),
         "blowup_threshold": float(typed("blowup_threshold", 1e10, "number")),
-        "scheme": typed("scheme", "euler", "str"),
+        "scheme": typed("scheme", "auto", "str"),
+        "tolerance": float(typed("tolerance", 0.01, "number")),
     }
     dtypes = {"float32": torch.float32, "float64": torch.float64}
     dtype = typed("dtype", "float64", "str")
@@ -263,6 +269,8 @@ def build(run: dict, *, where: str = "run") -> dict:
         ("record_every", 1),
         ("substeps", 1),
     ):
+        if params[key] == "auto":
+            continue
         try:
             (check_seed if key == "seed" else partial(check_int, minimum=minimum))(key, params[key])
         except ValueError as exc:
@@ -272,6 +280,7 @@ def build(run: dict, *, where: str = "run") -> dict:
     try:
         check_device(params["device"])
         check_positive("blowup_threshold", params["blowup_threshold"])
+        check_positive("tolerance", params["tolerance"])
     except ValueError as exc:
         raise ValueError(f"Invalid config value in {where}: {exc}") from None
     _check_names(where, "models", params["models"], SDE_MODELS)
@@ -405,14 +414,23 @@ def _dry_run(spec: dict, where: str) -> None:
     what only running finds (a method that cannot be coupled, an observable the problem lacks)
     is refused here, before any run of the config has written anything."""
     try:
-        compare_spec(dict(spec, n_steps=min(spec["n_steps"], 1), n_runs=1))
+        compare_spec(dict(spec, n_steps=min(spec["n_steps"], 1), n_runs=1, substeps=1))
     except ValueError as exc:
         raise ValueError(f"Invalid config value in {where}: {exc}") from None
 
 
-def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = None):
+def compare_spec(
+    spec: dict,
+    substeps: int | str | dict | None = None,
+    out: Path | None = None,
+    schemes: dict | None = None,
+    label: str = "h",
+    path_seed: int | None = None,
+):
     """``compare()`` for a built run (``build``), at ``substeps`` solver steps per optimizer step
-    (default: the run's); with ``out``, streamed into out/<run>_substeps<s>.zarr."""
+    (default: the run's; a dict gives one per model) and the ``schemes`` per model (default: the
+    run's ``scheme``) on the shared Brownian paths of ``path_seed`` (``compare``); with
+    ``out``, streamed into out/<run>_<label>.zarr."""
     substeps = spec["substeps"] if substeps is None else substeps
     return compare(
         spec["method"],
@@ -425,7 +443,9 @@ def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = Non
         moments=spec["moments"],
         samples=spec["samples"],
         substeps=substeps,
-        sde_method=spec["scheme"],
+        sde_method=spec["scheme"] if schemes is None else schemes,
+        tolerance=spec["tolerance"],
+        path_seed=path_seed,
         coupled=spec["coupled"],
         record_every=spec["record_every"],
         record=spec["record"],
@@ -433,7 +453,7 @@ def compare_spec(spec: dict, substeps: int | None = None, out: Path | None = Non
         blowup_threshold=spec["blowup_threshold"],
         dtype=spec["dtype"],
         device=spec["device"],
-        out=None if out is None else out / f"{slug(spec['name'])}_substeps{substeps}.zarr",
+        out=None if out is None else out / f"{slug(spec['name'])}_{label}.zarr",
     )
 
 
@@ -469,6 +489,7 @@ KINDS = {
     "number": "a number",
     "str": "a string",
     "names": 'a list of names, e.g. ["first_order"]',
+    "int_or_auto": 'an integer, or "auto"',
 }
 
 
@@ -487,6 +508,7 @@ def _typed(run: dict, where: str, key: str, default, kind: str):
         "number": _is_number(value),
         "str": isinstance(value, str),
         "names": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "int_or_auto": value == "auto" or (isinstance(value, int) and not isinstance(value, bool)),
     }[kind]
     if not ok:
         raise ValueError(f"Invalid config value: {where}.{key} = {value!r} ({KINDS[kind]})")

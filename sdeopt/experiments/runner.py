@@ -21,8 +21,11 @@ from sdeopt.analysis.metrics import (
     quantile_error,
     weak_error,
 )
+from sdeopt.dynamics.accuracy import weak_order
+from sdeopt.dynamics.levy import MODEL as LEVY_MODEL
 from sdeopt.engine import OBSERVABLES
 from sdeopt.experiments.config import build, compare_spec, slug
+from sdeopt.random import derived_seed
 
 
 def _mean_se(values: np.ndarray) -> tuple[float, float]:
@@ -32,8 +35,14 @@ def _mean_se(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def _compare(spec: dict, substeps: int, out: Path | None):
-    ds = compare_spec(spec, substeps, out)
+#: The Richardson levels of a run share the Brownian paths of derived_seed(seed, PATH_STREAM).
+PATH_STREAM = 2000
+
+
+def _compare(spec: dict, substeps, out: Path | None, schemes: dict | None = None, label="h"):
+    ds = compare_spec(
+        spec, substeps, out, schemes, label, path_seed=derived_seed(spec["seed"], PATH_STREAM)
+    )
     # A streamed study's summaries and figures read the observables into memory; the iterates,
     # the part that outgrows it, stay in the store.
     return ds if out is None else ds.drop_vars("x", errors="ignore").load()
@@ -48,14 +57,17 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     over the recorded steps from that step on (``_time_average``), else its loss at the last
     step. Where the run quotes a closed form (``spec["richardson"]`` None, the default) or asks
     for it (True), the SDEs are solved again with half the solver step, :math:`h/2`, on the same
-    seed, and each SDE row gets the extrapolated mean :math:`2 E_{h/2} - E_h` (the solver's
-    :math:`O(h)` bias removed) with its standard error from the per-run values
-    :math:`2 f(X^{h/2}) - f(X^h)`, and the solver bias of the h figure,
-    :math:`E_h - (2 E_{h/2} - E_h) = 2 (E_h - E_{h/2})`, with its se; the weak errors are then
-    those of the extrapolated values.
+    seed and with the same schemes, and each SDE row gets the extrapolated mean
+    :math:`(2^p E_{h/2} - E_h)/(2^p - 1)` (the :math:`O(h^p)` bias of its scheme's weak order
+    p removed; ``solver_levels``) with its standard error from the per-run values, and the
+    solver bias of the h figure, :math:`2^p (E_h - E_{h/2})/(2^p - 1)`, with its se; the weak
+    errors are then those of the extrapolated values. A model solved by a scheme exact in law
+    has neither (nothing to remove); when every model is, the h/2 solve is skipped. Each SDE
+    row names its ``scheme`` and ``substeps``.
 
-    With ``spec["stream"]`` the datasets are streamed into ``out``/<name>_substeps<s>.zarr (one
-    store per solver step) and returned without their iterates ``x``, which stay in the store.
+    With ``spec["stream"]`` the datasets are streamed into ``out``/<name>_h.zarr and
+    <name>_h2.zarr (one store per solver step) and returned without their iterates ``x``, which
+    stay in the store.
     """
     out = out if spec.get("stream") else None
     ds = _compare(spec, spec["substeps"], out)
@@ -63,8 +75,11 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     extrapolate = spec.get("richardson")
     if extrapolate is None:
         extrapolate = closed is not None
-    extrapolate = bool(extrapolate and spec["models"] and "loss" in ds)
-    fine = _compare(spec, 2 * spec["substeps"], out) if extrapolate else None
+    solver = solver_levels(ds)
+    # Nothing to extrapolate when every model's scheme is exact in law.
+    inexact = any(w != 1.0 for w in solver["weight"].values())
+    extrapolate = bool(extrapolate and spec["models"] and "loss" in ds and inexact)
+    fine = half_step(spec, solver, out) if extrapolate else None
     coarse_s, fine_s = ds, fine  # the datasets the figures are computed from
     if spec.get("average_from") is not None and "loss" in ds:
         coarse_s = _time_average(ds, spec["average_from"])
@@ -73,7 +88,7 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
     err = None
     if spec["models"] and "loss" in ds:
         err = (
-            richardson_weak_error(coarse_s, fine_s, "loss")
+            richardson_weak_error(coarse_s, fine_s, "loss", solver["weight"])
             if extrapolate
             else weak_error(coarse_s, "loss")
         )
@@ -98,6 +113,9 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
             "alive": int(ok.sum()),
             "diverged": float(div["fraction"].sel(model=model)),
         }
+        if model in solver["scheme"]:
+            row["scheme"] = solver["scheme"][model]
+            row["substeps"] = solver["substeps"][model]
         if "loss" in ds:
             final = coarse_s["loss"].sel(model=model).isel(step=-1).values  # (run,)
             row["median_loss"] = float(np.median(final[ok])) if ok.any() else math.nan
@@ -105,11 +123,13 @@ def run_trajectories(spec: dict, out: Path | None = None) -> tuple:
             if heavy:  # no finite variance: no standard error (n/a), the mean only as measured
                 row["mean_se"] = math.nan
             if fine_s is not None and model != "discrete":
+                # (2^p E_{h/2} - E_h) / (2^p - 1) = w E_{h/2} + (1 - w) E_h, w = 2^p / (2^p - 1)
+                w = solver["weight"][model]
                 both = ok & ~fine_s["diverged"].sel(model=model).values
                 f_h = final[both]
                 f_h2 = fine_s["loss"].sel(model=model).isel(step=-1).values[both]
-                row["extrap_loss"], row["extrap_se"] = _mean_se(2 * f_h2 - f_h)
-                row["solver_bias"], row["bias_se"] = _mean_se(2 * (f_h - f_h2))
+                row["extrap_loss"], row["extrap_se"] = _mean_se(w * f_h2 + (1 - w) * f_h)
+                row["solver_bias"], row["bias_se"] = _mean_se(w * (f_h - f_h2))
         if spec.get("quantiles") and "loss" in ds:
             final = coarse_s["loss"].sel(model=model).isel(step=-1).values[ok]
             row["quantiles"] = " ".join(f"{v:.3g}" for v in np.quantile(final, spec["quantiles"]))
@@ -243,7 +263,8 @@ def run_weak_order(spec: dict) -> tuple:
 
     With ``richardson`` the SDEs are solved with h and h/2 and the errors are those of the
     extrapolated values (``richardson_weak_error``); the row then also gives, per lr, the solver
-    bias :math:`2 (E_h - E_{h/2})` of the h figures (mean over runs alive at both levels).
+    bias :math:`2^p (E_h - E_{h/2})/(2^p - 1)` of the h figures (mean over runs alive at both
+    levels; p the weak order of each model's scheme).
     """
     import xarray as xr
 
@@ -252,12 +273,10 @@ def run_weak_order(spec: dict) -> tuple:
     for lr in spec["lrs"]:
         method = dataclasses.replace(spec["method"], lr=lr)
         n_steps = round(spec["horizon"] / lr)  # a whole number: checked by config.build
-        levels = (
-            (spec["substeps"], 2 * spec["substeps"]) if spec["richardson"] else (spec["substeps"],)
-        )
         record = (obs,) if obs in OBSERVABLES else ("loss",)
-        runs = [
-            compare(
+
+        def study(substeps, schemes, method=method, n_steps=n_steps, record=record):
+            return compare(
                 method,
                 spec["problem"],
                 spec["x0"],
@@ -266,7 +285,9 @@ def run_weak_order(spec: dict) -> tuple:
                 seed=spec["seed"],
                 models=spec["models"],
                 substeps=substeps,
-                sde_method=spec["scheme"],
+                sde_method=schemes,
+                tolerance=spec["tolerance"],
+                path_seed=derived_seed(spec["seed"], PATH_STREAM),
                 coupled=spec["coupled"],
                 record_every=n_steps,
                 record=record,
@@ -275,15 +296,21 @@ def run_weak_order(spec: dict) -> tuple:
                 dtype=spec["dtype"],
                 device=spec["device"],
             )
-            for substeps in levels
-        ]
+
+        runs = [study(spec["substeps"], spec["scheme"])]
+        if spec["richardson"]:
+            solver = solver_levels(runs[0])
+            runs.append(
+                study({m: 2 * s for m, s in solver["substeps"].items()}, dict(solver["scheme"]))
+            )
         final = [observable_values(r, obs).isel(step=-1, drop=True) for r in runs]  # (model, run)
         sde = final[0]["model"] != "discrete"
         if spec["richardson"]:
-            err = richardson_weak_error(runs[0], runs[1], obs)
-            values = xr.where(sde, 2 * final[1] - final[0], final[0])
+            err = richardson_weak_error(runs[0], runs[1], obs, solver["weight"])
+            w = _model_weights(solver["weight"], final[0]["model"])
+            values = xr.where(sde, w * final[1] + (1 - w) * final[0], final[0])
             ok = ~(runs[1]["diverged"] | (runs[0]["diverged"] & sde))
-            gap = 2 * (final[0] - final[1])
+            gap = w * (final[0] - final[1])
             bias.append(
                 {
                     str(m): _mean_se(gap.sel(model=m).values[ok.sel(model=m).values])
@@ -325,15 +352,52 @@ def run_weak_order(spec: dict) -> tuple:
     return err, rows
 
 
-def richardson_weak_error(coarse, fine, observable: str = "loss"):
-    r"""Weak error of the SDE models with the solver's own :math:`O(h)` bias extrapolated away.
+def solver_levels(ds) -> dict[str, dict]:
+    r"""What ``compare`` solved each SDE model of ``ds`` with: ``scheme``, ``substeps`` and the
+    Richardson ``weight`` :math:`w = 2^p / (2^p - 1)` of its weak order p (1 for a scheme exact
+    in law, whose extrapolation is its h/2 figure itself), each a dict by model."""
+    solver = json.loads(ds.attrs["solver"])
+    out: dict[str, dict] = {"scheme": {}, "substeps": {}, "weight": {}}
+    for model, level in solver.items():
+        order = weak_order(level["scheme"], levy=model == LEVY_MODEL)
+        out["scheme"][model] = level["scheme"]
+        out["substeps"][model] = level["substeps"]
+        out["weight"][model] = 1.0 if math.isinf(order) else 2.0**order / (2.0**order - 1.0)
+    return out
+
+
+def _model_weights(weights: dict, models):
+    """The Richardson weights as a DataArray over the ``models`` coordinate (Euler's 2 for a
+    model not in ``weights``; the discrete method's is unused)."""
+    import xarray as xr
+
+    return xr.DataArray(
+        [weights.get(str(m), 2.0) for m in models.values], coords={"model": models.values}
+    )
+
+
+def half_step(spec: dict, solver: dict, out: Path | None = None):
+    """The study of ``spec`` again with every SDE's solver step halved (twice its substeps, the
+    same schemes): the fine level of the Richardson extrapolation."""
+    return _compare(
+        spec,
+        {model: 2 * s for model, s in solver["substeps"].items()},
+        out,
+        dict(solver["scheme"]),
+        "h2",
+    )
+
+
+def richardson_weak_error(coarse, fine, observable: str = "loss", weights=None):
+    r"""Weak error of the SDE models with the solver's own bias extrapolated away.
 
     ``coarse`` and ``fine`` are ``compare`` datasets of the same study (same seed, hence the same
-    discrete runs) whose SDEs were solved with h and h/2. Each SDE run's value becomes
-    :math:`2 g(X^{h/2}) - g(X^h)`, which has mean
-    :math:`2 E_{h/2} - E_h = \mathbb{E}\, g(X) + O(h^2)`; the standard error comes from these
-    per-run values, so it is exact whatever the correlation of the two levels.
-    At each step a run counts while it is alive at both levels (``metrics.alive``).
+    discrete runs) whose SDEs were solved with h and h/2. For a scheme of weak order p, each
+    SDE run's value becomes :math:`w\, g(X^{h/2}) + (1 - w)\, g(X^h)`,
+    :math:`w = 2^p / (2^p - 1)` (``weights``, by model; default 2, Euler's p = 1), whose mean
+    :math:`(2^p E_{h/2} - E_h)/(2^p - 1) = \mathbb{E}\, g(X) + O(h^{p+1})`; the standard
+    error comes from these per-run values, so it is exact whatever the correlation of the two
+    levels. At each step a run counts while it is alive at both levels (``metrics.alive``).
     """
     import xarray as xr
 
@@ -345,7 +409,8 @@ def richardson_weak_error(coarse, fine, observable: str = "loss"):
             "Invalid coarse: its discrete runs differ from fine's (use the same seed and study)"
         )
     sde = fine_v["model"] != "discrete"
-    values = xr.where(sde, 2 * fine_v - coarse_v, fine_v)
+    w = _model_weights(weights or {}, fine_v["model"])
+    values = xr.where(sde, w * fine_v + (1 - w) * coarse_v, fine_v)
     diverged = fine["diverged"] | (coarse["diverged"] & sde)
     combined = xr.Dataset({"value": values, "diverged": diverged}, attrs=fine.attrs)
     if "blowup_step" in fine and "blowup_step" in coarse:  # else alive = ~diverged at every step
@@ -366,7 +431,7 @@ def _label_stores(out: Path, spec: dict, config: dict, run: dict) -> None:
     """Add the claim and the run's config to the attributes of a streamed run's stores."""
     import zarr
 
-    for path in out.glob(f"{slug(spec['name'])}_substeps*.zarr"):
+    for path in out.glob(f"{slug(spec['name'])}_h*.zarr"):
         zarr.open_group(str(path), mode="r+").attrs.update(
             claim=config.get("claim", ""), run=json.dumps(run, sort_keys=True, default=str)
         )
@@ -376,8 +441,8 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
     """Run every run of a validated config, writing <run>.nc and <run>.png into ``out``.
 
     A trajectory run whose SDE figures were extrapolated over the solver step also writes its
-    h/2 dataset, <run>_substeps<2 substeps>.nc. A run with ``stream = true`` streams its
-    datasets into <run>_substeps<s>.zarr instead (see ``run_trajectories``).
+    h/2 dataset, <run>_h2.nc. A run with ``stream = true`` streams its datasets into
+    <run>_h.zarr and <run>_h2.zarr instead (see ``run_trajectories``).
     """
     import matplotlib
 
@@ -409,7 +474,7 @@ def run_config(config: dict, out: Path, *, progress=None) -> list[dict]:
             elif fine is not None:  # the h/2 solves behind the extrapolated figures
                 fine.attrs["claim"] = config.get("claim", "")
                 fine.attrs["run"] = json.dumps(run, sort_keys=True, default=str)
-                io.save(fine, out / f"{name}_substeps{2 * spec['substeps']}.nc")
+                io.save(fine, out / f"{name}_h2.nc")
             diverged = bool(data["diverged"].any())
             fig, axes = plt.subplots(
                 1, 2 if diverged else 1, figsize=(11 if diverged else 6, 4.5), squeeze=False
