@@ -230,7 +230,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     args = parser.parse_args(argv)
     so.configure_torch(threads=1)
-    paths = 2000 if args.quick else args.paths
+    paths = 400 if args.quick else args.paths
     substep_grid = (1, 2) if args.quick else (1, 2, 4, 8, 16, 32)
     rows, curves = [], {}
     for name, task in _tasks().items():

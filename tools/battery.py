@@ -424,7 +424,12 @@ def fixture(name: str, build: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         build(tmp)
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # a concurrent child built it first (--jobs): use that one
+            if not path.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -2572,7 +2577,8 @@ def _child(c: Case, tmp: Path) -> dict:
     return out
 
 
-def run_case(c: Case, root: Path) -> dict:
+def _spawn(c: Case, root: Path) -> tuple[int, float, Path]:
+    """Fork the child that runs case c: (its pid, its start time, its folder)."""
     tmp = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", c.id)
     tmp.mkdir(parents=True)
     sys.stdout.flush()
@@ -2591,14 +2597,11 @@ def run_case(c: Case, root: Path) -> dict:
         except BaseException:
             code = 3
         os._exit(code)
-    status = None
-    while time.monotonic() - start < c.timeout:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.02)
-    else:
-        status = None
+    return pid, start, tmp
+
+
+def _finish(pid: int, start: float, tmp: Path, status: int | None) -> dict:
+    """The result of a child that exited with ``status``, or hung (None; it is then killed)."""
     try:  # the child's whole process group (dask workers included), whatever happened
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -2614,6 +2617,40 @@ def run_case(c: Case, root: Path) -> dict:
         result = {"harness_error": f"no result (exit status {status})"}
     result["wall"] = time.monotonic() - start
     return result
+
+
+def run_cases(cases: list[Case], root: Path, jobs: int):
+    """Run the cases, up to ``jobs`` children at a time; yield (index, case, result) in the
+    cases' order. Each child has its own folder, process group and wall-clock limit."""
+    pending = {}  # index -> (case, pid, start, folder)
+    done: dict[int, dict] = {}
+    following, upcoming = 0, iter(enumerate(cases))
+    exhausted = False
+    while following < len(cases):
+        while not exhausted and len(pending) < jobs:
+            nxt = next(upcoming, None)
+            if nxt is None:
+                exhausted = True
+                break
+            i, c = nxt
+            if c.skip:
+                done[i] = {}
+            else:
+                pending[i] = (c, *_spawn(c, root))
+        for i, (c, pid, start, tmp) in list(pending.items()):
+            finished, status = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                done[i] = _finish(pid, start, tmp, status)
+            elif time.monotonic() - start >= c.timeout:
+                done[i] = _finish(pid, start, tmp, None)
+            else:
+                continue
+            del pending[i]
+        while following in done:
+            yield following, cases[following], done.pop(following)
+            following += 1
+        if pending:
+            time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2739,6 +2776,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="write every case's outcome here")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="cases run at once (default: 2, or 1 on one core)",
+    )
     args = parser.parse_args(argv)
     cases = CASES
     if args.only:
@@ -2760,15 +2803,14 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     start = time.monotonic()
     try:
-        for i, c in enumerate(cases, 1):
+        for i, c, r in run_cases(cases, root, max(1, args.jobs)):
             if c.skip:
-                outcome, msg, r = "skipped", c.skip, {}
+                outcome, msg = "skipped", c.skip
             else:
-                r = run_case(c, root)
                 outcome, msg = classify(c, r)
             msg = normalize(msg, root)
             print(
-                f"[{i:3d}/{len(cases)}] {outcome:8s} {c.id}  ({r.get('wall', 0):.1f} s)",
+                f"[{i + 1:3d}/{len(cases)}] {outcome:8s} {c.id}  ({r.get('wall', 0):.1f} s)",
                 file=sys.stderr,
                 flush=True,
             )
