@@ -1,0 +1,157 @@
+"""The fast tails of DSignSGD's Binomial shortcut.
+
+- ``special.student_t_tail`` (a polynomial fitted once per nu and dtype) against scipy's t law
+  over the whole line, |t| from 0 to 1e30 and ±inf, as a *relative* error of the tail; closed
+  forms for nu = 1 and 2 (scipy's stdtr is off by ~2e-9 near 0 for nu = 1), mpmath where
+  scipy underflows (below float64's normal range).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+
+from sdeopt.special import (
+    _TAIL_FIT_TOL,
+    student_t_cdf,
+    student_t_tail,
+    student_t_tail_fit,
+)
+
+NU = [0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0, 1e4]
+DTYPES = [torch.float32, torch.float64]
+
+
+def _abs_grid() -> np.ndarray:
+    """|t| from 0 to 1e30: 0, tiny, every decade, and dense where the tail is moderate."""
+    return np.concatenate([[0.0], np.logspace(-12, 30, 841), np.linspace(0.0, 40.0, 801)[1:]])
+
+
+def _reference_log_tail(z: np.ndarray, nu: float) -> np.ndarray:
+    """log P(T > z) for z >= 0 in float64, independent of sdeopt: closed forms for nu = 1
+    (arctan(1/z)/π) and nu = 2 (1/(s (s + z)), s = sqrt(2 + z²), free of cancellation),
+    scipy otherwise."""
+    if nu == 1.0:
+        return np.log(np.arctan2(1.0, z) / np.pi)
+    if nu == 2.0:
+        s = np.sqrt(2.0 + z * z)
+        return -np.log(s) - np.log(s + z)
+    return st.t.logsf(z, nu)
+
+
+def _bound(log_p: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """The stated relative accuracy: twice the fit's tolerance, plus the roundoff of an
+    exponent of size |log P| (and of the dozen operations before it), four times over."""
+    eps = torch.finfo(dtype).eps
+    return 2.0 * _TAIL_FIT_TOL[dtype] + 4.0 * (8.0 + np.abs(log_p)) * eps
+
+
+# ---------------------------------------------------------------------------------------------
+# Student-t
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nu", NU)
+def test_student_t_tail_matches_scipy_over_the_whole_line(nu, dtype):
+    pos = _abs_grid()
+    t = torch.tensor(np.concatenate([-pos[::-1], pos]), dtype=dtype)
+    z = t.abs().double().numpy()  # the arguments as given, exactly
+    log_ref = _reference_log_tail(z, nu)
+    ref = np.exp(log_ref)
+    got = student_t_tail(t, nu)
+    assert got.dtype == dtype and got.shape == t.shape
+    got = got.double().numpy()
+    info = torch.finfo(dtype)
+    normal = ref >= info.smallest_normal
+    rel = np.abs(got[normal] / ref[normal] - 1.0)
+    assert np.all(rel <= _bound(log_ref[normal], dtype)), (rel.max(), z[normal][rel.argmax()])
+    # Below the normal range the result is a subnormal or 0, to the same relative accuracy
+    # plus two subnormal steps (scipy itself flushes to 0 below float64's normal range).
+    low = ~normal & (ref > 0.0)
+    subnormal = info.smallest_normal * info.eps
+    err = np.abs(got[low] - ref[low])
+    assert np.all(err <= _bound(log_ref[low], dtype) * ref[low] + 2.0 * subnormal)
+    # The headline figure: where P >= 1e-2, relative error below 1e-6 in float32, 1e-13 in float64.
+    central = ref[normal] >= 1e-2
+    assert rel[central].max() < (1e-6 if dtype == torch.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nu", [0.05, 1.5, 10.0])
+def test_student_t_tail_far_beyond_scipy(nu, dtype):
+    """Up to the largest float: float32 near 3e38 (nu = 0.05 keeps P ~ 1e-2 there) and float64
+    where P is subnormal; the reference is the regularized incomplete beta in mpmath."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    top = math.log10(torch.finfo(dtype).max)
+    z = [10.0**e for e in np.linspace(top - 12.0, top - 0.01, 7)]
+    got = student_t_tail(torch.tensor(z, dtype=dtype), nu).double().numpy()
+    z_given = torch.tensor(z, dtype=dtype).double().tolist()
+    half_nu = mpmath.mpf(nu) / 2
+    for g, zz in zip(got, z_given):
+        ref = mpmath.betainc(half_nu, 0.5, 0, nu / (nu + mpmath.mpf(zz) ** 2), regularized=True) / 2
+        info = torch.finfo(dtype)
+        if ref < info.smallest_normal * info.eps / 2:
+            assert g == 0.0
+            continue
+        log_p = float(mpmath.log(ref))
+        bound = _bound(np.array(log_p), dtype) * float(ref) + 2.0 * info.smallest_normal * info.eps
+        assert abs(g - float(ref)) <= bound, (zz, g, float(ref))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nu", [0.05, 1.5, 30.0, 1e4])
+def test_student_t_tail_special_values_symmetry_monotonicity(nu, dtype):
+    inf, nan = float("inf"), float("nan")
+    got = student_t_tail(torch.tensor([0.0, -0.0, inf, -inf, nan], dtype=dtype), nu)
+    tol = 2.0 * _TAIL_FIT_TOL[dtype] + 4.0 * torch.finfo(dtype).eps
+    assert abs(float(got[0]) - 0.5) <= 0.5 * tol and got[1] == got[0]
+    assert got[2] == 0.0 and got[3] == 0.0 and torch.isnan(got[4])
+    fmax = torch.finfo(dtype).max
+    pos = torch.tensor(np.sort(np.concatenate([_abs_grid(), [1e35, fmax]])), dtype=dtype).unique()
+    f = student_t_tail(pos, nu)
+    assert torch.equal(f, student_t_tail(-pos, nu))
+    assert torch.all(torch.isfinite(f)) and torch.all(f >= 0.0) and torch.all(f <= 0.5 * (1 + tol))
+    # Non-increasing in |t| up to the fit's own error (it interpolates; it is not monotone by
+    # construction) and the rounding.
+    assert torch.all(f[1:] <= f[:-1] * (1.0 + 2.0 * tol))
+
+
+def test_student_t_tail_scale_and_other_dtypes():
+    t = torch.tensor([0.0, 0.3, -2.0, 7.5, -1e6])
+    for scale in (0.25, 2.5):
+        torch.testing.assert_close(
+            student_t_tail(t, 1.5, scale), student_t_tail(t / scale, 1.5), rtol=4e-6, atol=0.0
+        )
+    half = student_t_tail(t.half(), 1.5)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half, student_t_tail(t, 1.5).half())
+    assert student_t_tail(torch.tensor([0, 3]), 1.5).dtype == torch.get_default_dtype()
+
+
+def test_student_t_tail_fit_is_deterministic_and_falls_back_to_the_continued_fraction():
+    from sdeopt.special import _fit_student_t_tail
+
+    for dtype in DTYPES:
+        a, b = _fit_student_t_tail(1.5, dtype), _fit_student_t_tail(1.5, dtype)
+        assert a.coefficients == b.coefficients and a.horner == b.horner and not a.exact
+        assert len(a.coefficients) - 1 <= (7 if dtype == torch.float32 else 13)
+    for nu in NU:  # every nu tested above is served by a fit, float64 up to nu = 1000
+        assert not student_t_tail_fit(nu, torch.float32).exact
+        assert student_t_tail_fit(nu, torch.float64).exact == (nu > 1000.0)
+    # float64 with nu = 1e4 needs more than degree 48: the continued fraction, to the bit.
+    t = torch.tensor(np.concatenate([-_abs_grid(), _abs_grid()]))
+    assert torch.equal(student_t_tail(t, 1e4), student_t_cdf(-t.abs(), 1e4))
+
+
+@pytest.mark.parametrize("nu,dtype", [(0.0, torch.float32), (math.inf, torch.float64)])
+def test_student_t_tail_fit_bad_input(nu, dtype):
+    with pytest.raises(ValueError, match="nu"):
+        student_t_tail_fit(nu, dtype)
+    with pytest.raises(ValueError, match="dtype"):
+        student_t_tail_fit(1.5, torch.float16)
