@@ -4,6 +4,7 @@
   over the whole line, |t| from 0 to 1e30 and ±inf, as a *relative* error of the tail; closed
   forms for nu = 1 and 2 (scipy's stdtr is off by ~2e-9 near 0 for nu = 1), mpmath where
   scipy underflows (below float64's normal range).
+- ``Gaussian.standard_tail`` (erfc) against scipy's normal law, likewise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pytest
 import scipy.stats as st
 import torch
 
+import sdeopt as so
+from sdeopt.noise import Gaussian, StudentT
 from sdeopt.special import (
     _TAIL_FIT_TOL,
     student_t_cdf,
@@ -128,6 +131,12 @@ def test_student_t_tail_scale_and_other_dtypes():
         torch.testing.assert_close(
             student_t_tail(t, 1.5, scale), student_t_tail(t / scale, 1.5), rtol=4e-6, atol=0.0
         )
+        torch.testing.assert_close(
+            StudentT(nu=1.5, scale=scale).standard_tail(t, scale),
+            student_t_tail(t / scale, 1.5),
+            rtol=4e-6,
+            atol=0.0,
+        )
     half = student_t_tail(t.half(), 1.5)
     assert half.dtype == torch.float16
     torch.testing.assert_close(half, student_t_tail(t, 1.5).half())
@@ -155,3 +164,44 @@ def test_student_t_tail_fit_bad_input(nu, dtype):
         student_t_tail_fit(nu, dtype)
     with pytest.raises(ValueError, match="dtype"):
         student_t_tail_fit(1.5, torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_tail_matches_scipy(dtype):
+    pos = np.concatenate([[0.0], np.logspace(-12, 2, 561), np.linspace(0.0, 40.0, 801)[1:]])
+    t = torch.tensor(np.concatenate([-pos[::-1], pos]), dtype=dtype)
+    z = t.abs().double().numpy()
+    log_ref = st.norm.logsf(z)
+    ref = np.exp(log_ref)
+    for scale in (1.0, 0.3):
+        got = Gaussian(scale=scale).standard_tail(t * scale, scale).double().numpy()
+        normal = ref >= torch.finfo(dtype).smallest_normal
+        rel = np.abs(got[normal] / ref[normal] - 1.0)
+        # erfc carries no fit error: the roundoff term of _bound only, one more ulp for the scale.
+        eps = torch.finfo(dtype).eps
+        assert np.all(rel <= 4.0 * (9.0 + np.abs(log_ref[normal])) * eps), rel.max()
+
+
+def test_default_tail_is_the_cdf_at_minus_abs():
+    """A law without its own standard_tail (here the logistic one) takes F(-|y|/scale)."""
+
+    class Logistic(so.noise.SymmetricCDFNoise):
+        variance = math.pi**2 / 3
+
+        def sample_standard(self, rng, *shape):
+            u = rng.uniform(*shape)
+            return torch.log(u) - torch.log1p(-u)
+
+        def standard_pdf(self, y):
+            return torch.sigmoid(y) * torch.sigmoid(-y)
+
+        def standard_cdf(self, y):
+            return torch.sigmoid(y)
+
+    y = torch.tensor([-3.0, -0.5, 0.0, 0.5, 40.0])
+    assert torch.equal(Logistic(2.0).standard_tail(y, 2.0), torch.sigmoid(-y.abs() / 2.0))

@@ -27,6 +27,7 @@ from sdeopt.special import (
     stable_scale_from_tail,
     student_t_cdf,
     student_t_partial_moments,
+    student_t_tail,
     student_t_tail_constant,
 )
 
@@ -90,6 +91,12 @@ class Gaussian(SymmetricCDFNoise):
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         return torch.special.ndtr(y)
 
+    def standard_tail(self, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        r""":math:`\Phi(-|y|/\sigma) = \tfrac12 \operatorname{erfc}(|y|/(\sigma\sqrt2))`: relative
+        accuracy in the far tail (``torch.special.ndtr(-10)`` is 0 in float64, this 7.6e-24),
+        four elementwise passes."""
+        return torch.mul(y, 1.0 / (scale * math.sqrt(2.0))).abs_().erfc_().mul_(0.5)
+
     def standard_pdf(self, y: torch.Tensor) -> torch.Tensor:
         return torch.exp(-0.5 * y * y) * (1.0 / math.sqrt(2.0 * math.pi))
 
@@ -134,7 +141,9 @@ class StudentT(SymmetricCDFNoise):
     before T itself does. It costs two uniforms and four elementwise transcendentals, several times
     faster than ``torch.distributions.StudentT`` (a Gaussian and a Gamma draw).
 
-    CDF: ``student_t_cdf`` (continued fraction of the incomplete beta, every nu > 0).
+    CDF: ``student_t_cdf`` (continued fraction of the incomplete beta, every nu > 0); the tail
+    :math:`F(-|y|)` of the sign probabilities by ``student_t_tail`` (a per-nu polynomial fitted
+    to it, as accurate and ~10x cheaper).
 
     Args:
         nu: degrees of freedom, a finite number > 0.
@@ -210,6 +219,11 @@ class StudentT(SymmetricCDFNoise):
 
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         return student_t_cdf(y, self.nu)
+
+    def standard_tail(self, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """``special.student_t_tail``: a polynomial fitted once per (nu, dtype), relative
+        accuracy over the whole line, ~16 elementwise passes instead of ~150."""
+        return student_t_tail(y, self.nu, scale)
 
     def standard_partial_moments(
         self, lo: torch.Tensor, hi: torch.Tensor, p: torch.Tensor | None = None

@@ -292,6 +292,14 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
     def standard_cdf(self, y: torch.Tensor) -> torch.Tensor:
         r""":math:`F(y) = P(T \le y)`, elementwise, same shape, dtype and device as y."""
 
+    def standard_tail(self, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        r""":math:`F(-|y|/\mathrm{scale})`, the standard law's tail beyond :math:`|y|/\mathrm{scale}`
+        (:math:`\le 1/2`), elementwise, computed directly, never as :math:`1 - F`, so that it
+        keeps its relative accuracy far out; scale > 0 is a Python number. Same shape, dtype and
+        device as y. Laws override it with a faster form (``Gaussian``: erfc; ``StudentT``:
+        ``special.student_t_tail``)."""
+        return self.standard_cdf(y.abs().div_(-scale))
+
     def standard_partial_moments(
         self, lo: torch.Tensor, hi: torch.Tensor, p: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -399,14 +407,14 @@ class SymmetricCDFNoise(ScaledSymmetricNoise):
         per-worker scales (or grads of shape (B, N, d)), else shaped like grads; up is shaped
         like grads.
 
-        Comparisons write floats through ``out=``: a bool result cast to float measured ~7x
-        slower on the CPU.
+        One ``standard_tail`` evaluation. Comparisons write floats through ``out=``: a bool
+        result cast to float measured ~7x slower on the CPU.
         """
         if self.per_worker:
             s = self.scales(n_workers, grads.device, grads.dtype).unsqueeze(-1)  # (N, 1)
-            tail = self.standard_cdf(grads.abs().neg_() / s)  # (B, N, d)
-        else:  # a Python scalar: in place, no broadcast (measured 0.3 ms/step cheaper at 10^5 values)
-            tail = self.standard_cdf(grads.abs().div_(-self._scale.values[0]))
+            tail = self.standard_tail(grads / s)  # (B, N, d)
+        else:  # a Python scalar: folded into the tail's first pass, no broadcast
+            tail = self.standard_tail(grads, self._scale.values[0])
         return tail, torch.gt(grads, 0.0, out=torch.empty_like(grads))  # up: shaped like grads
 
     def sign_mean(self, grads: torch.Tensor, n_workers: int) -> torch.Tensor:
