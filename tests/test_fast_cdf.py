@@ -1,10 +1,13 @@
-"""The fast tails of DSignSGD's Binomial shortcut.
+"""The fast tails of DSignSGD's Binomial shortcut and its inversion.
 
 - ``special.student_t_tail`` (a polynomial fitted once per nu and dtype) against scipy's t law
   over the whole line, |t| from 0 to 1e30 and ±inf, as a *relative* error of the tail; closed
   forms for nu = 1 and 2 (scipy's stdtr is off by ~2e-9 near 0 for nu = 1), mpmath where
   scipy underflows (below float64's normal range).
 - ``Gaussian.standard_tail`` (erfc) against scipy's normal law, likewise.
+- ``dsignsgd.minority_count`` against the inversion of scipy's Binomial CDF: every draw equal
+  except where u lies within the rounding of the running CDF of a threshold.
+- DSignSGD's direction: the count of + signs against Binomial(N, F(∇f/σ)) by chi-square.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import scipy.stats as st
 import torch
 
 import sdeopt as so
+from sdeopt.discrete.dsignsgd import minority_count
 from sdeopt.noise import Gaussian, StudentT
+from sdeopt.random import RandomSource
 from sdeopt.special import (
     _TAIL_FIT_TOL,
     student_t_cdf,
@@ -205,3 +210,91 @@ def test_default_tail_is_the_cdf_at_minus_abs():
 
     y = torch.tensor([-3.0, -0.5, 0.0, 0.5, 40.0])
     assert torch.equal(Logistic(2.0).standard_tail(y, 2.0), torch.sigmoid(-y.abs() / 2.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Binomial inversion
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 48, 49, 100])
+def test_minority_count_is_the_inversion_of_the_binomial_cdf(n, dtype):
+    """X = #{k < n : P(X <= k) < u} for the exact CDF (scipy, float64, at the given q and u):
+    a draw may differ only where u is within the rounding of the running CDF of a threshold
+    (n = 48 / 49: both sides of float32's switch from clamps to comparisons)."""
+    g = torch.Generator().manual_seed(n)
+    m = 20_000
+    q = torch.rand(m, generator=g, dtype=torch.float64) * 0.5
+    q[:50], q[50:100] = 0.0, 0.5
+    q[100:150] = torch.rand(50, generator=g, dtype=torch.float64) * 1e-30
+    u = torch.rand(m, generator=g, dtype=torch.float64)
+    q, u = q.to(dtype), u.to(dtype)
+    q_before, u_before = q.clone(), u.clone()
+    got = minority_count(q, n, u)
+    assert torch.equal(q, q_before) and torch.equal(u, u_before)  # overwrite=False
+    cdf = st.binom.cdf(np.arange(n)[:, None], n, q.double().numpy()[None, :])  # (n, m)
+    ref = (cdf < u.double().numpy()).sum(axis=0)
+    got = got.double().numpy()
+    assert got.dtype == np.float64 and np.all(got == np.round(got))
+    differ = got != ref
+    near_tie = (np.abs(cdf - u.double().numpy()) <= 16 * n * torch.finfo(dtype).eps).any(axis=0)
+    assert np.all(near_tie[differ]), np.nonzero(differ & ~near_tie)
+    assert differ.mean() < 1e-3
+
+
+def test_minority_count_overwrite_reuses_the_buffers():
+    q = torch.tensor([0.1, 0.5, 0.0])
+    u = torch.tensor([0.9, 0.2, 0.99])
+    expected = minority_count(q.clone(), 8, u.clone())
+    count = minority_count(q, 8, u, overwrite=True)
+    assert count.data_ptr() == u.data_ptr() and torch.equal(count, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# DSignSGD's direction
+# ---------------------------------------------------------------------------------------------
+
+GRADS = [0.0, 0.05, -0.4, 1.2, -2.5, 6.0]  # ∇f coordinate by coordinate (Quadratic with H = I)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "noise,cdf,n",
+    [
+        (Gaussian(scale=0.8), lambda y: st.norm.cdf(y), 8),
+        (StudentT(nu=1.5, scale=0.8), lambda y: st.t.cdf(y, 1.5), 8),
+        (StudentT(nu=0.5, scale=2.0), lambda y: st.t.cdf(y, 0.5), 5),
+        (StudentT(nu=30.0, scale=1.0), lambda y: st.t.cdf(y, 30.0), 100),
+    ],
+    ids=["gauss-8", "t1.5-8", "t0.5-5", "t30-100"],
+)
+def test_dsignsgd_direction_law_is_binomial(noise, cdf, n, dtype):
+    """One step of the shortcut from x with ∇f = GRADS: the number of + signs, n (1 + u)/2, is
+    Binomial(n, F(∇f/σ)) coordinate by coordinate (chi-square on the cells expected >= 5,
+    the rest lumped; 48 tests at level 1e-6 each)."""
+    opt = so.discrete.DSignSGD(lr=0.1, n_workers=n, noise=noise)
+    prob = so.problems.Quadratic(diag=[1.0] * len(GRADS)).to("cpu", dtype)
+    m = 40_000
+    x = torch.tensor(GRADS, dtype=dtype).expand(m, -1)
+    u = opt.direction(prob, x, RandomSource(7, m, dtype=dtype))  # (m, d)
+    assert u.dtype == dtype
+    plus = (n * (1.0 + u.double()) / 2.0).numpy()
+    assert np.abs(plus - np.round(plus)).max() < 1e-4 * n  # an average of n signs
+    plus = np.round(plus).astype(int)
+    sigma = float(noise.scale)
+    for j, g in enumerate(GRADS):
+        observed = np.bincount(plus[:, j], minlength=n + 1)
+        expected = st.binom.pmf(np.arange(n + 1), n, cdf(g / sigma)) * m
+        keep = expected >= 5.0
+        if keep.sum() <= 1:  # (almost) deterministic: nearly every draw in the likeliest cell
+            assert (
+                observed[np.argmax(expected)]
+                >= m - 5 * math.sqrt(m * (1.0 - expected.max() / m)) - 5
+            )
+            continue
+        obs = np.append(observed[keep], observed[~keep].sum())
+        exp = np.append(expected[keep], expected[~keep].sum())
+        nonzero = exp > 0
+        stat = ((obs[nonzero] - exp[nonzero]) ** 2 / exp[nonzero]).sum()
+        assert st.chi2(nonzero.sum() - 1).sf(stat) > 1e-6, (j, g, obs, exp)
