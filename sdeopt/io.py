@@ -18,9 +18,17 @@ foreign (not written by ``save``). A zarr store gets a crc32c codec on every chu
 "Files and checksums".
 
 Example:
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> import sdeopt as so
-    >>> so.io.save(ds, "run.nc")          # doctest: +SKIP
-    >>> ds = so.io.load("run.nc")         # ValueError if damaged or foreign  # doctest: +SKIP
+    >>> opt = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(1.0))
+    >>> ds = so.discrete.simulate(opt, so.problems.Quadratic(diag=[1.0, 4.0]), [1.0, 1.0],
+    ...                           n_steps=10, n_runs=100).to_dataset()
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     so.io.save(ds, Path(tmp) / "run.nc")
+    ...     back = so.io.load(Path(tmp) / "run.nc")  # a ValueError if damaged or foreign
+    >>> back.identical(ds)
+    True
 """
 
 from __future__ import annotations
