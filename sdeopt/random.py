@@ -73,7 +73,8 @@ def derived_seed(seed: int, index: int) -> int:
 
 
 class RandomSource:
-    """Draws random tensors of shape (B, ...) for runs ``first_run .. first_run + n_runs - 1``.
+    """Draws random tensors of shape (B, ...) for the runs ``first_run`` to
+    ``first_run + n_runs - 1``.
 
     Args:
         seed: the stream's seed, an integer in [0, 2**128).
@@ -127,15 +128,15 @@ class RandomSource:
             run += rows
 
     def normal(self, *shape: int) -> torch.Tensor:
-        """Standard normal draws of shape (B, *shape)."""
+        """Standard normal draws of shape ``(B, *shape)``."""
         return self._draw(shape, self.dtype, "normal")
 
     def uniform(self, *shape: int) -> torch.Tensor:
-        """Uniform draws on [0, 1) of shape (B, *shape)."""
+        """Uniform draws on [0, 1) of shape ``(B, *shape)``."""
         return self._draw(shape, self.dtype, "uniform")
 
     def exponential(self, *shape: int) -> torch.Tensor:
-        """Exp(1) draws of shape (B, *shape)."""
+        """Exp(1) draws of shape ``(B, *shape)``."""
         return self._draw(shape, self.dtype, "exponential")
 
     def stable(self, alpha: float, *shape: int) -> torch.Tensor:
@@ -178,7 +179,7 @@ class RandomSource:
         return log_s.exp_().mul_(v.mul_(alpha).sin_())
 
     def integers(self, high: int, *shape: int) -> torch.Tensor:
-        """Uniform integers in [0, high) of shape (B, *shape), dtype int64."""
+        """Uniform integers in [0, high) of shape ``(B, *shape)``, dtype int64."""
         return self._draw(shape, torch.int64, "integers", high)
 
     def _draw(self, shape, dtype, kind, high=None) -> torch.Tensor:

@@ -47,7 +47,9 @@ class LevySDE(SDE):
     r""":math:`dX = b\,dt + G\,dW + \eta_t\, c\, dL^\alpha`: an SDE plus an additive symmetric
     :math:`\alpha`-stable driver with i.i.d. coordinates.
 
-    Attributes (besides ``SDE``'s):
+    Its attributes are ``SDE``'s and those below.
+
+    Attributes:
         alpha: :math:`\alpha \in (0, 2]` (:math:`L^2 = \sqrt 2\, W`).
         jump_scale: :math:`c \ge 0`; at schedule factor :math:`\eta_t` the driver's
             coefficient is :math:`\eta_t c`.
