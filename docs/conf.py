@@ -286,9 +286,31 @@ def _copy_notebooks(app, config) -> None:
     copy_notebooks(srcdir.parent / "notebooks", srcdir / "notebooks")
 
 
+# napoleon reads the first line of an attribute's, a constant's or a property's docstring as
+# "type: description" and renders the part before the first colon as its type; this package writes
+# types as annotations and uses colons in sentences ("Compressors by class name: ``compressor =
+# {type = ...}`` in configs."), so those docstrings are kept as written. napoleon parses no section
+# in them, so nothing else is lost.
+_ATTRIBUTE_KINDS = ("attribute", "data", "property")
+_before_napoleon: dict[int, list[str]] = {}
+
+
+def _keep_attribute_docstring(app, what, name, obj, options, lines) -> None:
+    if what in _ATTRIBUTE_KINDS:
+        _before_napoleon[id(lines)] = list(lines)
+
+
+def _restore_attribute_docstring(app, what, name, obj, options, lines) -> None:
+    kept = _before_napoleon.pop(id(lines), None)
+    if kept is not None:
+        lines[:] = kept
+
+
 def setup(app) -> None:
     # Before Sphinx lists the source files.
     app.connect("config-inited", _copy_notebooks)
-    app.connect("autodoc-process-docstring", data_docstring)
-    # Before napoleon (priority 500) turns the Google-style sections into reST.
+    # napoleon turns Google-style sections into reST at priority 500.
     app.connect("autodoc-process-docstring", pending_fixes, priority=400)
+    app.connect("autodoc-process-docstring", _keep_attribute_docstring, priority=450)
+    app.connect("autodoc-process-docstring", _restore_attribute_docstring, priority=550)
+    app.connect("autodoc-process-docstring", data_docstring, priority=600)
