@@ -525,23 +525,24 @@ def student_t_tail(t: torch.Tensor, nu: float, scale: float = 1.0) -> torch.Tens
     r""":math:`P(T > |t| / \mathrm{scale}) = F(-|t|/\mathrm{scale})` for :math:`T \sim t_\nu`,
     elementwise: the smaller tail, computed directly, fast (``StudentTTailFit``: a polynomial
     fitted once per (nu, dtype), degree 5-7 in float32 for nu <= 10, and three
-    transcendentals: ~16 elementwise passes against ~150 for ``student_t_cdf``).
+    transcendentals: 17 elementwise passes against ~150 for ``student_t_cdf``).
 
-    Accuracy, relative to the tail P (tests/test_fast_cdf.py, against scipy's t law, closed
-    forms and mpmath, |t| from 0 to 1e30 and up to the largest float, nu from 0.5 to 1e4):
-    within :math:`2\,\mathrm{tol} + 4 (8 + |\log P|)\,\epsilon`, tol the fit's tolerance
-    (3e-8 in float32, 1e-14 in float64) and :math:`|\log P|\,\epsilon` the roundoff of the
-    exponent, the floor of any evaluation that ends with an exp in the working precision
-    (``student_t_cdf`` has the same). Measured: float32 below 6e-7 where
-    :math:`P \ge 10^{-2}`, 1.1e-6 (nu <= 3) to 2e-6 (nu = 1e4) where :math:`P \ge 10^{-6}`,
-    1e-5 near :math:`P \sim 10^{-38}`; float64 below 1.2e-14 where :math:`P \ge 10^{-6}`.
-    Subnormal results carry the same relative error plus two subnormal steps. Float64 with nu
-    above ~1e3 (no fit of degree <= 48 within tolerance) uses ``student_t_cdf``, to the bit.
+    Accuracy, relative to the tail P (tests/test_fast_cdf.py: against scipy's t law, closed
+    forms and mpmath, :math:`|t|` from 0 to 1e30 and up to the largest float, nu from 0.5 to
+    1e4): within :math:`2\,\mathrm{tol} + 4 (8 + |\log P|)\,\epsilon`, tol the fit's
+    tolerance (3e-8 in float32, 1e-14 in float64) and :math:`|\log P|\,\epsilon` the roundoff
+    of the exponent, the floor of any evaluation that ends with an exp in the working precision
+    (``student_t_cdf`` has the same). Measured in float32: at most 6e-7 where
+    :math:`P \ge 10^{-2}`, 1.2e-6 (nu <= 3) to 2e-6 (nu = 1e4) where :math:`P \ge 10^{-6}`,
+    up to 2e-5 near the bottom of the normal range; in float64: at most 1.2e-14 where
+    :math:`P \ge 10^{-6}`. Subnormal results carry the same relative error plus two subnormal
+    steps. Float64 with nu above ~1e3 (no fit of degree <= 48 within tolerance) uses
+    ``student_t_cdf``, to the bit.
 
     Args:
         t: tensor of any shape, float32 or float64 (half precisions are computed in float32).
         nu: degrees of freedom, a finite Python float > 0.
-        scale: :math:`\sigma > 0`; the tail of :math:`\sigma T` at |t|.
+        scale: :math:`\sigma > 0`; the tail of :math:`\sigma T` at :math:`|t|`.
     Returns:
         The tail, same shape, dtype and device as t; 1/2 at t = 0, 0 at ±inf.
     """
