@@ -30,7 +30,7 @@ class DSignSGD(DirectionMethod):
     one scale :math:`\sigma > 0`, :math:`N \le 100`), the number of +1 signs is
     :math:`\mathrm{Binomial}(N, p^+)`, drawn by inversion from one uniform per coordinate: no
     per-worker and no heavy-tailed draw is made. Otherwise every worker's noise is drawn
-    (per-worker CDF evaluations measured slower than the draws: 3x for Student-t).
+    (per-worker CDF evaluations measured slower than the draws).
 
     SDE models (docs/models.md): :math:`m_i(x) = 2 F(\nabla f_i / \sigma_i) - 1`,
     :math:`\bar u = \frac{1}{N} \sum_i m_i`,
