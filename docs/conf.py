@@ -261,11 +261,6 @@ PENDING_DOCSTRING_FIXES: dict[str, list[tuple[str, str]]] = {
             "        ``sdeopt.discrete.simulate``.",
         ),
     ],
-    # |t| outside a math role is a reST substitution reference.
-    "sdeopt.special.student_t_tail": [
-        ("mpmath, |t| from 0", "mpmath, :math:`|t|` from 0"),
-        (r"of :math:`\sigma T` at |t|.", r"of :math:`\sigma T` at :math:`|t|`."),
-    ],
 }
 
 
