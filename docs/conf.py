@@ -235,47 +235,6 @@ def data_docstring(app, what, name, obj, options, lines) -> None:
     lines[:] = []
 
 
-# Docstring fixes waiting to land in files being edited in parallel: (old, new) text of the
-# docstring (dedented, as written), applied before napoleon reads it. An entry whose old text is no
-# longer there does nothing; delete an entry once its source carries the fix.
-PENDING_DOCSTRING_FIXES: dict[str, list[tuple[str, str]]] = {
-    # A parameter list continued on a second line at the same indentation ends the field list.
-    "sdeopt.analysis.compare.compare": [
-        (
-            "record_every, record, record_x, device, dtype, blowup_threshold, max_memory,\n"
-            "    block_size: as in ``simulate``.",
-            "record_every, record, record_x, device, dtype: as in ``simulate``.\n"
-            "    blowup_threshold, max_memory, block_size: as in ``simulate``.",
-        ),
-        # *models would open an emphasis.
-        ('model = ["discrete", *models],', 'model = ``["discrete", *models]``,'),
-    ],
-    "sdeopt.dynamics.solvers.solve": [
-        (
-            "record_every, record, record_x, device, dtype, blowup_threshold, chunk_size,\n"
-            "    max_memory, block_size, first_run, out: as in ``sdeopt.discrete.simulate``. "
-            "Observables\n        need ``sde.problem``.",
-            "record_every, record, record_x, device, dtype, blowup_threshold: as in\n"
-            "        ``sdeopt.discrete.simulate``; observables need ``sde.problem``.\n"
-            "    chunk_size, max_memory, block_size, first_run, out: as in\n"
-            "        ``sdeopt.discrete.simulate``.",
-        ),
-    ],
-}
-
-
-def pending_fixes(app, what, name, obj, options, lines) -> None:
-    """Apply ``PENDING_DOCSTRING_FIXES`` to the docstring of ``obj``."""
-    key = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
-    fixes = PENDING_DOCSTRING_FIXES.get(key)
-    if not fixes:
-        return
-    text = "\n".join(lines)
-    for old, new in fixes:
-        text = text.replace(old, new)
-    lines[:] = text.split("\n")
-
-
 def _copy_notebooks(app, config) -> None:
     srcdir = Path(app.srcdir)
     copy_notebooks(srcdir.parent / "notebooks", srcdir / "notebooks")
@@ -305,7 +264,6 @@ def setup(app) -> None:
     # Before Sphinx lists the source files.
     app.connect("config-inited", _copy_notebooks)
     # napoleon turns Google-style sections into reST at priority 500.
-    app.connect("autodoc-process-docstring", pending_fixes, priority=400)
     app.connect("autodoc-process-docstring", _keep_attribute_docstring, priority=450)
     app.connect("autodoc-process-docstring", _restore_attribute_docstring, priority=550)
     app.connect("autodoc-process-docstring", data_docstring, priority=600)

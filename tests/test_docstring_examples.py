@@ -23,12 +23,7 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 # Examples that are wrong in files being edited in parallel: the fix is known, and this entry goes
 # once it lands (strict: the test fails as soon as the example passes, as a reminder).
-KNOWN_BROKEN = {
-    "sdeopt.noise.additive.Minibatch": (
-        "the repr shows replacement=False: the example should read "
-        "'Minibatch(batch_size=32, replacement=False)'"
-    ),
-}
+KNOWN_BROKEN: dict[str, str] = {}  # docstring name -> why its example fails (strict xfail)
 
 
 def _modules() -> list[str]:

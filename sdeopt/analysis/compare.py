@@ -111,8 +111,8 @@ def compare(
         coupled: drive every SDE with the discrete run's own draws (DSGD with Gaussian noise for
             the Brownian models, with SymmetricStable noise for "levy"; see
             ``simulate(keep_increments=True)``), so that runs are paired (strong error).
-        record_every, record, record_x, device, dtype, blowup_threshold, max_memory,
-        block_size: as in ``simulate``.
+        record_every, record, record_x, device, dtype: as in ``simulate``.
+        blowup_threshold, max_memory, block_size: as in ``simulate``.
         sde_method: the scheme of ``solve`` (``sdeopt.dynamics.SCHEMES``; "euler" or "exact"
             for "levy"), one per model (a dict), or "auto" (the default): per model the most
             accurate scheme that applies (``sdeopt.dynamics.best_scheme``: the exact OU step,
@@ -122,7 +122,7 @@ def compare(
             available memory (all models, and the copy that joins them) are refused up front.
 
     Returns:
-        ``xarray.Dataset`` with dims (model, step, run[, coord]), model = ["discrete", *models],
+        ``xarray.Dataset`` with dims (model, step, run[, coord]), model = ``["discrete", *models]``,
         and attrs: ``config`` (JSON of everything above; user code recorded by name),
         ``reproducible`` (0 when the config records user code), ``seed``, ``coupled``, versions,
         device, ``solver`` (JSON: per SDE model its scheme, its substeps and, where chosen

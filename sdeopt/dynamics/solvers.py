@@ -582,9 +582,10 @@ def solve(
             streaming.
         coupled: a discrete ``Trajectory`` made with ``keep_increments=True``: drive the SDE with
             its Gaussian draws, so that paths can be compared run by run (strong error).
-        record_every, record, record_x, device, dtype, blowup_threshold, chunk_size,
-        max_memory, block_size, first_run, out: as in ``sdeopt.discrete.simulate``. Observables
-            need ``sde.problem``.
+        record_every, record, record_x, device, dtype, blowup_threshold: as in
+            ``sdeopt.discrete.simulate``; observables need ``sde.problem``.
+        chunk_size, max_memory, block_size, first_run, out: as in
+            ``sdeopt.discrete.simulate``.
         method: deprecated name of ``scheme`` (``method`` is the optimizer everywhere else).
         path_seed: draw the Brownian increment of every whole optimizer step,
             :math:`W(t_{k+1}) - W(t_k)`, from this seed's stream (and split it over the

@@ -522,7 +522,7 @@ class Minibatch(Noise):
     Example:
         >>> import sdeopt as so
         >>> so.noise.Minibatch(batch_size=32)
-        Minibatch(batch_size=32)
+        Minibatch(batch_size=32, replacement=False)
     """
 
     finite_variance = True
