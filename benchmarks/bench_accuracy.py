@@ -20,6 +20,7 @@ runs only when jax and diffrax are installed (``pip install sdeopt[bench]``).
 
     python benchmarks/bench_accuracy.py
     python benchmarks/bench_accuracy.py --quick
+    python benchmarks/bench_accuracy.py --tasks a      # one task
 """
 
 from __future__ import annotations
@@ -87,31 +88,42 @@ def _reference_1d(sde, t_end):
     )
 
 
-def _figure(values: torch.Tensor, average_from, steps) -> tuple[float, float]:
-    """Mean and se of the observable: the final loss, or each path's time average."""
+def _per_path(values: torch.Tensor, average_from, steps) -> np.ndarray:
+    """Each path's figure: its final loss, or its time average."""
     v = values if average_from is None else values[steps >= average_from].mean(0, keepdim=True)
-    per_path = v[-1].numpy()
-    return float(per_path.mean()), float(per_path.std(ddof=1) / math.sqrt(len(per_path)))
+    return v[-1].numpy()
 
 
-def _run_torch(task, paths, substeps, **solve_kw):
+def _run_torch(task, paths, substeps, *, extrapolate=False, **solve_kw):
+    """(seconds, mean, se) of one solve; with ``extrapolate``, of Richardson's
+    (2^p E_{h/2} - E_h)/(2^p - 1) from two solves at h and h/2 on one Brownian path
+    (``path_seed``), per path, both solves timed."""
     record_every = 1 if task["average_from"] is not None else task["n_steps"]
+    levels = (substeps, 2 * substeps) if extrapolate else (substeps,)
     start = time.perf_counter()
-    traj = so.dynamics.solve(
-        task["sde"],
-        task["x0"],
-        n_steps=task["n_steps"],
-        n_runs=paths,
-        substeps=substeps,
-        record=["loss"],
-        record_every=record_every,
-        seed=substeps,
-        **solve_kw,
-    )
+    values = []
+    for s in levels:
+        traj = so.dynamics.solve(
+            task["sde"],
+            task["x0"],
+            n_steps=task["n_steps"],
+            n_runs=paths,
+            substeps=s,
+            record=["loss"],
+            record_every=record_every,
+            seed=s,
+            path_seed=1 if extrapolate else None,
+            **solve_kw,
+        )
+        values.append(_per_path(traj.loss, task["average_from"], torch.as_tensor(traj.steps)))
     seconds = time.perf_counter() - start
-    steps = torch.as_tensor(traj.steps)
-    mean, se = _figure(traj.loss, task["average_from"], steps)
-    return seconds, mean, se
+    if extrapolate:
+        order = so.dynamics.SCHEMES[solve_kw["scheme"]].weak_order
+        w = 2.0**order / (2.0**order - 1.0)
+        per_path = w * values[1] + (1.0 - w) * values[0]
+    else:
+        per_path = values[0]
+    return seconds, float(per_path.mean()), float(per_path.std(ddof=1) / math.sqrt(len(per_path)))
 
 
 def _diffrax_solvers(task_name):
@@ -228,14 +240,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--paths", type=int, default=200_000)
     parser.add_argument("--quick", action="store_true", help="few paths and steps: a smoke test")
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
+    parser.add_argument(
+        "--tasks", default="abc", help="which tasks to run, by letter (default: abc, all)"
+    )
     args = parser.parse_args(argv)
     so.configure_torch(threads=1)
     paths = 400 if args.quick else args.paths
     substep_grid = (1, 2) if args.quick else (1, 2, 4, 8, 16, 32)
     rows, curves = [], {}
     for name, task in _tasks().items():
+        if name[0] not in args.tasks:
+            continue
         ref = task["reference"]
         solvers = {f"sdeopt {s}": ("native", s) for s in _applicable(task["sde"])}
+        # Talay–Tubaro: Richardson extrapolation of an expectation over h and h/2, on one path
+        for s in ("euler", "weak2"):
+            if f"sdeopt {s}" in solvers:
+                solvers[f"sdeopt {s} + Richardson"] = ("extrapolated", s)
         if task["sde"].noise_type == "diagonal":
             solvers.update({f"torchsde {m}": ("torchsde", m) for m in ("euler", "milstein", "srk")})
         else:
@@ -249,6 +270,8 @@ def main(argv=None) -> dict:
             for s in substep_grid:
                 if backend == "native":
                     seconds, mean, se = _run_torch(task, n, s, scheme=scheme)
+                elif backend == "extrapolated":
+                    seconds, mean, se = _run_torch(task, n, s, scheme=scheme, extrapolate=True)
                 elif backend == "torchsde":
                     seconds, mean, se = _run_torch(
                         task, n, s, backend="torchsde", torchsde_method=scheme
