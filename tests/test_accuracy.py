@@ -200,3 +200,18 @@ def test_dyadic_path_seed_refines_the_same_path():
     gaps = [float((ends[s] - ends[2 * s]).abs().mean()) for s in (2, 4, 8)]
     for coarse, fine in itertools.pairwise(gaps):
         assert 0.4 < fine / coarse < 0.6, gaps
+
+
+def test_compare_pilots_take_per_run_starts_and_refuse_a_bad_scheme_before_work():
+    opt = so.discrete.DSGD(lr=0.1, n_workers=2, noise=so.noise.Gaussian(1.0))
+    prob = so.problems.QuadraticQuartic(dim=2)
+    x0 = torch.linspace(-1.0, 1.0, 2 * 300, dtype=torch.float64).reshape(300, 2)
+    ds = so.analysis.compare(opt, prob, x0, 10, 300, record_every=5)
+    assert json.loads(ds.attrs["solver"])["first_order"]["pilot_runs"] == 300
+    general = so.discrete.DCSGD(
+        lr=0.1, n_workers=2, noise=so.noise.Gaussian(1.0), compressor=so.compressors.RandK(k=1)
+    )
+    with pytest.raises(ValueError, match="Invalid scheme: 'weak2'"):
+        so.analysis.compare(general, prob, [1.0, 1.0], 10**9, 10, sde_method="weak2")
+    with pytest.raises(ValueError, match="Invalid scheme: 'bogus'"):
+        so.analysis.compare(opt, prob, [1.0, 1.0], 10**9, 10, sde_method="bogus")

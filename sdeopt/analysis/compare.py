@@ -13,6 +13,7 @@ from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.analysis.equivalents import ODE, ODE_OBSERVABLES, check_equivalent, risk_ode
 from sdeopt.discrete import MarkovSGD, Method, simulate
 from sdeopt.dynamics import SCHEMES, LevySDE, best_scheme, choose_substeps, sde_of, solve
+from sdeopt.dynamics.accuracy import check_applies
 from sdeopt.dynamics.levy import MODEL as LEVY
 from sdeopt.problems import Problem
 from sdeopt.random import DEFAULT_BLOCK_SIZE, check_seed, derived_seed, seed_attr
@@ -126,7 +127,8 @@ def compare(
         and attrs: ``config`` (JSON of everything above; user code recorded by name),
         ``reproducible`` (0 when the config records user code), ``seed``, ``coupled``, versions,
         device, ``solver`` (JSON: per SDE model its scheme, its substeps and, where chosen
-        by a pilot, the ``SubstepChoice``: estimated relative bias, its se, levels tried); for MarkovSGD ``oracle_calls_per_step``, the expected oracle calls per step
+        by a pilot, the ``SubstepChoice``: estimated relative bias, its se, levels tried); for
+        MarkovSGD ``oracle_calls_per_step``, the expected oracle calls per step
         (``MarkovSGD.expected_calls()``), the cost axis ``step * oracle_calls_per_step`` of
         every model. With ``out``, opened lazily from the store.
     """
@@ -155,6 +157,9 @@ def compare(
         model: best_scheme(sde, coupled=coupled) if schemes[model] == "auto" else schemes[model]
         for model, sde in sdes.items()
     }
+    for model, sde in sdes.items():
+        if sde.sampler is None:  # estimated moments: solve's own check (Euler only)
+            check_applies(sde, schemes[model])
     wanted = {model: _per_model("substeps", substeps, model, sdes) for model in sdes}
     if ODE in models:
         check_equivalent(method, problem)
@@ -224,6 +229,18 @@ def compare(
         # The cost axis of every model, SDEs included: step k has used k times this many oracle
         # calls in expectation (the discrete run's own count is its oracle_calls observable).
         attrs["oracle_calls_per_step"] = float(method.expected_calls())
+    if out is None:
+        check_output_memory(
+            comparison_bytes(
+                check_int("n_steps", n_steps),
+                check_int("record_every", record_every, minimum=1),
+                check_int("n_runs", n_runs, minimum=1),
+                len(models),
+                len(record) + record_x * problem.dim,
+                run_dtype,
+            ),
+            n_runs,
+        )
     solver: dict[str, dict] = {}
     observable = record[0] if record and record[0] in ("loss", "grad_norm") else "loss"
     for i, (model, sde) in enumerate(sdes.items(), start=1):
@@ -237,14 +254,16 @@ def compare(
             )
             solver[model] = {"scheme": schemes[model], "substeps": 1, "estimated": False}
         elif wanted[model] == "auto":
+            pilot_n = min(check_int("pilot_runs", pilot_runs, minimum=2), max(n_runs, 2))
+            start = torch.as_tensor(x0)
             choice = choose_substeps(
                 sde,
-                x0,
+                start[:pilot_n] if start.ndim == 2 and len(start) > 1 else start,  # per-run x0
                 check_int("n_steps", n_steps, minimum=1),
                 tolerance=tolerance,
                 scheme=schemes[model],
                 observable=observable,
-                pilot_runs=min(check_int("pilot_runs", pilot_runs, minimum=2), max(n_runs, 2)),
+                pilot_runs=pilot_n,
                 seed=derived_seed(seed, PILOT_STREAM + i),
                 coupled=coupled,
                 device=device,
@@ -255,21 +274,7 @@ def compare(
         else:
             solver[model] = {"scheme": schemes[model], "substeps": wanted[model]}
     attrs["solver"] = to_json(solver)
-    if out is None:
-        check_output_memory(
-            comparison_bytes(
-                check_int("n_steps", n_steps),
-                check_int("record_every", record_every, minimum=1),
-                check_int("n_runs", n_runs, minimum=1),
-                len(models),
-                len(record) + record_x * problem.dim,
-                run_dtype,
-            ),
-            n_runs,
-        )
-        sink = None
-    else:
-        sink = ZarrSink(out, models=["discrete", *models], attrs=attrs)
+    sink = None if out is None else ZarrSink(out, models=["discrete", *models], attrs=attrs)
     disc = simulate(
         method, problem, x0, n_steps, n_runs, seed=seed, keep_increments=coupled, out=sink, **common
     )

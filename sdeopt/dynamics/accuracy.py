@@ -71,14 +71,22 @@ def best_scheme(sde: SDE, *, coupled: bool = False) -> str:
         candidates = COUPLED_PREFERENCE if coupled else PREFERENCE
     for scheme in candidates:
         try:
-            if isinstance(sde, LevySDE):
-                check_scheme(sde, scheme)
-            else:
-                SCHEMES[scheme].check(sde)
+            check_applies(sde, scheme)
         except ValueError:
             continue
         return scheme
     return "euler"  # applies to every SDE
+
+
+def check_applies(sde: SDE, scheme: str) -> None:
+    """Raise ``ValueError`` unless the native ``scheme`` exists and has its order on ``sde``
+    (what ``solve`` checks, before any work)."""
+    if isinstance(sde, LevySDE):
+        check_scheme(sde, scheme)
+    elif scheme not in SCHEMES:
+        raise ValueError(f"Invalid scheme: {scheme!r} (choose from {', '.join(SCHEMES)})")
+    else:
+        SCHEMES[scheme].check(sde)
 
 
 @dataclass(frozen=True)
