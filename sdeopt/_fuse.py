@@ -3,8 +3,8 @@
 Eager torch runs every elementwise operation as its own pass over memory. Compiled, a hot spot
 becomes one kernel (a C++ loop on the CPU, a Triton kernel on a GPU), after a one-time compile
 of ~30 s (~5 s once torch's on-disk cache is warm). DSignSGD's shortcut (the fitted t tail and
-the two-pass Binomial count, ~40 passes per step) now measures no faster fused than eager on
-this CPU; the option stays for devices where the pass count matters.
+the two-pass Binomial count, ~40 passes per step) measured 2.0x faster fused at 10,000 runs and
+d = 100 on this CPU, and no faster at 4,000 runs and d = 10, where per-call overheads dominate.
 Off by default: the compile needs a C++ compiler (CPU) or Triton (GPU), and fused
 transcendentals may round differently in the last bit (the random stream is the same; a
 draw changes only if a uniform falls within an ulp of a CDF value). Each distinct noise law
