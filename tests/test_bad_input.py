@@ -3,9 +3,10 @@ late; each case failed before its fix."""
 
 from __future__ import annotations
 
+import tomllib
+
 import numpy as np
 import pytest
-import tomllib
 import torch
 
 import sdeopt as so

@@ -260,9 +260,8 @@ def test_plot_figures_from_a_dataset_and_refusals(tmp_path, capsys):
 
 
 def test_presets_are_valid():
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     presets = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
     assert len(presets) >= 5

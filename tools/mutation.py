@@ -330,7 +330,7 @@ def main() -> int:
 
     out = {
         "issue": 11,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": "python tools/mutation.py"
         + (f" --ref {args.ref}" if args.ref else "")
         + (f" --workdir {args.workdir}" if args.workdir else "")

@@ -38,11 +38,11 @@ import copy
 import inspect
 import math
 import re
+import tomllib
 from functools import partial
 from pathlib import Path
 from typing import TypeGuard
 
-import tomllib
 import torch
 
 from sdeopt import compressors, noise, problems, schedules
