@@ -7,6 +7,7 @@ from sdeopt.experiments.runner import (
     run_config,
     run_trajectories,
     run_weak_order,
+    solver_levels,
 )
 from sdeopt.experiments.sweep import load_sweep, run_sweep, validate_sweep
 
@@ -20,6 +21,7 @@ __all__ = [
     "run_sweep",
     "run_trajectories",
     "run_weak_order",
+    "solver_levels",
     "validate",
     "validate_sweep",
 ]

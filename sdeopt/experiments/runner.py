@@ -394,7 +394,9 @@ def richardson_weak_error(coarse, fine, observable: str = "loss", weights=None):
     ``coarse`` and ``fine`` are ``compare`` datasets of the same study (same seed, hence the same
     discrete runs) whose SDEs were solved with h and h/2. For a scheme of weak order p, each
     SDE run's value becomes :math:`w\, g(X^{h/2}) + (1 - w)\, g(X^h)`,
-    :math:`w = 2^p / (2^p - 1)` (``weights``, by model; default 2, Euler's p = 1), whose mean
+    :math:`w = 2^p / (2^p - 1)` (``weights``, by model; by default those of the schemes
+    ``coarse`` records in its ``solver`` attribute, ``solver_levels``, and Euler's 2 for a
+    dataset without one), whose mean
     :math:`(2^p E_{h/2} - E_h)/(2^p - 1) = \mathbb{E}\, g(X) + O(h^{p+1})`; the standard
     error comes from these per-run values, so it is exact whatever the correlation of the two
     levels. At each step a run counts while it is alive at both levels (``metrics.alive``).
@@ -409,7 +411,9 @@ def richardson_weak_error(coarse, fine, observable: str = "loss", weights=None):
             "Invalid coarse: its discrete runs differ from fine's (use the same seed and study)"
         )
     sde = fine_v["model"] != "discrete"
-    w = _model_weights(weights or {}, fine_v["model"])
+    if weights is None:
+        weights = solver_levels(coarse)["weight"] if "solver" in coarse.attrs else {}
+    w = _model_weights(weights, fine_v["model"])
     values = xr.where(sde, w * fine_v + (1 - w) * coarse_v, fine_v)
     diverged = fine["diverged"] | (coarse["diverged"] & sde)
     combined = xr.Dataset({"value": values, "diverged": diverged}, attrs=fine.attrs)

@@ -41,7 +41,7 @@ class LeastSquares(FiniteSumProblem):
         dim: d for the Gaussian design (>= 1, default 10); the diabetes data has 10.
         noise: the label noise of the Gaussian design (>= 0, default 0.5).
         reg: ridge parameter (>= 0).
-        split: how samples go to workers ("iid", "label": by sorted target, "dirichlet").
+        split: how samples go to workers ("iid", "label": by the sign of the target, "dirichlet").
         seed: the design's and the split's random seed.
         alpha: the Dirichlet split's concentration.
 
