@@ -1,8 +1,11 @@
 """The gallery of reproduced results (docs/gallery/) keeps up with the presets (experiments/).
 
 Every preset ``experiments/<name>.toml`` has a page ``docs/gallery/<name>.md`` listed in the
-gallery's toctree, which names the preset's command and quotes its current ``claim``; every image
-a gallery page shows exists, and every figure stored there is shown by a page. Nothing is run:
+gallery's toctree, which names the preset's command and quotes its current ``claim``. The other
+pages are script-backed: ``docs/gallery/<name>.md`` for a script
+``docs/gallery/scripts/<name>.py``, which the page names as its command, and every script has its
+page. Every gallery page is in the toctree; every image a gallery page shows exists, and every
+figure stored there is shown by a page. Nothing is run:
 the pages carry the numbers of recorded runs, and these checks only read files (well under a
 second), so a preset added, renamed or re-claimed without its page fails here.
 """
@@ -19,7 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 GALLERY = ROOT / "docs" / "gallery"
 
+SCRIPTS = GALLERY / "scripts"
+
 PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.toml"))
+SCRIPTED = sorted(p.stem for p in SCRIPTS.glob("*.py"))
 
 # ![alt](path) and the path argument of MyST image/figure directives (```{image} path).
 MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -85,13 +91,34 @@ def test_every_page_quotes_its_presets_current_claim(name):
     )
 
 
-def test_the_gallery_toctree_lists_exactly_the_presets():
+def test_the_gallery_toctree_lists_exactly_the_presets_and_the_scripted_pages():
+    assert not set(PRESETS) & set(SCRIPTED), (
+        f"{sorted(set(PRESETS) & set(SCRIPTED))} are both presets and gallery scripts"
+    )
+    expected = sorted(PRESETS + SCRIPTED)
     entries = _toctree_entries((GALLERY / "index.md").read_text(encoding="utf-8"))
-    assert sorted(entries) == PRESETS, (
-        f"docs/gallery/index.md's toctree lists {sorted(entries)}, the presets are {PRESETS}"
+    assert sorted(entries) == expected, (
+        f"docs/gallery/index.md's toctree lists {sorted(entries)}, the presets and gallery "
+        f"scripts are {expected}"
     )
     pages = sorted(p.stem for p in _pages() if p.stem != "index")
-    assert pages == PRESETS, f"gallery pages {pages} do not match the presets {PRESETS}"
+    assert pages == expected, (
+        f"gallery pages {pages} do not match the presets {PRESETS} and the gallery scripts "
+        f"{SCRIPTED}: a page that is no preset's needs its script docs/gallery/scripts/<name>.py"
+    )
+
+
+@pytest.mark.parametrize("name", SCRIPTED)
+def test_every_scripted_page_names_its_script(name):
+    page = GALLERY / f"{name}.md"
+    assert page.exists(), (
+        f"docs/gallery/scripts/{name}.py has no page: write docs/gallery/{name}.md from a run of "
+        f"it and list it in the gallery's toctree"
+    )
+    command = f"python docs/gallery/scripts/{name}.py"
+    text = page.read_text(encoding="utf-8")
+    assert command in text, f"docs/gallery/{name}.md does not name its command `{command}`"
+    assert (ROOT / command.split()[1]).is_file()
 
 
 def test_the_site_index_lists_the_gallery():
@@ -120,11 +147,9 @@ def test_every_stored_figure_is_shown_by_a_page():
 
 
 def test_every_preset_has_its_figures_and_each_is_small():
-    for name in PRESETS:
+    for name in PRESETS + SCRIPTED:
         figures = sorted((GALLERY / "figures" / name).glob("*.png"))
         assert figures, f"docs/gallery/figures/{name}/ holds no figure of the run"
-        for figure in figures:
-            size = figure.stat().st_size
-            assert size <= 150_000, (
-                f"{figure.relative_to(GALLERY)} is {size} bytes: re-save it smaller"
-            )
+    for figure in sorted((GALLERY / "figures").rglob("*.png")):
+        size = figure.stat().st_size
+        assert size <= 150_000, f"{figure.relative_to(GALLERY)} is {size} bytes: re-save it smaller"
