@@ -18,11 +18,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-import sdeopt as so  # noqa: E402
-from sdeopt.analysis.closed_forms import stationary_loss  # noqa: E402
+import sdeopt as so
+from sdeopt.analysis.closed_forms import stationary_loss
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures" / "dsignsgd_floor"
 LAMBDA = [1.0, 2.0, 3.0, 5.0]
@@ -55,8 +55,12 @@ CASES = [
     ("Gaussian, scales .25,.5,1,2.25", so.noise.Gaussian, {}, [0.25, 0.5, 1.0, 2.25]),
     ("Gaussian, scales 1,1,1,100", so.noise.Gaussian, {}, [1.0, 1.0, 1.0, 100.0]),
     ("Student-t nu=1.5, scales 1,1,1,1", so.noise.StudentT, {"nu": 1.5}, [1.0, 1.0, 1.0, 1.0]),
-    ("Student-t nu=1.5, scales .25,.5,1,2.25", so.noise.StudentT, {"nu": 1.5},
-     [0.25, 0.5, 1.0, 2.25]),
+    (
+        "Student-t nu=1.5, scales .25,.5,1,2.25",
+        so.noise.StudentT,
+        {"nu": 1.5},
+        [0.25, 0.5, 1.0, 2.25],
+    ),
 ]
 
 
@@ -69,8 +73,17 @@ def main() -> None:
     for index, (label, law, kwargs, scales) in enumerate(CASES):
         noise = law(scale=scales, **kwargs)
         opt = so.discrete.DSignSGD(lr=LR, n_workers=N, noise=noise)
-        ds = so.analysis.compare(opt, problem, x0, n_steps=N_STEPS, n_runs=N_RUNS, seed=index,
-                                 models=["first_order"], record=["loss"], record_every=EVERY)
+        ds = so.analysis.compare(
+            opt,
+            problem,
+            x0,
+            n_steps=N_STEPS,
+            n_runs=N_RUNS,
+            seed=index,
+            models=["first_order"],
+            record=["loss"],
+            record_every=EVERY,
+        )
         window = ds["loss"].sel(step=slice(*WINDOW))
         per_run = window.mean("step")  # (model, run)
         mean = per_run.mean("run").values
@@ -80,21 +93,29 @@ def main() -> None:
         sigma_h = len(scales) / sum(1.0 / s for s in scales)
         rows.append((label, mean, se, sde_lin, chain_lin, sigma_h, ds, solver))
         solver = json.loads(solver)["first_order"]
-        print(f"{label}: scales' harmonic mean {sigma_h:.4f}, arithmetic mean {np.mean(scales):.4f}")
+        print(
+            f"{label}: scales' harmonic mean {sigma_h:.4f}, arithmetic mean {np.mean(scales):.4f}"
+        )
         print(f"  discrete    {mean[0]:.5f} ± {se[0]:.1e}")
-        print(f"  first_order {mean[1]:.5f} ± {se[1]:.1e}   "
-              f"({solver['scheme']}, {solver['substeps']} substep(s))")
-        print(f"  SDE - discrete {mean[1] - mean[0]:+.5f} ± {math.hypot(se[0], se[1]):.1e} "
-              f"(independent runs), relative {(mean[1] - mean[0]) / mean[0]:+.1%}")
+        print(
+            f"  first_order {mean[1]:.5f} ± {se[1]:.1e}   "
+            f"({solver['scheme']}, {solver['substeps']} substep(s))"
+        )
+        print(
+            f"  SDE - discrete {mean[1] - mean[0]:+.5f} ± {math.hypot(se[0], se[1]):.1e} "
+            f"(independent runs), relative {(mean[1] - mean[0]) / mean[0]:+.1%}"
+        )
         print(f"  linearised SDE {sde_lin:.5f}, linearised chain {chain_lin:.5f}")
         if law is so.noise.Gaussian:
             dsgd = so.discrete.DSGD(lr=LR, n_workers=N, noise=noise)
-            print(f"  DSGD with the same noise, closed form (not run): "
-                  f"{stationary_loss(dsgd, problem):.5f}")
+            print(
+                f"  DSGD with the same noise, closed form (not run): "
+                f"{stationary_loss(dsgd, problem):.5f}"
+            )
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label, mean, se, sde_lin, chain_lin, sigma_h, ds, _ in rows:
+    for label, *_figures, ds, _ in rows:
         curve = ds["loss"].mean("run")
         t = ds["step"].values * LR
         (line,) = left.plot(t, curve.isel(model=0), label=label)
@@ -104,11 +125,12 @@ def main() -> None:
     left.set_ylabel("mean loss")
     left.set_title("discrete (solid), first-order SDE (dashed)")
     left.legend(fontsize=6)
-    for k, (label, mean, se, sde_lin, chain_lin, sigma_h, *_rest) in enumerate(rows):
+    for k, (label, mean, se, _sde_lin, _chain_lin, sigma_h, *_rest) in enumerate(rows):
         marker = "o" if "Gaussian" in label else "s"
         right.errorbar(sigma_h, mean[0], yerr=2 * se[0], fmt=marker, color=f"C{k}")
-        right.errorbar(sigma_h * 1.03, mean[1], yerr=2 * se[1], fmt=marker, mfc="none",
-                       color=f"C{k}")
+        right.errorbar(
+            sigma_h * 1.03, mean[1], yerr=2 * se[1], fmt=marker, mfc="none", color=f"C{k}"
+        )
     grid = np.linspace(0.4, 1.45, 50)
     for law, ls in ((so.noise.Gaussian(), "-"), (so.noise.StudentT(nu=1.5), ":")):
         right.plot(grid, [linearised(law, [g] * N)[0] for g in grid], ls, color="grey", lw=1)

@@ -22,17 +22,19 @@ import matplotlib
 import matplotlib.ticker
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-import sdeopt as so  # noqa: E402
+import sdeopt as so
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures" / "ito_chain_w2"
 LRS = [0.4, 0.2, 0.1, 0.05, 0.025]
 HORIZON, X0, N_RUNS, BLOCKS = 2.0, 2.0, 400_000, 5
 H = 0.025  # the SDE solver's step: its bias (weak order 2) is far below the W2 measured
-LAWS = {"Gaussian eps": so.noise.StandardNormal(),
-        "centred Exp(1) eps (skewness 2)": so.noise.CenteredExponential()}
+LAWS = {
+    "Gaussian eps": so.noise.StandardNormal(),
+    "centred Exp(1) eps (skewness 2)": so.noise.CenteredExponential(),
+}
 
 
 def gaussian_chain_w2(lr: float) -> float:
@@ -54,28 +56,41 @@ def main() -> None:
         for i, lr in enumerate(LRS):
             n_steps = round(HORIZON / lr)
             chain = so.discrete.ItoChain(lr=lr, gamma=0.0, eps=eps)
-            ds = so.analysis.compare(chain, problem, [X0], n_steps=n_steps, n_runs=N_RUNS,
-                                     seed=100 * li + i, record=["loss"], record_x=True,
-                                     substeps=round(lr / H),
-                                     record_every=n_steps)
+            ds = so.analysis.compare(
+                chain,
+                problem,
+                [X0],
+                n_steps=n_steps,
+                n_runs=N_RUNS,
+                seed=100 * li + i,
+                record=["loss"],
+                record_x=True,
+                substeps=round(lr / H),
+                record_every=n_steps,
+            )
             x = ds["x"].isel(step=-1, coord=0)
             a, b = x.sel(model="discrete").values, x.sel(model="first_order").values
             full = so.analysis.wasserstein2(a, b)
-            blocks = [so.analysis.wasserstein2(a[j::BLOCKS], b[j::BLOCKS]).value
-                      for j in range(BLOCKS)]
+            blocks = [
+                so.analysis.wasserstein2(a[j::BLOCKS], b[j::BLOCKS]).value for j in range(BLOCKS)
+            ]
             block_mean = float(np.mean(blocks))
             block_se = float(np.std(blocks, ddof=1) / math.sqrt(BLOCKS))
             scheme = ds.attrs["solver"]
             rows.append((lr, full.value, full.floor, block_mean, block_se))
             exact = f", closed form {gaussian_chain_w2(lr):.5f}" if "Gaussian" in label else ""
-            print(f"{label}, lr={lr}: W2 {full.value:.5f} (floor {full.floor:.5f}; "
-                  f"{BLOCKS} blocks of {N_RUNS // BLOCKS}: {block_mean:.5f} ± {block_se:.5f})"
-                  f"{exact}")
+            print(
+                f"{label}, lr={lr}: W2 {full.value:.5f} (floor {full.floor:.5f}; "
+                f"{BLOCKS} blocks of {N_RUNS // BLOCKS}: {block_mean:.5f} ± {block_se:.5f})"
+                f"{exact}"
+            )
         results[label] = rows
         values = [r[1] for r in rows]
         fit = so.analysis.order_fit(LRS, values, [r[4] / math.sqrt(BLOCKS) for r in rows])
-        print(f"{label}: slope of log W2 against log lr {fit.slope:.2f} "
-              f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}] (95 %)")
+        print(
+            f"{label}: slope of log W2 against log lr {fit.slope:.2f} "
+            f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}] (95 %)"
+        )
     solver = json.loads(scheme)["first_order"]
     print(f"SDE solver: {solver['scheme']}, h = lr / substeps = {H}")
 
@@ -83,11 +98,18 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for k, (label, rows) in enumerate(results.items()):
         lr = np.array([r[0] for r in rows])
-        ax.errorbar(lr, [r[1] for r in rows], yerr=[2 * r[4] / math.sqrt(BLOCKS) for r in rows],
-                    fmt="o-", color=f"C{k}", label=f"{label}: W2")
+        ax.errorbar(
+            lr,
+            [r[1] for r in rows],
+            yerr=[2 * r[4] / math.sqrt(BLOCKS) for r in rows],
+            fmt="o-",
+            color=f"C{k}",
+            label=f"{label}: W2",
+        )
         ax.plot(lr, [r[2] for r in rows], "x:", color=f"C{k}", label=f"{label}: same-law floor")
-    ax.plot(LRS, [gaussian_chain_w2(lr) for lr in LRS], "k--", lw=1,
-            label="Gaussian eps: closed form")
+    ax.plot(
+        LRS, [gaussian_chain_w2(lr) for lr in LRS], "k--", lw=1, label="Gaussian eps: closed form"
+    )
     ref = np.array(LRS)
     ax.plot(ref, 0.1 * ref, color="grey", lw=0.8, label="slope 1")
     ax.plot(ref, 0.1 * np.sqrt(ref), color="grey", lw=0.8, ls="-.", label="slope 1/2")

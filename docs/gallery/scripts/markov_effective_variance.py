@@ -20,9 +20,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-import sdeopt as so  # noqa: E402
+import sdeopt as so
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures" / "markov_effective_variance"
 LR, N_STEPS, N_RUNS, EVERY, WINDOW = 0.01, 3000, 4000, 10, (500, 3000)
@@ -50,8 +50,16 @@ def main() -> None:
     for index, (label, noise) in enumerate(CASES):
         rho = noise.autocorrelation(1)
         opt = so.discrete.MarkovSGD(lr=LR, noise=noise)
-        ds = so.analysis.compare(opt, problem, [0.0], n_steps=N_STEPS, n_runs=N_RUNS,
-                                 seed=index, record=["loss"], record_every=EVERY)
+        ds = so.analysis.compare(
+            opt,
+            problem,
+            [0.0],
+            n_steps=N_STEPS,
+            n_runs=N_RUNS,
+            seed=index,
+            record=["loss"],
+            record_every=EVERY,
+        )
         per_run = ds["loss"].sel(step=slice(*WINDOW)).mean("step")  # (model, run)
         mean = per_run.mean("run").values
         se = per_run.std("run").values / math.sqrt(N_RUNS)
@@ -59,26 +67,52 @@ def main() -> None:
         eff = noise.asymptotic_variance
         sde, naive, exact = LR * eff / 4, LR / 4, chain_closed_form(rho)
         rows.append((rho, mean, se, sde, naive, exact, label))
-        print(f"{label}: sigma_eff^2 {eff:.3f}, mixing time {noise.mixing_time}, "
-              f"lr * tau {LR * noise.mixing_time:.2f}")
+        print(
+            f"{label}: sigma_eff^2 {eff:.3f}, mixing time {noise.mixing_time}, "
+            f"lr * tau {LR * noise.mixing_time:.2f}"
+        )
         print(f"  discrete    {mean[0]:.6f} ± {se[0]:.1e}   chain's closed form {exact:.6f}")
-        print(f"  first_order {mean[1]:.6f} ± {se[1]:.1e}   "
-              f"({solver['scheme']}, {solver['substeps']} substep(s))")
-        print(f"  SDE formula lr s^2 sigma_eff^2 / 4 = {sde:.6f}; "
-              f"with the stationary variance lr s^2 / 4 = {naive:.6f}")
-        print(f"  discrete / SDE formula {mean[0] / sde:.3f} ± {se[0] / sde:.3f}; "
-              f"chain's closed form / SDE formula {exact / sde:.3f}")
+        print(
+            f"  first_order {mean[1]:.6f} ± {se[1]:.1e}   "
+            f"({solver['scheme']}, {solver['substeps']} substep(s))"
+        )
+        print(
+            f"  SDE formula lr s^2 sigma_eff^2 / 4 = {sde:.6f}; "
+            f"with the stationary variance lr s^2 / 4 = {naive:.6f}"
+        )
+        print(
+            f"  discrete / SDE formula {mean[0] / sde:.3f} ± {se[0] / sde:.3f}; "
+            f"chain's closed form / SDE formula {exact / sde:.3f}"
+        )
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for k, (rho, mean, se, sde, naive, exact, label) in enumerate(rows):
-        ax.errorbar(rho, mean[0], yerr=2 * se[0], fmt="o" if "Two" in label else "s", color="C0",
-                    label="discrete" if k == 0 else None)
-        ax.errorbar(rho + 0.02, mean[1], yerr=2 * se[1], fmt="o" if "Two" in label else "s",
-                    mfc="none", color="C1", label="first-order SDE" if k == 0 else None)
+    for k, (rho, mean, se, _sde, _naive, _exact, label) in enumerate(rows):
+        ax.errorbar(
+            rho,
+            mean[0],
+            yerr=2 * se[0],
+            fmt="o" if "Two" in label else "s",
+            color="C0",
+            label="discrete" if k == 0 else None,
+        )
+        ax.errorbar(
+            rho + 0.02,
+            mean[1],
+            yerr=2 * se[1],
+            fmt="o" if "Two" in label else "s",
+            mfc="none",
+            color="C1",
+            label="first-order SDE" if k == 0 else None,
+        )
     grid = [r / 100 for r in range(-60, 95)]
-    ax.plot(grid, [LR * (1 + r) / (1 - r) / 4 for r in grid], color="C1", lw=1,
-            label="lr sigma_eff^2 / 4 (asymptotic variance)")
+    ax.plot(
+        grid,
+        [LR * (1 + r) / (1 - r) / 4 for r in grid],
+        color="C1",
+        lw=1,
+        label="lr sigma_eff^2 / 4 (asymptotic variance)",
+    )
     ax.plot(grid, [chain_closed_form(r) for r in grid], "k--", lw=1, label="chain's closed form")
     ax.axhline(LR / 4, color="grey", ls=":", lw=1, label="lr / 4 (stationary variance)")
     ax.set_yscale("log")

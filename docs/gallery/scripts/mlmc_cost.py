@@ -20,9 +20,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-import sdeopt as so  # noqa: E402
+import sdeopt as so
 
 FIGURES = Path(__file__).resolve().parent.parent / "figures" / "mlmc_cost"
 LR, N_STEPS, N_RUNS = 0.01, 500, 2000
@@ -43,11 +43,20 @@ def main() -> None:
     noise = so.noise.TwoStateMarkov(p=0.1)
     rows = []
     for index, (batch, max_batch) in enumerate(SETTINGS):
-        opt = so.discrete.MarkovSGD(lr=LR, noise=noise,
-                                    estimator=so.discrete.MLMC(batch=batch, max_batch=max_batch))
-        ds = so.analysis.compare(opt, problem, [0.0], n_steps=N_STEPS, n_runs=N_RUNS,
-                                 seed=index, models=[], record=["oracle_calls"],
-                                 record_every=N_STEPS)
+        opt = so.discrete.MarkovSGD(
+            lr=LR, noise=noise, estimator=so.discrete.MLMC(batch=batch, max_batch=max_batch)
+        )
+        ds = so.analysis.compare(
+            opt,
+            problem,
+            [0.0],
+            n_steps=N_STEPS,
+            n_runs=N_RUNS,
+            seed=index,
+            models=[],
+            record=["oracle_calls"],
+            record_every=N_STEPS,
+        )
         calls = ds["oracle_calls"].sel(model="discrete").isel(step=-1).values  # (runs,)
         per_step = calls / N_STEPS
         mean = float(per_step.mean())
@@ -58,22 +67,40 @@ def main() -> None:
         m = math.floor(math.log2(max_batch))
         rows.append((batch, max_batch, mean, se, expected, sd_one_step, exact_sd(batch, max_batch)))
         z = f"{(mean - expected) / se:+.2f}" if se > 0 else "(se 0: every step costs the same)"
-        print(f"B={batch}, M={max_batch} (m={m}): calls per step {mean:.4f} ± {se:.4f}; "
-              f"B (m + 2^-m) = {expected:.4f} (attribute {attr:.4f}); "
-              f"(measured - expected) / se = {z}; "
-              f"sd of one step's calls {sd_one_step:.2f} (exact {exact_sd(batch, max_batch):.2f})")
+        print(
+            f"B={batch}, M={max_batch} (m={m}): calls per step {mean:.4f} ± {se:.4f}; "
+            f"B (m + 2^-m) = {expected:.4f} (attribute {attr:.4f}); "
+            f"(measured - expected) / se = {z}; "
+            f"sd of one step's calls {sd_one_step:.2f} (exact {exact_sd(batch, max_batch):.2f})"
+        )
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for batch, marker in ((1, "o"), (4, "s")):
         sel = [r for r in rows if r[0] == batch]
-        ax.errorbar([r[1] for r in sel], [r[2] for r in sel], yerr=[2 * r[3] for r in sel],
-                    fmt=marker, color="C0", label=f"measured, B = {batch}")
-        ax.plot([r[1] for r in sel], [r[4] for r in sel], "x", color="C1", ms=9,
-                label=f"B (m + 2^-m), B = {batch}")
+        ax.errorbar(
+            [r[1] for r in sel],
+            [r[2] for r in sel],
+            yerr=[2 * r[3] for r in sel],
+            fmt=marker,
+            color="C0",
+            label=f"measured, B = {batch}",
+        )
+        ax.plot(
+            [r[1] for r in sel],
+            [r[4] for r in sel],
+            "x",
+            color="C1",
+            ms=9,
+            label=f"B (m + 2^-m), B = {batch}",
+        )
     grid = [2**k for k in range(0, 9)]
-    ax.plot(grid, [math.floor(math.log2(g)) + 2.0 ** -math.floor(math.log2(g)) for g in grid],
-            color="C1", lw=0.8)
+    ax.plot(
+        grid,
+        [math.floor(math.log2(g)) + 2.0 ** -math.floor(math.log2(g)) for g in grid],
+        color="C1",
+        lw=0.8,
+    )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("max_batch M")
     ax.set_ylabel("oracle calls per step")
