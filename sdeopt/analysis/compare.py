@@ -12,9 +12,10 @@ from sdeopt._stream import ZarrSink, check_output_memory, comparison_bytes
 from sdeopt._validation import check_device, check_dtype, check_int
 from sdeopt.analysis.equivalents import ODE, ODE_OBSERVABLES, check_equivalent, risk_ode
 from sdeopt.discrete import MarkovSGD, Method, simulate
-from sdeopt.dynamics import SCHEMES, LevySDE, best_scheme, choose_substeps, sde_of, solve
+from sdeopt.dynamics import best_scheme, choose_substeps, sde_of, solve
 from sdeopt.dynamics.accuracy import check_applies
 from sdeopt.dynamics.levy import MODEL as LEVY
+from sdeopt.dynamics.solvers import shares_paths
 from sdeopt.problems import Problem
 from sdeopt.random import DEFAULT_BLOCK_SIZE, check_seed, derived_seed, seed_attr
 
@@ -34,15 +35,6 @@ def _per_model(name: str, value, model: str, models) -> Any:
             )
         return value.get(model, "auto")
     return value
-
-
-def _model_path_seed(path_seed, index, sde, scheme, coupled) -> int | None:
-    """The shared-path seed of SDE model ``index``, where its solve can take one."""
-    if path_seed is None or coupled or isinstance(sde, LevySDE) or sde.sampler is not None:
-        return None
-    if SCHEMES[scheme].averaged_increments:
-        return None
-    return derived_seed(path_seed, index)
 
 
 def model_seed(seed: int, index: int) -> int:
@@ -149,14 +141,10 @@ def compare(
         for model in models
         if model != ODE
     }
-    schemes = {
-        model: _per_model("sde_method", sde_method, model, sdes)
-        for model in sdes  # resolved below
-    }
-    schemes = {
-        model: best_scheme(sde, coupled=coupled) if schemes[model] == "auto" else schemes[model]
-        for model, sde in sdes.items()
-    }
+    schemes = {model: _per_model("sde_method", sde_method, model, sdes) for model in sdes}
+    for model, sde in sdes.items():
+        if schemes[model] == "auto":
+            schemes[model] = best_scheme(sde, coupled=coupled)
     for model, sde in sdes.items():
         if sde.sampler is None:  # estimated moments: solve's own check (Euler only)
             check_applies(sde, schemes[model])
@@ -291,7 +279,12 @@ def compare(
             seed=model_seed(seed, i),
             substeps=solver[model]["substeps"],
             scheme=solver[model]["scheme"],
-            path_seed=_model_path_seed(path_seed, i, sdes[model], solver[model]["scheme"], coupled),
+            path_seed=(
+                derived_seed(path_seed, i)
+                if path_seed is not None
+                and shares_paths(sdes[model], solver[model]["scheme"], coupled=coupled)
+                else None
+            ),
             coupled=disc if coupled else None,
             out=sink,
             **common,

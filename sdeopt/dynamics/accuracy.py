@@ -33,7 +33,7 @@ import numpy as np
 from sdeopt._validation import check_int, check_positive
 from sdeopt.dynamics.levy import LEVY_SCHEMES, LevySDE, check_scheme
 from sdeopt.dynamics.sde import SDE
-from sdeopt.dynamics.solvers import SCHEMES, solve
+from sdeopt.dynamics.solvers import SCHEMES, shares_paths, solve
 from sdeopt.random import derived_seed
 
 #: Native schemes from the most to the least accurate on a finite horizon (Leimkuhler–Matthews
@@ -189,7 +189,7 @@ def choose_substeps(
         )
     if record_every is None:
         record_every = max(1, n_steps // 50)
-    paired = sde.sampler is None and not SCHEMES[scheme].averaged_increments
+    paired = shares_paths(sde, scheme)
 
     def level(substeps: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(values (S, B), alive (S, B)) of one pilot level."""

@@ -652,12 +652,14 @@ def solve(
         block_size=block_size,
         first_run=first_run,
     )
-    if path_seed is not None and (
-        isinstance(sde, LevySDE) or sde.sampler is not None or backend != "native"
+    if path_seed is not None and not shares_paths(
+        sde, scheme, coupled=coupled is not None, backend=backend
     ):
         raise ValueError(
             f"Invalid path_seed: {path_seed!r} (a shared Brownian path is for the native "
-            "schemes of a Brownian SDE with closed-form moments)"
+            "schemes of a Brownian SDE with closed-form moments that take one Gaussian draw per "
+            f"substep, without coupling; this solve has scheme={scheme!r}, backend={backend!r}, "
+            f"coupled={coupled is not None})"
         )
     stepper: Stepper
     if isinstance(sde, LevySDE):
@@ -694,12 +696,6 @@ def solve(
         stepper = _TorchsdeStepper(sde, substeps, torchsde_method or "euler", n_steps)
     else:
         SCHEMES[scheme].check(sde)
-        if path_seed is not None and (coupled is not None or SCHEMES[scheme].averaged_increments):
-            raise ValueError(
-                f"Invalid path_seed: {path_seed!r} (a shared Brownian path needs a scheme with "
-                "one Gaussian draw per substep and no coupling; this solve has "
-                f"scheme={scheme!r}, coupled={coupled is not None})"
-            )
         if coupled is not None and SCHEMES[scheme].averaged_increments:
             raise ValueError(
                 f"Invalid coupled: scheme {scheme!r} averages two Gaussian draws per step, so the "
@@ -716,6 +712,19 @@ def solve(
         )
     return run(
         stepper, problem, x0, n_steps, n_runs, model=sde.model, config=config, out=out, **common
+    )
+
+
+def shares_paths(sde: SDE, scheme: str, *, coupled: bool = False, backend: str = "native") -> bool:
+    """Whether a solve of ``sde`` can take ``path_seed``: a native scheme with one Gaussian draw
+    per substep, a Brownian SDE with closed-form moments, no coupling."""
+    return (
+        backend == "native"
+        and not coupled
+        and not isinstance(sde, LevySDE)
+        and sde.sampler is None
+        and scheme in SCHEMES
+        and not SCHEMES[scheme].averaged_increments
     )
 
 
